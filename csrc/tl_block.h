@@ -1,0 +1,99 @@
+/* Block-level helpers shared by the kernels (header only).
+ *
+ * Every kernel copies a block of at most TL_BLOCK elements into local double buffers
+ * (converting float32 on the way and padding the tail with neutral values), then runs
+ * fixed-length loops over them.  Sums use TL_LANES independent partial accumulators that
+ * are combined in a fixed order: the compiler vectorises them without reassociating
+ * floating-point additions, and results stay bitwise reproducible.
+ */
+#ifndef TL_BLOCK_H
+#define TL_BLOCK_H
+
+#include <math.h>
+#include <float.h>
+#include "tl_config.h"
+
+#define TL_LANES 8
+
+TL_INLINE double tl__lanes_total(const double *s) {
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* sum of x[0..TL_BLOCK) */
+TL_INLINE double tl_block_sum(const double *TL_RESTRICT x) {
+    double s[TL_LANES] = {0};
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) s[k] += x[i + k];
+    return tl__lanes_total(s);
+}
+
+/* sum of x[i] * y[i] */
+TL_INLINE double tl_block_dot(const double *TL_RESTRICT x, const double *TL_RESTRICT y) {
+    double s[TL_LANES] = {0};
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) s[k] += x[i + k] * y[i + k];
+    return tl__lanes_total(s);
+}
+
+/* max of x (NaN entries are ignored; -inf if all are -inf) */
+TL_INLINE double tl_block_max(const double *TL_RESTRICT x) {
+    double s[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) s[k] = -INFINITY;
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) s[k] = x[i + k] > s[k] ? x[i + k] : s[k];
+    double m = s[0];
+    for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
+    return m;
+}
+
+/* Weighted centred sums of a block: with weights w and values d (sum_w = sum of w > 0),
+ * returns the weighted mean in *mean and sum w (d - mean)^2 in *m2 (two-pass, with the
+ * correction term of the corrected two-pass algorithm). */
+TL_INLINE void tl_block_centred(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
+                                double sum_w, double *mean, double *m2) {
+    double nu = tl_block_dot(w, d) / sum_w;
+    double q[TL_LANES] = {0}, z[TL_LANES] = {0};
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
+            double dev = d[i + k] - nu;
+            double wd = w[i + k] * dev;
+            z[k] += wd;
+            q[k] += wd * dev;
+        }
+    double zt = tl__lanes_total(z), qt = tl__lanes_total(q);
+    *mean = nu + zt / sum_w;
+    qt -= zt * (zt / sum_w); /* weights may be ~1e300: never square a sum */
+    *m2 = qt > 0.0 ? qt : 0.0;
+}
+
+/* Chan et al. merge of weighted (count, mean, M2) triples; the weights of each side are
+ * multiplied by fa, fb first (rescaling after a change of the exponent offset). */
+TL_INLINE void tl_chan_merge(double *s, double *mu, double *m2, double fa,
+                             double sb, double mub, double m2b, double fb) {
+    double sa = *s * fa;
+    sb *= fb;
+    double n = sa + sb;
+    if (!(sb > 0.0)) { *s = sa; *m2 *= fa; return; }
+    if (!(sa > 0.0)) { *s = sb; *mu = mub; *m2 = m2b * fb; return; }
+    double delta = mub - *mu;
+    *mu += delta * (sb / n);
+    *m2 = *m2 * fa + m2b * fb + (delta * delta) * (sa * (sb / n));
+    *s = n;
+}
+
+/* exp(a - b) for running-max rescaling, with exp(-inf - x) = 0 and no NaN from -inf - -inf */
+static inline double tl_rescale(double old_max, double new_max) {
+    if (old_max == new_max) return 1.0;
+    if (old_max == -INFINITY) return 0.0;
+    return exp(old_max - new_max);
+}
+
+/* log(exp(a) + exp(b)) */
+static inline double tl_logaddexp(double a, double b) {
+    if (a == -INFINITY) return b;
+    if (b == -INFINITY) return a;
+    double m = a > b ? a : b;
+    return m + log1p(exp(-fabs(a - b)));
+}
+
+#endif

@@ -1,0 +1,40 @@
+/* tiltlab C layer: shared configuration.
+ *
+ * The C layer knows nothing of Python.  Every kernel processes a row as a sequence of
+ * fixed-size chunks (TL_CHUNK elements) whose partial states are merged left to right,
+ * so the result of a row never depends on how many threads computed its chunks.
+ */
+#ifndef TL_CONFIG_H
+#define TL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define TL_INLINE static inline __attribute__((always_inline))
+#define TL_RESTRICT __restrict__
+#else
+#define TL_INLINE static inline
+#define TL_RESTRICT
+#endif
+
+/* Elements per chunk: the unit of work for threads and the unit of determinism. */
+#define TL_CHUNK 16384
+/* Elements per block inside a chunk: block-local buffers live on the stack (L1). */
+#define TL_BLOCK 256
+
+/* Status flags reported per row; the Python layer turns them into exceptions. */
+#define TL_FLAG_BAD_LOGIT 1   /* a logit is NaN or +inf */
+#define TL_FLAG_BAD_REWARD 2  /* a reward is NaN or +-inf */
+#define TL_FLAG_EMPTY_ROW 4   /* every logit of the row is -inf */
+#define TL_FLAG_SATURATED 8   /* lam * reward overflowed: the lam = +-inf limit applies */
+#define TL_FLAG_INF_KL 16     /* KL(p||q) is +inf: q is zero where p is not */
+
+/* |lam| * (reward range over the support) up to which the product form is used. */
+#define TL_PRODUCT_RANGE 600.0
+
+static inline ptrdiff_t tl_num_chunks(ptrdiff_t n) {
+    return n <= 0 ? 1 : (n + TL_CHUNK - 1) / TL_CHUNK;
+}
+
+#endif

@@ -1,0 +1,111 @@
+/* KL(p || q) chunk kernel, templated on TL_T (see tl_template.h and tl_kl.h). */
+
+double TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double a = (double)lp[i], b = (double)lq[i];
+        if (fabs(a) <= DBL_MAX && fabs(b) <= DBL_MAX) return b - a;
+    }
+    return 0.0;
+}
+
+void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,
+                         double c, double ltot, int mode, tl_kl_acc *acc) {
+    double pb[TL_BLOCK], qb[TL_BLOCK], db[TL_BLOCK], ob[TL_BLOCK];
+    double wa[TL_BLOCK], we[TL_BLOCK], wi[TL_BLOCK], hi[TL_BLOCK], lo[TL_BLOCK];
+    tl__kl_init(acc);
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        int bad_p = 0, bad_q = 0, inf_kl = 0, any_out = 0, q_seen = 0;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            double a = (double)lp[j0 + i], b = (double)lq[j0 + i];
+            bad_p |= (a != a) | (a == INFINITY);
+            bad_q |= (b != b) | (b == INFINITY);
+            int in_p = a > -INFINITY, in_q = b > -INFINITY;
+            inf_kl |= in_p & (!in_q);
+            any_out |= (!in_p) & in_q;
+            q_seen |= in_q;
+            pb[i] = a;
+            qb[i] = b;
+        }
+        for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
+            pb[i] = -INFINITY;
+            qb[i] = -INFINITY;
+        }
+        if (bad_p | bad_q) {
+            acc->flags |= (bad_p ? TL_FLAG_BAD_LOGIT : 0) | (bad_q ? TL_FLAG_BAD_LOGIT_Q : 0);
+            continue;
+        }
+        if (q_seen) acc->flags |= TL__FLAG_Q_SEEN;
+        if (inf_kl) acc->flags |= TL_FLAG_INF_KL;
+        if (acc->flags & TL_FLAG_INF_KL) continue; /* the value is +inf */
+        for (int i = 0; i < TL_BLOCK; i++) {
+            int sup = pb[i] > -INFINITY;
+            double d = sup ? (qb[i] - pb[i]) - c : 0.0;
+            db[i] = d;
+            hi[i] = sup ? d : -INFINITY;
+            lo[i] = sup ? -d : -INFINITY;
+            ob[i] = sup ? -INFINITY : qb[i];
+        }
+        double dhi = tl_block_max(hi), dlo = -tl_block_max(lo);
+        acc->d_hi = dhi > acc->d_hi ? dhi : acc->d_hi;
+        acc->d_lo = dlo < acc->d_lo ? dlo : acc->d_lo;
+        double bp = tl_block_max(pb);
+        if (bp > acc->m_p) {
+            double f = tl_rescale(acc->m_p, bp);
+            acc->s_p *= f;
+            acc->e *= f;
+            acc->s_in *= f;
+            acc->m_p = bp;
+        }
+        const double mp = acc->m_p;
+        if (mode == TL_MODE_KL) {
+            for (int i = 0; i < TL_BLOCK; i++) {
+                wa[i] = tl_exp(pb[i] - mp);
+                we[i] = wa[i] * tl_expm1_minus_x(db[i] - ltot);
+            }
+            acc->s_p += tl_block_sum(wa);
+            acc->e += tl_block_sum(we);
+            continue;
+        }
+        if (mode == TL_MODE_PRODUCT) {
+            for (int i = 0; i < TL_BLOCK; i++) {
+                double a = tl_exp(pb[i] - mp), e, em;
+                tl_exp_expm1(db[i], &e, &em);
+                wa[i] = a;
+                we[i] = a * em;
+                wi[i] = a * e;
+            }
+            acc->e += tl_block_sum(we);
+            acc->s_in += tl_block_sum(wi);
+            if (any_out) {
+                double bo = tl_block_max(ob);
+                if (bo > acc->m_o) {
+                    acc->s_o *= tl_rescale(acc->m_o, bo);
+                    acc->m_o = bo;
+                }
+                const double mo = acc->m_o;
+                for (int i = 0; i < TL_BLOCK; i++) we[i] = tl_exp(ob[i] - mo);
+                acc->s_o += tl_block_sum(we);
+            }
+        } else {
+            double bq = tl_block_max(qb);
+            if (bq > acc->m_q) {
+                acc->s_q *= tl_rescale(acc->m_q, bq);
+                acc->m_q = bq;
+            }
+            const double mq = acc->m_q;
+            for (int i = 0; i < TL_BLOCK; i++) {
+                wa[i] = tl_exp(pb[i] - mp);
+                we[i] = tl_exp(qb[i] - mq);
+            }
+            acc->s_q += tl_block_sum(we);
+        }
+        double sa = tl_block_sum(wa);
+        if (sa > 0.0) {
+            double nu = tl_block_dot(wa, db) / sa;
+            double s = acc->s_p + sa;
+            acc->mu += (nu - acc->mu) * (sa / s);
+            acc->s_p = s;
+        }
+    }
+}

@@ -1,0 +1,29 @@
+#include <math.h>
+#include "tl_lse.h"
+#include "tl_exp.h"
+#include "tl_block.h"
+
+#define TL_IMPL "tl_lse_impl.h"
+#include "tl_template.h"
+
+void tl_lse_merge(tl_lse_acc *a, const tl_lse_acc *b) {
+    a->flags |= b->flags;
+    if (b->m == -INFINITY) return;
+    if (b->m > a->m) {
+        a->rest = (a->rest + a->count) * tl_rescale(a->m, b->m) + b->rest;
+        a->count = b->count;
+        a->m = b->m;
+    } else if (b->m == a->m) {
+        a->rest += b->rest;
+        a->count += b->count;
+    } else {
+        a->rest += (b->rest + b->count) * tl_rescale(b->m, a->m);
+    }
+}
+
+double tl_lse_finalize(const tl_lse_acc *a) {
+    if (a->flags & TL_LSE_NAN) return NAN;
+    if (a->flags & TL_LSE_POSINF) return INFINITY;
+    if (a->m == -INFINITY) return -INFINITY;
+    return a->m + log1p((a->count - 1.0) + a->rest);
+}

@@ -1,0 +1,276 @@
+/* Tilting chunk kernels, templated on TL_T (see tl_template.h and tl_tilt.h). */
+
+/* Copy a block to double buffers: logits to lb (tail padded with -inf), rewards minus c
+ * to db (tail padded with 0).  Returns the TL_FLAG_BAD_* bits seen in the block. */
+static inline int TL_SFX(tl__load_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                                         ptrdiff_t len, double c, double *TL_RESTRICT lb,
+                                         double *TL_RESTRICT db) {
+    int bad_l = 0, bad_r = 0;
+    for (ptrdiff_t i = 0; i < len; i++) {
+        double li = (double)l[i], ri = (double)r[i];
+        bad_l |= (li != li) | (li == INFINITY);
+        bad_r |= !(fabs(ri) <= DBL_MAX);
+        lb[i] = li;
+        db[i] = ri - c;
+    }
+    for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
+        lb[i] = -INFINITY;
+        db[i] = 0.0;
+    }
+    return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | (bad_r ? TL_FLAG_BAD_REWARD : 0);
+}
+
+ptrdiff_t TL_SFX(tl_first_support)(const TL_T *l, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        if ((double)l[i] > -INFINITY && (double)l[i] == (double)l[i]) return i;
+    return -1;
+}
+
+ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam) {
+    ptrdiff_t best = -1;
+    double bx = -INFINITY;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double li = (double)l[i];
+        if (!(li > -INFINITY)) continue;
+        double x = li + lam * (double)r[i];
+        if (best < 0 || x > bx) {
+            best = i;
+            bx = x;
+        }
+    }
+    return best;
+}
+
+void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
+                           double lam, double c, double lc, int mode, tl_tilt_acc *acc) {
+    double lb[TL_BLOCK], db[TL_BLOCK], xb[TL_BLOCK], wa[TL_BLOCK], wb[TL_BLOCK], we[TL_BLOCK];
+    tl__tilt_init(acc);
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        int bad = TL_SFX(tl__load_block)(l + j0, r + j0, len, c, lb, db);
+        if (bad) {
+            acc->flags |= bad;
+            continue;
+        }
+        /* reward range of the support (in units of r - c) */
+        for (int i = 0; i < TL_BLOCK; i++) {
+            int fin = lb[i] > -INFINITY;
+            xb[i] = fin ? db[i] : -INFINITY;
+            we[i] = fin ? -db[i] : -INFINITY;
+        }
+        double bm = tl_block_max(lb);
+        if (bm == -INFINITY) continue;
+        double dhi = tl_block_max(xb), dlo = -tl_block_max(we);
+        acc->r_hi = dhi > acc->r_hi ? dhi : acc->r_hi;
+        acc->r_lo = dlo < acc->r_lo ? dlo : acc->r_lo;
+        if (bm > acc->m_l) {
+            double f = tl_rescale(acc->m_l, bm);
+            acc->s_l *= f;
+            if (mode != TL_MODE_STANDARD) {
+                acc->e *= f;
+                acc->s_b *= f;
+                acc->m2 *= f;
+            }
+            acc->m_l = bm;
+        }
+        const double ml = acc->m_l;
+        double sb;
+        if (mode == TL_MODE_KL) {
+            for (int i = 0; i < TL_BLOCK; i++) {
+                double a = tl_exp(lb[i] - ml);
+                double v = lb[i] > -INFINITY ? lam * db[i] - lc : 0.0;
+                wa[i] = a;
+                we[i] = a * tl_kl_term(v);
+            }
+            acc->s_l += tl_block_sum(wa);
+            acc->e += tl_block_sum(we);
+            continue;
+        }
+        if (mode == TL_MODE_PRODUCT) {
+            for (int i = 0; i < TL_BLOCK; i++) {
+                double a = tl_exp(lb[i] - ml), e, em;
+                tl_exp_expm1(lam * db[i], &e, &em);
+                wa[i] = a;
+                we[i] = a * em;
+                wb[i] = a * e;
+            }
+            acc->s_l += tl_block_sum(wa);
+            acc->e += tl_block_sum(we);
+            sb = tl_block_sum(wb);
+        } else {
+            int sat = 0;
+            for (int i = 0; i < TL_BLOCK; i++) {
+                double x = lb[i] > -INFINITY ? lb[i] + lam * db[i] : -INFINITY;
+                sat |= (lb[i] > -INFINITY) & !(fabs(x) <= DBL_MAX);
+                xb[i] = x;
+            }
+            if (sat) {
+                acc->flags |= TL_FLAG_SATURATED;
+                continue;
+            }
+            double bx = tl_block_max(xb);
+            if (bx > acc->m_x) {
+                double f = tl_rescale(acc->m_x, bx);
+                acc->s_b *= f;
+                acc->m2 *= f;
+                acc->m_x = bx;
+            }
+            const double mx = acc->m_x;
+            for (int i = 0; i < TL_BLOCK; i++) {
+                wa[i] = tl_exp(lb[i] - ml);
+                wb[i] = tl_exp(xb[i] - mx);
+            }
+            acc->s_l += tl_block_sum(wa);
+            sb = tl_block_sum(wb);
+        }
+        if (sb > 0.0) {
+            double nu, q;
+            tl_block_centred(wb, db, sb, &nu, &q);
+            tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
+        }
+    }
+}
+
+void TL_SFX(tl_tilt_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam, double c,
+                         tl_tilt_result *out) {
+    /* stages: 0 product pass; 1 KL pass after a product pass; 2 standard pass */
+    tl_tilt_acc acc, part;
+    int stage = 0;
+    double lc = 0.0;
+    for (;;) {
+        int mode = stage == 0 ? TL_MODE_PRODUCT : (stage == 1 ? TL_MODE_KL : TL_MODE_STANDARD);
+        TL_SFX(tl_tilt_chunk)(l, r, n < TL_CHUNK ? n : TL_CHUNK, lam, c, lc, mode, &acc);
+        for (ptrdiff_t j = TL_CHUNK; j < n; j += TL_CHUNK) {
+            TL_SFX(tl_tilt_chunk)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK, lam, c, lc,
+                                  mode, &part);
+            tl_tilt_merge(&acc, &part, mode);
+        }
+        if (stage == 1) {
+            out->kl = tl_tilt_kl_value(&acc);
+            break;
+        }
+        if (stage == 0 && !(acc.flags & (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD)) &&
+            !tl_tilt_product_ok(&acc, lam)) {
+            stage = 2;
+            ptrdiff_t j = TL_SFX(tl_argmax_tilted)(l, r, n, lam);
+            if (j >= 0) c = (double)r[j];
+            continue;
+        }
+        tl_tilt_finalize(&acc, lam, c, mode, out);
+        if (stage == 0 && tl_tilt_kl_pass_advised(out, lam)) {
+            stage = 1;
+            lc = out->lc;
+            continue;
+        }
+        break;
+    }
+}
+
+void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
+                           double c, tl_info_acc *acc) {
+    double lb[TL_BLOCK], db[TL_BLOCK], rb[TL_BLOCK], wa[TL_BLOCK], hv[TL_BLOCK], lv[TL_BLOCK];
+    double mk[TL_BLOCK], ek[TL_BLOCK], in[TL_BLOCK], out[TL_BLOCK];
+    tl__info_init(acc);
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        int bad = TL_SFX(tl__load_block)(l + j0, r + j0, len, c, lb, db);
+        if (bad) {
+            acc->flags |= bad;
+            continue;
+        }
+        for (ptrdiff_t i = 0; i < len; i++) rb[i] = (double)r[j0 + i];
+        for (ptrdiff_t i = len; i < TL_BLOCK; i++) rb[i] = 0.0;
+        double bm = tl_block_max(lb);
+        if (bm == -INFINITY) continue;
+        if (bm > acc->m_l) {
+            double f = tl_rescale(acc->m_l, bm);
+            acc->s_l *= f;
+            acc->m2 *= f;
+            acc->in_hi *= f;
+            acc->out_hi *= f;
+            acc->in_lo *= f;
+            acc->out_lo *= f;
+            acc->m_l = bm;
+        }
+        const double ml = acc->m_l;
+        for (int i = 0; i < TL_BLOCK; i++) wa[i] = tl_exp(lb[i] - ml);
+        double sa = tl_block_sum(wa);
+        if (sa > 0.0) {
+            double nu, q;
+            tl_block_centred(wa, db, sa, &nu, &q);
+            tl_chan_merge(&acc->s_l, &acc->mu, &acc->m2, 1.0, sa, nu, q, 1.0);
+        }
+        /* extreme reward sets of the block (raw rewards: ties are decided exactly) */
+        for (int i = 0; i < TL_BLOCK; i++) {
+            int fin = lb[i] > -INFINITY;
+            hv[i] = fin ? rb[i] : -INFINITY;
+            lv[i] = fin ? -rb[i] : -INFINITY;
+        }
+        for (int side = 0; side < 2; side++) {
+            const double *v = side == 0 ? hv : lv;
+            double best = tl_block_max(v);
+            for (int i = 0; i < TL_BLOCK; i++) {
+                int top = v[i] == best;
+                mk[i] = top ? lb[i] : -INFINITY;
+                in[i] = top ? wa[i] : 0.0;
+                out[i] = top ? 0.0 : wa[i];
+            }
+            double mb = tl_block_max(mk);
+            for (int i = 0; i < TL_BLOCK; i++) ek[i] = tl_exp(mk[i] - mb);
+            tl__info_side(acc, side, side == 0 ? best : -best, mb, tl_block_sum(ek),
+                          tl_block_sum(in), tl_block_sum(out));
+        }
+    }
+}
+
+void TL_SFX(tl_info_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double c,
+                         tl_info_result *out) {
+    tl_info_acc acc, part;
+    TL_SFX(tl_info_chunk)(l, r, n < TL_CHUNK ? n : TL_CHUNK, c, &acc);
+    for (ptrdiff_t j = TL_CHUNK; j < n; j += TL_CHUNK) {
+        TL_SFX(tl_info_chunk)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK, c, &part);
+        tl_info_merge(&acc, &part);
+    }
+    tl_info_finalize(&acc, c, out);
+}
+
+void TL_SFX(tl_tilt_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
+                              double lam, double c, double log_norm, double lc,
+                              double *TL_RESTRICT out) {
+    for (ptrdiff_t i = 0; i < n; i++)
+        out[i] = ((double)l[i] - log_norm) + (lam * ((double)r[i] - c) - lc);
+}
+
+void TL_SFX(tl_limit_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                               ptrdiff_t n, double r_star, double log_mass_star,
+                               double *TL_RESTRICT out) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double li = (double)l[i];
+        out[i] = ((double)r[i] == r_star && li > -INFINITY) ? li - log_mass_star : -INFINITY;
+    }
+}
+
+void TL_SFX(tl_moments_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
+                              double lam, double c, double log_norm, double lc, double mean,
+                              double inv_sd, int order, double *sums) {
+    double w[TL_BLOCK], z[TL_BLOCK];
+    for (int j = 0; j <= order; j++) sums[j] = 0.0;
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            double li = (double)l[j0 + i], ri = (double)r[j0 + i];
+            w[i] = (li - log_norm) + (lam * (ri - c) - lc);
+            z[i] = (ri - mean) * inv_sd;
+        }
+        for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
+            w[i] = -INFINITY;
+            z[i] = 0.0;
+        }
+        for (int i = 0; i < TL_BLOCK; i++) w[i] = tl_exp(w[i]);
+        sums[0] += tl_block_sum(w);
+        for (int j = 1; j <= order; j++) {
+            for (int i = 0; i < TL_BLOCK; i++) w[i] *= z[i];
+            sums[j] += tl_block_sum(w);
+        }
+    }
+}

@@ -1,0 +1,45 @@
+"""tiltlab: exact, fast numerics for the theory of language-model alignment.
+
+The optimal KL-constrained policy (exponential tilting), best-of-N sampling and their
+asymptotics, after *Asymptotics of Language Model Alignment* (arXiv 2404.01730).
+See SPEC section numbers in the docstrings for the formulas each function computes.
+"""
+
+from tiltlab._version import __version__
+from tiltlab.divergence import kl_divergence
+from tiltlab.special import logsumexp
+from tiltlab.tilting import (
+    TiltStats,
+    cumulants,
+    frontier,
+    kl_max,
+    solve_lambda,
+    tilt,
+    tilt_stats,
+)
+
+__all__ = [
+    "__version__",
+    "TiltStats",
+    "cumulants",
+    "frontier",
+    "kl_divergence",
+    "kl_max",
+    "logsumexp",
+    "solve_lambda",
+    "tilt",
+    "tilt_stats",
+    "build_info",
+]
+
+
+def build_info() -> dict:
+    """Facts about the compiled core: OpenMP, default thread count, chunk size."""
+    from tiltlab import _core
+
+    return {
+        "version": __version__,
+        "openmp": _core.openmp_enabled(),
+        "max_threads": _core.max_threads(),
+        "chunk_size": _core.chunk_size(),
+    }

@@ -1,0 +1,5 @@
+import sys
+
+from tiltlab.cli import main
+
+sys.exit(main())

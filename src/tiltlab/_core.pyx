@@ -1,0 +1,684 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Thin Cython drivers over the C kernels of csrc/.
+
+Nothing here validates: the Python layer (tiltlab._validation) hands over contiguous
+arrays and per-row offsets, and turns the per-row status flags returned here into
+exceptions.  Every driver splits its rows into TL_CHUNK-sized work items, runs them with
+``prange`` (GIL released), and merges the partial states of each row left to right, so
+results are bitwise identical for any number of threads.
+
+Row layout used throughout: row ``i`` of the logits is ``lbase[loff[i] : loff[i] + V]``
+and of the rewards ``rbase[roff[i] : roff[i] + V]``; offsets let broadcast rows share
+memory instead of being copied.
+"""
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, NAN, sqrt, isnan
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+
+from tiltlab._kernels cimport *
+
+ctypedef fused floating:
+    float
+    double
+
+
+def openmp_enabled():
+    """True if the module was compiled with OpenMP."""
+    return bool(tl_openmp_enabled())
+
+
+def max_threads():
+    """Threads OpenMP would use by default (honours OMP_NUM_THREADS)."""
+    return tl_max_threads()
+
+
+def chunk_size():
+    """Elements per work item (the unit of determinism)."""
+    return TL_CHUNK
+
+
+cdef inline Py_ssize_t _chunk_len(Py_ssize_t V, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t start = k * TL_CHUNK
+    return TL_CHUNK if V - start > TL_CHUNK else V - start
+
+
+cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
+    cdef void *p = malloc((count if count > 0 else 1) * size)
+    if p == NULL:
+        with gil:
+            raise MemoryError("tiltlab: could not allocate work buffers")
+    return p
+
+
+# --------------------------------------------------------------------------------------
+# log-sum-exp
+# --------------------------------------------------------------------------------------
+
+def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out,
+                   int n_threads):
+    """out[i] = logsumexp(x[i*n:(i+1)*n]) with SciPy semantics for nan/inf/empty rows."""
+    cdef Py_ssize_t nch = tl_num_chunks(n)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t w, i, k
+    cdef tl_lse_acc *acc
+    cdef const floating *base
+    if nrows == 0:
+        return
+    if n == 0:
+        for i in range(nrows):
+            out[i] = -INFINITY
+        return
+    base = &x[0]
+    with nogil:
+        acc = <tl_lse_acc *> _alloc(nitems, sizeof(tl_lse_acc))
+        for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            i = w // nch
+            k = w - i * nch
+            if floating is double:
+                tl_lse_chunk_f64(base + i * n + k * TL_CHUNK, _chunk_len(n, k), &acc[w])
+            else:
+                tl_lse_chunk_f32(base + i * n + k * TL_CHUNK, _chunk_len(n, k), &acc[w])
+        for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            for k in range(1, nch):
+                tl_lse_merge(&acc[i * nch], &acc[i * nch + k])
+            out[i] = tl_lse_finalize(&acc[i * nch])
+        free(acc)
+
+
+# --------------------------------------------------------------------------------------
+# shared passes
+# --------------------------------------------------------------------------------------
+
+cdef void _shifts(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                  const int64_t[::1] roff, Py_ssize_t V, double *c, int n_threads) noexcept nogil:
+    """c[i] = reward at the first finite logit of row i (0 for a row without one)."""
+    cdef Py_ssize_t i, j, nrows = loff.shape[0]
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        if floating is double:
+            j = tl_first_support_f64(lp + loff[i], V)
+        else:
+            j = tl_first_support_f32(lp + loff[i], V)
+        c[i] = <double> rp[roff[i] + j] if j >= 0 else 0.0
+
+
+cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                    const int64_t[::1] roff, Py_ssize_t V, const double *lam, const double *c,
+                    const int64_t *rows, Py_ssize_t nrows, tl_tilt_result *res,
+                    int n_threads) except -1 nogil:
+    """Tilted statistics of rows[0:nrows] (finite lam); res, lam and c are indexed by row.
+
+    Mirrors tl_tilt_row exactly, with the chunks of all rows as parallel work items:
+    stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in stage 0
+    (tl_tilt_kl_pass_advised); stage 2 the standard mode, shifted at the dominant
+    outcome, when |lam| * reward range is too large for the product mode."""
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t w, i, k, row, start, pending, j
+    cdef int attempt, mode
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef tl_tilt_acc *acc
+    cdef int *stage
+    cdef double *cl
+    cdef tl_tilt_acc *a
+    if nrows == 0:
+        return 0
+    acc = <tl_tilt_acc *> _alloc(nitems, sizeof(tl_tilt_acc))
+    stage = <int *> malloc(nrows * sizeof(int))
+    cl = <double *> malloc(nrows * sizeof(double))
+    if stage == NULL or cl == NULL:
+        free(acc)
+        free(stage)
+        free(cl)
+        with gil:
+            raise MemoryError("tiltlab: could not allocate work buffers")
+    for i in range(nrows):
+        stage[i] = 0
+        cl[i] = c[rows[i]]
+    for attempt in range(3):
+        for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            i = w // nch
+            if stage[i] < 0:
+                continue
+            k = w - i * nch
+            row = rows[i]
+            start = k * TL_CHUNK
+            mode = _stage_mode(stage[i])
+            if floating is double:
+                tl_tilt_chunk_f64(lp + loff[row] + start, rp + roff[row] + start,
+                                  _chunk_len(V, k), lam[row], cl[i],
+                                  res[row].lc if mode == TL_MODE_KL else 0.0, mode, &acc[w])
+            else:
+                tl_tilt_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
+                                  _chunk_len(V, k), lam[row], cl[i],
+                                  res[row].lc if mode == TL_MODE_KL else 0.0, mode, &acc[w])
+        for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if stage[i] < 0:
+                continue
+            row = rows[i]
+            a = &acc[i * nch]
+            mode = _stage_mode(stage[i])
+            for k in range(1, nch):
+                tl_tilt_merge(a, &acc[i * nch + k], mode)
+            if stage[i] == 1:
+                res[row].kl = tl_tilt_kl_value(a)
+                stage[i] = -1
+                continue
+            if (stage[i] == 0
+                    and (a.flags & (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD)) == 0
+                    and not tl_tilt_product_ok(a, lam[row])):
+                stage[i] = 2
+                # shift by the reward of the dominant outcome (see tl_argmax_tilted)
+                if floating is double:
+                    j = tl_argmax_tilted_f64(lp + loff[row], rp + roff[row], V, lam[row])
+                else:
+                    j = tl_argmax_tilted_f32(lp + loff[row], rp + roff[row], V, lam[row])
+                if j >= 0:
+                    cl[i] = <double> rp[roff[row] + j]
+                continue
+            tl_tilt_finalize(a, lam[row], cl[i], mode, &res[row])
+            if stage[i] == 0 and tl_tilt_kl_pass_advised(&res[row], lam[row]):
+                stage[i] = 1
+            else:
+                stage[i] = -1
+        pending = 0
+        for i in range(nrows):
+            if stage[i] >= 0:
+                pending += 1
+        if pending == 0:
+            break
+    free(stage)
+    free(cl)
+    free(acc)
+    return 0
+
+
+cdef inline int _stage_mode(int stage) noexcept nogil:
+    if stage == 0:
+        return TL_MODE_PRODUCT
+    if stage == 1:
+        return TL_MODE_KL
+    return TL_MODE_STANDARD
+
+
+cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                    const int64_t[::1] roff, Py_ssize_t V, const double *c,
+                    const int64_t *rows, Py_ssize_t nrows, tl_info_result *res,
+                    int n_threads) except -1 nogil:
+    """Normaliser, base mean/variance and extreme reward sets of rows[0:nrows]."""
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t w, i, k, row, start
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef tl_info_acc *acc
+    if nrows == 0:
+        return 0
+    acc = <tl_info_acc *> _alloc(nitems, sizeof(tl_info_acc))
+    for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        i = w // nch
+        k = w - i * nch
+        row = rows[i]
+        start = k * TL_CHUNK
+        if floating is double:
+            tl_info_chunk_f64(lp + loff[row] + start, rp + roff[row] + start,
+                              _chunk_len(V, k), c[row], &acc[w])
+        else:
+            tl_info_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
+                              _chunk_len(V, k), c[row], &acc[w])
+    for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        row = rows[i]
+        for k in range(1, nch):
+            tl_info_merge(&acc[i * nch], &acc[i * nch + k])
+        tl_info_finalize(&acc[i * nch], c[row], &res[row])
+    free(acc)
+    return 0
+
+
+cdef void _limit_result(const tl_info_result *info, double lam, tl_tilt_result *out) noexcept nogil:
+    """Tilted statistics in the lam -> +-inf limit (or where lam * reward saturates):
+    phi is p restricted to the argmax (lam > 0) or argmin (lam < 0) reward set."""
+    cdef double r_star = info.r_max if lam > 0 else info.r_min
+    cdef double log_p = info.log_p_max if lam > 0 else info.log_p_min
+    out.flags = info.flags
+    out.log_norm = info.log_norm
+    out.mean = r_star
+    out.variance = 0.0
+    out.kl = -log_p
+    # Lambda(lam) = lam r_star + log p(star set) (exact in the limit)
+    if r_star == 0.0:
+        out.log_partition = log_p
+    else:
+        out.log_partition = lam * r_star + log_p
+    # for limit rows, lc carries log sum exp(l) over the extreme set (used by the writer)
+    out.lc = info.lse_max if lam > 0 else info.lse_min
+    out.shift = r_star
+
+
+cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, double *c,
+                   tl_tilt_result *res, int *limit, int n_threads) except -1 nogil:
+    """Tilted statistics for every row; rows with infinite lam (or saturated lam * r) get
+    the limit and limit[row] = 1."""
+    cdef Py_ssize_t nrows = loff.shape[0]
+    cdef Py_ssize_t i, nfin = 0, ninf = 0
+    cdef int64_t *fin = <int64_t *> _alloc(nrows, sizeof(int64_t))
+    cdef int64_t *inf = <int64_t *> malloc((nrows if nrows > 0 else 1) * sizeof(int64_t))
+    cdef tl_info_result *info = NULL
+    if inf == NULL:
+        free(fin)
+        with gil:
+            raise MemoryError("tiltlab: could not allocate work buffers")
+    try:
+        _shifts(lb, rb, loff, roff, V, c, n_threads)
+        for i in range(nrows):
+            limit[i] = 0
+            if lam[i] == INFINITY or lam[i] == -INFINITY:
+                inf[ninf] = i
+                ninf += 1
+            else:
+                fin[nfin] = i
+                nfin += 1
+        _tilt_pass(lb, rb, loff, roff, V, &lam[0], c, fin, nfin, res, n_threads)
+        for i in range(nfin):
+            if res[fin[i]].flags & TL_FLAG_SATURATED:
+                inf[ninf] = fin[i]
+                ninf += 1
+        if ninf > 0:
+            info = <tl_info_result *> _alloc(nrows, sizeof(tl_info_result))
+            _info_pass(lb, rb, loff, roff, V, c, inf, ninf, info, n_threads)
+            for i in range(ninf):
+                _limit_result(&info[inf[i]], lam[inf[i]], &res[inf[i]])
+                limit[inf[i]] = 1
+    finally:
+        free(fin)
+        free(inf)
+        free(info)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# public drivers
+# --------------------------------------------------------------------------------------
+
+def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+              const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, double[:, ::1] out,
+              int32_t[::1] flags, int n_threads):
+    """out[i] = (log_partition, mean, variance, kl, log_norm) of row i at lam[i]."""
+    cdef Py_ssize_t nrows = loff.shape[0], i
+    cdef tl_tilt_result *res
+    cdef double *c
+    cdef int *limit
+    if nrows == 0:
+        return
+    with nogil:
+        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
+        c = <double *> malloc(nrows * sizeof(double))
+        limit = <int *> malloc(nrows * sizeof(int))
+        try:
+            if c == NULL or limit == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
+            for i in range(nrows):
+                out[i, 0] = res[i].log_partition
+                out[i, 1] = res[i].mean
+                out[i, 2] = res[i].variance
+                out[i, 3] = res[i].kl
+                out[i, 4] = res[i].log_norm
+                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+        finally:
+            free(res)
+            free(c)
+            free(limit)
+
+
+def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+              const int64_t[::1] roff, Py_ssize_t V, double[:, ::1] out, int32_t[::1] flags,
+              int n_threads):
+    """out[i] = (log_norm, mean, variance, r_max, log_p_max, r_min, log_p_min) under p."""
+    cdef Py_ssize_t nrows = loff.shape[0], i
+    cdef tl_info_result *res
+    cdef double *c
+    cdef int64_t *rows
+    if nrows == 0:
+        return
+    with nogil:
+        res = <tl_info_result *> _alloc(nrows, sizeof(tl_info_result))
+        c = <double *> malloc(nrows * sizeof(double))
+        rows = <int64_t *> malloc(nrows * sizeof(int64_t))
+        try:
+            if c == NULL or rows == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            for i in range(nrows):
+                rows[i] = i
+            _shifts(lb, rb, loff, roff, V, c, n_threads)
+            _info_pass(lb, rb, loff, roff, V, c, rows, nrows, res, n_threads)
+            for i in range(nrows):
+                out[i, 0] = res[i].log_norm
+                out[i, 1] = res[i].mean
+                out[i, 2] = res[i].variance
+                out[i, 3] = res[i].r_max
+                out[i, 4] = res[i].log_p_max
+                out[i, 5] = res[i].r_min
+                out[i, 6] = res[i].log_p_min
+                flags[i] = res[i].flags
+        finally:
+            free(res)
+            free(c)
+            free(rows)
+
+
+def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                       const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam,
+                       double[:, ::1] out, int32_t[::1] flags, int n_threads):
+    """out[i, :] = log phi_lam[i] of row i (normalised log-probabilities)."""
+    cdef Py_ssize_t nrows = loff.shape[0]
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t i, k, w, start
+    cdef tl_tilt_result *res
+    cdef double *c
+    cdef int *limit
+    cdef tl_info_result *info = NULL
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef double *op
+    if nrows == 0:
+        return
+    op = &out[0, 0]
+    with nogil:
+        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
+        c = <double *> malloc(nrows * sizeof(double))
+        limit = <int *> malloc(nrows * sizeof(int))
+        try:
+            if c == NULL or limit == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
+            for i in range(nrows):
+                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                i = w // nch
+                k = w - i * nch
+                start = k * TL_CHUNK
+                if flags[i] != 0:
+                    continue
+                if limit[i]:
+                    # log p restricted to the extreme set: l - log sum exp(l over the set)
+                    if floating is double:
+                        tl_limit_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                              _chunk_len(V, k), res[i].mean, res[i].lc,
+                                              op + i * V + start)
+                    else:
+                        tl_limit_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                              _chunk_len(V, k), res[i].mean, res[i].lc,
+                                              op + i * V + start)
+                else:
+                    if floating is double:
+                        tl_tilt_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                             _chunk_len(V, k), lam[i], res[i].shift,
+                                             res[i].log_norm, res[i].lc, op + i * V + start)
+                    else:
+                        tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                             _chunk_len(V, k), lam[i], res[i].shift,
+                                             res[i].log_norm, res[i].lc, op + i * V + start)
+        finally:
+            free(res)
+            free(c)
+            free(limit)
+
+
+def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                  const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, int order,
+                  double[:, ::1] out, int32_t[::1] flags, int n_threads):
+    """out[i, k-1] = k-th cumulant of the reward under phi_lam[i] (k = 1..order)."""
+    cdef Py_ssize_t nrows = loff.shape[0]
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t i, k, w, j, start
+    cdef int stride = order + 1
+    cdef tl_tilt_result *res
+    cdef double *c
+    cdef int *limit
+    cdef double *sums
+    cdef double sd
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    if nrows == 0:
+        return
+    with nogil:
+        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
+        c = <double *> malloc(nrows * sizeof(double))
+        limit = <int *> malloc(nrows * sizeof(int))
+        sums = <double *> malloc((nitems if nitems > 0 else 1) * stride * sizeof(double))
+        try:
+            if c == NULL or limit == NULL or sums == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
+            for i in range(nrows):
+                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                i = w // nch
+                k = w - i * nch
+                start = k * TL_CHUNK
+                if flags[i] != 0 or limit[i]:
+                    continue
+                sd = sqrt(res[i].variance)
+                if floating is double:
+                    tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                         _chunk_len(V, k), lam[i], res[i].shift,
+                                         res[i].log_norm, res[i].lc, res[i].mean,
+                                         1.0 / sd if sd > 0 else 0.0,
+                                         order, sums + w * stride)
+                else:
+                    tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                         _chunk_len(V, k), lam[i], res[i].shift,
+                                         res[i].log_norm, res[i].lc, res[i].mean,
+                                         1.0 / sd if sd > 0 else 0.0,
+                                         order, sums + w * stride)
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                if flags[i] != 0:
+                    for j in range(order):
+                        out[i, j] = NAN
+                elif limit[i]:
+                    out[i, 0] = res[i].mean
+                    for j in range(1, order):
+                        out[i, j] = 0.0
+                else:
+                    for k in range(1, nch):
+                        for j in range(stride):
+                            sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
+                    tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
+                                              sqrt(res[i].variance), &out[i, 0])
+        finally:
+            free(res)
+            free(c)
+            free(limit)
+            free(sums)
+
+
+def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+               const int64_t[::1] roff, Py_ssize_t V, const double[::1] target, bint joint,
+               double[::1] out_lam, int32_t[::1] out_iter, int32_t[::1] flags, int n_threads):
+    """lam >= 0 with kl(lam) = target per row, or one lam for the summed kl (joint).
+
+    Per-row solves run in lockstep: every iteration is one parallel pass over the rows
+    still iterating.  out_iter counts the passes over each row's data (including the
+    first pass that finds kl_max and the base variance)."""
+    cdef Py_ssize_t nrows = loff.shape[0], i, nact
+    cdef tl_tilt_result *res
+    cdef tl_info_result *info
+    cdef tl_newton *st
+    cdef tl_newton joint_st
+    cdef double *c
+    cdef double *lam
+    cdef int64_t *rows
+    cdef double kl_max_sum, var_sum, kl_sum
+    cdef int bad = 0
+    if nrows == 0:
+        return
+    with nogil:
+        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
+        info = <tl_info_result *> malloc(nrows * sizeof(tl_info_result))
+        st = <tl_newton *> malloc(nrows * sizeof(tl_newton))
+        c = <double *> malloc(nrows * sizeof(double))
+        lam = <double *> malloc(nrows * sizeof(double))
+        rows = <int64_t *> malloc(nrows * sizeof(int64_t))
+        try:
+            if info == NULL or st == NULL or c == NULL or lam == NULL or rows == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            for i in range(nrows):
+                rows[i] = i
+            _shifts(lb, rb, loff, roff, V, c, n_threads)
+            _info_pass(lb, rb, loff, roff, V, c, rows, nrows, info, n_threads)
+            for i in range(nrows):
+                flags[i] = info[i].flags
+                bad = bad | info[i].flags
+            if bad == 0:
+                if not joint:
+                    for i in range(nrows):
+                        tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].variance)
+                    while True:
+                        nact = 0
+                        for i in range(nrows):
+                            if not st[i].done:
+                                rows[nact] = i
+                                lam[i] = st[i].lam
+                                nact += 1
+                        if nact == 0:
+                            break
+                        _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nact, res, n_threads)
+                        for i in range(nact):
+                            if res[rows[i]].flags & TL_FLAG_SATURATED:
+                                tl_newton_step(&st[rows[i]], -info[rows[i]].log_p_max, 0.0)
+                            else:
+                                tl_newton_step(&st[rows[i]], res[rows[i]].kl, res[rows[i]].variance)
+                    for i in range(nrows):
+                        out_lam[i] = st[i].lam
+                        out_iter[i] = st[i].iter + 1
+                else:
+                    kl_max_sum = 0.0
+                    var_sum = 0.0
+                    for i in range(nrows):
+                        kl_max_sum = kl_max_sum + (-info[i].log_p_max)
+                        var_sum = var_sum + info[i].variance
+                    tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum)
+                    while not joint_st.done:
+                        for i in range(nrows):
+                            lam[i] = joint_st.lam
+                        _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nrows, res, n_threads)
+                        kl_sum = 0.0
+                        var_sum = 0.0
+                        for i in range(nrows):
+                            if res[i].flags & TL_FLAG_SATURATED:
+                                kl_sum = kl_sum + (-info[i].log_p_max)
+                            else:
+                                kl_sum = kl_sum + res[i].kl
+                                var_sum = var_sum + res[i].variance
+                        tl_newton_step(&joint_st, kl_sum, var_sum)
+                    for i in range(nrows):
+                        out_lam[i] = joint_st.lam
+                        out_iter[i] = joint_st.iter + 1
+        finally:
+            free(res)
+            free(info)
+            free(st)
+            free(c)
+            free(lam)
+            free(rows)
+
+
+def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,
+            const int64_t[::1] qoff, Py_ssize_t V, double[::1] out, int32_t[::1] flags,
+            int n_threads):
+    """out[i] = KL(p_i || q_i) for logits rows p_i, q_i.
+
+    Stage 0 is a product-mode pass; stage 1 a KL pass (sum of non-negative terms) when
+    stage 0 cancelled; stage 2 the standard mode when log(q/p) spreads over more than
+    the product mode allows."""
+    cdef Py_ssize_t nrows = poff.shape[0]
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t i, k, w, start, pending
+    cdef int attempt, fl, advise, mode
+    cdef const floating *pp = &pb[0]
+    cdef const floating *qp = &qb[0]
+    cdef tl_kl_acc *acc
+    cdef int *stage
+    cdef double *c
+    cdef double *ltot
+    cdef double *q_out
+    cdef tl_kl_acc *a
+    if nrows == 0:
+        return
+    with nogil:
+        acc = <tl_kl_acc *> _alloc(nitems, sizeof(tl_kl_acc))
+        stage = <int *> malloc(nrows * sizeof(int))
+        c = <double *> malloc(nrows * sizeof(double))
+        ltot = <double *> malloc(nrows * sizeof(double))
+        q_out = <double *> malloc(nrows * sizeof(double))
+        try:
+            if stage == NULL or c == NULL or ltot == NULL or q_out == NULL:
+                with gil:
+                    raise MemoryError("tiltlab: could not allocate work buffers")
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                stage[i] = 0
+                ltot[i] = 0.0
+                q_out[i] = 0.0
+                if floating is double:
+                    c[i] = tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V)
+                else:
+                    c[i] = tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V)
+            for attempt in range(3):
+                for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                    i = w // nch
+                    if stage[i] < 0:
+                        continue
+                    k = w - i * nch
+                    start = k * TL_CHUNK
+                    mode = _stage_mode(stage[i])
+                    if floating is double:
+                        tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
+                                        _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
+                    else:
+                        tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
+                                        _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
+                for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                    if stage[i] < 0:
+                        continue
+                    a = &acc[i * nch]
+                    mode = _stage_mode(stage[i])
+                    for k in range(1, nch):
+                        tl_kl_merge(a, &acc[i * nch + k], mode)
+                    if stage[i] == 0 and not tl_kl_product_ok(a):
+                        stage[i] = 2
+                        continue
+                    fl = 0
+                    advise = 0
+                    out[i] = tl_kl_finalize(a, c[i], mode, &fl, &ltot[i], &q_out[i], &advise)
+                    flags[i] = fl
+                    if stage[i] == 0 and advise and fl == 0:
+                        stage[i] = 1
+                    else:
+                        stage[i] = -1
+                pending = 0
+                for i in range(nrows):
+                    if stage[i] >= 0:
+                        pending += 1
+                if pending == 0:
+                    break
+        finally:
+            free(acc)
+            free(stage)
+            free(c)
+            free(ltot)
+            free(q_out)

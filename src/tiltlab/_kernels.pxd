@@ -1,0 +1,127 @@
+# Cython declarations of the C layer (csrc/).  Other Cython code can cimport these.
+from libc.stdint cimport int64_t
+
+cdef extern from "tl_config.h" nogil:
+    enum:
+        TL_CHUNK
+        TL_FLAG_BAD_LOGIT
+        TL_FLAG_BAD_REWARD
+        TL_FLAG_EMPTY_ROW
+        TL_FLAG_SATURATED
+        TL_FLAG_INF_KL
+    Py_ssize_t tl_num_chunks(Py_ssize_t n)
+
+cdef extern from "tl_parallel.h" nogil:
+    int tl_openmp_enabled()
+    int tl_max_threads()
+
+cdef extern from "tl_lse.h" nogil:
+    ctypedef struct tl_lse_acc:
+        double m
+        int flags
+    void tl_lse_chunk_f64(const double *x, Py_ssize_t n, tl_lse_acc *acc)
+    void tl_lse_chunk_f32(const float *x, Py_ssize_t n, tl_lse_acc *acc)
+    void tl_lse_merge(tl_lse_acc *into, const tl_lse_acc *other)
+    double tl_lse_finalize(const tl_lse_acc *acc)
+
+cdef extern from "tl_tilt.h" nogil:
+    enum:
+        TL_MODE_PRODUCT
+        TL_MODE_STANDARD
+        TL_MODE_KL
+        TL_MAX_ORDER
+    ctypedef struct tl_tilt_acc:
+        double m_l
+        int flags
+    ctypedef struct tl_tilt_result:
+        double log_norm
+        double log_partition
+        double lc
+        double mean
+        double variance
+        double kl
+        double shift
+        int flags
+    void tl_tilt_chunk_f64(const double *l, const double *r, Py_ssize_t n, double lam,
+                           double c, double lc, int mode, tl_tilt_acc *acc)
+    void tl_tilt_chunk_f32(const float *l, const float *r, Py_ssize_t n, double lam,
+                           double c, double lc, int mode, tl_tilt_acc *acc)
+    void tl_tilt_merge(tl_tilt_acc *into, const tl_tilt_acc *other, int mode)
+    int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam)
+    int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam)
+    double tl_tilt_kl_value(const tl_tilt_acc *acc)
+    void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
+                          tl_tilt_result *out)
+    void tl_tilt_row_f64(const double *l, const double *r, Py_ssize_t n, double lam, double c,
+                         tl_tilt_result *out)
+    void tl_tilt_row_f32(const float *l, const float *r, Py_ssize_t n, double lam, double c,
+                         tl_tilt_result *out)
+    Py_ssize_t tl_argmax_tilted_f64(const double *l, const double *r, Py_ssize_t n, double lam)
+    Py_ssize_t tl_argmax_tilted_f32(const float *l, const float *r, Py_ssize_t n, double lam)
+    Py_ssize_t tl_first_support_f64(const double *l, Py_ssize_t n)
+    Py_ssize_t tl_first_support_f32(const float *l, Py_ssize_t n)
+
+    ctypedef struct tl_info_acc:
+        double m_l
+        int flags
+    ctypedef struct tl_info_result:
+        double log_norm
+        double mean
+        double variance
+        double r_max
+        double log_p_max
+        double r_min
+        double log_p_min
+        double lse_max
+        double lse_min
+        int flags
+    void tl_info_chunk_f64(const double *l, const double *r, Py_ssize_t n, double c,
+                           tl_info_acc *acc)
+    void tl_info_chunk_f32(const float *l, const float *r, Py_ssize_t n, double c,
+                           tl_info_acc *acc)
+    void tl_info_merge(tl_info_acc *into, const tl_info_acc *other)
+    void tl_info_finalize(const tl_info_acc *acc, double c, tl_info_result *out)
+
+    void tl_tilt_logprobs_f64(const double *l, const double *r, Py_ssize_t n, double lam,
+                              double c, double log_norm, double lc, double *out)
+    void tl_tilt_logprobs_f32(const float *l, const float *r, Py_ssize_t n, double lam,
+                              double c, double log_norm, double lc, double *out)
+    void tl_limit_logprobs_f64(const double *l, const double *r, Py_ssize_t n, double r_star,
+                               double log_mass_star, double *out)
+    void tl_limit_logprobs_f32(const float *l, const float *r, Py_ssize_t n, double r_star,
+                               double log_mass_star, double *out)
+    void tl_moments_chunk_f64(const double *l, const double *r, Py_ssize_t n, double lam,
+                              double c, double log_norm, double lc, double mean, double inv_sd,
+                              int order, double *sums)
+    void tl_moments_chunk_f32(const float *l, const float *r, Py_ssize_t n, double lam,
+                              double c, double log_norm, double lc, double mean, double inv_sd,
+                              int order, double *sums)
+    void tl_cumulants_from_moments(const double *sums, int order, double mean, double sd,
+                                   double *kappa)
+
+cdef extern from "tl_kl.h" nogil:
+    enum:
+        TL_FLAG_BAD_LOGIT_Q
+        TL_FLAG_EMPTY_ROW_Q
+    ctypedef struct tl_kl_acc:
+        double m_p
+        int flags
+    void tl_kl_chunk_f64(const double *lp, const double *lq, Py_ssize_t n, double c,
+                         double ltot, int mode, tl_kl_acc *acc)
+    void tl_kl_chunk_f32(const float *lp, const float *lq, Py_ssize_t n, double c,
+                         double ltot, int mode, tl_kl_acc *acc)
+    void tl_kl_merge(tl_kl_acc *into, const tl_kl_acc *other, int mode)
+    int tl_kl_product_ok(const tl_kl_acc *acc)
+    double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags, double *ltot,
+                          double *q_out, int *advise_kl_pass)
+    double tl_kl_shift_f64(const double *lp, const double *lq, Py_ssize_t n)
+    double tl_kl_shift_f32(const float *lp, const float *lq, Py_ssize_t n)
+
+cdef extern from "tl_solve.h" nogil:
+    ctypedef struct tl_newton:
+        double lam
+        int iter
+        int done
+        int converged
+    void tl_newton_init(tl_newton *s, double target, double kl_max, double var0)
+    void tl_newton_step(tl_newton *s, double kl, double variance)

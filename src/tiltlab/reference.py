@@ -1,0 +1,257 @@
+"""Plain-NumPy twins of the compiled kernels: the oracle in tests, the baseline in benchmarks.
+
+Written for clarity, not speed: whole arrays, textbook formulas, no chunking, no shared
+helpers with the compiled code.  Inputs are assumed valid (the public API validates);
+outputs follow the same conventions as the public functions (float64, batch shapes
+broadcast, outcomes on the last axis).
+
+Numerical choices (deliberately different from the compiled kernels where it matters):
+the tilted law is formed in log space as ``log p + lam r - logsumexp(log p + lam r)``;
+for small tilts (``|lam| * reward range <= 1``) the log partition is
+``lam c + log1p(sum p expm1(lam (r - c)))`` so that the KL does not cancel.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+__all__ = [
+    "logsumexp",
+    "tilt_stats",
+    "tilt",
+    "solve_lambda",
+    "kl_max",
+    "frontier",
+    "cumulants",
+    "kl_divergence",
+]
+
+
+def logsumexp(a, axis=-1, keepdims=False):
+    """``log(sum(exp(a)))`` by max-shifting; NaN -> NaN, +inf -> +inf, all -inf -> -inf."""
+    a = np.asarray(a, dtype=np.float64)
+    if axis is None:
+        axis = tuple(range(a.ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    if any(a.shape[ax] == 0 for ax in axes):
+        out = np.full(np.sum(a, axis=axis, keepdims=keepdims).shape, -np.inf)
+        return out[()] if out.ndim == 0 else out
+    m = np.max(a, axis=axis, keepdims=True)
+    shift = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # log(count of maxima + rest) = log1p(count - 1 + rest): exact when one term dominates
+        at_max = a == m
+        count = np.sum(at_max, axis=axis, keepdims=True)
+        rest = np.sum(np.where(at_max, 0.0, np.exp(a - shift)), axis=axis, keepdims=True)
+        out = np.where(np.isfinite(m), np.log1p((count - 1) + rest) + shift, m)
+    if not keepdims:
+        out = np.squeeze(out, axis=axes)
+    return out[()] if np.ndim(out) == 0 else out
+
+
+def _broadcast(logits, rewards, *params):
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    params = [np.asarray(p, dtype=np.float64) for p in params]
+    batch = np.broadcast_shapes(logits.shape[:-1], rewards.shape[:-1],
+                                *[p.shape for p in params])
+    v = logits.shape[-1]
+    logits = np.broadcast_to(logits, batch + (v,))
+    rewards = np.broadcast_to(rewards, batch + (v,))
+    params = [np.broadcast_to(p, batch) for p in params]
+    return logits, rewards, params
+
+
+def _log_p(logits):
+    return logits - logsumexp(logits)[..., None]
+
+
+def _scalar(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x[()] if x.ndim == 0 else x
+
+
+def _extreme_set(logits, rewards, upper=True):
+    """Mask of the argmax (upper) or argmin reward set of each row, on the support."""
+    support = logits > -np.inf
+    masked = np.where(support, rewards, -np.inf if upper else np.inf)
+    star = masked.max(axis=-1) if upper else masked.min(axis=-1)
+    return support & (rewards == star[..., None]), star
+
+
+def _log_tilted(logits, rewards, lam):
+    """(log phi, Lambda) for finite lam."""
+    log_p = _log_p(logits)
+    support = logits > -np.inf
+    # shift rewards by the reward of the dominant outcome (argmax of log p + lam r): for
+    # large lam the KL then involves no cancellation of terms of size lam * r
+    with np.errstate(invalid="ignore"):
+        dominant = np.argmax(np.where(support, log_p + lam[..., None] * rewards, -np.inf), -1)
+    c = np.take_along_axis(rewards, dominant[..., None], axis=-1)[..., 0]
+    u = lam[..., None] * (rewards - c[..., None])
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = np.where(support, log_p + u, -np.inf)
+        lc_log = logsumexp(x)
+        span = np.abs(lam) * (np.where(support, rewards, -np.inf).max(-1)
+                              - np.where(support, rewards, np.inf).min(-1))
+        p = np.exp(log_p)
+        small = np.sum(np.where(support, p * np.expm1(np.where(support, u, 0.0)), 0.0), axis=-1)
+        lc = np.where(span <= 1.0, np.log1p(small), lc_log)
+    log_phi = x - lc[..., None]
+    return log_phi, lam * c + lc, lc, u, log_p
+
+
+def tilt_stats(logits, rewards, lam):
+    """Reference for :func:`tiltlab.tilt_stats`: returns (log_partition, mean, variance, kl)."""
+    logits, rewards, (lam,) = _broadcast(logits, rewards, lam)
+    fin = np.isfinite(lam)
+    out = [np.empty(lam.shape) for _ in range(4)]
+    if np.any(fin):
+        lf = lam[fin]
+        log_phi, lp, lc, u, log_p = _log_tilted(logits[fin], rewards[fin], lf)
+        phi = np.exp(log_phi)
+        phi /= phi.sum(axis=-1, keepdims=True)  # exact normalisation for the moments
+        r = np.where(phi > 0, rewards[fin], 0.0)
+        mean = np.sum(phi * r, axis=-1)
+        var = np.sum(phi * (r - mean[..., None]) ** 2, axis=-1)
+        # KL(phi || p) = sum phi (log phi - log p) = sum phi (u - lc)
+        kl = np.sum(np.where(phi > 0, phi * (u - lc[..., None]), 0.0), axis=-1)
+        for arr, val in zip(out, (lp, mean, var, np.maximum(kl, 0.0)), strict=True):
+            arr[fin] = val
+    if np.any(~fin):
+        lg, rw, lm = logits[~fin], rewards[~fin], lam[~fin]
+        log_p = _log_p(lg)
+        up_mask, up_star = _extreme_set(lg, rw, True)
+        lo_mask, lo_star = _extreme_set(lg, rw, False)
+        up = lm > 0
+        mask = np.where(up[..., None], up_mask, lo_mask)
+        star = np.where(up, up_star, lo_star)
+        log_mass = logsumexp(np.where(mask, log_p, -np.inf))
+        with np.errstate(invalid="ignore"):
+            lp = np.where(star == 0, log_mass, lm * star + log_mass)
+        out[0][~fin] = lp
+        out[1][~fin] = star
+        out[2][~fin] = 0.0
+        out[3][~fin] = -log_mass
+    return tuple(_scalar(o) for o in out)
+
+
+def tilt(logits, rewards, lam):
+    """Reference for :func:`tiltlab.tilt`: normalised log-probabilities of phi_lam."""
+    logits, rewards, (lam,) = _broadcast(logits, rewards, lam)
+    out = np.empty(logits.shape)
+    fin = np.isfinite(lam)
+    if np.any(fin):
+        out[fin] = _log_tilted(logits[fin], rewards[fin], lam[fin])[0]
+    if np.any(~fin):
+        lg, rw, lm = logits[~fin], rewards[~fin], lam[~fin]
+        up_mask, _ = _extreme_set(lg, rw, True)
+        lo_mask, _ = _extreme_set(lg, rw, False)
+        mask = np.where((lm > 0)[..., None], up_mask, lo_mask)
+        x = np.where(mask, lg, -np.inf)
+        out[~fin] = x - logsumexp(x)[..., None]
+    return out
+
+
+def kl_max(logits, rewards):
+    """Reference for :func:`tiltlab.kl_max`: ``-log p(argmax set)``."""
+    logits, rewards, _ = _broadcast(logits, rewards)
+    mask, _ = _extreme_set(logits, rewards, True)
+    return _scalar(-logsumexp(np.where(mask, _log_p(logits), -np.inf)))
+
+
+def solve_lambda(logits, rewards, kl, *, joint=False, max_iter=200):
+    """Reference for :func:`tiltlab.solve_lambda`: Newton on kl(lam) with bisection fallback.
+
+    Rows iterate in lockstep; each iteration evaluates :func:`tilt_stats` once.
+    """
+    if joint:
+        logits, rewards, _ = _broadcast(logits, rewards)
+        target = float(kl)
+        top = float(np.sum(kl_max(logits, rewards)))
+        if target >= top:
+            return np.inf
+        if target == 0:
+            return 0.0
+        lo, hi, lam = 0.0, np.inf, 1.0
+        for _ in range(max_iter):
+            _, _, var, k = tilt_stats(logits, rewards, lam)
+            f = float(np.sum(k)) - target
+            if f < 0:
+                lo = lam
+            else:
+                hi = lam
+            d = lam * float(np.sum(var))
+            nxt = lam - f / d if d > 0 else np.nan
+            if not lo < nxt < hi:
+                nxt = 2 * lam if hi == np.inf else 0.5 * (lo + hi)
+            if abs(nxt - lam) <= 1e-15 * lam:
+                return nxt
+            lam = nxt
+        return lam
+    logits, rewards, (kl,) = _broadcast(logits, rewards, kl)
+    shape, n = kl.shape, logits.shape[-1]
+    lg, rw, target = logits.reshape(-1, n), rewards.reshape(-1, n), kl.reshape(-1)
+    top = np.atleast_1d(kl_max(lg, rw))
+    lam = np.where(target >= top, np.inf, np.where(target == 0, 0.0, 1.0))
+    active = np.isfinite(lam) & (lam > 0)
+    lo = np.zeros(target.shape)
+    hi = np.full(target.shape, np.inf)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        _, _, var, k = tilt_stats(lg[idx], rw[idx], lam[idx])
+        la = lam[idx]
+        f = np.atleast_1d(k) - target[idx]
+        lo[idx] = np.where(f < 0, la, lo[idx])
+        hi[idx] = np.where(f >= 0, la, hi[idx])
+        d = la * np.atleast_1d(var)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nxt = np.where(d > 0, la - f / d, np.nan)
+        bad = ~((nxt > lo[idx]) & (nxt < hi[idx]))
+        nxt = np.where(bad, np.where(np.isinf(hi[idx]), 2 * la, 0.5 * (lo[idx] + hi[idx])), nxt)
+        done = (np.abs(nxt - la) <= 1e-15 * la) | (f == 0)
+        lam[idx] = np.where(f == 0, la, nxt)
+        active[idx[done]] = False
+    return _scalar(lam.reshape(shape))
+
+
+def frontier(logits, rewards, kl):
+    """Reference for :func:`tiltlab.frontier`: the tilted mean at lam(kl)."""
+    lam = solve_lambda(logits, rewards, kl)
+    return tilt_stats(logits, rewards, lam)[1]
+
+
+def cumulants(logits, rewards, order, lam=0.0):
+    """Reference for :func:`tiltlab.cumulants`: central moments of phi_lam, then
+    ``kappa_k = c_k - sum_{m=2}^{k-2} C(k-1, m-1) kappa_m c_{k-m}``."""
+    logits, rewards, (lam,) = _broadcast(logits, rewards, lam)
+    log_phi = tilt(logits, rewards, lam)
+    phi = np.exp(log_phi)
+    phi /= phi.sum(axis=-1, keepdims=True)
+    r = np.where(phi > 0, rewards, 0.0)
+    mean = np.sum(phi * r, axis=-1)
+    dev = r - mean[..., None]
+    central = [np.ones(mean.shape), np.zeros(mean.shape)]
+    for j in range(2, order + 1):
+        central.append(np.sum(phi * dev**j, axis=-1))
+    kappa = [None, mean]
+    for k in range(2, order + 1):
+        val = central[k].copy()
+        for m in range(2, k - 1):
+            val -= comb(k - 1, m - 1) * kappa[m] * central[k - m]
+        kappa.append(val)
+    return np.stack(kappa[1:], axis=-1)
+
+
+def kl_divergence(logits_p, logits_q):
+    """Reference for :func:`tiltlab.kl_divergence`: ``sum p (log p - log q)``."""
+    lp, lq, _ = _broadcast(logits_p, logits_q)
+    log_p = _log_p(lp)
+    log_q = _log_p(lq)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(lp > -np.inf, np.exp(log_p) * (log_p - log_q), 0.0)
+    return _scalar(np.sum(terms, axis=-1))
