@@ -46,6 +46,23 @@ TL_INLINE double tl_block_max(const double *TL_RESTRICT x) {
     return m;
 }
 
+/* Checks a loaded block with vectorisable arithmetic: returns nonzero if any entry of x
+ * is NaN (nan_only) or not finite (otherwise).  x * 0 is NaN exactly for NaN and +-inf. */
+TL_INLINE int tl_block_has_nonfinite(const double *TL_RESTRICT x) {
+    double s[TL_LANES] = {0};
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) s[k] += x[i + k] * 0.0;
+    double t = tl__lanes_total(s);
+    return t != t;
+}
+
+TL_INLINE int tl_block_has_nan(const double *TL_RESTRICT x) {
+    double s[TL_LANES] = {0};
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) s[k] += x[i + k] == x[i + k] ? 0.0 : 1.0;
+    return tl__lanes_total(s) != 0.0;
+}
+
 /* Weighted centred sums of a block: with weights w and values d (sum_w = sum of w > 0),
  * returns the weighted mean in *mean and sum w (d - mean)^2 in *m2 (two-pass, with the
  * correction term of the corrected two-pass algorithm). */

@@ -47,19 +47,20 @@ TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, doubl
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     *tail = sub ? 0x1p-64 : 1.0;
-    /* expm1(r) = r + r^2 (1/2 + r/6 + ... + r^11/13!) */
-    double q = 1.6059043836821613e-10;     /* 1/13! */
-    q = q * r + 2.08767569878681e-09;      /* 1/12! */
-    q = q * r + 2.505210838544172e-08;     /* 1/11! */
-    q = q * r + 2.755731922398589e-07;     /* 1/10! */
-    q = q * r + 2.7557319223985893e-06;    /* 1/9! */
-    q = q * r + 2.48015873015873e-05;      /* 1/8! */
-    q = q * r + 1.984126984126984e-04;     /* 1/7! */
-    q = q * r + 1.388888888888889e-03;     /* 1/6! */
-    q = q * r + 8.333333333333333e-03;     /* 1/5! */
-    q = q * r + 4.1666666666666664e-02;    /* 1/4! */
-    q = q * r + 1.6666666666666666e-01;    /* 1/3! */
-    q = q * r + 0.5;
+    /* expm1(r) = r + r^2 q(r), q = 1/2! + r/3! + ... + r^11/13! (Taylor; truncation
+     * < 7e-17 relative on |r| <= 0.35), evaluated by Estrin's scheme: dependency depth 4
+     * instead of 11, so vectorised loops are not latency-bound */
+    double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    double p01 = 0.5 + r * 1.6666666666666666e-01;              /* 1/2!, 1/3! */
+    double p23 = 4.1666666666666664e-02 + r * 8.333333333333333e-03;  /* 1/4!, 1/5! */
+    double p45 = 1.388888888888889e-03 + r * 1.984126984126984e-04;   /* 1/6!, 1/7! */
+    double p67 = 2.48015873015873e-05 + r * 2.7557319223985893e-06;   /* 1/8!, 1/9! */
+    double p89 = 2.755731922398589e-07 + r * 2.505210838544172e-08;   /* 1/10!, 1/11! */
+    double pab = 2.08767569878681e-09 + r * 1.6059043836821613e-10;   /* 1/12!, 1/13! */
+    double q03 = p01 + r2 * p23;
+    double q47 = p45 + r2 * p67;
+    double q8b = p89 + r2 * pab;
+    double q = (q03 + r4 * q47) + r8 * q8b;
     *r_out = r;
     *q_out = q;
     return scale;

@@ -7,18 +7,13 @@ void TL_SFX(tl_lse_chunk)(const TL_T *TL_RESTRICT x, ptrdiff_t n, tl_lse_acc *ac
     acc->flags = 0;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
-        int nan = 0, pinf = 0;
-        for (ptrdiff_t i = 0; i < len; i++) {
-            double v = (double)x[j0 + i];
-            nan |= (v != v);
-            pinf |= (v == INFINITY);
-            buf[i] = v;
-        }
+        for (ptrdiff_t i = 0; i < len; i++) buf[i] = (double)x[j0 + i];
         for (ptrdiff_t i = len; i < TL_BLOCK; i++) buf[i] = -INFINITY;
-        if (nan) acc->flags |= TL_LSE_NAN;
-        if (pinf) acc->flags |= TL_LSE_POSINF;
-        if (nan | pinf) continue; /* the result is decided; skip the arithmetic */
+        int nan = tl_block_has_nan(buf);
         double bm = tl_block_max(buf);
+        if (nan) acc->flags |= TL_LSE_NAN;
+        if (bm == INFINITY) acc->flags |= TL_LSE_POSINF;
+        if (nan || bm == INFINITY) continue; /* the result is decided; skip the arithmetic */
         if (bm == -INFINITY) continue;
         if (bm > acc->m) {
             acc->rest = (acc->rest + acc->count) * tl_rescale(acc->m, bm);

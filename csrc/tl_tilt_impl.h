@@ -5,18 +5,17 @@
 static inline int TL_SFX(tl__load_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                                          ptrdiff_t len, double c, double *TL_RESTRICT lb,
                                          double *TL_RESTRICT db) {
-    int bad_l = 0, bad_r = 0;
     for (ptrdiff_t i = 0; i < len; i++) {
-        double li = (double)l[i], ri = (double)r[i];
-        bad_l |= (li != li) | (li == INFINITY);
-        bad_r |= !(fabs(ri) <= DBL_MAX);
-        lb[i] = li;
-        db[i] = ri - c;
+        lb[i] = (double)l[i];
+        db[i] = (double)r[i] - c;
     }
     for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
         lb[i] = -INFINITY;
         db[i] = 0.0;
     }
+    /* r - c is NaN or +-inf exactly when r is (c is finite) */
+    int bad_l = tl_block_has_nan(lb) || tl_block_max(lb) == INFINITY;
+    int bad_r = tl_block_has_nonfinite(db);
     return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | (bad_r ? TL_FLAG_BAD_REWARD : 0);
 }
 

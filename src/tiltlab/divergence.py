@@ -37,7 +37,7 @@ def kl_divergence(logits_p: ArrayLike, logits_q: ArrayLike, *, n_threads: int | 
     >>> import numpy as np, tiltlab
     >>> print(f"{tiltlab.kl_divergence(np.log([0.5, 0.5]), np.log([0.9, 0.1])):.10f}")
     0.5108256238
-    >>> tiltlab.kl_divergence([0.0, 0.0], [0.0, -np.inf])
+    >>> float(tiltlab.kl_divergence([0.0, 0.0], [0.0, -np.inf]))
     inf
     """
     rows = V.prepare_rows(logits_p, logits_q, names=("logits_p", "logits_q"))

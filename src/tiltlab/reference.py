@@ -179,6 +179,8 @@ def solve_lambda(logits, rewards, kl, *, joint=False, max_iter=200):
         for _ in range(max_iter):
             _, _, var, k = tilt_stats(logits, rewards, lam)
             f = float(np.sum(k)) - target
+            if abs(f) <= 1e-14 * target:  # kl is resolved to a few ulps only
+                return lam
             if f < 0:
                 lo = lam
             else:
@@ -187,7 +189,7 @@ def solve_lambda(logits, rewards, kl, *, joint=False, max_iter=200):
             nxt = lam - f / d if d > 0 else np.nan
             if not lo < nxt < hi:
                 nxt = 2 * lam if hi == np.inf else 0.5 * (lo + hi)
-            if abs(nxt - lam) <= 1e-15 * lam:
+            if abs(nxt - lam) <= 1e-14 * lam or (hi < np.inf and hi - lo <= 1e-15 * hi):
                 return nxt
             lam = nxt
         return lam
@@ -213,8 +215,9 @@ def solve_lambda(logits, rewards, kl, *, joint=False, max_iter=200):
             nxt = np.where(d > 0, la - f / d, np.nan)
         bad = ~((nxt > lo[idx]) & (nxt < hi[idx]))
         nxt = np.where(bad, np.where(np.isinf(hi[idx]), 2 * la, 0.5 * (lo[idx] + hi[idx])), nxt)
-        done = (np.abs(nxt - la) <= 1e-15 * la) | (f == 0)
-        lam[idx] = np.where(f == 0, la, nxt)
+        done = ((np.abs(nxt - la) <= 1e-14 * la) | (np.abs(f) <= 1e-14 * target[idx])
+                | (np.isfinite(hi[idx]) & (hi[idx] - lo[idx] <= 1e-15 * hi[idx])))
+        lam[idx] = np.where(np.abs(f) <= 1e-14 * target[idx], la, nxt)
         active[idx[done]] = False
     return _scalar(lam.reshape(shape))
 

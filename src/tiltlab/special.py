@@ -56,8 +56,8 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     Examples
     --------
     >>> import numpy as np, tiltlab
-    >>> float(tiltlab.logsumexp([1000.0, 1000.0]) - 1000.0) == float(np.log(2.0))
-    True
+    >>> print(f"{tiltlab.logsumexp([1000.0, 1000.0]):.6f}")
+    1000.693147
     >>> tiltlab.logsumexp([[-np.inf, -np.inf], [0.0, np.inf]], axis=1)
     array([-inf,  inf])
     """

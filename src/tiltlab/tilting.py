@@ -201,6 +201,8 @@ def _solve(logits, rewards, kl, joint, n_threads):
                 f"scalar; got shape {kl_a.shape}"
             )
         rows = V.prepare_rows(logits, rewards, {"kl": kl_a.reshape(())})
+        if rows.n_rows == 0:
+            raise ValueError("joint=True needs at least one row; the batch is empty")
     else:
         rows = V.prepare_rows(logits, rewards, {"kl": kl_a})
     nt = V.n_threads_value(n_threads)
@@ -251,7 +253,7 @@ def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint:
     """
     rows, lam, _ = _solve(logits, rewards, kl, joint, n_threads)
     if joint:
-        return float(lam[0]) if lam.size else float("nan")
+        return float(lam[0])
     return V.shaped(lam, rows.batch_shape)
 
 
@@ -279,8 +281,8 @@ def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
     Examples
     --------
     >>> import numpy as np, tiltlab
-    >>> np.round(tiltlab.frontier(np.log([0.7, 0.3]), [0.0, 1.0], [0.0, 0.1, 5.0]), 10)
-    array([0.3       , 0.5146291211, 1.        ])
+    >>> [f"{v:.10f}" for v in tiltlab.frontier(np.log([0.7, 0.3]), [0.0, 1.0], [0.0, 0.1, 5.0])]
+    ['0.3000000000', '0.5146291211', '1.0000000000']
     """
     rows, lam, _ = _solve(logits, rewards, kl, False, n_threads)
     first, second = rows.originals

@@ -1,0 +1,127 @@
+"""Run the benchmarks and print one markdown table of medians and same-run ratios.
+
+    python bench/report.py            # the issue's sizes (several minutes)
+    python bench/report.py --quick    # small sizes, under a minute (what CI runs)
+    python bench/report.py --save     # also write bench/results/<date>-<label>.json
+    python bench/report.py -k logsumexp
+
+The ratio columns divide another implementation's median (same run, same data) by this
+one: "× reference" is how many times faster than tiltlab.reference, "× numpy-simple"
+than the few-line NumPy a researcher writes (bench/baselines.py), "× scipy" than
+scipy.special.logsumexp.  ns/elem = median / elements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_benchmarks(quick: bool, select: str | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", str(HERE), "-q", "-p", "no:cacheprovider",
+               "--benchmark-only", f"--benchmark-json={out}", "--benchmark-disable-gc",
+               "-o", "python_files=bench_*.py", "--rootdir", str(HERE)]
+        if quick:
+            cmd.append("--quick")
+        if select:
+            cmd += ["-k", select]
+        proc = subprocess.run(cmd, cwd=HERE)
+        if proc.returncode != 0:
+            sys.exit(proc.returncode)
+        return json.loads(out.read_text())
+
+
+def table(data: dict) -> str:
+    groups: dict[str, list] = {}
+    for b in data["benchmarks"]:
+        groups.setdefault(b["group"], []).append(b)
+    lines = ["| benchmark | implementation | median | ns/elem | × reference | × numpy-simple "
+             "| × scipy | passes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for group in sorted(groups, key=_group_key):
+        rows = groups[group]
+        med = {b["extra_info"]["impl"]: b["stats"]["median"] for b in rows}
+        for b in sorted(rows, key=lambda b: _impl_key(b["extra_info"]["impl"])):
+            impl = b["extra_info"]["impl"]
+            m = b["stats"]["median"]
+            n = b["extra_info"]["n_elements"]
+            vs_ref = f"{med['reference'] / m:.1f}" if "reference" in med else ""
+            vs_scipy = f"{med['scipy'] / m:.1f}" if "scipy" in med else ""
+            vs_simple = f"{med['numpy-simple'] / m:.1f}" if "numpy-simple" in med else ""
+            passes = b["extra_info"].get("passes") or ""
+            lines.append(f"| {group} | {impl} | {_fmt_time(m)} | {m / n * 1e9:.2f} | {vs_ref} "
+                         f"| {vs_simple} | {vs_scipy} | {passes} |")
+    return "\n".join(lines)
+
+
+def _group_key(g: str):
+    name, shape, dtype = (g.split() + ["", "", ""])[:3]
+    rows, _, cols = shape.partition("x")
+    return (name, int(rows or 0), int(cols or 0), dtype)
+
+
+def _impl_key(impl: str):
+    order = ["compiled-1t", "compiled-2t", "reference", "numpy-simple", "scipy"]
+    return order.index(impl) if impl in order else len(order)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def machine() -> str:
+    import numpy as np
+
+    import tiltlab
+
+    info = tiltlab.build_info()
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}, NumPy {np.__version__}, tiltlab "
+            f"{info['version']} (OpenMP {info['openmp']}, {info['max_threads']} threads)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds")
+    parser.add_argument("--save", action="store_true", help="write bench/results/*.json")
+    parser.add_argument("--label", default="", help="label for --save")
+    parser.add_argument("-k", dest="select", default=None, help="pytest -k expression")
+    args = parser.parse_args(argv)
+    data = run_benchmarks(args.quick, args.select)
+    print()
+    print(f"machine: {machine()}")
+    print(f"sizes: {'quick' if args.quick else 'full'}; medians over pedantic rounds\n")
+    print(table(data))
+    if args.save:
+        results = HERE / "results"
+        results.mkdir(exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = results / f"{stamp}{'-' + args.label if args.label else ''}.json"
+        slim = {"machine": machine(), "quick": args.quick,
+                "benchmarks": [{"group": b["group"], "extra_info": b["extra_info"],
+                                "stats": {k: b["stats"][k] for k in ("median", "min", "max",
+                                                                     "rounds")}}
+                               for b in data["benchmarks"]]}
+        path.write_text(json.dumps(slim, indent=1))
+        print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
