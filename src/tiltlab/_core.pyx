@@ -53,6 +53,19 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
     return p
 
 
+cdef class _Buffer:
+    """A malloc'd block owned by a Python object: freed when the driver returns or raises."""
+    cdef void *ptr
+
+    def __cinit__(self, Py_ssize_t count, size_t size):
+        self.ptr = malloc((count if count > 0 else 1) * size)
+        if self.ptr == NULL:
+            raise MemoryError("tiltlab: could not allocate work buffers")
+
+    def __dealloc__(self):
+        free(self.ptr)
+
+
 # --------------------------------------------------------------------------------------
 # log-sum-exp
 # --------------------------------------------------------------------------------------
@@ -311,31 +324,22 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
               int32_t[::1] flags, int n_threads):
     """out[i] = (log_partition, mean, variance, kl, log_norm) of row i at lam[i]."""
     cdef Py_ssize_t nrows = loff.shape[0], i
-    cdef tl_tilt_result *res
-    cdef double *c
-    cdef int *limit
     if nrows == 0:
         return
+    cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
+    cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     with nogil:
-        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
-        c = <double *> malloc(nrows * sizeof(double))
-        limit = <int *> malloc(nrows * sizeof(int))
-        try:
-            if c == NULL or limit == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
-            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
-            for i in range(nrows):
-                out[i, 0] = res[i].log_partition
-                out[i, 1] = res[i].mean
-                out[i, 2] = res[i].variance
-                out[i, 3] = res[i].kl
-                out[i, 4] = res[i].log_norm
-                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
-        finally:
-            free(res)
-            free(c)
-            free(limit)
+        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, <int *> limit_b.ptr,
+                  n_threads)
+        for i in range(nrows):
+            out[i, 0] = res[i].log_partition
+            out[i, 1] = res[i].mean
+            out[i, 2] = res[i].variance
+            out[i, 3] = res[i].kl
+            out[i, 4] = res[i].log_norm
+            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
 
 
 def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -343,36 +347,28 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
               int n_threads):
     """out[i] = (log_norm, mean, variance, r_max, log_p_max, r_min, log_p_min) under p."""
     cdef Py_ssize_t nrows = loff.shape[0], i
-    cdef tl_info_result *res
-    cdef double *c
-    cdef int64_t *rows
     if nrows == 0:
         return
+    cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_info_result))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
+    cdef tl_info_result *res = <tl_info_result *> res_b.ptr
+    cdef double *c = <double *> c_b.ptr
+    cdef int64_t *rows = <int64_t *> rows_b.ptr
     with nogil:
-        res = <tl_info_result *> _alloc(nrows, sizeof(tl_info_result))
-        c = <double *> malloc(nrows * sizeof(double))
-        rows = <int64_t *> malloc(nrows * sizeof(int64_t))
-        try:
-            if c == NULL or rows == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
-            for i in range(nrows):
-                rows[i] = i
-            _shifts(lb, rb, loff, roff, V, c, n_threads)
-            _info_pass(lb, rb, loff, roff, V, c, rows, nrows, res, n_threads)
-            for i in range(nrows):
-                out[i, 0] = res[i].log_norm
-                out[i, 1] = res[i].mean
-                out[i, 2] = res[i].variance
-                out[i, 3] = res[i].r_max
-                out[i, 4] = res[i].log_p_max
-                out[i, 5] = res[i].r_min
-                out[i, 6] = res[i].log_p_min
-                flags[i] = res[i].flags
-        finally:
-            free(res)
-            free(c)
-            free(rows)
+        for i in range(nrows):
+            rows[i] = i
+        _shifts(lb, rb, loff, roff, V, c, n_threads)
+        _info_pass(lb, rb, loff, roff, V, c, rows, nrows, res, n_threads)
+        for i in range(nrows):
+            out[i, 0] = res[i].log_norm
+            out[i, 1] = res[i].mean
+            out[i, 2] = res[i].variance
+            out[i, 3] = res[i].r_max
+            out[i, 4] = res[i].log_p_max
+            out[i, 5] = res[i].r_min
+            out[i, 6] = res[i].log_p_min
+            flags[i] = res[i].flags
 
 
 def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -383,56 +379,45 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t i, k, w, start
-    cdef tl_tilt_result *res
-    cdef double *c
-    cdef int *limit
-    cdef tl_info_result *info = NULL
-    cdef const floating *lp = &lb[0]
-    cdef const floating *rp = &rb[0]
-    cdef double *op
     if nrows == 0:
         return
-    op = &out[0, 0]
+    cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
+    cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
+    cdef int *limit = <int *> limit_b.ptr
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef double *op = &out[0, 0]
     with nogil:
-        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
-        c = <double *> malloc(nrows * sizeof(double))
-        limit = <int *> malloc(nrows * sizeof(int))
-        try:
-            if c == NULL or limit == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
-            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
-            for i in range(nrows):
-                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
-            for w in prange(nitems, num_threads=n_threads, schedule='static'):
-                i = w // nch
-                k = w - i * nch
-                start = k * TL_CHUNK
-                if flags[i] != 0:
-                    continue
-                if limit[i]:
-                    # log p restricted to the extreme set: l - log sum exp(l over the set)
-                    if floating is double:
-                        tl_limit_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                              _chunk_len(V, k), res[i].mean, res[i].lc,
-                                              op + i * V + start)
-                    else:
-                        tl_limit_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                              _chunk_len(V, k), res[i].mean, res[i].lc,
-                                              op + i * V + start)
+        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, limit, n_threads)
+        for i in range(nrows):
+            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+        for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            i = w // nch
+            k = w - i * nch
+            start = k * TL_CHUNK
+            if flags[i] != 0:
+                continue
+            if limit[i]:
+                # log p restricted to the extreme set: l - log sum exp(l over the set)
+                if floating is double:
+                    tl_limit_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                          _chunk_len(V, k), res[i].mean, res[i].lc,
+                                          op + i * V + start)
                 else:
-                    if floating is double:
-                        tl_tilt_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                             _chunk_len(V, k), lam[i], res[i].shift,
-                                             res[i].log_norm, res[i].lc, op + i * V + start)
-                    else:
-                        tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                             _chunk_len(V, k), lam[i], res[i].shift,
-                                             res[i].log_norm, res[i].lc, op + i * V + start)
-        finally:
-            free(res)
-            free(c)
-            free(limit)
+                    tl_limit_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                          _chunk_len(V, k), res[i].mean, res[i].lc,
+                                          op + i * V + start)
+            else:
+                if floating is double:
+                    tl_tilt_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                         _chunk_len(V, k), lam[i], res[i].shift,
+                                         res[i].log_norm, res[i].lc, op + i * V + start)
+                else:
+                    tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                         _chunk_len(V, k), lam[i], res[i].shift,
+                                         res[i].log_norm, res[i].lc, op + i * V + start)
 
 
 def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -444,65 +429,53 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t i, k, w, j, start
     cdef int stride = order + 1
-    cdef tl_tilt_result *res
-    cdef double *c
-    cdef int *limit
-    cdef double *sums
     cdef double sd
-    cdef const floating *lp = &lb[0]
-    cdef const floating *rp = &rb[0]
     if nrows == 0:
         return
+    cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
+    cdef _Buffer sums_b = _Buffer(nitems * stride, sizeof(double))
+    cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
+    cdef int *limit = <int *> limit_b.ptr
+    cdef double *sums = <double *> sums_b.ptr
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
     with nogil:
-        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
-        c = <double *> malloc(nrows * sizeof(double))
-        limit = <int *> malloc(nrows * sizeof(int))
-        sums = <double *> malloc((nitems if nitems > 0 else 1) * stride * sizeof(double))
-        try:
-            if c == NULL or limit == NULL or sums == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
-            _tilt_all(lb, rb, loff, roff, V, lam, c, res, limit, n_threads)
-            for i in range(nrows):
-                flags[i] = res[i].flags & ~TL_FLAG_SATURATED
-            for w in prange(nitems, num_threads=n_threads, schedule='static'):
-                i = w // nch
-                k = w - i * nch
-                start = k * TL_CHUNK
-                if flags[i] != 0 or limit[i]:
-                    continue
-                sd = sqrt(res[i].variance)
-                if floating is double:
-                    tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                         _chunk_len(V, k), lam[i], res[i].shift,
-                                         res[i].log_norm, res[i].lc, res[i].mean,
-                                         1.0 / sd if sd > 0 else 0.0,
-                                         order, sums + w * stride)
-                else:
-                    tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                         _chunk_len(V, k), lam[i], res[i].shift,
-                                         res[i].log_norm, res[i].lc, res[i].mean,
-                                         1.0 / sd if sd > 0 else 0.0,
-                                         order, sums + w * stride)
-            for i in prange(nrows, num_threads=n_threads, schedule='static'):
-                if flags[i] != 0:
-                    for j in range(order):
-                        out[i, j] = NAN
-                elif limit[i]:
-                    out[i, 0] = res[i].mean
-                    for j in range(1, order):
-                        out[i, j] = 0.0
-                else:
-                    for k in range(1, nch):
-                        for j in range(stride):
-                            sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
-                    tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
-                                              sqrt(res[i].variance), &out[i, 0])
-        finally:
-            free(res)
-            free(c)
-            free(limit)
-            free(sums)
+        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, limit, n_threads)
+        for i in range(nrows):
+            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+        for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            i = w // nch
+            k = w - i * nch
+            start = k * TL_CHUNK
+            if flags[i] != 0 or limit[i]:
+                continue
+            sd = sqrt(res[i].variance)
+            if floating is double:
+                tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
+                                     _chunk_len(V, k), lam[i], res[i].shift,
+                                     res[i].log_norm, res[i].lc, res[i].mean,
+                                     1.0 / sd if sd > 0 else 0.0, order, sums + w * stride)
+            else:
+                tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
+                                     _chunk_len(V, k), lam[i], res[i].shift,
+                                     res[i].log_norm, res[i].lc, res[i].mean,
+                                     1.0 / sd if sd > 0 else 0.0, order, sums + w * stride)
+        for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if flags[i] != 0:
+                for j in range(order):
+                    out[i, j] = NAN
+            elif limit[i]:
+                out[i, 0] = res[i].mean
+                for j in range(1, order):
+                    out[i, j] = 0.0
+            else:
+                for k in range(1, nch):
+                    for j in range(stride):
+                        sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
+                tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
+                                          sqrt(res[i].variance), &out[i, 0])
 
 
 def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -514,87 +487,75 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     still iterating.  out_iter counts the passes over each row's data (including the
     first pass that finds kl_max and the base variance)."""
     cdef Py_ssize_t nrows = loff.shape[0], i, nact
-    cdef tl_tilt_result *res
-    cdef tl_info_result *info
-    cdef tl_newton *st
     cdef tl_newton joint_st
-    cdef double *c
-    cdef double *lam
-    cdef int64_t *rows
     cdef double kl_max_sum, var_sum, kl_sum
     cdef int bad = 0
     if nrows == 0:
         return
+    cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
+    cdef _Buffer info_b = _Buffer(nrows, sizeof(tl_info_result))
+    cdef _Buffer st_b = _Buffer(nrows, sizeof(tl_newton))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer lam_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
+    cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
+    cdef tl_info_result *info = <tl_info_result *> info_b.ptr
+    cdef tl_newton *st = <tl_newton *> st_b.ptr
+    cdef double *c = <double *> c_b.ptr
+    cdef double *lam = <double *> lam_b.ptr
+    cdef int64_t *rows = <int64_t *> rows_b.ptr
     with nogil:
-        res = <tl_tilt_result *> _alloc(nrows, sizeof(tl_tilt_result))
-        info = <tl_info_result *> malloc(nrows * sizeof(tl_info_result))
-        st = <tl_newton *> malloc(nrows * sizeof(tl_newton))
-        c = <double *> malloc(nrows * sizeof(double))
-        lam = <double *> malloc(nrows * sizeof(double))
-        rows = <int64_t *> malloc(nrows * sizeof(int64_t))
-        try:
-            if info == NULL or st == NULL or c == NULL or lam == NULL or rows == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
+        for i in range(nrows):
+            rows[i] = i
+        _shifts(lb, rb, loff, roff, V, c, n_threads)
+        _info_pass(lb, rb, loff, roff, V, c, rows, nrows, info, n_threads)
+        for i in range(nrows):
+            flags[i] = info[i].flags
+            bad = bad | info[i].flags
+        if bad == 0 and not joint:
             for i in range(nrows):
-                rows[i] = i
-            _shifts(lb, rb, loff, roff, V, c, n_threads)
-            _info_pass(lb, rb, loff, roff, V, c, rows, nrows, info, n_threads)
+                tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].variance)
+            while True:
+                nact = 0
+                for i in range(nrows):
+                    if not st[i].done:
+                        rows[nact] = i
+                        lam[i] = st[i].lam
+                        nact += 1
+                if nact == 0:
+                    break
+                _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nact, res, n_threads)
+                for i in range(nact):
+                    if res[rows[i]].flags & TL_FLAG_SATURATED:
+                        tl_newton_step(&st[rows[i]], -info[rows[i]].log_p_max, 0.0)
+                    else:
+                        tl_newton_step(&st[rows[i]], res[rows[i]].kl, res[rows[i]].variance)
             for i in range(nrows):
-                flags[i] = info[i].flags
-                bad = bad | info[i].flags
-            if bad == 0:
-                if not joint:
-                    for i in range(nrows):
-                        tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].variance)
-                    while True:
-                        nact = 0
-                        for i in range(nrows):
-                            if not st[i].done:
-                                rows[nact] = i
-                                lam[i] = st[i].lam
-                                nact += 1
-                        if nact == 0:
-                            break
-                        _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nact, res, n_threads)
-                        for i in range(nact):
-                            if res[rows[i]].flags & TL_FLAG_SATURATED:
-                                tl_newton_step(&st[rows[i]], -info[rows[i]].log_p_max, 0.0)
-                            else:
-                                tl_newton_step(&st[rows[i]], res[rows[i]].kl, res[rows[i]].variance)
-                    for i in range(nrows):
-                        out_lam[i] = st[i].lam
-                        out_iter[i] = st[i].iter + 1
-                else:
-                    kl_max_sum = 0.0
-                    var_sum = 0.0
-                    for i in range(nrows):
-                        kl_max_sum = kl_max_sum + (-info[i].log_p_max)
-                        var_sum = var_sum + info[i].variance
-                    tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum)
-                    while not joint_st.done:
-                        for i in range(nrows):
-                            lam[i] = joint_st.lam
-                        _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nrows, res, n_threads)
-                        kl_sum = 0.0
-                        var_sum = 0.0
-                        for i in range(nrows):
-                            if res[i].flags & TL_FLAG_SATURATED:
-                                kl_sum = kl_sum + (-info[i].log_p_max)
-                            else:
-                                kl_sum = kl_sum + res[i].kl
-                                var_sum = var_sum + res[i].variance
-                        tl_newton_step(&joint_st, kl_sum, var_sum)
-                    for i in range(nrows):
-                        out_lam[i] = joint_st.lam
-                        out_iter[i] = joint_st.iter + 1
-        finally:
-            free(res)
-            free(info)
-            free(st)
-            free(c)
-            free(lam)
-            free(rows)
+                out_lam[i] = st[i].lam
+                out_iter[i] = st[i].iter + 1
+        elif bad == 0:
+            kl_max_sum = 0.0
+            var_sum = 0.0
+            for i in range(nrows):
+                kl_max_sum = kl_max_sum + (-info[i].log_p_max)
+                var_sum = var_sum + info[i].variance
+            tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum)
+            while not joint_st.done:
+                for i in range(nrows):
+                    lam[i] = joint_st.lam
+                _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nrows, res, n_threads)
+                kl_sum = 0.0
+                var_sum = 0.0
+                for i in range(nrows):
+                    if res[i].flags & TL_FLAG_SATURATED:
+                        kl_sum = kl_sum + (-info[i].log_p_max)
+                    else:
+                        kl_sum = kl_sum + res[i].kl
+                        var_sum = var_sum + res[i].variance
+                tl_newton_step(&joint_st, kl_sum, var_sum)
+            for i in range(nrows):
+                out_lam[i] = joint_st.lam
+                out_iter[i] = joint_st.iter + 1
 
 
 def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,
@@ -610,75 +571,65 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t i, k, w, start, pending
     cdef int attempt, fl, advise, mode
-    cdef const floating *pp = &pb[0]
-    cdef const floating *qp = &qb[0]
-    cdef tl_kl_acc *acc
-    cdef int *stage
-    cdef double *c
-    cdef double *ltot
-    cdef double *q_out
     cdef tl_kl_acc *a
     if nrows == 0:
         return
+    cdef _Buffer acc_b = _Buffer(nitems, sizeof(tl_kl_acc))
+    cdef _Buffer stage_b = _Buffer(nrows, sizeof(int))
+    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer ltot_b = _Buffer(nrows, sizeof(double))
+    cdef _Buffer q_out_b = _Buffer(nrows, sizeof(double))
+    cdef tl_kl_acc *acc = <tl_kl_acc *> acc_b.ptr
+    cdef int *stage = <int *> stage_b.ptr
+    cdef double *c = <double *> c_b.ptr
+    cdef double *ltot = <double *> ltot_b.ptr
+    cdef double *q_out = <double *> q_out_b.ptr
+    cdef const floating *pp = &pb[0]
+    cdef const floating *qp = &qb[0]
     with nogil:
-        acc = <tl_kl_acc *> _alloc(nitems, sizeof(tl_kl_acc))
-        stage = <int *> malloc(nrows * sizeof(int))
-        c = <double *> malloc(nrows * sizeof(double))
-        ltot = <double *> malloc(nrows * sizeof(double))
-        q_out = <double *> malloc(nrows * sizeof(double))
-        try:
-            if stage == NULL or c == NULL or ltot == NULL or q_out == NULL:
-                with gil:
-                    raise MemoryError("tiltlab: could not allocate work buffers")
-            for i in prange(nrows, num_threads=n_threads, schedule='static'):
-                stage[i] = 0
-                ltot[i] = 0.0
-                q_out[i] = 0.0
+        for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            stage[i] = 0
+            ltot[i] = 0.0
+            q_out[i] = 0.0
+            if floating is double:
+                c[i] = tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V)
+            else:
+                c[i] = tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V)
+        for attempt in range(3):
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                i = w // nch
+                if stage[i] < 0:
+                    continue
+                k = w - i * nch
+                start = k * TL_CHUNK
+                mode = _stage_mode(stage[i])
                 if floating is double:
-                    c[i] = tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V)
+                    tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
+                                    _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
                 else:
-                    c[i] = tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V)
-            for attempt in range(3):
-                for w in prange(nitems, num_threads=n_threads, schedule='static'):
-                    i = w // nch
-                    if stage[i] < 0:
-                        continue
-                    k = w - i * nch
-                    start = k * TL_CHUNK
-                    mode = _stage_mode(stage[i])
-                    if floating is double:
-                        tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
-                                        _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
-                    else:
-                        tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
-                                        _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
-                for i in prange(nrows, num_threads=n_threads, schedule='static'):
-                    if stage[i] < 0:
-                        continue
-                    a = &acc[i * nch]
-                    mode = _stage_mode(stage[i])
-                    for k in range(1, nch):
-                        tl_kl_merge(a, &acc[i * nch + k], mode)
-                    if stage[i] == 0 and not tl_kl_product_ok(a):
-                        stage[i] = 2
-                        continue
-                    fl = 0
-                    advise = 0
-                    out[i] = tl_kl_finalize(a, c[i], mode, &fl, &ltot[i], &q_out[i], &advise)
-                    flags[i] = fl
-                    if stage[i] == 0 and advise and fl == 0:
-                        stage[i] = 1
-                    else:
-                        stage[i] = -1
-                pending = 0
-                for i in range(nrows):
-                    if stage[i] >= 0:
-                        pending += 1
-                if pending == 0:
-                    break
-        finally:
-            free(acc)
-            free(stage)
-            free(c)
-            free(ltot)
-            free(q_out)
+                    tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
+                                    _chunk_len(V, k), c[i], ltot[i], mode, &acc[w])
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                if stage[i] < 0:
+                    continue
+                a = &acc[i * nch]
+                mode = _stage_mode(stage[i])
+                for k in range(1, nch):
+                    tl_kl_merge(a, &acc[i * nch + k], mode)
+                if stage[i] == 0 and not tl_kl_product_ok(a):
+                    stage[i] = 2
+                    continue
+                fl = 0
+                advise = 0
+                out[i] = tl_kl_finalize(a, c[i], mode, &fl, &ltot[i], &q_out[i], &advise)
+                flags[i] = fl
+                if stage[i] == 0 and advise and fl == 0:
+                    stage[i] = 1
+                else:
+                    stage[i] = -1
+            pending = 0
+            for i in range(nrows):
+                if stage[i] >= 0:
+                    pending += 1
+            if pending == 0:
+                break

@@ -91,7 +91,7 @@ def _log_tilted(logits, rewards, lam):
         dominant = np.argmax(np.where(support, log_p + lam[..., None] * rewards, -np.inf), -1)
     c = np.take_along_axis(rewards, dominant[..., None], axis=-1)[..., 0]
     u = lam[..., None] * (rewards - c[..., None])
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         x = np.where(support, log_p + u, -np.inf)
         lc_log = logsumexp(x)
         span = np.abs(lam) * (np.where(support, rewards, -np.inf).max(-1)
