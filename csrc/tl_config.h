@@ -29,6 +29,9 @@
 #define TL_FLAG_EMPTY_ROW 4   /* every logit of the row is -inf */
 #define TL_FLAG_SATURATED 8   /* lam * reward overflowed: the lam = +-inf limit applies */
 #define TL_FLAG_INF_KL 16     /* KL(p||q) is +inf: q is zero where p is not */
+#define TL_FLAG_REWARD_RANGE 256 /* finite rewards whose differences overflow double */
+/* flags that mean "bad input" (the result is not computed) */
+#define TL_FLAGS_INPUT (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD | TL_FLAG_REWARD_RANGE)
 
 /* |lam| * (reward range over the support) up to which the product form is used. */
 #define TL_PRODUCT_RANGE 600.0

@@ -93,5 +93,5 @@ double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags_out, 
         double log_norm_q = acc->m_q + log(acc->s_q);
         kl = (log_norm_q - log_norm_p - c) - acc->mu;
     }
-    return kl > 0.0 ? kl : 0.0;
+    return kl < 0.0 ? 0.0 : kl; /* (NaN stays visible) */
 }

@@ -58,25 +58,29 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
             acc->m_p = bp;
         }
         const double mp = acc->m_p;
+        const int have_p = mp > -INFINITY; /* no support of p so far: no weights yet */
         if (mode == TL_MODE_KL) {
+            if (!have_p) continue;
             for (int i = 0; i < TL_BLOCK; i++) {
                 wa[i] = tl_exp(pb[i] - mp);
-                we[i] = wa[i] * tl_expm1_minus_x(db[i] - ltot);
+                we[i] = wa[i] > 0.0 ? wa[i] * tl_expm1_minus_x(db[i] - ltot) : 0.0;
             }
             acc->s_p += tl_block_sum(wa);
             acc->e += tl_block_sum(we);
             continue;
         }
         if (mode == TL_MODE_PRODUCT) {
-            for (int i = 0; i < TL_BLOCK; i++) {
-                double a = tl_exp(pb[i] - mp), e, em;
-                tl_exp_expm1(db[i], &e, &em);
-                wa[i] = a;
-                we[i] = a * em;
-                wi[i] = a * e;
+            if (have_p) {
+                for (int i = 0; i < TL_BLOCK; i++) {
+                    double a = tl_exp(pb[i] - mp), e, em;
+                    tl_exp_expm1(db[i], &e, &em);
+                    wa[i] = a;
+                    we[i] = a * em;
+                    wi[i] = a * e;
+                }
+                acc->e += tl_block_sum(we);
+                acc->s_in += tl_block_sum(wi);
             }
-            acc->e += tl_block_sum(we);
-            acc->s_in += tl_block_sum(wi);
             if (any_out) {
                 double bo = tl_block_max(ob);
                 if (bo > acc->m_o) {
@@ -94,15 +98,17 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
                 acc->m_q = bq;
             }
             const double mq = acc->m_q;
-            for (int i = 0; i < TL_BLOCK; i++) {
-                wa[i] = tl_exp(pb[i] - mp);
-                we[i] = tl_exp(qb[i] - mq);
-            }
+            for (int i = 0; i < TL_BLOCK; i++) we[i] = tl_exp(qb[i] - mq);
             acc->s_q += tl_block_sum(we);
+            if (have_p)
+                for (int i = 0; i < TL_BLOCK; i++) wa[i] = tl_exp(pb[i] - mp);
         }
+        if (!have_p) continue;
         double sa = tl_block_sum(wa);
         if (sa > 0.0) {
-            double nu = tl_block_dot(wa, db) / sa;
+            /* weights that underflowed to 0 must not meet an overflowed d (0 * inf) */
+            for (int i = 0; i < TL_BLOCK; i++) we[i] = wa[i] > 0.0 ? wa[i] * db[i] : 0.0;
+            double nu = tl_block_sum(we) / sa;
             double s = acc->s_p + sa;
             acc->mu += (nu - acc->mu) * (sa / s);
             acc->s_p = s;

@@ -50,6 +50,7 @@ void tl_newton_step(tl_newton *s, double kl, double variance) {
     }
     if (!inside) {
         if (s->hi == INFINITY) next = lam > 0.0 ? 4.0 * lam : 1.0;
+        else if (s->lo > 0.0 && s->hi > 4.0 * s->lo) next = sqrt(s->lo * s->hi); /* log scale */
         else next = 0.5 * (s->lo + s->hi);
     }
     if (s->hi < INFINITY && s->hi - s->lo <= 4e-16 * s->hi) {

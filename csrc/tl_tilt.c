@@ -94,7 +94,7 @@ void tl_tilt_merge(tl_tilt_acc *a, const tl_tilt_acc *b, int mode) {
 }
 
 int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam) {
-    if (acc->m_l == -INFINITY) return 1; /* empty row: reported by the finaliser */
+    if (acc->m_l == -INFINITY || lam == 0.0) return 1; /* empty row: reported later */
     double span = fabs(lam) * (acc->r_hi - acc->r_lo);
     return span <= TL_PRODUCT_RANGE;
 }
@@ -105,6 +105,8 @@ void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
     if (acc->m_l == -INFINITY) flags |= TL_FLAG_EMPTY_ROW;
     out->flags = flags;
     out->shift = c;
+    out->r_min = c + acc->r_lo;
+    out->r_max = c + acc->r_hi;
     if (flags) {
         out->log_norm = out->log_partition = out->lc = NAN;
         out->mean = out->variance = out->kl = NAN;
@@ -124,19 +126,20 @@ void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
     out->lc = lc;
     out->log_partition = lam * c + lc;
     out->mean = c + acc->mu;
-    out->variance = var > 0.0 ? var : 0.0;
-    out->kl = kl > 0.0 ? kl : 0.0;
+    out->variance = var < 0.0 ? 0.0 : var; /* (NaN stays visible) */
+    out->kl = kl < 0.0 ? 0.0 : kl;
 }
 
 int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam) {
-    if (res->flags || lam == 0.0 || !(res->kl > 0.0)) return 0;
+    if (res->flags || lam == 0.0) return 0;
+    /* also when kl cancelled to <= 0 (clamped to 0): then any lever > 0 asks for it */
     double lever = fabs(lam * (res->mean - res->shift)) + fabs(res->lc);
     return lever > 64.0 * res->kl;
 }
 
 double tl_tilt_kl_value(const tl_tilt_acc *acc) {
     double kl = acc->e / acc->s_l;
-    return kl > 0.0 ? kl : 0.0;
+    return kl < 0.0 ? 0.0 : kl;
 }
 
 void tl_info_merge(tl_info_acc *a, const tl_info_acc *b) {
@@ -190,8 +193,9 @@ void tl_info_finalize(const tl_info_acc *acc, double c, tl_info_result *out) {
     out->lse_min = acc->m_lo + log(acc->s_lo);
 }
 
-void tl_cumulants_from_moments(const double *sums, int order, double mean, double sd,
+void tl_cumulants_from_moments(const double *sums, int order, double mean, double scale,
                                double *kappa) {
+    const double sd = scale;
     double m[TL_MAX_ORDER + 1] = {0}, cm[TL_MAX_ORDER + 1], k[TL_MAX_ORDER + 1];
     double binom[TL_MAX_ORDER + 1][TL_MAX_ORDER + 1];
     for (int i = 0; i <= order; i++) {

@@ -49,6 +49,7 @@ typedef struct {
     double lc;            /* Lambda(lam) - lam c, the shifted log partition */
     double mean, variance, kl;
     double shift;         /* the c used: lc and the logprob/moment kernels refer to it */
+    double r_min, r_max;  /* reward range of the support */
     int flags;
 } tl_tilt_result;
 
@@ -68,18 +69,23 @@ int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam);
 /* KL from a TL_MODE_KL accumulation */
 double tl_tilt_kl_value(const tl_tilt_acc *acc);
 
-/* Whole row, sequentially chunked, product mode with standard fallback: the reference
- * composition of the functions above (threaded drivers must reproduce it exactly). */
-void tl_tilt_row_f64(const double *l, const double *r, ptrdiff_t n, double lam, double c,
+/* Whole row, sequentially chunked: shift c = reward of the dominant outcome (argmax of
+ * l + lam r), a product pass, then a KL pass or a standard pass when needed.  The
+ * reference composition of the functions above: threaded drivers reproduce it exactly. */
+void tl_tilt_row_f64(const double *l, const double *r, ptrdiff_t n, double lam,
                      tl_tilt_result *out);
-void tl_tilt_row_f32(const float *l, const float *r, ptrdiff_t n, double lam, double c,
+void tl_tilt_row_f32(const float *l, const float *r, ptrdiff_t n, double lam,
                      tl_tilt_result *out);
 
-/* Index of the maximum of l + lam r over the support (first one on ties), -1 if none.
- * The standard mode shifts rewards by the reward there, so that for large lam nothing
- * of size lam * r cancels in kl or in the log-probabilities. */
-ptrdiff_t tl_argmax_tilted_f64(const double *l, const double *r, ptrdiff_t n, double lam);
-ptrdiff_t tl_argmax_tilted_f32(const float *l, const float *r, ptrdiff_t n, double lam);
+/* Index of the maximum of l + lam r over the support (first one on ties), -1 if none;
+ * *best gets the maximum.  Rewards are shifted by the reward there (the dominant
+ * outcome): for large lam nothing of size lam * r then cancels in kl or in the
+ * log-probabilities, and a concentrated tilt keeps the relative accuracy of its tiny
+ * variance.  Chunks merge by "larger value wins, earlier chunk on ties". */
+ptrdiff_t tl_argmax_tilted_f64(const double *l, const double *r, ptrdiff_t n, double lam,
+                               double *best);
+ptrdiff_t tl_argmax_tilted_f32(const float *l, const float *r, ptrdiff_t n, double lam,
+                               double *best);
 
 /* Index of the first finite logit (the default shift c is the reward there), -1 if none. */
 ptrdiff_t tl_first_support_f64(const double *l, ptrdiff_t n);
@@ -123,8 +129,10 @@ void tl_limit_logprobs_f64(const double *l, const double *r, ptrdiff_t n, double
 void tl_limit_logprobs_f32(const float *l, const float *r, ptrdiff_t n, double r_star,
                            double log_mass_star, double *out);
 
-/* ---- standardised moments under phi: sums[j] += sum_i phi_i z_i^j, z = (r - mean) * inv_sd,
- *      j = 0..order; phi_i = exp((l_i - log_norm) + (lam (r_i - c) - lc)) ---- */
+/* ---- scaled moments under phi: sums[j] += sum_i phi_i z_i^j, z = (r - mean) * inv_sd,
+ *      j = 0..order; phi_i = exp((l_i - log_norm) + (lam (r_i - c) - lc)).  Callers scale
+ *      by the largest |r - mean| on the support (not the sd): |z| <= 1, so no power of z
+ *      overflows even for a concentrated phi ---- */
 #define TL_MAX_ORDER 32
 void tl_moments_chunk_f64(const double *l, const double *r, ptrdiff_t n, double lam, double c,
                           double log_norm, double lc, double mean, double inv_sd, int order,
@@ -132,8 +140,9 @@ void tl_moments_chunk_f64(const double *l, const double *r, ptrdiff_t n, double 
 void tl_moments_chunk_f32(const float *l, const float *r, ptrdiff_t n, double lam, double c,
                           double log_norm, double lc, double mean, double inv_sd, int order,
                           double *sums);
-/* cumulants kappa_1..kappa_order (kappa_1 = mean) from the moment sums above */
-void tl_cumulants_from_moments(const double *sums, int order, double mean, double sd,
+/* cumulants kappa_1..kappa_order (kappa_1 = mean) from the moment sums above, taken with
+ * z = (r - mean) / scale */
+void tl_cumulants_from_moments(const double *sums, int order, double mean, double scale,
                                double *kappa);
 
 #endif

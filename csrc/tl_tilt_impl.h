@@ -13,10 +13,15 @@ static inline int TL_SFX(tl__load_block)(const TL_T *TL_RESTRICT l, const TL_T *
         lb[i] = -INFINITY;
         db[i] = 0.0;
     }
-    /* r - c is NaN or +-inf exactly when r is (c is finite) */
     int bad_l = tl_block_has_nan(lb) || tl_block_max(lb) == INFINITY;
-    int bad_r = tl_block_has_nonfinite(db);
-    return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | (bad_r ? TL_FLAG_BAD_REWARD : 0);
+    int bad_r = 0;
+    if (tl_block_has_nonfinite(db)) {
+        /* r - c is not finite: r itself is (an error) or the difference overflowed */
+        bad_r = TL_FLAG_REWARD_RANGE;
+        for (ptrdiff_t i = 0; i < len; i++)
+            if (!(fabs((double)r[i]) <= DBL_MAX)) bad_r = TL_FLAG_BAD_REWARD;
+    }
+    return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
 }
 
 ptrdiff_t TL_SFX(tl_first_support)(const TL_T *l, ptrdiff_t n) {
@@ -25,18 +30,20 @@ ptrdiff_t TL_SFX(tl_first_support)(const TL_T *l, ptrdiff_t n) {
     return -1;
 }
 
-ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam) {
+ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
+                                   double *best_x) {
     ptrdiff_t best = -1;
     double bx = -INFINITY;
     for (ptrdiff_t i = 0; i < n; i++) {
         double li = (double)l[i];
         if (!(li > -INFINITY)) continue;
-        double x = li + lam * (double)r[i];
+        double x = li + (lam == 0.0 ? 0.0 : lam * (double)r[i]);
         if (best < 0 || x > bx) {
             best = i;
             bx = x;
         }
     }
+    *best_x = bx;
     return best;
 }
 
@@ -97,10 +104,12 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             acc->e += tl_block_sum(we);
             sb = tl_block_sum(wb);
         } else {
+            /* with c at the dominant outcome, lam (r - c) overflows only towards -inf
+             * (a weight of 0); +inf or NaN means lam * reward itself saturates */
             int sat = 0;
             for (int i = 0; i < TL_BLOCK; i++) {
                 double x = lb[i] > -INFINITY ? lb[i] + lam * db[i] : -INFINITY;
-                sat |= (lb[i] > -INFINITY) & !(fabs(x) <= DBL_MAX);
+                sat |= (lb[i] > -INFINITY) & ((x == INFINITY) | (x != x));
                 xb[i] = x;
             }
             if (sat) {
@@ -130,8 +139,19 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
     }
 }
 
-void TL_SFX(tl_tilt_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam, double c,
+void TL_SFX(tl_tilt_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
                          tl_tilt_result *out) {
+    /* shift: the dominant outcome, merged over chunks as the threaded driver does */
+    double c = 0.0, best = -INFINITY;
+    for (ptrdiff_t j = 0; j < n; j += TL_CHUNK) {
+        double bx;
+        ptrdiff_t i = TL_SFX(tl_argmax_tilted)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK,
+                                             lam, &bx);
+        if (i >= 0 && (bx > best || best == -INFINITY)) {
+            best = bx;
+            c = (double)r[j + i];
+        }
+    }
     /* stages: 0 product pass; 1 KL pass after a product pass; 2 standard pass */
     tl_tilt_acc acc, part;
     int stage = 0;
@@ -148,11 +168,8 @@ void TL_SFX(tl_tilt_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam, 
             out->kl = tl_tilt_kl_value(&acc);
             break;
         }
-        if (stage == 0 && !(acc.flags & (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD)) &&
-            !tl_tilt_product_ok(&acc, lam)) {
+        if (stage == 0 && !(acc.flags & TL_FLAGS_INPUT) && !tl_tilt_product_ok(&acc, lam)) {
             stage = 2;
-            ptrdiff_t j = TL_SFX(tl_argmax_tilted)(l, r, n, lam);
-            if (j >= 0) c = (double)r[j];
             continue;
         }
         tl_tilt_finalize(&acc, lam, c, mode, out);

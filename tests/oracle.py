@@ -44,9 +44,10 @@ def tilt_stats(logits, rewards, lam):
         return lp, mean, var, kl
 
 
-def cumulants(logits, rewards, order, lam):
-    """kappa_1..kappa_order as derivatives of Lambda at lam (mpmath numerical diff)."""
-    with mp.workdps(DPS + 30):
+def cumulants(logits, rewards, order, lam, dps=DPS + 30):
+    """kappa_1..kappa_order as derivatives of Lambda at lam (mpmath numerical diff; the
+    working precision must exceed the decades between Lambda and its derivatives)."""
+    with mp.workdps(dps):
         row = _row(logits, rewards)
 
         def cgf(t):

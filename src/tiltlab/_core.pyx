@@ -107,52 +107,73 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
 
 cdef void _shifts(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                   const int64_t[::1] roff, Py_ssize_t V, double *c, int n_threads) noexcept nogil:
-    """c[i] = reward at the first finite logit of row i (0 for a row without one)."""
+    """c[i] = reward of the most likely outcome of row i (0 for a row without support):
+    the shift of the row-information pass."""
     cdef Py_ssize_t i, j, nrows = loff.shape[0]
+    cdef double best
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
         if floating is double:
-            j = tl_first_support_f64(lp + loff[i], V)
+            j = tl_argmax_tilted_f64(lp + loff[i], rp + roff[i], V, 0.0, &best)
         else:
-            j = tl_first_support_f32(lp + loff[i], V)
+            j = tl_argmax_tilted_f32(lp + loff[i], rp + roff[i], V, 0.0, &best)
         c[i] = <double> rp[roff[i] + j] if j >= 0 else 0.0
 
 
 cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                    const int64_t[::1] roff, Py_ssize_t V, const double *lam, const double *c,
+                    const int64_t[::1] roff, Py_ssize_t V, const double *lam,
                     const int64_t *rows, Py_ssize_t nrows, tl_tilt_result *res,
                     int n_threads) except -1 nogil:
-    """Tilted statistics of rows[0:nrows] (finite lam); res, lam and c are indexed by row.
+    """Tilted statistics of rows[0:nrows] (finite lam); res and lam are indexed by row.
 
-    Mirrors tl_tilt_row exactly, with the chunks of all rows as parallel work items:
-    stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in stage 0
-    (tl_tilt_kl_pass_advised); stage 2 the standard mode, shifted at the dominant
-    outcome, when |lam| * reward range is too large for the product mode."""
+    Mirrors tl_tilt_row exactly, with the chunks of all rows as parallel work items: the
+    shift is the reward of the dominant outcome (argmax of l + lam r, merged over chunks
+    in order); stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in
+    stage 0 (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward
+    range is too large for the product mode."""
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t w, i, k, row, start, pending, j
     cdef int attempt, mode
+    cdef double bx
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
-    cdef tl_tilt_acc *acc
-    cdef int *stage
-    cdef double *cl
     cdef tl_tilt_acc *a
     if nrows == 0:
         return 0
-    acc = <tl_tilt_acc *> _alloc(nitems, sizeof(tl_tilt_acc))
-    stage = <int *> malloc(nrows * sizeof(int))
-    cl = <double *> malloc(nrows * sizeof(double))
-    if stage == NULL or cl == NULL:
-        free(acc)
-        free(stage)
-        free(cl)
-        with gil:
-            raise MemoryError("tiltlab: could not allocate work buffers")
+    # one block for all work arrays (freed below; _alloc raises MemoryError)
+    cdef char *block = <char *> _alloc(1, nitems * (sizeof(tl_tilt_acc) + sizeof(double)
+                                                    + sizeof(Py_ssize_t))
+                                       + nrows * (sizeof(int) + sizeof(double)))
+    cdef tl_tilt_acc *acc = <tl_tilt_acc *> block
+    cdef double *best = <double *> (block + nitems * sizeof(tl_tilt_acc))
+    cdef Py_ssize_t *arg = <Py_ssize_t *> (<char *> best + nitems * sizeof(double))
+    cdef double *cl = <double *> (<char *> arg + nitems * sizeof(Py_ssize_t))
+    cdef int *stage = <int *> (<char *> cl + nrows * sizeof(double))
+    # the dominant outcome of each row: chunk maxima, then "larger wins, earlier on ties"
+    for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        i = w // nch
+        k = w - i * nch
+        row = rows[i]
+        start = k * TL_CHUNK
+        if floating is double:
+            arg[w] = tl_argmax_tilted_f64(lp + loff[row] + start, rp + roff[row] + start,
+                                          _chunk_len(V, k), lam[row], &best[w])
+        else:
+            arg[w] = tl_argmax_tilted_f32(lp + loff[row] + start, rp + roff[row] + start,
+                                          _chunk_len(V, k), lam[row], &best[w])
     for i in range(nrows):
         stage[i] = 0
-        cl[i] = c[rows[i]]
+        cl[i] = 0.0
+        bx = -INFINITY
+        j = -1
+        for k in range(nch):
+            if arg[i * nch + k] >= 0 and (best[i * nch + k] > bx or j < 0):
+                bx = best[i * nch + k]
+                j = k * TL_CHUNK + arg[i * nch + k]
+        if j >= 0:
+            cl[i] = <double> rp[roff[rows[i]] + j]
     for attempt in range(3):
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
             i = w // nch
@@ -182,17 +203,9 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                 res[row].kl = tl_tilt_kl_value(a)
                 stage[i] = -1
                 continue
-            if (stage[i] == 0
-                    and (a.flags & (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD)) == 0
+            if (stage[i] == 0 and (a.flags & TL_FLAGS_INPUT) == 0
                     and not tl_tilt_product_ok(a, lam[row])):
                 stage[i] = 2
-                # shift by the reward of the dominant outcome (see tl_argmax_tilted)
-                if floating is double:
-                    j = tl_argmax_tilted_f64(lp + loff[row], rp + roff[row], V, lam[row])
-                else:
-                    j = tl_argmax_tilted_f32(lp + loff[row], rp + roff[row], V, lam[row])
-                if j >= 0:
-                    cl[i] = <double> rp[roff[row] + j]
                 continue
             tl_tilt_finalize(a, lam[row], cl[i], mode, &res[row])
             if stage[i] == 0 and tl_tilt_kl_pass_advised(&res[row], lam[row]):
@@ -205,9 +218,7 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                 pending += 1
         if pending == 0:
             break
-    free(stage)
-    free(cl)
-    free(acc)
+    free(block)
     return 0
 
 
@@ -271,6 +282,8 @@ cdef void _limit_result(const tl_info_result *info, double lam, tl_tilt_result *
     # for limit rows, lc carries log sum exp(l) over the extreme set (used by the writer)
     out.lc = info.lse_max if lam > 0 else info.lse_min
     out.shift = r_star
+    out.r_min = info.r_min
+    out.r_max = info.r_max
 
 
 cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -297,7 +310,7 @@ cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t
             else:
                 fin[nfin] = i
                 nfin += 1
-        _tilt_pass(lb, rb, loff, roff, V, &lam[0], c, fin, nfin, res, n_threads)
+        _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, n_threads)
         for i in range(nfin):
             if res[fin[i]].flags & TL_FLAG_SATURATED:
                 inf[ninf] = fin[i]
@@ -420,6 +433,12 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
                                          res[i].log_norm, res[i].lc, op + i * V + start)
 
 
+cdef inline double _moment_scale(const tl_tilt_result *res) noexcept nogil:
+    """Largest |r - mean| on the support: the moments of (r - mean) / scale stay <= 1."""
+    cdef double up = res.r_max - res.mean, down = res.mean - res.r_min
+    return up if up > down else down
+
+
 def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, int order,
                   double[:, ::1] out, int32_t[::1] flags, int n_threads):
@@ -429,7 +448,11 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t i, k, w, j, start
     cdef int stride = order + 1
-    cdef double sd
+    cdef double scale
+    if order < 1 or order > TL_MAX_ORDER:
+        raise ValueError(f"order must be between 1 and {TL_MAX_ORDER}; got {order}")
+    if out.shape[1] < order:
+        raise ValueError("out has fewer columns than order")
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
@@ -451,17 +474,17 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
             start = k * TL_CHUNK
             if flags[i] != 0 or limit[i]:
                 continue
-            sd = sqrt(res[i].variance)
+            scale = _moment_scale(&res[i])
             if floating is double:
                 tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
                                      _chunk_len(V, k), lam[i], res[i].shift,
                                      res[i].log_norm, res[i].lc, res[i].mean,
-                                     1.0 / sd if sd > 0 else 0.0, order, sums + w * stride)
+                                     1.0 / scale if scale > 0 else 0.0, order, sums + w * stride)
             else:
                 tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
                                      _chunk_len(V, k), lam[i], res[i].shift,
                                      res[i].log_norm, res[i].lc, res[i].mean,
-                                     1.0 / sd if sd > 0 else 0.0, order, sums + w * stride)
+                                     1.0 / scale if scale > 0 else 0.0, order, sums + w * stride)
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if flags[i] != 0:
                 for j in range(order):
@@ -475,12 +498,13 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                     for j in range(stride):
                         sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
                 tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
-                                          sqrt(res[i].variance), &out[i, 0])
+                                          _moment_scale(&res[i]), &out[i, 0])
 
 
 def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                const int64_t[::1] roff, Py_ssize_t V, const double[::1] target, bint joint,
-               double[::1] out_lam, int32_t[::1] out_iter, int32_t[::1] flags, int n_threads):
+               double[::1] out_lam, int32_t[::1] out_iter, int32_t[::1] out_converged,
+               int32_t[::1] flags, int n_threads):
     """lam >= 0 with kl(lam) = target per row, or one lam for the summed kl (joint).
 
     Per-row solves run in lockstep: every iteration is one parallel pass over the rows
@@ -524,7 +548,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                         nact += 1
                 if nact == 0:
                     break
-                _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nact, res, n_threads)
+                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nact, res, n_threads)
                 for i in range(nact):
                     if res[rows[i]].flags & TL_FLAG_SATURATED:
                         tl_newton_step(&st[rows[i]], -info[rows[i]].log_p_max, 0.0)
@@ -533,6 +557,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
             for i in range(nrows):
                 out_lam[i] = st[i].lam
                 out_iter[i] = st[i].iter + 1
+                out_converged[i] = st[i].converged
         elif bad == 0:
             kl_max_sum = 0.0
             var_sum = 0.0
@@ -543,7 +568,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
             while not joint_st.done:
                 for i in range(nrows):
                     lam[i] = joint_st.lam
-                _tilt_pass(lb, rb, loff, roff, V, lam, c, rows, nrows, res, n_threads)
+                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nrows, res, n_threads)
                 kl_sum = 0.0
                 var_sum = 0.0
                 for i in range(nrows):
@@ -556,6 +581,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
             for i in range(nrows):
                 out_lam[i] = joint_st.lam
                 out_iter[i] = joint_st.iter + 1
+                out_converged[i] = joint_st.converged
 
 
 def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,

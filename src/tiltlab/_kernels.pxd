@@ -9,6 +9,8 @@ cdef extern from "tl_config.h" nogil:
         TL_FLAG_EMPTY_ROW
         TL_FLAG_SATURATED
         TL_FLAG_INF_KL
+        TL_FLAG_REWARD_RANGE
+        TL_FLAGS_INPUT
     Py_ssize_t tl_num_chunks(Py_ssize_t n)
 
 cdef extern from "tl_parallel.h" nogil:
@@ -41,6 +43,8 @@ cdef extern from "tl_tilt.h" nogil:
         double variance
         double kl
         double shift
+        double r_min
+        double r_max
         int flags
     void tl_tilt_chunk_f64(const double *l, const double *r, Py_ssize_t n, double lam,
                            double c, double lc, int mode, tl_tilt_acc *acc)
@@ -52,12 +56,14 @@ cdef extern from "tl_tilt.h" nogil:
     double tl_tilt_kl_value(const tl_tilt_acc *acc)
     void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
                           tl_tilt_result *out)
-    void tl_tilt_row_f64(const double *l, const double *r, Py_ssize_t n, double lam, double c,
+    void tl_tilt_row_f64(const double *l, const double *r, Py_ssize_t n, double lam,
                          tl_tilt_result *out)
-    void tl_tilt_row_f32(const float *l, const float *r, Py_ssize_t n, double lam, double c,
+    void tl_tilt_row_f32(const float *l, const float *r, Py_ssize_t n, double lam,
                          tl_tilt_result *out)
-    Py_ssize_t tl_argmax_tilted_f64(const double *l, const double *r, Py_ssize_t n, double lam)
-    Py_ssize_t tl_argmax_tilted_f32(const float *l, const float *r, Py_ssize_t n, double lam)
+    Py_ssize_t tl_argmax_tilted_f64(const double *l, const double *r, Py_ssize_t n, double lam,
+                                    double *best)
+    Py_ssize_t tl_argmax_tilted_f32(const float *l, const float *r, Py_ssize_t n, double lam,
+                                    double *best)
     Py_ssize_t tl_first_support_f64(const double *l, Py_ssize_t n)
     Py_ssize_t tl_first_support_f32(const float *l, Py_ssize_t n)
 
@@ -96,7 +102,7 @@ cdef extern from "tl_tilt.h" nogil:
     void tl_moments_chunk_f32(const float *l, const float *r, Py_ssize_t n, double lam,
                               double c, double log_norm, double lc, double mean, double inv_sd,
                               int order, double *sums)
-    void tl_cumulants_from_moments(const double *sums, int order, double mean, double sd,
+    void tl_cumulants_from_moments(const double *sums, int order, double mean, double scale,
                                    double *kappa)
 
 cdef extern from "tl_kl.h" nogil:

@@ -21,6 +21,7 @@ FLAG_BAD_REWARD = 2
 FLAG_EMPTY_ROW = 4
 FLAG_BAD_LOGIT_Q = 32
 FLAG_EMPTY_ROW_Q = 64
+FLAG_REWARD_RANGE = 256
 
 MAX_ORDER = 32
 
@@ -239,6 +240,13 @@ def raise_for_flags(flags: np.ndarray, rows: Rows, *, second_is_logits: bool = F
         _check_logit_values(second, n2)
     if f & FLAG_BAD_REWARD and not second_is_logits:
         _check_reward_values(second, first, n2)
+    if f & FLAG_REWARD_RANGE:
+        r = np.asarray(second, dtype=np.float64)
+        raise ValueError(
+            f"{n2} span more than the float64 range (differences of values as large as "
+            f"{np.max(np.abs(r)):.3g} overflow); rescale them, e.g. divide by their largest "
+            f"magnitude"
+        )
     if f & FLAG_EMPTY_ROW:
         _check_empty_rows(first, n1)
     if f & FLAG_EMPTY_ROW_Q:

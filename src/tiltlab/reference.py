@@ -87,10 +87,10 @@ def _log_tilted(logits, rewards, lam):
     support = logits > -np.inf
     # shift rewards by the reward of the dominant outcome (argmax of log p + lam r): for
     # large lam the KL then involves no cancellation of terms of size lam * r
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         dominant = np.argmax(np.where(support, log_p + lam[..., None] * rewards, -np.inf), -1)
-    c = np.take_along_axis(rewards, dominant[..., None], axis=-1)[..., 0]
-    u = lam[..., None] * (rewards - c[..., None])
+        c = np.take_along_axis(rewards, dominant[..., None], axis=-1)[..., 0]
+        u = lam[..., None] * (rewards - c[..., None])
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         x = np.where(support, log_p + u, -np.inf)
         lc_log = logsumexp(x)
@@ -117,7 +117,8 @@ def tilt_stats(logits, rewards, lam):
         mean = np.sum(phi * r, axis=-1)
         var = np.sum(phi * (r - mean[..., None]) ** 2, axis=-1)
         # KL(phi || p) = sum phi (log phi - log p) = sum phi (u - lc)
-        kl = np.sum(np.where(phi > 0, phi * (u - lc[..., None]), 0.0), axis=-1)
+        with np.errstate(invalid="ignore"):
+            kl = np.sum(np.where(phi > 0, phi * (u - lc[..., None]), 0.0), axis=-1)
         for arr, val in zip(out, (lp, mean, var, np.maximum(kl, 0.0)), strict=True):
             arr[fin] = val
     if np.any(~fin):

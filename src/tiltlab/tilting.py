@@ -15,6 +15,7 @@ limits: ``p`` restricted to the outcomes of maximal / minimal reward).
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -208,8 +209,14 @@ def _solve(logits, rewards, kl, joint, n_threads):
     nt = V.n_threads_value(n_threads)
     lam = np.empty(rows.n_rows, dtype=np.float64)
     passes = np.zeros(rows.n_rows, dtype=np.int32)
+    converged = np.ones(rows.n_rows, dtype=np.int32)
     _kernel_call(_core.solve_rows, rows, rows.params["kl"], bool(joint), lam, passes,
-                 n_threads=nt)
+                 converged, n_threads=nt)
+    if not np.all(converged):
+        warnings.warn(
+            f"solve_lambda: {int(np.sum(converged == 0))} of {converged.size} solves stopped "
+            f"at the iteration limit; their lam is the best bracketed value",
+            RuntimeWarning, stacklevel=3)
     return rows, lam, passes
 
 
