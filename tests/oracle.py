@@ -111,3 +111,34 @@ def solve_lambda(logits, rewards, delta):
             else:
                 hi = mid
         return (lo + hi) / 2
+
+
+def best_of_n(logits, rewards, log_n, dps=60):
+    """Exact best-of-N level law at `dps` digits: (log pi over outcomes, kl, E r, win)."""
+    with mp.workdps(dps):
+        ln = mp.mpf(log_n)
+        n = mp.exp(ln)
+        keep = [(i, mp.mpf(float(a)), float(b)) for i, (a, b) in
+                enumerate(zip(logits, rewards, strict=True)) if a != -np.inf]
+        m = max(a for _, a, _ in keep)
+        z = mp.fsum(mp.exp(a - m) for _, a, _ in keep)
+        p = {i: mp.exp(a - m) / z for i, a, _ in keep}
+        values = sorted({b for _, _, b in keep})
+        mass = [mp.fsum(p[i] for i, _, b in keep if b == v) for v in values]
+        # F_j from the survival (1 - e^-480 is 1 at 60 digits): log F = log1p(-S)
+        surv = [mp.fsum(mass[j + 1:]) for j in range(len(values))]
+        log_cdf = [mp.log1p(-s) for s in surv]
+        cdf = [mp.exp(lc) for lc in log_cdf]
+        powers = [mp.exp(n * lc) for lc in log_cdf]
+        w = [powers[0]] + [powers[j] - powers[j - 1] for j in range(1, len(values))]
+        kl = mp.fsum(wj * mp.log(wj / mj) for wj, mj in zip(w, mass, strict=True) if wj > 0)
+        er = mp.fsum(wj * v for wj, v in zip(w, values, strict=True))
+        win = mp.fsum(w[j] * ((cdf[j - 1] if j else 0) + mass[j] / 2) for j in range(len(w)))
+        logp = []
+        for i in range(len(logits)):
+            if i not in p:
+                logp.append(-mp.inf)
+                continue
+            j = values.index(float(rewards[i]))
+            logp.append(mp.log(p[i]) + mp.log(w[j]) - mp.log(mass[j]) if w[j] > 0 else -mp.inf)
+        return logp, kl, er, win

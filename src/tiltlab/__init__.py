@@ -6,6 +6,15 @@ See SPEC section numbers in the docstrings for the formulas each function comput
 """
 
 from tiltlab._version import __version__
+from tiltlab.bestofn import (
+    BestOfN,
+    RewardLevels,
+    beirami_kl_estimate,
+    best_of_n,
+    reward_levels,
+    sample_best_of_n,
+    simulate_best_of_n,
+)
 from tiltlab.divergence import kl_divergence
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
@@ -20,6 +29,13 @@ from tiltlab.tilting import (
 
 __all__ = [
     "__version__",
+    "BestOfN",
+    "RewardLevels",
+    "beirami_kl_estimate",
+    "best_of_n",
+    "reward_levels",
+    "sample_best_of_n",
+    "simulate_best_of_n",
     "TiltStats",
     "cumulants",
     "frontier",

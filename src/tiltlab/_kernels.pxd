@@ -1,5 +1,5 @@
 # Cython declarations of the C layer (csrc/).  Other Cython code can cimport these.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "tl_config.h" nogil:
     enum:
@@ -131,3 +131,46 @@ cdef extern from "tl_solve.h" nogil:
         int converged
     void tl_newton_init(tl_newton *s, double target, double kl_max, double var0)
     void tl_newton_step(tl_newton *s, double kl, double variance)
+
+cdef extern from "tl_bon.h" nogil:
+    ctypedef struct bitgen_t:
+        pass
+    ctypedef struct tl_levels:
+        Py_ssize_t n_levels
+        Py_ssize_t n_support
+        double log_norm
+    ctypedef struct tl_bon_metrics:
+        double kl
+        double expected_reward
+        double win_rate
+        double total_mass
+    int tl_levels_f64(const double *l, const double *r, Py_ssize_t n, uint64_t *keys,
+                      uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
+                      double *log_mass, int64_t *start, tl_levels *out)
+    int tl_levels_f32(const float *l, const float *r, Py_ssize_t n, uint64_t *keys,
+                      uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
+                      double *log_mass, int64_t *start, tl_levels *out)
+    void tl_bon_law(const double *values, const double *log_mass, Py_ssize_t L, double log_n,
+                    double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
+                    int full, tl_bon_metrics *out)
+    void tl_bon_logprobs_f64(const double *l, Py_ssize_t n, const int64_t *order,
+                             const int64_t *start, Py_ssize_t L, const double *log_mass,
+                             const double *log_w, double log_norm, double *out)
+    void tl_bon_logprobs_f32(const float *l, Py_ssize_t n, const int64_t *order,
+                             const int64_t *start, Py_ssize_t L, const double *log_mass,
+                             const double *log_w, double log_norm, double *out)
+    void tl_level_alias_f64(const double *l, const int64_t *order, const int64_t *start,
+                            Py_ssize_t L, double *prob, int64_t *alias, double *scratch,
+                            int64_t *small, int64_t *large)
+    void tl_level_alias_f32(const float *l, const int64_t *order, const int64_t *start,
+                            Py_ssize_t L, double *prob, int64_t *alias, double *scratch,
+                            int64_t *small, int64_t *large)
+    void tl_bon_guide(const double *a, Py_ssize_t L, double *cdf, int64_t *guide, Py_ssize_t K)
+    void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
+                       Py_ssize_t K, Py_ssize_t L, const int64_t *start, const int64_t *order,
+                       const double *prob, const int64_t *alias, int64_t *out)
+    void tl_alias_build(const double *weights, Py_ssize_t n, double *prob, int64_t *alias,
+                        int64_t *small, int64_t *large)
+    void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates,
+                         Py_ssize_t n_support, const double *prob, const int64_t *alias,
+                         const int64_t *level_of_pos, const int64_t *order, int64_t *out)

@@ -26,6 +26,10 @@ __all__ = [
     "frontier",
     "cumulants",
     "kl_divergence",
+    "reward_levels",
+    "best_of_n",
+    "sample_best_of_n",
+    "simulate_best_of_n",
 ]
 
 
@@ -259,3 +263,94 @@ def kl_divergence(logits_p, logits_q):
     with np.errstate(invalid="ignore"):
         terms = np.where(lp > -np.inf, np.exp(log_p) * (log_p - log_q), 0.0)
     return _scalar(np.sum(terms, axis=-1))
+
+
+# ------------------------------------------------------------------ best-of-N (SPEC 3)
+
+
+def reward_levels(logits, rewards):
+    """Reference for :func:`tiltlab.reward_levels` (one row): (values, log_masses)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64) + 0.0
+    support = logits > -np.inf
+    log_p = logits[support] - logsumexp(logits[support])
+    r = rewards[support]
+    order = np.argsort(r, kind="stable")
+    r, log_p = r[order], log_p[order]
+    starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+    top = np.maximum.reduceat(log_p, starts)
+    sums = np.add.reduceat(np.exp(log_p - np.repeat(top, np.diff(np.append(starts, len(r))))),
+                           starts)
+    return r[starts], top + np.log(sums)
+
+
+def _bon_level_law(log_mass, log_n):
+    """log w_j of the level of the maximum of N draws, from a_j = N log F_j."""
+    log_f = np.logaddexp.accumulate(log_mass)
+    log_f[-1] = 0.0
+    log_s = np.append(np.logaddexp.accumulate(log_mass[::-1])[::-1][1:], -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = np.exp(log_s)
+        # log(-log F): from the survival when F is close to 1, else from the CDF
+        near_one = np.where(s < 1e-8, log_s + s / 2, np.log(-np.log1p(-s)))
+        ell = np.where(log_s < np.log(0.5), near_one, np.log(-log_f))
+        a = np.where(np.isneginf(ell), 0.0, -np.exp(log_n + ell))
+        a_prev = np.append(-np.inf, a[:-1])
+        log_w = a + np.log(-np.expm1(a_prev - a))
+    return np.where(np.isnan(log_w), -np.inf, log_w), log_f, a
+
+
+def best_of_n(logits, rewards, log_n):
+    """Reference for :func:`tiltlab.best_of_n` with log N given: a dict of arrays
+    ``kl, expected_reward, win_rate, total_mass, log_probs`` over the batch."""
+    logits, rewards, (log_n,) = _broadcast(logits, rewards, log_n)
+    shape, n = log_n.shape, logits.shape[-1]
+    lg, rw, ln = logits.reshape(-1, n), rewards.reshape(-1, n), log_n.reshape(-1)
+    out = {k: np.empty(len(ln)) for k in ("kl", "expected_reward", "win_rate", "total_mass")}
+    out["log_probs"] = np.empty((len(ln), n))
+    for i in range(len(ln)):
+        values, log_mass = reward_levels(lg[i], rw[i])
+        log_w, log_f, _ = _bon_level_law(log_mass, ln[i])
+        w = np.exp(log_w)
+        f_prev = np.append(0.0, np.exp(log_f[:-1]))
+        out["kl"][i] = np.sum(np.where(w > 0, w * (log_w - log_mass), 0.0))
+        out["expected_reward"][i] = np.sum(w * values)
+        out["win_rate"][i] = np.sum(w * (f_prev + np.exp(log_mass) / 2))
+        out["total_mass"][i] = np.sum(w)
+        level = np.searchsorted(values, rw[i] + 0.0)
+        log_p = lg[i] - logsumexp(lg[i])
+        support = lg[i] > -np.inf
+        lvl = np.clip(level, 0, len(values) - 1)
+        out["log_probs"][i] = np.where(support, log_p + log_w[lvl] - log_mass[lvl], -np.inf)
+    return {k: (v.reshape(shape + ((n,) if k == "log_probs" else ())))
+            for k, v in out.items()}
+
+
+def sample_best_of_n(logits, rewards, log_n, size, rng):
+    """Reference sampler for one row: the level of the maximum by inverse CDF of F^N
+    (np.searchsorted), the outcome within the level by Generator.choice."""
+    rng = np.random.default_rng(rng)
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64) + 0.0
+    values, log_mass = reward_levels(logits, rewards)
+    _, _, a = _bon_level_law(log_mass, float(log_n))
+    cdf = np.exp(a)
+    levels = np.searchsorted(cdf, rng.random(size), side="right")
+    out = np.empty(size, dtype=np.int64)
+    p = np.exp(logits - logsumexp(logits))
+    for j in np.unique(levels):
+        members = np.flatnonzero((rewards == values[j]) & (logits > -np.inf))
+        mask = levels == j
+        out[mask] = rng.choice(members, size=int(mask.sum()), p=p[members] / p[members].sum())
+    return out
+
+
+def simulate_best_of_n(logits, rewards, n, size, rng):
+    """Reference naive best-of-N for one row: Generator.choice draws n candidates per
+    sample, the first of maximal reward is kept."""
+    rng = np.random.default_rng(rng)
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    p = np.exp(logits - logsumexp(logits))
+    cand = rng.choice(len(p), size=(size, int(n)), p=p)
+    return cand[np.arange(size), np.argmax(rewards[cand], axis=1)]

@@ -1,0 +1,233 @@
+/* Best-of-N on a finite outcome set: levels, the log-space level law, samplers. */
+#include <math.h>
+#include <float.h>
+#include "tl_bon.h"
+#include "tl_sort.h"
+#include "tl_exp.h"
+
+#define TL_IMPL "tl_bon_impl.h"
+#include "tl_template.h"
+
+#define TL_LOG_HALF (-0.69314718055994530942)
+
+/* log(1 - e^-d) for d > 0 (log1mexp): two formulas, switching at ln 2 */
+static double tl__log1mexp(double d) {
+    return d < 0.69314718055994530942 ? log(-expm1(-d)) : log1p(-exp(-d));
+}
+
+/* log(-log1p(-S) / S) for 0 < S < 1/2, from log S: the correction that turns log S into
+ * log(-log F) when F = 1 - S is close to 1 */
+static double tl__ell_corr(double log_s) {
+    double s = exp(log_s);
+    if (s < 1e-4) return log1p(s * (0.5 + s * (1.0 / 3.0 + s * 0.25)));
+    return log(-log1p(-s)) - log_s;
+}
+
+/* Running log-sum-exp with a scaled, compensated linear sum */
+typedef struct {
+    double m, s, c;
+} tl__lse_run;
+
+static void tl__lse_add(tl__lse_run *a, double x) {
+    if (x == -INFINITY) return;
+    if (x > a->m) {
+        double f = a->m == -INFINITY ? 0.0 : exp(a->m - x);
+        a->s *= f;
+        a->c *= f;
+        a->m = x;
+    }
+    double y = exp(x - a->m) - a->c;
+    double t = a->s + y;
+    a->c = (t - a->s) - y;
+    a->s = t;
+}
+
+static double tl__lse_value(const tl__lse_run *a) {
+    return a->m == -INFINITY ? -INFINITY : a->m + log(a->s);
+}
+
+/* Below these, every lower level has F^N < e^-800, i.e. w = 0 exactly in double:
+ * S-regime: log N + log S_j > log 800 implies N log F_j < -800;
+ * F-regime (F <= 1/2): log N > log(800 / ln 2) implies N log F_j <= -N ln 2 < -800. */
+#define TL_DEAD_S 6.69
+#define TL_DEAD_F 7.06
+
+void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, double log_n,
+                double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
+                int full, tl_bon_metrics *out) {
+    /* 1. survival from the top, stopping at the first level whose weight (and that of
+     *    every level below) is exactly zero */
+    tl__lse_run run = {-INFINITY, 0.0, 0.0};
+    ptrdiff_t first = 0; /* lowest level with a possibly non-zero weight */
+    log_sf[L - 1] = -INFINITY;
+    for (ptrdiff_t j = L - 2; j >= 0; j--) {
+        tl__lse_add(&run, log_mass[j + 1]);
+        log_sf[j] = tl__lse_value(&run);
+        int dead = log_sf[j] < TL_LOG_HALF ? (log_n + log_sf[j] > TL_DEAD_S) : (log_n > TL_DEAD_F);
+        if (dead && !full) {
+            first = j + 1;
+            break;
+        }
+    }
+    /* 2. CDF from the bottom for the levels with F <= 1/2 (a contiguous bottom range),
+     *    needed only when they are alive (then first == 0) */
+    ptrdiff_t mid = first;
+    while (mid < L && log_sf[mid] >= TL_LOG_HALF) mid++;
+    if (first == 0 && mid > 0) {
+        run.m = -INFINITY;
+        run.s = run.c = 0.0;
+        for (ptrdiff_t j = 0; j < mid; j++) {
+            tl__lse_add(&run, log_mass[j]);
+            log_cdf[j] = tl__lse_value(&run);
+        }
+    }
+    for (ptrdiff_t j = 0; j < first; j++) {
+        log_cdf[j] = NAN;
+        ell[j] = INFINITY;
+        a[j] = -INFINITY;
+        log_w[j] = -INFINITY;
+    }
+    /* 3. the law */
+    double total = 0.0, er = 0.0, kl = 0.0, win = 0.0;
+    double corr_prev = 0.0;
+    /* F_{first-1}: 0 at the bottom, else 1 - S of the (dead) level below */
+    double f_prev = first > 0 ? -expm1(log_sf[first - 1]) : 0.0;
+    for (ptrdiff_t j = first; j < L; j++) {
+        /* ell_j = log(-log F_j) */
+        int tail = log_sf[j] < TL_LOG_HALF; /* S_j < 1/2: work from the survival */
+        double corr = 0.0, f_cur;
+        if (log_sf[j] == -INFINITY) {
+            ell[j] = -INFINITY;
+            log_cdf[j] = 0.0;
+            f_cur = 1.0;
+        } else if (tail) {
+            corr = tl__ell_corr(log_sf[j]);
+            ell[j] = log_sf[j] + corr;
+            log_cdf[j] = NAN; /* not needed: F_j = 1 - S_j below */
+            f_cur = -expm1(log_sf[j]);
+        } else {
+            ell[j] = log(-log_cdf[j]);
+            f_cur = exp(log_cdf[j]);
+        }
+        /* a_j = N log F_j; the top level has F = 1 and a = 0 for every N */
+        double base = log_n + ell[j];
+        double abs_a = ell[j] == -INFINITY ? 0.0 : exp(base);
+        double aj = -abs_a;
+        a[j] = aj;
+        double lw;
+        if (j == first) {
+            lw = aj; /* F_{j-1}^N is 0 (j = 0) or below e^-800 */
+        } else if (aj == -INFINITY) {
+            lw = -INFINITY;
+        } else {
+            /* d = a_j - a_{j-1} > 0 without forming the difference of two large numbers */
+            double d;
+            if (ell[j] == -INFINITY) {
+                d = exp(log_n + ell[j - 1]);
+            } else {
+                double diff;
+                if (tail && log_sf[j - 1] < TL_LOG_HALF)
+                    diff = log1p(exp(log_mass[j] - log_sf[j])) + (corr_prev - corr);
+                else
+                    diff = ell[j - 1] - ell[j];
+                d = diff <= 1.0 ? abs_a * expm1(diff) : exp(log_n + ell[j - 1]) * -expm1(-diff);
+            }
+            lw = d > 0.0 ? aj + tl__log1mexp(d) : -INFINITY;
+        }
+        log_w[j] = lw;
+        corr_prev = corr;
+        if (lw > -INFINITY) {
+            double w = exp(lw);
+            total += w;
+            er += w * values[j];
+            kl += w * (lw - log_mass[j]);
+            win += w * (f_prev + 0.5 * exp(log_mass[j]));
+        }
+        f_prev = f_cur;
+    }
+    out->kl = kl > 0.0 ? kl : 0.0;
+    out->expected_reward = er;
+    out->win_rate = win;
+    out->total_mass = total;
+}
+
+void tl_bon_guide(const double *a, ptrdiff_t L, double *cdf, int64_t *guide, ptrdiff_t K) {
+    for (ptrdiff_t j = 0; j < L; j++) cdf[j] = exp(a[j]);
+    cdf[L - 1] = 1.0;
+    ptrdiff_t j = 0;
+    for (ptrdiff_t k = 0; k < K; k++) {
+        double u = (double)k / (double)K;
+        while (cdf[j] <= u) j++;
+        guide[k] = j;
+    }
+}
+
+static inline double tl__uniform(bitgen_t *rng) {
+    return (double)(rng->next_uint64(rng->state) >> 11) * 0x1.0p-53;
+}
+
+void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
+                   ptrdiff_t K, ptrdiff_t L, const int64_t *start, const int64_t *order,
+                   const double *prob, const int64_t *alias, int64_t *out) {
+    (void)L;
+    for (int64_t d = 0; d < count; d++) {
+        double u = tl__uniform(rng);
+        ptrdiff_t g = (ptrdiff_t)(u * (double)K);
+        ptrdiff_t j = guide[g < K ? g : K - 1];
+        while (cdf[j] <= u) j++;
+        int64_t s0 = start[j], nj = start[j + 1] - s0, pos = s0;
+        if (nj > 1) {
+            double x = tl__uniform(rng) * (double)nj;
+            int64_t i = (int64_t)x;
+            i = i < nj ? i : nj - 1;
+            pos = (x - (double)i) < prob[s0 + i] ? s0 + i : alias[s0 + i];
+        }
+        out[d] = order[pos];
+    }
+}
+
+void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *alias,
+                    int64_t *small, int64_t *large) {
+    double total = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) total += weights[i];
+    ptrdiff_t ns = 0, nl = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        prob[i] = weights[i] * (double)n / total;
+        alias[i] = i;
+        if (prob[i] < 1.0) small[ns++] = i;
+        else large[nl++] = i;
+    }
+    while (ns > 0 && nl > 0) {
+        int64_t s = small[--ns], g = large[nl - 1];
+        alias[s] = g;
+        prob[g] = (prob[g] + prob[s]) - 1.0;
+        if (prob[g] < 1.0) {
+            nl--;
+            small[ns++] = g;
+        }
+    }
+    /* leftovers are 1 up to rounding */
+    while (nl > 0) prob[large[--nl]] = 1.0;
+    while (ns > 0) prob[small[--ns]] = 1.0;
+}
+
+void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
+                     const double *prob, const int64_t *alias, const int64_t *level_of_pos,
+                     const int64_t *order, int64_t *out) {
+    const double scale = (double)n_support;
+    for (int64_t d = 0; d < count; d++) {
+        int64_t best = -1, best_pos = 0;
+        for (int64_t c = 0; c < n_candidates; c++) {
+            double x = tl__uniform(rng) * scale;
+            int64_t i = (int64_t)x;
+            i = i < n_support ? i : n_support - 1;
+            int64_t pos = (x - (double)i) < prob[i] ? i : alias[i];
+            int64_t lv = level_of_pos[pos];
+            if (lv > best) {
+                best = lv;
+                best_pos = pos;
+            }
+        }
+        out[d] = order[best_pos];
+    }
+}

@@ -1,0 +1,90 @@
+/* Best-of-N kernels that read the input arrays, templated on TL_T (see tl_template.h). */
+
+int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys, uint64_t *kbuf,
+                      int64_t *order, int64_t *obuf, double *values, double *log_mass,
+                      int64_t *start, tl_levels *out) {
+    int flags = 0;
+    ptrdiff_t ns = 0;
+    double m = -INFINITY;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double li = (double)l[i], ri = (double)r[i];
+        if (li != li || li == INFINITY) flags |= TL_FLAG_BAD_LOGIT;
+        if (!(fabs(ri) <= DBL_MAX)) flags |= TL_FLAG_BAD_REWARD;
+        if (li > -INFINITY && li < INFINITY) {
+            keys[ns] = tl_double_key(ri);
+            order[ns] = i;
+            ns++;
+            m = li > m ? li : m;
+        }
+    }
+    out->n_support = ns;
+    out->n_levels = 0;
+    out->log_norm = NAN;
+    if (flags) return flags;
+    if (ns == 0) return TL_FLAG_EMPTY_ROW;
+    double s = 0.0;
+    for (ptrdiff_t k = 0; k < ns; k++) s += tl_exp((double)l[order[k]] - m);
+    const double log_norm = m + log(s);
+    out->log_norm = log_norm;
+    tl_radix_sort(keys, order, ns, kbuf, obuf);
+    ptrdiff_t L = 0, k = 0;
+    while (k < ns) {
+        ptrdiff_t k0 = k;
+        const uint64_t key = keys[k];
+        double mx = (double)l[order[k]];
+        k++;
+        while (k < ns && keys[k] == key) {
+            double lk = (double)l[order[k]];
+            mx = lk > mx ? lk : mx;
+            k++;
+        }
+        start[L] = k0;
+        values[L] = (double)r[order[k0]] + 0.0;
+        if (k - k0 == 1) {
+            log_mass[L] = mx - log_norm;
+        } else {
+            double ss = 0.0;
+            for (ptrdiff_t q = k0; q < k; q++) ss += tl_exp((double)l[order[q]] - mx);
+            log_mass[L] = (mx - log_norm) + log(ss);
+        }
+        L++;
+    }
+    start[L] = ns;
+    out->n_levels = L;
+    return 0;
+}
+
+void TL_SFX(tl_bon_logprobs)(const TL_T *l, ptrdiff_t n, const int64_t *order,
+                             const int64_t *start, ptrdiff_t L, const double *log_mass,
+                             const double *log_w, double log_norm, double *out) {
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = -INFINITY;
+    for (ptrdiff_t j = 0; j < L; j++) {
+        double shift = log_w[j] - log_mass[j];
+        if (log_w[j] == -INFINITY) continue;
+        for (int64_t k = start[j]; k < start[j + 1]; k++) {
+            int64_t y = order[k];
+            out[y] = ((double)l[y] - log_norm) + shift;
+        }
+    }
+}
+
+void TL_SFX(tl_level_alias)(const TL_T *l, const int64_t *order, const int64_t *start,
+                            ptrdiff_t L, double *prob, int64_t *alias, double *scratch,
+                            int64_t *small, int64_t *large) {
+    for (ptrdiff_t j = 0; j < L; j++) {
+        int64_t s0 = start[j], nj = start[j + 1] - s0;
+        if (nj == 1) {
+            prob[s0] = 1.0;
+            alias[s0] = s0;
+            continue;
+        }
+        double mx = -INFINITY;
+        for (int64_t k = 0; k < nj; k++) {
+            double v = (double)l[order[s0 + k]];
+            mx = v > mx ? v : mx;
+        }
+        for (int64_t k = 0; k < nj; k++) scratch[k] = tl_exp((double)l[order[s0 + k]] - mx);
+        tl_alias_build(scratch, nj, prob + s0, alias + s0, small, large);
+        for (int64_t k = 0; k < nj; k++) alias[s0 + k] += s0;
+    }
+}

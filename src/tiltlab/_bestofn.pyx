@@ -1,0 +1,288 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Thin Cython drivers for best-of-N (csrc/tl_bon.h): levels, exact laws, samplers.
+
+No validation here (tiltlab._validation does it); per-element status flags come back to
+the Python layer.  Exact laws run one thread per distinct row (each with its own
+workspace); samplers split the draws of every row into fixed blocks, each with its own
+bit generator, so that results do not depend on the number of threads.
+"""
+from cython.parallel cimport prange, threadid
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.math cimport NAN, exp
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+from tiltlab._kernels cimport *
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef struct Workspace:
+    uint64_t *keys
+    uint64_t *kbuf
+    int64_t *order
+    int64_t *obuf
+    int64_t *start
+    double *values
+    double *log_mass
+    double *log_cdf
+    double *log_sf
+    double *ell
+    double *a
+    double *log_w
+
+
+cdef int _ws_alloc(Workspace *w, Py_ssize_t n) noexcept nogil:
+    cdef size_t m = <size_t> (n + 1)
+    w.keys = <uint64_t *> malloc(m * sizeof(uint64_t))
+    w.kbuf = <uint64_t *> malloc(m * sizeof(uint64_t))
+    w.order = <int64_t *> malloc(m * sizeof(int64_t))
+    w.obuf = <int64_t *> malloc(m * sizeof(int64_t))
+    w.start = <int64_t *> malloc(m * sizeof(int64_t))
+    w.values = <double *> malloc(m * sizeof(double))
+    w.log_mass = <double *> malloc(m * sizeof(double))
+    w.log_cdf = <double *> malloc(m * sizeof(double))
+    w.log_sf = <double *> malloc(m * sizeof(double))
+    w.ell = <double *> malloc(m * sizeof(double))
+    w.a = <double *> malloc(m * sizeof(double))
+    w.log_w = <double *> malloc(m * sizeof(double))
+    if (w.keys == NULL or w.kbuf == NULL or w.order == NULL or w.obuf == NULL
+            or w.start == NULL or w.values == NULL or w.log_mass == NULL or w.log_cdf == NULL
+            or w.log_sf == NULL or w.ell == NULL or w.a == NULL or w.log_w == NULL):
+        _ws_free(w)
+        return -1
+    return 0
+
+
+cdef void _ws_free(Workspace *w) noexcept nogil:
+    free(w.keys)
+    free(w.kbuf)
+    free(w.order)
+    free(w.obuf)
+    free(w.start)
+    free(w.values)
+    free(w.log_mass)
+    free(w.log_cdf)
+    free(w.log_sf)
+    free(w.ell)
+    free(w.a)
+    free(w.log_w)
+    w.keys = w.kbuf = NULL
+    w.order = w.obuf = w.start = NULL
+    w.values = w.log_mass = w.log_cdf = w.log_sf = w.ell = w.a = w.log_w = NULL
+
+
+cdef inline int _levels(const floating *l, const floating *r, Py_ssize_t V, Workspace *w,
+                        tl_levels *lv) noexcept nogil:
+    if floating is double:
+        return tl_levels_f64(l, r, V, w.keys, w.kbuf, w.order, w.obuf, w.values, w.log_mass,
+                             w.start, lv)
+    else:
+        return tl_levels_f32(l, r, V, w.keys, w.kbuf, w.order, w.obuf, w.values, w.log_mass,
+                             w.start, lv)
+
+
+def reward_levels_row(const floating[::1] lb, const floating[::1] rb, Py_ssize_t loff,
+                      Py_ssize_t roff, Py_ssize_t V):
+    """(flags, values, log_masses) of one row."""
+    cdef Workspace w
+    cdef tl_levels lv
+    cdef int fl
+    if _ws_alloc(&w, V) != 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    try:
+        with nogil:
+            fl = _levels(&lb[loff], &rb[roff], V, &w, &lv)
+        if fl:
+            return fl, None, None
+        values = np.array(<double[:lv.n_levels]> w.values, dtype=np.float64)
+        log_mass = np.array(<double[:lv.n_levels]> w.log_mass, dtype=np.float64)
+        return 0, values, log_mass
+    finally:
+        _ws_free(&w)
+
+
+cdef void _bon_row(const floating *l, const floating *r, Py_ssize_t V, Workspace *w,
+                   const int64_t *elems, Py_ssize_t n_elems, const double *log_n,
+                   double *metrics, double *logprobs, bint want_logprobs,
+                   int32_t *flags) noexcept nogil:
+    """Levels of one row, then the law for each of its batch elements (locals are
+    per call, hence per thread)."""
+    cdef tl_levels lv
+    cdef tl_bon_metrics m
+    cdef Py_ssize_t k, e, q
+    cdef int fl = _levels(l, r, V, w, &lv)
+    for k in range(n_elems):
+        e = elems[k]
+        flags[e] = fl
+        if fl != 0:
+            for q in range(4):
+                metrics[4 * e + q] = NAN
+            continue
+        tl_bon_law(w.values, w.log_mass, lv.n_levels, log_n[e], w.log_cdf, w.log_sf, w.ell,
+                   w.a, w.log_w, want_logprobs, &m)
+        metrics[4 * e + 0] = m.kl
+        metrics[4 * e + 1] = m.expected_reward
+        metrics[4 * e + 2] = m.win_rate
+        metrics[4 * e + 3] = m.total_mass
+        if want_logprobs:
+            if floating is double:
+                tl_bon_logprobs_f64(l, V, w.order, w.start, lv.n_levels, w.log_mass, w.log_w,
+                                    lv.log_norm, logprobs + e * V)
+            else:
+                tl_bon_logprobs_f32(l, V, w.order, w.start, lv.n_levels, w.log_mass, w.log_w,
+                                    lv.log_norm, logprobs + e * V)
+
+
+def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] uloff,
+             const int64_t[::1] uroff, Py_ssize_t V, const int64_t[::1] gstart,
+             const int64_t[::1] gelem, const double[::1] log_n, double[:, ::1] metrics,
+             double[:, ::1] logprobs, bint want_logprobs, int32_t[::1] flags, int n_threads):
+    """Exact best-of-N law for every batch element.
+
+    Distinct rows u (offsets uloff[u], uroff[u]) own the batch elements
+    gelem[gstart[u]:gstart[u+1]]; each row's levels are built once, by one thread.
+    metrics[e] = (kl, expected_reward, win_rate, total_mass); logprobs[e] = log pi_N
+    (if wanted; logprobs must then have one row per batch element)."""
+    cdef Py_ssize_t n_rows = uloff.shape[0]
+    cdef Py_ssize_t u, t
+    cdef int nt = n_threads if n_threads < n_rows else <int> n_rows
+    if n_rows == 0:
+        return
+    if nt < 1:
+        nt = 1
+    cdef _Buffer ws_b = _Buffer(nt, sizeof(Workspace))
+    cdef Workspace *ws = <Workspace *> ws_b.ptr
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef double *lpo = &logprobs[0, 0] if want_logprobs else NULL
+    for t in range(nt):
+        ws[t].keys = NULL
+    try:
+        for t in range(nt):
+            if _ws_alloc(&ws[t], V) != 0:
+                raise MemoryError("tiltlab: could not allocate work buffers")
+        with nogil:
+            for u in prange(n_rows, num_threads=nt, schedule='dynamic'):
+                _bon_row(lp + uloff[u], rp + uroff[u], V, &ws[threadid()], &gelem[gstart[u]],
+                         gstart[u + 1] - gstart[u], &log_n[0], &metrics[0, 0], lpo,
+                         want_logprobs, &flags[0])
+    finally:
+        for t in range(nt):
+            if ws[t].keys != NULL:
+                _ws_free(&ws[t])
+
+
+cdef class _Buffer:
+    cdef void *ptr
+
+    def __cinit__(self, Py_ssize_t count, size_t size):
+        self.ptr = malloc((count if count > 0 else 1) * size)
+        if self.ptr == NULL:
+            raise MemoryError("tiltlab: could not allocate work buffers")
+
+    def __dealloc__(self):
+        free(self.ptr)
+
+
+def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                const int64_t[::1] roff, Py_ssize_t V, const double[::1] log_n,
+                const int64_t[::1] n_candidates, bint naive, int64_t size, int64_t block,
+                list bit_generators, int64_t[:, ::1] out, int32_t[::1] flags, int n_threads):
+    """out[e, :size] = draws from the best-of-N law of batch element e.
+
+    Order statistic (naive=False): level of the maximum by inverse CDF of F^N with a guide
+    table, outcome within the level by an alias table.  Naive (naive=True):
+    n_candidates[e] draws from p per sample (alias table), first maximum kept.  Element
+    e's draws are split into blocks of `block`; block b of element e uses
+    bit_generators[e * blocks_per_row + b]."""
+    cdef Py_ssize_t n_el = loff.shape[0]
+    cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
+    cdef Py_ssize_t e, b, j, L, ns
+    cdef int fl
+    cdef int64_t count
+    cdef Workspace w
+    cdef tl_levels lv
+    cdef tl_bon_metrics m
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    if n_el == 0 or n_blocks == 0:
+        return
+    if len(bit_generators) != n_el * n_blocks:
+        raise ValueError("internal: wrong number of bit generators")
+    cdef _Buffer gens_b = _Buffer(n_el * n_blocks, sizeof(bitgen_t *))
+    cdef bitgen_t **gens = <bitgen_t **> gens_b.ptr
+    for b in range(n_el * n_blocks):
+        gens[b] = <bitgen_t *> PyCapsule_GetPointer(bit_generators[b].capsule, "BitGenerator")
+    cdef _Buffer prob_b = _Buffer(V, sizeof(double))
+    cdef _Buffer alias_b = _Buffer(V, sizeof(int64_t))
+    cdef _Buffer cdf_b = _Buffer(V, sizeof(double))
+    cdef _Buffer guide_b = _Buffer(V, sizeof(int64_t))
+    cdef _Buffer small_b = _Buffer(V, sizeof(int64_t))
+    cdef _Buffer large_b = _Buffer(V, sizeof(int64_t))
+    cdef _Buffer scratch_b = _Buffer(V, sizeof(double))
+    cdef _Buffer lpos_b = _Buffer(V, sizeof(int64_t))
+    cdef double *prob = <double *> prob_b.ptr
+    cdef int64_t *alias = <int64_t *> alias_b.ptr
+    cdef double *cdf = <double *> cdf_b.ptr
+    cdef int64_t *guide = <int64_t *> guide_b.ptr
+    cdef int64_t *small = <int64_t *> small_b.ptr
+    cdef int64_t *large = <int64_t *> large_b.ptr
+    cdef double *scratch = <double *> scratch_b.ptr
+    cdef int64_t *level_of_pos = <int64_t *> lpos_b.ptr
+    if _ws_alloc(&w, V) != 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    try:
+        with nogil:
+            for e in range(n_el):
+                fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv)
+                flags[e] = fl
+                if fl != 0:
+                    continue
+                L = lv.n_levels
+                ns = lv.n_support
+                if naive:
+                    for j in range(L):
+                        for b in range(w.start[j], w.start[j + 1]):
+                            level_of_pos[b] = j
+                    for b in range(ns):
+                        scratch[b] = <double> lp[loff[e] + w.order[b]]
+                    _softmax_weights(scratch, ns)
+                    tl_alias_build(scratch, ns, prob, alias, small, large)
+                    for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+                        count = size - b * block if size - b * block < block else block
+                        tl_bon_simulate(gens[e * n_blocks + b], count, n_candidates[e], ns,
+                                        prob, alias, level_of_pos, w.order,
+                                        &out[e, b * block])
+                else:
+                    tl_bon_law(w.values, w.log_mass, L, log_n[e], w.log_cdf, w.log_sf, w.ell,
+                               w.a, w.log_w, 0, &m)
+                    tl_bon_guide(w.a, L, cdf, guide, L)
+                    if floating is double:
+                        tl_level_alias_f64(lp + loff[e], w.order, w.start, L, prob, alias,
+                                           scratch, small, large)
+                    else:
+                        tl_level_alias_f32(lp + loff[e], w.order, w.start, L, prob, alias,
+                                           scratch, small, large)
+                    for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+                        count = size - b * block if size - b * block < block else block
+                        tl_bon_sample(gens[e * n_blocks + b], count, cdf, guide, L, L,
+                                      w.start, w.order, prob, alias, &out[e, b * block])
+    finally:
+        _ws_free(&w)
+
+
+cdef void _softmax_weights(double *x, Py_ssize_t n) noexcept nogil:
+    """x <- exp(x - max x) in place (alias weights need not be normalised)."""
+    cdef Py_ssize_t i
+    cdef double mx = x[0]
+    for i in range(1, n):
+        if x[i] > mx:
+            mx = x[i]
+    for i in range(n):
+        x[i] = exp(x[i] - mx)

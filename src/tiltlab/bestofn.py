@@ -1,0 +1,421 @@
+"""Best-of-N on a finite outcome set, exactly (SPEC section 3).
+
+Draw N outcomes from ``p = softmax(logits)`` and keep one of maximal reward (ties broken
+uniformly).  Outcomes with p > 0 fall into reward levels ``v_1 < ... < v_L`` with masses
+``m_j`` and CDF ``F_j``; the maximum lands in level j with probability
+``w_j = F_j^N - F_{j-1}^N`` and the best-of-N law is ``pi_N(y) = p(y) w_j / m_j``.
+tiltlab evaluates it in log space from ``N log F_j`` (with the survival ``S_j`` summed from
+the top), so it is exact for any real ``N >= 1`` up to ``N = e^(10^5)`` and beyond: every
+entry point takes ``n`` or ``log_n = log N``.
+
+The law depends on the rewards only through their order; ties count as one level.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from tiltlab import _bestofn
+from tiltlab import _validation as V
+from tiltlab.tilting import tilt_stats
+
+__all__ = [
+    "BestOfN",
+    "RewardLevels",
+    "best_of_n",
+    "sample_best_of_n",
+    "simulate_best_of_n",
+    "beirami_kl_estimate",
+    "reward_levels",
+]
+
+#: draws per bit generator block: the unit of reproducibility of the samplers
+SAMPLE_BLOCK = 65536
+
+
+class RewardLevels(NamedTuple):
+    """Distinct rewards of the support (ascending) and the log of their masses under p."""
+
+    values: np.ndarray
+    log_masses: np.ndarray
+
+
+def _log_n_param(n, log_n) -> np.ndarray:
+    """Exactly one of n (>= 1) and log_n (>= 0) as a float64 array of log N."""
+    if (n is None) == (log_n is None):
+        raise ValueError("give exactly one of n (the number of draws, >= 1) and log_n = log N"
+                         + ("; both were given" if n is not None else ""))
+    if n is not None:
+        arr = V.param_array(n, "n")
+        bad = arr < 1
+        if np.any(bad):
+            raise ValueError(f"n must be >= 1 (N = 1 is the reference itself); got "
+                             f"{arr[bad].flat[0]!r}")
+        return np.log(arr)
+    arr = V.param_array(log_n, "log_n")
+    bad = arr < 0
+    if np.any(bad):
+        raise ValueError(f"log_n must be >= 0 (N >= 1); got {arr[bad].flat[0]!r}")
+    return arr
+
+
+def _group_rows(rows: V.Rows):
+    """Distinct (logits row, rewards row) pairs and the batch elements of each."""
+    pairs = np.stack([rows.first_off, rows.second_off], axis=1)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    gelem = np.argsort(inverse, kind="stable").astype(np.int64)
+    counts = np.bincount(inverse, minlength=len(uniq))
+    gstart = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return (np.ascontiguousarray(uniq[:, 0]), np.ascontiguousarray(uniq[:, 1]), gstart, gelem)
+
+
+def _run_law(rows: V.Rows, want_logprobs: bool, n_threads):
+    nt = V.n_threads_value(n_threads)
+    n = rows.n_rows
+    metrics = np.empty((n, 4), dtype=np.float64)
+    logprobs = (np.empty((n, rows.n_outcomes), dtype=np.float64) if want_logprobs
+                else np.empty((1, 1), dtype=np.float64))
+    flags = np.zeros(n, dtype=np.int32)
+    if n:
+        uloff, uroff, gstart, gelem = _group_rows(rows)
+        _bestofn.bon_rows(rows.first, rows.second, uloff, uroff, rows.n_outcomes, gstart,
+                          gelem, rows.params["log_n"], metrics, logprobs, want_logprobs, flags,
+                          nt)
+    V.raise_for_flags(flags, rows)
+    return metrics, (logprobs if want_logprobs else None)
+
+
+@dataclass(frozen=True, eq=False)
+class BestOfN:
+    """The exact best-of-N policy ``pi_N`` of one or a batch of distributions.
+
+    Attributes (arrays over the broadcast batch shape)
+    ----------
+    kl : ndarray
+        ``KL(pi_N || p) = sum_j w_j log(w_j / m_j)``.
+    expected_reward : ndarray
+        ``E_{pi_N} r = sum_j w_j v_j``.
+    win_rate : ndarray
+        Probability that a best-of-N outcome beats one independent draw from p, ties
+        counted 1/2: ``sum_j w_j (F_{j-1} + m_j / 2)``.
+    kl_bound : ndarray
+        ``log N - (N-1)/N``, the usual analytical value (an upper bound, attained only
+        without atoms).
+    win_rate_bound : ndarray
+        ``N / (N+1)``, the win rate without ties (an upper bound).
+    log_n : ndarray
+        ``log N``.
+    log_probs : ndarray, shape (batch..., V)
+        The law ``log pi_N`` over outcomes (computed on first access).
+    """
+
+    kl: np.ndarray
+    expected_reward: np.ndarray
+    win_rate: np.ndarray
+    kl_bound: np.ndarray
+    win_rate_bound: np.ndarray
+    log_n: np.ndarray
+    _rows: V.Rows = field(repr=False)
+    _n_threads: int | None = field(repr=False, default=None)
+
+    @cached_property
+    def log_probs(self) -> np.ndarray:
+        _, lp = _run_law(self._rows, True, self._n_threads)
+        return lp.reshape(self._rows.batch_shape + (self._rows.n_outcomes,))
+
+    def kl_to_tilted(self, lam: ArrayLike):
+        """``KL(pi_N || phi_lam)`` by the closeness identity of SPEC section 2.
+
+        ``KL(pi || phi_lam) = KL(pi || p) - lam E_pi r + Lambda(lam)``; for ``lam = +inf``
+        it is computed directly (finite only where pi_N lives on the argmax set).
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> b = tiltlab.best_of_n(np.log([0.5, 0.5]), [0.0, 1.0], n=4)
+        >>> print(f"{b.kl_to_tilted(np.log(15)):.10f}")
+        0.0000000000
+        """
+        from tiltlab.divergence import kl_divergence
+        from tiltlab.tilting import tilt
+
+        logits, rewards = self._rows.originals
+        lam_a = V.param_array(lam, "lam")
+        out_shape = np.broadcast_shapes(self._rows.batch_shape, lam_a.shape)
+        lam_b = np.broadcast_to(lam_a, out_shape)
+        finite = np.isfinite(lam_b)
+        stats = tilt_stats(logits, rewards, np.where(finite, lam_b, 0.0))
+        with np.errstate(invalid="ignore"):
+            value = np.broadcast_to(self.kl - lam_b * self.expected_reward, out_shape) \
+                + stats.log_partition
+        value = np.where(finite, np.maximum(value, 0.0), np.nan)
+        if not np.all(finite):
+            lp = np.broadcast_to(self.log_probs, out_shape + (self._rows.n_outcomes,))
+            direct = kl_divergence(lp, tilt(logits, rewards, lam_b))
+            value = np.where(finite, value, direct)
+        return value[()] if np.ndim(value) == 0 else value
+
+    def sample(self, size: int | None = None, rng=None, n_threads: int | None = None):
+        """Draws from ``pi_N`` (see :func:`sample_best_of_n`)."""
+        logits, rewards = self._rows.originals
+        return sample_best_of_n(logits, rewards, log_n=self.log_n, size=size, rng=rng,
+                                n_threads=n_threads)
+
+
+def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None, *,
+              log_n: ArrayLike | None = None, n_threads: int | None = None) -> BestOfN:
+    """The exact best-of-N law and its KL, expected reward and win rate (SPEC section 3).
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (..., V)
+        The reference ``p = softmax(logits)`` (``-inf`` = impossible) and finite rewards.
+    n : array_like, optional
+        Number of draws N >= 1, real (non-integer N is the natural interpolation
+        ``F^N``); broadcasts with the batch axes.  Give either ``n`` or ``log_n``.
+    log_n : array_like, optional
+        ``log N >= 0`` (for N beyond float range, e.g. ``log_n = 1e5``).
+    n_threads : int, optional
+        Threads (one per distinct row).
+
+    Returns
+    -------
+    BestOfN
+        Metrics over the batch shape, the lazily computed ``log_probs``,
+        ``kl_to_tilted(lam)`` and ``sample(size, rng)``.
+
+    Raises
+    ------
+    ValueError
+        Both or neither of n and log_n, N < 1, and the input errors of
+        :func:`tiltlab.tilt_stats`.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> b = tiltlab.best_of_n(np.zeros(2), [0.0, 1.0], n=[2, 4, 16])
+    >>> print(np.round(b.kl, 10), np.round(b.win_rate, 6))
+    [0.1308120359 0.4593555219 0.6929626965] [0.625    0.71875  0.749992]
+    >>> print(f"{tiltlab.best_of_n(np.zeros(10), np.arange(10.0), log_n=1e5).kl:.10f}")
+    2.3025850930
+    """
+    lg = _log_n_param(n, log_n)
+    rows = V.prepare_rows(logits, rewards, {"log_n": lg})
+    metrics, _ = _run_law(rows, False, n_threads)
+    bs = rows.batch_shape
+    ln = rows.params["log_n"]
+    kl_bound = ln + np.expm1(-ln)  # log N - (N-1)/N
+    win_bound = 1.0 / (1.0 + np.exp(-ln))  # N / (N+1)
+    return BestOfN(
+        kl=V.shaped(metrics[:, 0].copy(), bs),
+        expected_reward=V.shaped(metrics[:, 1].copy(), bs),
+        win_rate=V.shaped(metrics[:, 2].copy(), bs),
+        kl_bound=V.shaped(kl_bound, bs),
+        win_rate_bound=V.shaped(win_bound, bs),
+        log_n=V.shaped(ln.copy(), bs),
+        _rows=rows,
+        _n_threads=n_threads,
+    )
+
+
+def reward_levels(logits: ArrayLike, rewards: ArrayLike):
+    """Distinct rewards of the support with their log masses (SPEC section 3).
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (V,) or (..., V)
+
+    Returns
+    -------
+    RewardLevels or list of RewardLevels
+        ``(values, log_masses)``, values ascending; a flat list over the batch for
+        batched input.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> lv = tiltlab.reward_levels(np.log([0.2, 0.5, 0.3]), [1.0, 0.0, 1.0])
+    >>> lv.values, np.round(np.exp(lv.log_masses), 12)
+    (array([0., 1.]), array([0.5, 0.5]))
+    """
+    rows = V.prepare_rows(logits, rewards)
+    out = []
+    flags = np.zeros(rows.n_rows, dtype=np.int32)
+    for i in range(rows.n_rows):
+        fl, values, log_mass = _bestofn.reward_levels_row(
+            rows.first, rows.second, int(rows.first_off[i]), int(rows.second_off[i]),
+            rows.n_outcomes)
+        flags[i] = fl
+        out.append(RewardLevels(values, log_mass))
+    V.raise_for_flags(flags, rows)
+    return out[0] if rows.batch_shape == () else out
+
+
+def _generators(rng, count: int) -> list:
+    """count independent bit generators derived deterministically from rng."""
+    gen = np.random.default_rng(rng)
+    entropy = [int(x) for x in gen.integers(0, 2**63, size=4, dtype=np.int64)]
+    children = np.random.SeedSequence(entropy).spawn(count)
+    return [np.random.PCG64(c) for c in children]
+
+
+def _size_value(size) -> int | None:
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"size must be None or a non-negative integer; got {size!r}")
+    if size < 0:
+        raise ValueError(f"size must be >= 0; got {size}")
+    return int(size)
+
+
+def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
+    nt = V.n_threads_value(n_threads)
+    draws = 1 if size is None else size
+    n_el = rows.n_rows
+    out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
+    flags = np.zeros(n_el, dtype=np.int32)
+    blocks = -(-draws // SAMPLE_BLOCK)
+    if n_el and draws:
+        gens = _generators(rng, n_el * blocks)
+        _bestofn.sample_rows(rows.first, rows.second, rows.first_off, rows.second_off,
+                             rows.n_outcomes, rows.params["log_n"], n_candidates, naive, draws,
+                             SAMPLE_BLOCK, gens, out, flags, nt)
+    V.raise_for_flags(flags, rows)
+    out = out[:, :draws]
+    if size is None:
+        return V.shaped(out[:, 0].copy(), rows.batch_shape)
+    return out.reshape(rows.batch_shape + (draws,))
+
+
+def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None, *,
+                     log_n: ArrayLike | None = None, size: int | None = None, rng=None,
+                     n_threads: int | None = None):
+    """Outcome indices drawn from the best-of-N law by the order statistic (SPEC section 3).
+
+    The level of the maximum of N draws is sampled by inverse CDF of ``F_j^N`` (a guide
+    table), then the outcome within the level from p restricted to it (an alias table):
+    the cost per draw does not depend on N.  Same seed, same draws, whatever the number
+    of threads.
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (..., V)
+        As in :func:`best_of_n`.
+    n, log_n : array_like
+        N (real, >= 1) or log N; exactly one.
+    size : int, optional
+        Draws per batch element (None: one draw, and no trailing axis).
+    rng : None, int or numpy.random.Generator
+        Source of randomness (NumPy convention).
+    n_threads : int, optional
+        Threads for drawing.
+
+    Returns
+    -------
+    ndarray of int64, shape (batch...,) or (batch..., size)
+        Indices into the last axis.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> y = tiltlab.sample_best_of_n(np.zeros(3), [0.0, 1.0, 2.0], log_n=50, size=5, rng=0)
+    >>> y.tolist()
+    [2, 2, 2, 2, 2]
+    """
+    lg = _log_n_param(n, log_n)
+    size = _size_value(size)
+    rows = V.prepare_rows(logits, rewards, {"log_n": lg})
+    cand = np.ones(rows.n_rows, dtype=np.int64)
+    return _sample(rows, False, cand, size, rng, n_threads)
+
+
+def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
+                       size: int | None = None, rng=None, n_threads: int | None = None):
+    """Naive best-of-N Monte Carlo: n candidates from p per sample, first maximum kept.
+
+    The independent check of the exact law (and what large-sample scripts run): each
+    sample costs ``n`` draws from an alias table over p (O(1) each).  Integer ``n`` only;
+    use :func:`sample_best_of_n` for real or astronomically large N.
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (..., V)
+        As in :func:`best_of_n`.
+    n : int or array_like of int
+        Candidates per sample (>= 1).
+    size, rng, n_threads
+        As in :func:`sample_best_of_n`.
+
+    Returns
+    -------
+    ndarray of int64, shape (batch...,) or (batch..., size)
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> y = tiltlab.simulate_best_of_n(np.zeros(4), [0.0, 1.0, 1.0, 0.5], 8, size=10, rng=1)
+    >>> sorted(set(y.tolist()) - {1, 2})
+    []
+    """
+    n_arr = V.param_array(n, "n", allow_inf=False)
+    if np.any(n_arr != np.round(n_arr)):
+        bad = n_arr[n_arr != np.round(n_arr)].flat[0]
+        raise ValueError(f"n must be an integer for the naive sampler; got {bad!r} "
+                         "(sample_best_of_n draws from the exact law for real N)")
+    if np.any(n_arr < 1):
+        raise ValueError(f"n must be >= 1; got {n_arr[n_arr < 1].flat[0]!r}")
+    size = _size_value(size)
+    rows = V.prepare_rows(logits, rewards, {"log_n": np.log(n_arr)})
+    cand = np.ascontiguousarray(
+        np.broadcast_to(n_arr, rows.batch_shape).reshape(-1).astype(np.int64))
+    return _sample(rows, True, cand, size, rng, n_threads)
+
+
+def beirami_kl_estimate(eps: ArrayLike, n: ArrayLike):
+    """Beirami et al.'s KL of best-of-N for a reward law with one top atom (SPEC section 3).
+
+    ``D(eps) = (1-eps)^N (log N + (N-1) log(1-eps) - (N-1)/N)
+    + (1 - (1-eps)^N) log((1 - (1-eps)^N) / eps)``: the exact KL when the reward is
+    continuous except for one top atom of mass ``eps``; ``eps -> 0`` gives
+    ``log N - (N-1)/N``.
+
+    Parameters
+    ----------
+    eps : array_like
+        Mass of the top atom, in (0, 1].
+    n : array_like
+        N >= 1.
+
+    Returns
+    -------
+    ndarray or float
+
+    Examples
+    --------
+    >>> import tiltlab
+    >>> print(f"{tiltlab.beirami_kl_estimate(1e-12, 16):.10f}")
+    1.8350887222
+    """
+    e = V.param_array(eps, "eps", allow_inf=False)
+    nn = V.param_array(n, "n")
+    if np.any((e <= 0) | (e > 1)):
+        raise ValueError("eps must be in (0, 1]")
+    if np.any(nn < 1):
+        raise ValueError("n must be >= 1")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log1m = np.log1p(-e)
+        nlog = nn * log1m
+        q = np.exp(nlog)  # (1 - eps)^N
+        one_minus_q = -np.expm1(nlog)
+        head = np.where(q > 0, q * (np.log(nn) + (nn - 1) * log1m - (nn - 1) / nn), 0.0)
+        tail = one_minus_q * (np.log(one_minus_q) - np.log(e))
+        out = head + tail
+    return out[()] if np.ndim(out) == 0 else out
