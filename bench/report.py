@@ -66,9 +66,11 @@ def table(data: dict) -> str:
 
 
 def _group_key(g: str):
-    name, shape, dtype = (g.split() + ["", "", ""])[:3]
+    name, shape, rest = (g.split(maxsplit=2) + ["", "", ""])[:3]
     rows, _, cols = shape.partition("x")
-    return (name, int(rows or 0), int(cols or 0), dtype)
+    if rows.isdigit() and cols.isdigit():
+        return (name, int(rows), int(cols), rest)
+    return (name, 0, 0, shape + " " + rest)
 
 
 def _impl_key(impl: str):

@@ -23,6 +23,18 @@ static double tl__ell_corr(double log_s) {
     return log(-log1p(-s)) - log_s;
 }
 
+/* Kahan-compensated sum: the metrics add up to 10^6+ terms */
+typedef struct {
+    double s, c;
+} tl__ksum;
+
+static inline void tl__kadd(tl__ksum *k, double x) {
+    double y = x - k->c;
+    double t = k->s + y;
+    k->c = (t - k->s) - y;
+    k->s = t;
+}
+
 /* Running log-sum-exp with a scaled, compensated linear sum */
 typedef struct {
     double m, s, c;
@@ -88,7 +100,7 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
         log_w[j] = -INFINITY;
     }
     /* 3. the law */
-    double total = 0.0, er = 0.0, kl = 0.0, win = 0.0;
+    tl__ksum total = {0.0, 0.0}, er = {0.0, 0.0}, kl = {0.0, 0.0}, win = {0.0, 0.0};
     double corr_prev = 0.0;
     /* F_{first-1}: 0 at the bottom, else 1 - S of the (dead) level below */
     double f_prev = first > 0 ? -expm1(log_sf[first - 1]) : 0.0;
@@ -138,17 +150,17 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
         corr_prev = corr;
         if (lw > -INFINITY) {
             double w = exp(lw);
-            total += w;
-            er += w * values[j];
-            kl += w * (lw - log_mass[j]);
-            win += w * (f_prev + 0.5 * exp(log_mass[j]));
+            tl__kadd(&total, w);
+            tl__kadd(&er, w * values[j]);
+            tl__kadd(&kl, w * (lw - log_mass[j]));
+            tl__kadd(&win, w * (f_prev + 0.5 * exp(log_mass[j])));
         }
         f_prev = f_cur;
     }
-    out->kl = kl > 0.0 ? kl : 0.0;
-    out->expected_reward = er;
-    out->win_rate = win;
-    out->total_mass = total;
+    out->kl = kl.s < 0.0 ? 0.0 : kl.s;
+    out->expected_reward = er.s;
+    out->win_rate = win.s;
+    out->total_mass = total.s;
 }
 
 void tl_bon_guide(const double *a, ptrdiff_t L, double *cdf, int64_t *guide, ptrdiff_t K) {
@@ -166,23 +178,33 @@ static inline double tl__uniform(bitgen_t *rng) {
     return (double)(rng->next_uint64(rng->state) >> 11) * 0x1.0p-53;
 }
 
+void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *order,
+                      ptrdiff_t n, tl_alias_slot *slots) {
+    for (ptrdiff_t i = 0; i < n; i++) {
+        slots[i].prob = prob[i];
+        slots[i].here = (int32_t)order[i];
+        slots[i].alias = (int32_t)order[alias[i]];
+    }
+}
+
 void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                   ptrdiff_t K, ptrdiff_t L, const int64_t *start, const int64_t *order,
-                   const double *prob, const int64_t *alias, int64_t *out) {
-    (void)L;
+                   ptrdiff_t K, const int64_t *start, const tl_alias_slot *slots,
+                   int64_t *out) {
     for (int64_t d = 0; d < count; d++) {
         double u = tl__uniform(rng);
         ptrdiff_t g = (ptrdiff_t)(u * (double)K);
         ptrdiff_t j = guide[g < K ? g : K - 1];
         while (cdf[j] <= u) j++;
-        int64_t s0 = start[j], nj = start[j + 1] - s0, pos = s0;
-        if (nj > 1) {
-            double x = tl__uniform(rng) * (double)nj;
-            int64_t i = (int64_t)x;
-            i = i < nj ? i : nj - 1;
-            pos = (x - (double)i) < prob[s0 + i] ? s0 + i : alias[s0 + i];
+        int64_t s0 = start[j], nj = start[j + 1] - s0;
+        if (nj == 1) {
+            out[d] = slots[s0].here;
+            continue;
         }
-        out[d] = order[pos];
+        double x = tl__uniform(rng) * (double)nj;
+        int64_t i = (int64_t)x;
+        i = i < nj ? i : nj - 1;
+        const tl_alias_slot *sl = slots + s0 + i;
+        out[d] = (x - (double)i) < sl->prob ? sl->here : sl->alias;
     }
 }
 
@@ -212,22 +234,24 @@ void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *a
 }
 
 void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
-                     const double *prob, const int64_t *alias, const int64_t *level_of_pos,
-                     const int64_t *order, int64_t *out) {
+                     const tl_alias_slot *level_slots, const int32_t *outcome_here,
+                     const int32_t *outcome_alias, int64_t *out) {
     const double scale = (double)n_support;
     for (int64_t d = 0; d < count; d++) {
-        int64_t best = -1, best_pos = 0;
+        int32_t best = -1;
+        int64_t best_slot = 0; /* 2 * slot + (1 if the alias was taken) */
         for (int64_t c = 0; c < n_candidates; c++) {
             double x = tl__uniform(rng) * scale;
             int64_t i = (int64_t)x;
             i = i < n_support ? i : n_support - 1;
-            int64_t pos = (x - (double)i) < prob[i] ? i : alias[i];
-            int64_t lv = level_of_pos[pos];
-            if (lv > best) {
+            const tl_alias_slot *sl = level_slots + i;
+            int take_alias = !((x - (double)i) < sl->prob);
+            int32_t lv = take_alias ? sl->alias : sl->here;
+            if (lv > best) { /* strictly greater: the first maximum is kept */
                 best = lv;
-                best_pos = pos;
+                best_slot = 2 * i + take_alias;
             }
         }
-        out[d] = order[best_pos];
+        out[d] = (best_slot & 1) ? outcome_alias[best_slot >> 1] : outcome_here[best_slot >> 1];
     }
 }

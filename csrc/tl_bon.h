@@ -65,8 +65,8 @@ void tl_bon_logprobs_f32(const float *l, ptrdiff_t n, const int64_t *order,
 
 /* ---- sampling ---- */
 /* Alias tables (Vose) within each level over p restricted to the level: prob[i] and
- * alias[i] (a position in `order`) for positions i of the support.  w_pos[i] =
- * exp(l - level max) scratch of length n_support. */
+ * alias[i] (a position in `order`) for positions i of the support.  scratch, small and
+ * large are workspaces of length >= the largest level. */
 void tl_level_alias_f64(const double *l, const int64_t *order, const int64_t *start,
                         ptrdiff_t L, double *prob, int64_t *alias, double *scratch,
                         int64_t *small, int64_t *large);
@@ -74,22 +74,38 @@ void tl_level_alias_f32(const float *l, const int64_t *order, const int64_t *sta
                         ptrdiff_t L, double *prob, int64_t *alias, double *scratch,
                         int64_t *small, int64_t *large);
 
+/* One alias-table slot in 16 bytes, so that a draw touches one cache line: with
+ * probability prob the slot's own payload, else its alias's (outcome indices for the
+ * order-statistic sampler, level indices for the naive one). */
+typedef struct {
+    double prob;
+    int32_t here, alias;
+} tl_alias_slot;
+
+/* slots[i] = {prob[i], order[i], order[alias[i]]} */
+void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *order,
+                      ptrdiff_t n, tl_alias_slot *slots);
+
 /* Inverse-CDF guide table for the level of the maximum: cdf[j] = F_j^N (cdf[L-1] = 1),
  * guide[k] = min{ j : cdf[j] > k / K } for k < K. */
 void tl_bon_guide(const double *a /* N log F_j */, ptrdiff_t L, double *cdf, int64_t *guide,
                   ptrdiff_t K);
 
-/* Order-statistic sampler: `count` outcome indices, cost independent of N. */
+/* Order-statistic sampler: `count` outcome indices, cost independent of N.  slots are
+ * the packed within-level alias tables (positions start[j]..start[j+1] for level j). */
 void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                   ptrdiff_t K, ptrdiff_t L, const int64_t *start, const int64_t *order,
-                   const double *prob, const int64_t *alias, int64_t *out);
+                   ptrdiff_t K, const int64_t *start, const tl_alias_slot *slots,
+                   int64_t *out);
 
-/* Naive best-of-N: per sample, N candidates from p (alias table over the support,
- * positions carry their level), keeps the first candidate of maximal level. */
+/* Alias table over arbitrary non-negative weights (Vose). */
 void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *alias,
                     int64_t *small, int64_t *large);
+
+/* Naive best-of-N: per sample, N candidates from p (alias table over the support whose
+ * slots carry levels; outcome_here/outcome_alias give the outcome of slot i and of its
+ * alias), keeps the first candidate of maximal level. */
 void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
-                     const double *prob, const int64_t *alias, const int64_t *level_of_pos,
-                     const int64_t *order, int64_t *out);
+                     const tl_alias_slot *level_slots, const int32_t *outcome_here,
+                     const int32_t *outcome_alias, int64_t *out);
 
 #endif

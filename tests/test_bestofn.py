@@ -185,7 +185,8 @@ def test_broadcasting_over_n_and_rows():
 
 
 def test_reward_levels():
-    lv = tiltlab.reward_levels(np.log([0.2, 0.5, 0.3, 0.0]), [1.0, -0.0, 1.0, 5.0])
+    lv = tiltlab.reward_levels([np.log(0.2), np.log(0.5), np.log(0.3), -np.inf],
+                               [1.0, -0.0, 1.0, 5.0])
     assert_array_equal(lv.values, [0.0, 1.0])  # -0.0 == 0.0; p = 0 outcome excluded
     assert_allclose(np.exp(lv.log_masses), [0.5, 0.5], rtol=1e-15)
     batch = tiltlab.reward_levels(np.zeros((2, 3)), [[0.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
@@ -219,6 +220,13 @@ def test_extreme_n_on_a_million_outcomes():
     b = tiltlab.best_of_n(logits, rewards, log_n=log_n)
     total = np.exp(tiltlab.logsumexp(b.log_probs)) - 1
     assert np.all(np.abs(total) <= 1e-14), total
+    # the level weights summed by the metrics kernel (no log-probs): compensated sums
+    from tiltlab import _validation
+    from tiltlab.bestofn import _run_law
+
+    metrics, _ = _run_law(_validation.prepare_rows(logits, rewards, {"log_n": log_n}), False,
+                          None)
+    assert np.all(np.abs(metrics[:, 3] - 1) <= 1e-14), metrics[:, 3] - 1
     assert np.all(np.isfinite(b.kl)) and np.all(np.isfinite(b.expected_reward))
     assert not np.any(np.isnan(b.log_probs))
     assert np.all(np.diff(b.kl) >= -1e-12)

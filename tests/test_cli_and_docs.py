@@ -10,12 +10,14 @@ import sys
 import pytest
 
 import tiltlab
+import tiltlab.bestofn
 import tiltlab.divergence
 import tiltlab.special
 import tiltlab.tilting
 
 
-@pytest.mark.parametrize("module", [tiltlab.tilting, tiltlab.special, tiltlab.divergence])
+@pytest.mark.parametrize("module", [tiltlab.tilting, tiltlab.special, tiltlab.divergence,
+                                    tiltlab.bestofn])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

@@ -178,16 +178,7 @@ def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] 
                 _ws_free(&ws[t])
 
 
-cdef class _Buffer:
-    cdef void *ptr
-
-    def __cinit__(self, Py_ssize_t count, size_t size):
-        self.ptr = malloc((count if count > 0 else 1) * size)
-        if self.ptr == NULL:
-            raise MemoryError("tiltlab: could not allocate work buffers")
-
-    def __dealloc__(self):
-        free(self.ptr)
+include "_buffer.pxi"
 
 
 def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -227,6 +218,9 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
     cdef _Buffer large_b = _Buffer(V, sizeof(int64_t))
     cdef _Buffer scratch_b = _Buffer(V, sizeof(double))
     cdef _Buffer lpos_b = _Buffer(V, sizeof(int64_t))
+    cdef _Buffer slots_b = _Buffer(V, sizeof(tl_alias_slot))
+    cdef _Buffer out_here_b = _Buffer(V, sizeof(int32_t))
+    cdef _Buffer out_alias_b = _Buffer(V, sizeof(int32_t))
     cdef double *prob = <double *> prob_b.ptr
     cdef int64_t *alias = <int64_t *> alias_b.ptr
     cdef double *cdf = <double *> cdf_b.ptr
@@ -235,6 +229,9 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
     cdef int64_t *large = <int64_t *> large_b.ptr
     cdef double *scratch = <double *> scratch_b.ptr
     cdef int64_t *level_of_pos = <int64_t *> lpos_b.ptr
+    cdef tl_alias_slot *slots = <tl_alias_slot *> slots_b.ptr
+    cdef int32_t *out_here = <int32_t *> out_here_b.ptr
+    cdef int32_t *out_alias = <int32_t *> out_alias_b.ptr
     if _ws_alloc(&w, V) != 0:
         raise MemoryError("tiltlab: could not allocate work buffers")
     try:
@@ -254,11 +251,15 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                         scratch[b] = <double> lp[loff[e] + w.order[b]]
                     _softmax_weights(scratch, ns)
                     tl_alias_build(scratch, ns, prob, alias, small, large)
+                    # slots carry levels; the outcomes of a slot and of its alias aside
+                    tl_pack_outcomes(prob, alias, level_of_pos, ns, slots)
+                    for b in range(ns):
+                        out_here[b] = <int32_t> w.order[b]
+                        out_alias[b] = <int32_t> w.order[alias[b]]
                     for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
                         count = size - b * block if size - b * block < block else block
                         tl_bon_simulate(gens[e * n_blocks + b], count, n_candidates[e], ns,
-                                        prob, alias, level_of_pos, w.order,
-                                        &out[e, b * block])
+                                        slots, out_here, out_alias, &out[e, b * block])
                 else:
                     tl_bon_law(w.values, w.log_mass, L, log_n[e], w.log_cdf, w.log_sf, w.ell,
                                w.a, w.log_w, 0, &m)
@@ -269,10 +270,11 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                     else:
                         tl_level_alias_f32(lp + loff[e], w.order, w.start, L, prob, alias,
                                            scratch, small, large)
+                    tl_pack_outcomes(prob, alias, w.order, ns, slots)
                     for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
                         count = size - b * block if size - b * block < block else block
-                        tl_bon_sample(gens[e * n_blocks + b], count, cdf, guide, L, L,
-                                      w.start, w.order, prob, alias, &out[e, b * block])
+                        tl_bon_sample(gens[e * n_blocks + b], count, cdf, guide, L, w.start,
+                                      slots, &out[e, b * block])
     finally:
         _ws_free(&w)
 

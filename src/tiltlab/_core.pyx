@@ -53,17 +53,7 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
     return p
 
 
-cdef class _Buffer:
-    """A malloc'd block owned by a Python object: freed when the driver returns or raises."""
-    cdef void *ptr
-
-    def __cinit__(self, Py_ssize_t count, size_t size):
-        self.ptr = malloc((count if count > 0 else 1) * size)
-        if self.ptr == NULL:
-            raise MemoryError("tiltlab: could not allocate work buffers")
-
-    def __dealloc__(self):
-        free(self.ptr)
+include "_buffer.pxi"
 
 
 # --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 # Cython declarations of the C layer (csrc/).  Other Cython code can cimport these.
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 
 cdef extern from "tl_config.h" nogil:
     enum:
@@ -165,12 +165,19 @@ cdef extern from "tl_bon.h" nogil:
     void tl_level_alias_f32(const float *l, const int64_t *order, const int64_t *start,
                             Py_ssize_t L, double *prob, int64_t *alias, double *scratch,
                             int64_t *small, int64_t *large)
+    ctypedef struct tl_alias_slot:
+        double prob
+        int32_t here
+        int32_t alias
+    void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *order,
+                          Py_ssize_t n, tl_alias_slot *slots)
     void tl_bon_guide(const double *a, Py_ssize_t L, double *cdf, int64_t *guide, Py_ssize_t K)
     void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                       Py_ssize_t K, Py_ssize_t L, const int64_t *start, const int64_t *order,
-                       const double *prob, const int64_t *alias, int64_t *out)
+                       Py_ssize_t K, const int64_t *start, const tl_alias_slot *slots,
+                       int64_t *out)
     void tl_alias_build(const double *weights, Py_ssize_t n, double *prob, int64_t *alias,
                         int64_t *small, int64_t *large)
     void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates,
-                         Py_ssize_t n_support, const double *prob, const int64_t *alias,
-                         const int64_t *level_of_pos, const int64_t *order, int64_t *out)
+                         Py_ssize_t n_support, const tl_alias_slot *level_slots,
+                         const int32_t *outcome_here, const int32_t *outcome_alias,
+                         int64_t *out)
