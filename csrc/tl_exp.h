@@ -66,16 +66,22 @@ TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, doubl
     return scale;
 }
 
-/* Writes e^x and e^x - 1 (both with full relative accuracy). */
-TL_INLINE void tl__exp_pair(double x, double *e, double *em) {
-    double r, q, tail;
-    double scale = tl__exp_reduce_rq(x, &r, &q, &tail);
+/* e^x and e^x - 1 from a reduction's outputs (both with full relative accuracy). */
+TL_INLINE void tl__exp_finish(double x, double scale, double r, double q, double tail,
+                              double *e, double *em) {
     double p = r + (r * r) * q;
     double ev = (scale + scale * p) * tail;
     /* for subnormal results e^x - 1 is -1 to double precision */
     double emv = tail < 1.0 ? -1.0 : scale * p + (scale - 1.0);
     *e = x < TL_EXP_LO ? 0.0 : ev;
     *em = x < TL_EXP_LO ? -1.0 : emv;
+}
+
+/* Writes e^x and e^x - 1 (both with full relative accuracy). */
+TL_INLINE void tl__exp_pair(double x, double *e, double *em) {
+    double r, q, tail;
+    double scale = tl__exp_reduce_rq(x, &r, &q, &tail);
+    tl__exp_finish(x, scale, r, q, tail, e, em);
 }
 
 /* e^x; 0 below e^-745.2 (including -inf); e^709 for x > 709 (callers keep x <= 709). */
@@ -102,8 +108,8 @@ TL_INLINE void tl_exp_expm1(double x, double *e, double *em) { tl__exp_pair(x, e
  * v^2 ((1 - q) + v q) with expm1(v) = v + v^2 q, exact to a few ulp. */
 TL_INLINE double tl_kl_term(double v) {
     double r, q, tail, e, em;
-    tl__exp_reduce_rq(v, &r, &q, &tail);
-    tl__exp_pair(v, &e, &em);
+    double scale = tl__exp_reduce_rq(v, &r, &q, &tail);
+    tl__exp_finish(v, scale, r, q, tail, &e, &em);
     double small = (v * v) * ((1.0 - q) + v * q);
     double large = v * e - em;
     return fabs(v) < 0.34 ? small : large;
@@ -112,8 +118,8 @@ TL_INLINE double tl_kl_term(double v) {
 /* h(w) = e^w - 1 - w >= 0 with full relative accuracy (w^2 q for |w| < 0.34). */
 TL_INLINE double tl_expm1_minus_x(double w) {
     double r, q, tail, e, em;
-    tl__exp_reduce_rq(w, &r, &q, &tail);
-    tl__exp_pair(w, &e, &em);
+    double scale = tl__exp_reduce_rq(w, &r, &q, &tail);
+    tl__exp_finish(w, scale, r, q, tail, &e, &em);
     return fabs(w) < 0.34 ? (w * w) * q : em - w;
 }
 

@@ -47,7 +47,6 @@ static void tl__info_side(tl_info_acc *acc, int side, double rb, double mb, doub
     double *in = side == 0 ? &acc->in_hi : &acc->in_lo;
     double *out = side == 0 ? &acc->out_hi : &acc->out_lo;
     int better = side == 0 ? rb > *r_star : rb < *r_star;
-    if (sb <= 0.0 && in_b <= 0.0 && out_b <= 0.0 && mb == -INFINITY) return;
     if (better) {
         *out += *in + out_b;
         *in = in_b;

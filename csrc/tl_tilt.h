@@ -69,14 +69,6 @@ int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam);
 /* KL from a TL_MODE_KL accumulation */
 double tl_tilt_kl_value(const tl_tilt_acc *acc);
 
-/* Whole row, sequentially chunked: shift c = reward of the dominant outcome (argmax of
- * l + lam r), a product pass, then a KL pass or a standard pass when needed.  The
- * reference composition of the functions above: threaded drivers reproduce it exactly. */
-void tl_tilt_row_f64(const double *l, const double *r, ptrdiff_t n, double lam,
-                     tl_tilt_result *out);
-void tl_tilt_row_f32(const float *l, const float *r, ptrdiff_t n, double lam,
-                     tl_tilt_result *out);
-
 /* Index of the maximum of l + lam r over the support (first one on ties), -1 if none;
  * *best gets the maximum.  Rewards are shifted by the reward there (the dominant
  * outcome): for large lam nothing of size lam * r then cancels in kl or in the
@@ -114,8 +106,6 @@ void tl_info_chunk_f64(const double *l, const double *r, ptrdiff_t n, double c, 
 void tl_info_chunk_f32(const float *l, const float *r, ptrdiff_t n, double c, tl_info_acc *acc);
 void tl_info_merge(tl_info_acc *into, const tl_info_acc *other);
 void tl_info_finalize(const tl_info_acc *acc, double c, tl_info_result *out);
-void tl_info_row_f64(const double *l, const double *r, ptrdiff_t n, double c, tl_info_result *out);
-void tl_info_row_f32(const float *l, const float *r, ptrdiff_t n, double c, tl_info_result *out);
 
 /* ---- elementwise outputs ---- */
 /* log phi_i = (l_i - log_norm) + (lam (r_i - c) - lc) */

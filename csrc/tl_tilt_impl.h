@@ -139,49 +139,6 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
     }
 }
 
-void TL_SFX(tl_tilt_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
-                         tl_tilt_result *out) {
-    /* shift: the dominant outcome, merged over chunks as the threaded driver does */
-    double c = 0.0, best = -INFINITY;
-    for (ptrdiff_t j = 0; j < n; j += TL_CHUNK) {
-        double bx;
-        ptrdiff_t i = TL_SFX(tl_argmax_tilted)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK,
-                                             lam, &bx);
-        if (i >= 0 && (bx > best || best == -INFINITY)) {
-            best = bx;
-            c = (double)r[j + i];
-        }
-    }
-    /* stages: 0 product pass; 1 KL pass after a product pass; 2 standard pass */
-    tl_tilt_acc acc, part;
-    int stage = 0;
-    double lc = 0.0;
-    for (;;) {
-        int mode = stage == 0 ? TL_MODE_PRODUCT : (stage == 1 ? TL_MODE_KL : TL_MODE_STANDARD);
-        TL_SFX(tl_tilt_chunk)(l, r, n < TL_CHUNK ? n : TL_CHUNK, lam, c, lc, mode, &acc);
-        for (ptrdiff_t j = TL_CHUNK; j < n; j += TL_CHUNK) {
-            TL_SFX(tl_tilt_chunk)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK, lam, c, lc,
-                                  mode, &part);
-            tl_tilt_merge(&acc, &part, mode);
-        }
-        if (stage == 1) {
-            out->kl = tl_tilt_kl_value(&acc);
-            break;
-        }
-        if (stage == 0 && !(acc.flags & TL_FLAGS_INPUT) && !tl_tilt_product_ok(&acc, lam)) {
-            stage = 2;
-            continue;
-        }
-        tl_tilt_finalize(&acc, lam, c, mode, out);
-        if (stage == 0 && tl_tilt_kl_pass_advised(out, lam)) {
-            stage = 1;
-            lc = out->lc;
-            continue;
-        }
-        break;
-    }
-}
-
 void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
                            double c, tl_info_acc *acc) {
     double lb[TL_BLOCK], db[TL_BLOCK], rb[TL_BLOCK], wa[TL_BLOCK], hv[TL_BLOCK], lv[TL_BLOCK];
@@ -237,17 +194,6 @@ void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                           tl_block_sum(in), tl_block_sum(out));
         }
     }
-}
-
-void TL_SFX(tl_info_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, double c,
-                         tl_info_result *out) {
-    tl_info_acc acc, part;
-    TL_SFX(tl_info_chunk)(l, r, n < TL_CHUNK ? n : TL_CHUNK, c, &acc);
-    for (ptrdiff_t j = TL_CHUNK; j < n; j += TL_CHUNK) {
-        TL_SFX(tl_info_chunk)(l + j, r + j, n - j < TL_CHUNK ? n - j : TL_CHUNK, c, &part);
-        tl_info_merge(&acc, &part);
-    }
-    tl_info_finalize(&acc, c, out);
 }
 
 void TL_SFX(tl_tilt_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,

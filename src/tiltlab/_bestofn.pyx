@@ -38,43 +38,29 @@ cdef struct Workspace:
 
 
 cdef int _ws_alloc(Workspace *w, Py_ssize_t n) noexcept nogil:
+    """One block for the twelve arrays of length n + 1 (all 8-byte elements)."""
     cdef size_t m = <size_t> (n + 1)
-    w.keys = <uint64_t *> malloc(m * sizeof(uint64_t))
-    w.kbuf = <uint64_t *> malloc(m * sizeof(uint64_t))
-    w.order = <int64_t *> malloc(m * sizeof(int64_t))
-    w.obuf = <int64_t *> malloc(m * sizeof(int64_t))
-    w.start = <int64_t *> malloc(m * sizeof(int64_t))
-    w.values = <double *> malloc(m * sizeof(double))
-    w.log_mass = <double *> malloc(m * sizeof(double))
-    w.log_cdf = <double *> malloc(m * sizeof(double))
-    w.log_sf = <double *> malloc(m * sizeof(double))
-    w.ell = <double *> malloc(m * sizeof(double))
-    w.a = <double *> malloc(m * sizeof(double))
-    w.log_w = <double *> malloc(m * sizeof(double))
-    if (w.keys == NULL or w.kbuf == NULL or w.order == NULL or w.obuf == NULL
-            or w.start == NULL or w.values == NULL or w.log_mass == NULL or w.log_cdf == NULL
-            or w.log_sf == NULL or w.ell == NULL or w.a == NULL or w.log_w == NULL):
-        _ws_free(w)
+    cdef char *block = <char *> malloc(12 * m * 8)
+    w.keys = <uint64_t *> block
+    if block == NULL:
         return -1
+    w.kbuf = w.keys + m
+    w.order = <int64_t *> (w.kbuf + m)
+    w.obuf = w.order + m
+    w.start = w.obuf + m
+    w.values = <double *> (w.start + m)
+    w.log_mass = w.values + m
+    w.log_cdf = w.log_mass + m
+    w.log_sf = w.log_cdf + m
+    w.ell = w.log_sf + m
+    w.a = w.ell + m
+    w.log_w = w.a + m
     return 0
 
 
 cdef void _ws_free(Workspace *w) noexcept nogil:
     free(w.keys)
-    free(w.kbuf)
-    free(w.order)
-    free(w.obuf)
-    free(w.start)
-    free(w.values)
-    free(w.log_mass)
-    free(w.log_cdf)
-    free(w.log_sf)
-    free(w.ell)
-    free(w.a)
-    free(w.log_w)
-    w.keys = w.kbuf = NULL
-    w.order = w.obuf = w.start = NULL
-    w.values = w.log_mass = w.log_cdf = w.log_sf = w.ell = w.a = w.log_w = NULL
+    w.keys = NULL
 
 
 cdef inline int _levels(const floating *l, const floating *r, Py_ssize_t V, Workspace *w,

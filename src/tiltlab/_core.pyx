@@ -96,19 +96,21 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
 # --------------------------------------------------------------------------------------
 
 cdef void _shifts(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                  const int64_t[::1] roff, Py_ssize_t V, double *c, int n_threads) noexcept nogil:
-    """c[i] = reward of the most likely outcome of row i (0 for a row without support):
-    the shift of the row-information pass."""
-    cdef Py_ssize_t i, j, nrows = loff.shape[0]
+                  const int64_t[::1] roff, Py_ssize_t V, const int64_t *rows, Py_ssize_t nrows,
+                  double *c, int n_threads) noexcept nogil:
+    """c[row] = reward of the most likely outcome of each listed row (0 for a row without
+    support): the shift of the row-information pass."""
+    cdef Py_ssize_t i, j, row
     cdef double best
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        row = rows[i]
         if floating is double:
-            j = tl_argmax_tilted_f64(lp + loff[i], rp + roff[i], V, 0.0, &best)
+            j = tl_argmax_tilted_f64(lp + loff[row], rp + roff[row], V, 0.0, &best)
         else:
-            j = tl_argmax_tilted_f32(lp + loff[i], rp + roff[i], V, 0.0, &best)
-        c[i] = <double> rp[roff[i] + j] if j >= 0 else 0.0
+            j = tl_argmax_tilted_f32(lp + loff[row], rp + roff[row], V, 0.0, &best)
+        c[row] = <double> rp[roff[row] + j] if j >= 0 else 0.0
 
 
 cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -117,7 +119,7 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                     int n_threads) except -1 nogil:
     """Tilted statistics of rows[0:nrows] (finite lam); res and lam are indexed by row.
 
-    Mirrors tl_tilt_row exactly, with the chunks of all rows as parallel work items: the
+    The chunks of all rows are parallel work items, merged per row in chunk order: the
     shift is the reward of the dominant outcome (argmax of l + lam r, merged over chunks
     in order); stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in
     stage 0 (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward
@@ -277,44 +279,41 @@ cdef void _limit_result(const tl_info_result *info, double lam, tl_tilt_result *
 
 
 cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, double *c,
+                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam,
                    tl_tilt_result *res, int *limit, int n_threads) except -1 nogil:
     """Tilted statistics for every row; rows with infinite lam (or saturated lam * r) get
     the limit and limit[row] = 1."""
     cdef Py_ssize_t nrows = loff.shape[0]
     cdef Py_ssize_t i, nfin = 0, ninf = 0
-    cdef int64_t *fin = <int64_t *> _alloc(nrows, sizeof(int64_t))
-    cdef int64_t *inf = <int64_t *> malloc((nrows if nrows > 0 else 1) * sizeof(int64_t))
-    cdef tl_info_result *info = NULL
-    if inf == NULL:
-        free(fin)
-        with gil:
-            raise MemoryError("tiltlab: could not allocate work buffers")
+    # fin, inf (row lists), then c and info (used only by the limit rows)
+    cdef char *block = <char *> _alloc(1, nrows * (2 * sizeof(int64_t) + sizeof(double)
+                                                   + sizeof(tl_info_result)))
+    cdef int64_t *fin = <int64_t *> block
+    cdef int64_t *inf = fin + nrows
+    cdef double *c = <double *> (inf + nrows)
+    cdef tl_info_result *info = <tl_info_result *> (c + nrows)
+    for i in range(nrows):
+        limit[i] = 0
+        if lam[i] == INFINITY or lam[i] == -INFINITY:
+            inf[ninf] = i
+            ninf += 1
+        else:
+            fin[nfin] = i
+            nfin += 1
     try:
-        _shifts(lb, rb, loff, roff, V, c, n_threads)
-        for i in range(nrows):
-            limit[i] = 0
-            if lam[i] == INFINITY or lam[i] == -INFINITY:
-                inf[ninf] = i
-                ninf += 1
-            else:
-                fin[nfin] = i
-                nfin += 1
         _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, n_threads)
         for i in range(nfin):
             if res[fin[i]].flags & TL_FLAG_SATURATED:
                 inf[ninf] = fin[i]
                 ninf += 1
         if ninf > 0:
-            info = <tl_info_result *> _alloc(nrows, sizeof(tl_info_result))
+            _shifts(lb, rb, loff, roff, V, inf, ninf, c, n_threads)
             _info_pass(lb, rb, loff, roff, V, c, inf, ninf, info, n_threads)
             for i in range(ninf):
                 _limit_result(&info[inf[i]], lam[inf[i]], &res[inf[i]])
                 limit[inf[i]] = 1
     finally:
-        free(fin)
-        free(inf)
-        free(info)
+        free(block)
     return 0
 
 
@@ -330,12 +329,10 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
-    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     with nogil:
-        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, <int *> limit_b.ptr,
-                  n_threads)
+        _tilt_all(lb, rb, loff, roff, V, lam, res, <int *> limit_b.ptr, n_threads)
         for i in range(nrows):
             out[i, 0] = res[i].log_partition
             out[i, 1] = res[i].mean
@@ -361,7 +358,7 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     with nogil:
         for i in range(nrows):
             rows[i] = i
-        _shifts(lb, rb, loff, roff, V, c, n_threads)
+        _shifts(lb, rb, loff, roff, V, rows, nrows, c, n_threads)
         _info_pass(lb, rb, loff, roff, V, c, rows, nrows, res, n_threads)
         for i in range(nrows):
             out[i, 0] = res[i].log_norm
@@ -385,7 +382,6 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
-    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     cdef int *limit = <int *> limit_b.ptr
@@ -393,7 +389,7 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     cdef const floating *rp = &rb[0]
     cdef double *op = &out[0, 0]
     with nogil:
-        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, limit, n_threads)
+        _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags & ~TL_FLAG_SATURATED
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
@@ -446,7 +442,6 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
-    cdef _Buffer c_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
     cdef _Buffer sums_b = _Buffer(nitems * stride, sizeof(double))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
@@ -455,7 +450,7 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     with nogil:
-        _tilt_all(lb, rb, loff, roff, V, lam, <double *> c_b.ptr, res, limit, n_threads)
+        _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags & ~TL_FLAG_SATURATED
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
@@ -521,7 +516,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     with nogil:
         for i in range(nrows):
             rows[i] = i
-        _shifts(lb, rb, loff, roff, V, c, n_threads)
+        _shifts(lb, rb, loff, roff, V, rows, nrows, c, n_threads)
         _info_pass(lb, rb, loff, roff, V, c, rows, nrows, info, n_threads)
         for i in range(nrows):
             flags[i] = info[i].flags

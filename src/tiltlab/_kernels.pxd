@@ -56,10 +56,6 @@ cdef extern from "tl_tilt.h" nogil:
     double tl_tilt_kl_value(const tl_tilt_acc *acc)
     void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
                           tl_tilt_result *out)
-    void tl_tilt_row_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                         tl_tilt_result *out)
-    void tl_tilt_row_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                         tl_tilt_result *out)
     Py_ssize_t tl_argmax_tilted_f64(const double *l, const double *r, Py_ssize_t n, double lam,
                                     double *best)
     Py_ssize_t tl_argmax_tilted_f32(const float *l, const float *r, Py_ssize_t n, double lam,
