@@ -21,3 +21,45 @@ def numpy_simple_tilt_stats(logits, rewards, lam):
     second = (w * rewards * rewards).sum(axis=-1) / z
     log_z = np.log(z) + m[..., 0]
     return log_z, mean, second - mean * mean
+
+
+def numpy_fft_sequence_bon(logits, rewards, length, log_n):
+    """Sequence best-of-N metrics by the plain NumPy prototype of SPEC section 4's method.
+
+    One tilt ``lam(log_n / length)``, the per-token lattice law raised to the power
+    ``length`` by one FFT over the whole lattice, untilted, values below 1e-11 of the
+    peak dropped, then the level law of tiltlab.reference.  Stationary models with
+    integer rewards only.  Returns (expected reward, KL(pi_N || p^n), win rate).
+    """
+    from tiltlab import reference
+
+    lp = logits - reference.logsumexp(logits)
+    k = np.rint(rewards - rewards.min()).astype(np.int64)
+    K = int(k.max())
+    lam = float(reference.solve_lambda(logits, k.astype(float), log_n / length))
+    m = np.bincount(k, weights=np.exp(lp), minlength=K + 1)
+    with np.errstate(divide="ignore"):
+        lx = np.log(m) + lam * np.arange(K + 1)
+    top = lx.max()
+    x = np.exp(lx - top)
+    log_z = top + np.log(x.sum())  # Lambda(lam) per token
+    x /= x.sum()
+    size = length * K + 1
+    pt = np.fft.irfft(np.fft.rfft(x, size) ** length, size)
+    keep = pt >= 1e-11 * pt.max()
+    s = np.flatnonzero(keep)
+    log_mass = np.log(pt[s]) - lam * s + length * log_z
+    total = np.exp(log_mass).sum()
+    values = s.astype(float)
+    if total < 1 - 1e-9:  # the mass below the window, as one level
+        values = np.append(values[0] - 1, values)
+        log_mass = np.append(np.log1p(-total), log_mass)
+    else:
+        log_mass -= np.log(total)
+    log_w, log_f, _ = reference._bon_level_law(log_mass, log_n)
+    w = np.exp(log_w)
+    f_prev = np.append(0.0, np.exp(log_f[:-1]))
+    kl = np.sum(np.where(w > 0, w * (log_w - log_mass), 0.0))
+    er = np.sum(w * values) + length * rewards.min()
+    wr = np.sum(w * (f_prev + np.exp(log_mass) / 2))
+    return er, kl, wr

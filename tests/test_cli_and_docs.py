@@ -12,12 +12,14 @@ import pytest
 import tiltlab
 import tiltlab.bestofn
 import tiltlab.divergence
+import tiltlab.largedev
+import tiltlab.memoryless
 import tiltlab.special
 import tiltlab.tilting
 
 
 @pytest.mark.parametrize("module", [tiltlab.tilting, tiltlab.special, tiltlab.divergence,
-                                    tiltlab.bestofn])
+                                    tiltlab.bestofn, tiltlab.memoryless, tiltlab.largedev])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

@@ -16,6 +16,8 @@ from tiltlab.bestofn import (
     simulate_best_of_n,
 )
 from tiltlab.divergence import kl_divergence
+from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
+from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -36,6 +38,14 @@ __all__ = [
     "reward_levels",
     "sample_best_of_n",
     "simulate_best_of_n",
+    "Memoryless",
+    "rate_function",
+    "scaled_cgf",
+    "renyi_cross_entropy",
+    "renyi_divergence",
+    "LatticeLaw",
+    "SequenceBestOfN",
+    "Asymptotics",
     "TiltStats",
     "cumulants",
     "frontier",

@@ -177,3 +177,26 @@ cdef extern from "tl_bon.h" nogil:
                          Py_ssize_t n_support, const tl_alias_slot *level_slots,
                          const int32_t *outcome_here, const int32_t *outcome_alias,
                          int64_t *out)
+
+cdef extern from "tl_lattice.h" nogil:
+    ctypedef struct tl_seg_node:
+        int64_t left
+        int64_t right
+        int64_t pos
+        int64_t row
+        int64_t lo
+        int64_t len
+        int64_t off
+        double c0
+        double ratio
+        double zfac
+    ctypedef struct tl_token_tables:
+        const int64_t *ls_off
+        const int64_t *level_start
+        const int64_t *slot_off
+        const tl_alias_slot *slots
+    int tl_seg_sample(bitgen_t *rng, const tl_seg_node *nodes, int64_t root, const double *vals,
+                      int64_t target, const tl_token_tables *tt, int32_t *out)
+    void tl_level_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
+                         Py_ssize_t K, int64_t *out)
+    int64_t tl_level_draw(bitgen_t *rng, const double *cdf, const int64_t *guide, Py_ssize_t K)

@@ -61,6 +61,16 @@ def n_threads_value(n_threads) -> int:
     return int(n_threads)
 
 
+# Below this many elements a kernel runs on one thread: waking a team costs more than the
+# work, and far more when another process holds a core.  Results do not depend on it.
+SMALL_WORK = 1 << 15
+
+
+def threads_for_work(n_elements: int, n_threads: int) -> int:
+    """n_threads, or 1 for small inputs (results are identical for any thread count)."""
+    return 1 if n_elements < SMALL_WORK else n_threads
+
+
 def _index_str(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ("," if len(idx) == 1 else "") + ")"
 
@@ -80,6 +90,14 @@ def param_array(x, name: str, *, allow_inf: bool = True) -> np.ndarray:
         must = "a real number or +-inf" if allow_inf else "finite"
         raise ValueError(f"{name} contains {what}{at}; {name} must be {must}")
     return arr
+
+
+def scalar_param(x, name: str, *, allow_inf: bool = True) -> float:
+    """A single real number (no NaN)."""
+    arr = param_array(x, name, allow_inf=allow_inf)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a single number; got an array of shape {arr.shape}")
+    return float(arr)
 
 
 def nonnegative_param(x, name: str) -> np.ndarray:
@@ -270,3 +288,56 @@ def shaped(values: np.ndarray, batch_shape: tuple, trailing: tuple = ()):
     if out.ndim == 0:
         return out[()]
     return out
+
+
+MAX_LENGTH = 1 << 31
+
+
+def length_value(length, name: str = "length") -> int:
+    """A positive integer sequence length."""
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
+        if isinstance(length, float) and length.is_integer():
+            length = int(length)
+        else:
+            raise TypeError(f"{name} must be a positive integer; got {length!r}")
+    if length < 1:
+        raise ValueError(f"{name} must be >= 1; got {length}")
+    if length > MAX_LENGTH:
+        raise ValueError(f"{name} must be at most {MAX_LENGTH}; got {length}")
+    return int(length)
+
+
+def memoryless_inputs(logits, rewards, length):
+    """Per-position logits and rewards of a memoryless model as float64 (m, V) arrays.
+
+    m = 1 for a stationary model (both inputs of shape (V,) or (1, V)), else m = length
+    (either input may still be (V,) and is then repeated).  Values are checked here:
+    NaN or +inf logits, rows without a finite logit and non-finite rewards are errors.
+    """
+    n = length_value(length)
+    arrs = []
+    for x, nm in ((logits, "logits"), (rewards, "rewards")):
+        a = as_real_array(x, nm)
+        if a.ndim not in (1, 2):
+            raise ValueError(f"{nm} must have shape (V,) (stationary) or (length, V) (one row "
+                             f"per position); got shape {a.shape}")
+        if a.ndim == 2 and a.shape[0] not in (1, n):
+            raise ValueError(f"{nm} has {a.shape[0]} rows but length is {n}; give one row "
+                             f"per position, or shape (V,) for a stationary model")
+        if a.shape[-1] == 0:
+            raise ValueError(f"{nm} has no outcomes: its last axis has length 0")
+        arrs.append(np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1]))
+    lg, rw = arrs
+    if lg.shape[1] != rw.shape[1]:
+        raise ValueError(f"rewards has {rw.shape[1]} outcomes on its last axis but logits has "
+                         f"{lg.shape[1]}")
+    if lg.shape[1] == 0:
+        raise ValueError("logits has no outcomes: its last axis has length 0")
+    m = max(lg.shape[0], rw.shape[0])
+    if m > 1:
+        lg = np.broadcast_to(lg, (m, lg.shape[1]))
+        rw = np.broadcast_to(rw, (m, rw.shape[1]))
+    _check_logit_values(lg, "logits")
+    _check_empty_rows(lg, "logits")
+    _check_reward_values(rw, lg, "rewards")
+    return np.ascontiguousarray(lg), np.ascontiguousarray(rw), m == 1

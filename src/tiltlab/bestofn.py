@@ -77,7 +77,7 @@ def _group_rows(rows: V.Rows):
 
 
 def _run_law(rows: V.Rows, want_logprobs: bool, n_threads):
-    nt = V.n_threads_value(n_threads)
+    nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, V.n_threads_value(n_threads))
     n = rows.n_rows
     metrics = np.empty((n, 4), dtype=np.float64)
     logprobs = (np.empty((n, rows.n_outcomes), dtype=np.float64) if want_logprobs

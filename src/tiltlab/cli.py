@@ -31,7 +31,34 @@ def _demo(args) -> int:
     print(f"  {'KL budget':>10} {'lam':>14} {'optimal E r':>14}")
     for b, lm, m in zip(budgets, lam, best, strict=True):
         print(f"  {b:>10.4g} {lm:>14.10f} {m:>14.10f}")
+    print()
+    _theorem()
     return 0
+
+
+def _theorem() -> None:
+    """The paper's theorem on a ternary memoryless model, exactly at finite n."""
+    import math
+
+    import tiltlab
+
+    logits, rewards, delta = np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0]), 0.3
+    print("tiltlab: best-of-N over length-n sequences vs the optimal policy (SPEC section 4)")
+    print("  p = (0.5, 0.3, 0.2), r = (0, 1, 3), R = sum of token rewards, N = e^(n delta),"
+          f" delta = {delta}")
+    lam = float(tiltlab.solve_lambda(logits, rewards, delta))
+    mean = float(tiltlab.tilt_stats(logits, rewards, lam).mean)
+    print(f"  theorem: E R / n -> mean(lam) = {mean:.10f} (lam = {lam:.10f}) and"
+          " KL(pi_N || phi^n) / n -> 0")
+    print(f"  {'n':>7} {'E R / n':>14} {'KL(pi||phi^n)/n':>16} {'KL - log(n)/2':>14} "
+          f"{'n mean - E R':>13} {'log(n)/(2 lam)':>14}")
+    for n in (10, 100, 1000, 10_000, 100_000):
+        m = tiltlab.Memoryless(logits, rewards, n)
+        b = m.best_of_n(log_n=n * delta)
+        kl = float(b.kl_to_tilted(lam))
+        print(f"  {n:>7} {b.expected_reward / n:>14.10f} {kl / n:>16.10f} "
+              f"{kl - 0.5 * math.log(n):>14.6f} {n * mean - b.expected_reward:>13.6f} "
+              f"{math.log(n) / (2 * lam):>14.6f}")
 
 
 def _info(args) -> int:

@@ -41,7 +41,7 @@ def kl_divergence(logits_p: ArrayLike, logits_q: ArrayLike, *, n_threads: int | 
     inf
     """
     rows = V.prepare_rows(logits_p, logits_q, names=("logits_p", "logits_q"))
-    nt = V.n_threads_value(n_threads)
+    nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, V.n_threads_value(n_threads))
     out = np.empty(rows.n_rows, dtype=np.float64)
     flags = np.zeros(rows.n_rows, dtype=np.int32)
     _core.kl_rows(rows.first, rows.second, rows.first_off, rows.second_off, rows.n_outcomes,

@@ -30,6 +30,10 @@ __all__ = [
     "best_of_n",
     "sample_best_of_n",
     "simulate_best_of_n",
+    "lattice_step",
+    "lattice_log_pmf",
+    "sequence_best_of_n",
+    "sequence_kl_to_tilted",
 ]
 
 
@@ -354,3 +358,197 @@ def simulate_best_of_n(logits, rewards, n, size, rng):
     p = np.exp(logits - logsumexp(logits))
     cand = rng.choice(len(p), size=(size, int(n)), p=p)
     return cand[np.arange(size), np.argmax(rewards[cand], axis=1)]
+
+
+# ------------------------------------------------------- memoryless sequences (SPEC 4)
+
+
+def _gcd_with_tolerance(a, b, tol):
+    """Euclid on floats; remainders at most ``tol`` count as zero. ``np.fmod`` is exact,
+    and taking the nearer of the two remainders keeps ``k b - tiny`` from being a step."""
+    a, b = max(a, b), min(a, b)
+    while b > tol:
+        rem = float(np.fmod(a, b))
+        a, b = b, min(rem, b - rem)
+    return a
+
+
+def lattice_step(rewards, logits=None, *, rtol=1e-9):
+    """Reference lattice detection (SPEC 4): the largest ``h > 0`` such that, in every row,
+    ``r(y) - min r`` (over the outcomes with a finite logit) is an integer multiple of ``h``.
+
+    Rows share one ``h`` but each has its own offset (its minimum). The tolerance is
+    absolute, ``tol = rtol * max |r|``: differences within ``tol`` of each other are equal.
+    ``h`` comes from Euclid's algorithm with that tolerance, refined to ``d_max / k_max``
+    and checked on every difference. All rewards equal: ``h = 1.0``.
+
+    Any real set is within ``tol`` of a fine enough lattice, so a step below ``1000 tol``
+    (more than ``~1e-3 / rtol`` lattice points per row) is rejected as non-lattice.
+
+    Raises ValueError for non-lattice rewards, suggesting ``step=`` (quantisation).
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if logits is None:
+        logits = np.zeros(rewards.shape[-1:])
+    logits = np.asarray(logits, dtype=np.float64)
+    shape = np.broadcast_shapes(logits.shape, rewards.shape)
+    lg = np.broadcast_to(logits, shape).reshape(-1, shape[-1])
+    rw = np.broadcast_to(rewards, shape).reshape(-1, shape[-1])
+    support = lg > -np.inf
+    scale = float(np.max(np.abs(np.where(support, rw, 0.0))))
+    tol = rtol * scale
+    low = np.where(support, rw, np.inf).min(axis=-1)
+    diffs = (np.where(support, rw, low[:, None]) - low[:, None]).ravel()
+    diffs = np.unique(diffs[diffs > tol])
+    if diffs.size == 0:
+        return 1.0
+    h = float(diffs[0])
+    for d in diffs[1:]:
+        h = _gcd_with_tolerance(h, float(d), tol)
+    k_max = np.rint(diffs[-1] / h)
+    h = float(diffs[-1] / k_max) if k_max > 0 else h
+    residual = np.abs(diffs - np.rint(diffs / h) * h)
+    if h < 1000 * tol or np.any(residual > tol):
+        raise ValueError(
+            f"rewards are not on a lattice: no step h > {1000 * tol:.3g} makes every reward "
+            f"minus its row minimum an integer multiple of h within rtol={rtol:g}; pass step= "
+            "to quantise the rewards to a lattice of that step")
+    return h
+
+
+def _lattice_rows(logits, rewards, length, step):
+    """Per-position data on the lattice: (stationary, log_p rows, integer k rows, offsets, h).
+
+    1-D ``logits`` and ``rewards`` give one stationary row; otherwise rows are broadcast to
+    ``(length, V)``. With ``step`` given, rewards are quantised: ``k = rint((r - o) / step)``.
+    Entries of ``k`` where the logit is ``-inf`` are 0 (unused).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    stationary = logits.ndim == 1 and rewards.ndim == 1
+    v = max(logits.shape[-1], rewards.shape[-1])
+    rows = (1, v) if stationary else (int(length), v)
+    lg = np.broadcast_to(logits, rows)
+    rw = np.broadcast_to(rewards, rows)
+    h = lattice_step(rw, lg) if step is None else float(step)
+    support = lg > -np.inf
+    offsets = np.where(support, rw, np.inf).min(axis=-1)
+    k = np.where(support, np.rint((rw - offsets[:, None]) / h), 0).astype(np.int64)
+    log_p = lg - logsumexp(lg)[:, None]
+    return stationary, log_p, k, offsets, h
+
+
+def _level_law(log_p, k):
+    """log P(k) for k = 0..max k of one row (outcomes with -inf log p contribute nothing)."""
+    support = log_p > -np.inf
+    kk, lp = k[support], log_p[support]
+    law = np.full(int(kk.max()) + 1, -np.inf)
+    order = np.argsort(kk, kind="stable")
+    kk, lp = kk[order], lp[order]
+    starts = np.flatnonzero(np.concatenate([[True], kk[1:] != kk[:-1]]))
+    top = np.maximum.reduceat(lp, starts)
+    sums = np.add.reduceat(np.exp(lp - np.repeat(top, np.diff(np.append(starts, len(kk))))),
+                           starts)
+    law[kk[starts]] = top + np.log(sums)
+    return law
+
+
+def _log_convolve(a, b, block=1 << 20):
+    """Exact log-space convolution ``out[s] = logsumexp_u (a[u] + b[s - u])``.
+
+    Row s of a sliding window over ``b`` padded with -inf holds ``b[s - u]`` for all u
+    (reversed); blocks of rows are reduced by :func:`logsumexp` (max-shifted sums of exp).
+    """
+    if len(a) > len(b):
+        a, b = b, a
+    na, nb = len(a), len(b)
+    pad = np.full(na - 1, -np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([pad, b, pad]), na)
+    a_rev = a[::-1]
+    out = np.empty(na + nb - 1)
+    rows = max(1, block // na)
+    for start in range(0, len(out), rows):
+        out[start:start + rows] = logsumexp(windows[start:start + rows] + a_rev, axis=1)
+    return out
+
+
+def lattice_log_pmf(logits, rewards, length, step=None):
+    """Reference law of ``R = sum_i r_i(y_i)`` on its lattice (SPEC 4), by exact log-space
+    direct convolution (no FFT): slow, for tests.
+
+    ``logits`` and ``rewards`` are ``(V,)`` (stationary: the same row at each of ``length``
+    positions, law raised to the power ``length`` by repeated squaring) or ``(length, V)``
+    (one row per position, either may be ``(V,)``; positions folded in one by one).
+    Row i's rewards are ``o_i + h k`` with ``o_i`` its minimum over outcomes with finite
+    logit, ``h`` = ``step`` (quantising the rewards) or :func:`lattice_step`.
+
+    Returns ``(values, log_pmf)`` with ``values = sum_i o_i + h * arange(sum_i K_i + 1)`` and
+    ``log_pmf = log P(R = values)``, ``-inf`` where the probability is exactly zero.
+    """
+    stationary, log_p, k, offsets, h = _lattice_rows(logits, rewards, length, step)
+    length = int(length)
+    if stationary:
+        base = _level_law(log_p[0], k[0])
+        law = np.zeros(1)
+        n = length
+        while n:
+            if n & 1:
+                law = _log_convolve(law, base)
+            n >>= 1
+            if n:
+                base = _log_convolve(base, base)
+        origin = length * offsets[0]
+    else:
+        law = np.zeros(1)
+        for i in range(length):
+            law = _log_convolve(law, _level_law(log_p[i], k[i]))
+        origin = float(np.sum(offsets))
+    return origin + h * np.arange(len(law)), law
+
+
+def sequence_best_of_n(logits, rewards, length, log_n, step=None):
+    """Reference best-of-N over length-n memoryless sequences (SPEC 4), on the lattice law of
+    R from :func:`lattice_log_pmf` with the level machinery of SPEC 3 (levels = lattice
+    points of positive mass).
+
+    Returns a dict: ``values`` (the lattice), ``log_probs`` (``log pi_N(R = value)``, -inf
+    off the levels), ``expected_reward``, ``kl`` (``KL(pi_N || p^n) = sum_s w_s log(w_s/m_s)``),
+    ``win_rate`` (ties half), ``total_mass`` (``sum_s w_s``).
+    """
+    values, log_pmf = lattice_log_pmf(logits, rewards, length, step)
+    levels = log_pmf > -np.inf
+    vals, log_mass = values[levels], log_pmf[levels]
+    # the convolved law sums to 1 only to ~length * eps: renormalise so that F_L = 1 holds
+    log_mass = log_mass - logsumexp(log_mass)
+    log_w, log_f, _ = _bon_level_law(log_mass, float(log_n))
+    w = np.exp(log_w)
+    f_prev = np.append(0.0, np.exp(log_f[:-1]))
+    log_probs = np.full(len(values), -np.inf)
+    log_probs[levels] = log_w
+    with np.errstate(invalid="ignore"):
+        kl = np.sum(np.where(w > 0, w * (log_w - log_mass), 0.0))
+    return {
+        "values": values,
+        "log_probs": log_probs,
+        "expected_reward": float(np.sum(w * vals)),
+        "kl": float(kl),
+        "win_rate": float(np.sum(w * (f_prev + np.exp(log_mass) / 2))),
+        "total_mass": float(np.sum(w)),
+    }
+
+
+def sequence_kl_to_tilted(result, logits, rewards, length, lam, step=None):
+    """``KL(pi_N || phi_lam^n) = KL(pi_N || p^n) - lam E R + sum_i Lambda_i(lam)`` (SPEC 4)
+    for a :func:`sequence_best_of_n` result (finite ``lam``; same ``logits``, ``rewards``,
+    ``length``, ``step``).
+
+    Rewards are measured from the row offsets, ``r_i = o_i + h k``: the identity is applied to
+    ``h k`` (``E[R] - sum_i o_i = h E[k]`` from the lattice index, ``Lambda_i`` of ``h k``),
+    which avoids cancelling terms of size ``lam * sum_i o_i``.
+    """
+    stationary, log_p, k, _, h = _lattice_rows(logits, rewards, length, step)
+    log_partition = np.atleast_1d(tilt_stats(log_p, h * k, float(lam))[0])
+    total = int(length) * log_partition[0] if stationary else np.sum(log_partition)
+    index = np.arange(len(result["log_probs"]))
+    mean_index = np.sum(np.exp(result["log_probs"]) * index)
+    return float(result["kl"] - lam * h * mean_index + total)

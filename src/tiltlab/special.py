@@ -71,6 +71,7 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     nrows = int(np.prod(out_shape, dtype=np.int64))
     dtype = V.work_dtype(arr)
     flat = np.ascontiguousarray(moved, dtype=dtype).reshape(-1)
+    nt = V.threads_for_work(flat.size, nt)
     if flat.size == 0:
         flat = np.zeros(1, dtype)
     out = np.empty(nrows, dtype=np.float64)

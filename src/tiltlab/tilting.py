@@ -58,6 +58,7 @@ class TiltStats(NamedTuple):
 
 def _kernel_call(fn, rows: V.Rows, *args, n_threads):
     """Run a Cython row driver; returns its flags after raising for bad input."""
+    n_threads = V.threads_for_work(rows.n_rows * rows.n_outcomes, n_threads)
     flags = np.zeros(rows.n_rows, dtype=np.int32)
     fn(rows.first, rows.second, rows.first_off, rows.second_off, rows.n_outcomes, *args,
        flags, n_threads)

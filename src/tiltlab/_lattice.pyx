@@ -1,0 +1,150 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Thin Cython drivers for memoryless sequences on a reward lattice (csrc/tl_lattice.h).
+
+The lattice law itself is assembled in tiltlab.memoryless from FFT convolutions; these
+drivers run the per-lattice-point and per-sample loops: the level law of best-of-N on the
+lattice (the finite-outcome kernel of csrc/tl_bon.h with levels = lattice points), the
+order-statistic reward sampler and the conditional sequence sampler.  Draws are split
+into fixed blocks, each with its own bit generator, so results do not depend on the
+number of threads.
+"""
+from cython.parallel cimport prange
+from cpython.pycapsule cimport PyCapsule_GetPointer
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+import numpy as np
+
+from tiltlab._kernels cimport *
+
+include "_buffer.pxi"
+
+SEG_NODE_DTYPE = np.dtype([
+    ("left", np.int64), ("right", np.int64), ("pos", np.int64), ("row", np.int64),
+    ("lo", np.int64), ("len", np.int64), ("off", np.int64),
+    ("c0", np.float64), ("ratio", np.float64), ("zfac", np.float64),
+])
+SLOT_DTYPE = np.dtype([("prob", np.float64), ("here", np.int32), ("alias", np.int32)])
+assert SEG_NODE_DTYPE.itemsize == sizeof(tl_seg_node)
+assert SLOT_DTYPE.itemsize == sizeof(tl_alias_slot)
+
+
+def level_law(const double[::1] values, const double[::1] log_mass, double log_n, bint full,
+              double[::1] log_w, double[::1] a):
+    """Best-of-N level law on sorted levels (tl_bon_law); returns (kl, E r, win rate, mass)."""
+    cdef Py_ssize_t L = values.shape[0]
+    cdef tl_bon_metrics m
+    cdef _Buffer work = _Buffer(3 * L, sizeof(double))
+    cdef double *w = <double *> work.ptr
+    with nogil:
+        tl_bon_law(&values[0], &log_mass[0], L, log_n, w, w + L, w + 2 * L, &a[0], &log_w[0],
+                   full, &m)
+    return m.kl, m.expected_reward, m.win_rate, m.total_mass
+
+
+def level_guide(const double[::1] a, double[::1] cdf, int64_t[::1] guide):
+    """Inverse-CDF guide table of F^N over the levels (tl_bon_guide)."""
+    with nogil:
+        tl_bon_guide(&a[0], a.shape[0], &cdf[0], &guide[0], a.shape[0])
+
+
+def token_slots(const double[::1] logits, const int64_t[::1] order, const int64_t[::1] start,
+                const int64_t[::1] token, slots_out):
+    """Alias slots over p restricted to each level: level j owns positions start[j] ..
+    start[j+1] of `order` (indices into `logits`); the slots carry token[i] for position i."""
+    cdef Py_ssize_t L = start.shape[0] - 1
+    cdef Py_ssize_t ns = order.shape[0]
+    cdef Py_ssize_t big = 1, j
+    for j in range(L):
+        if start[j + 1] - start[j] > big:
+            big = start[j + 1] - start[j]
+    cdef unsigned char[::1] so = slots_out.view(np.uint8).reshape(-1)
+    cdef _Buffer prob_b = _Buffer(ns, sizeof(double))
+    cdef _Buffer alias_b = _Buffer(ns, sizeof(int64_t))
+    cdef _Buffer scratch_b = _Buffer(big, sizeof(double))
+    cdef _Buffer small_b = _Buffer(big, sizeof(int64_t))
+    cdef _Buffer large_b = _Buffer(big, sizeof(int64_t))
+    with nogil:
+        tl_level_alias_f64(&logits[0], &order[0], &start[0], L, <double *> prob_b.ptr,
+                           <int64_t *> alias_b.ptr, <double *> scratch_b.ptr,
+                           <int64_t *> small_b.ptr, <int64_t *> large_b.ptr)
+        tl_pack_outcomes(<double *> prob_b.ptr, <int64_t *> alias_b.ptr, &token[0], ns,
+                         <tl_alias_slot *> &so[0])
+
+
+cdef bitgen_t **_bitgens(list bit_generators, _Buffer holder):
+    cdef bitgen_t **gens = <bitgen_t **> holder.ptr
+    cdef Py_ssize_t b
+    for b in range(len(bit_generators)):
+        gens[b] = <bitgen_t *> PyCapsule_GetPointer(bit_generators[b].capsule, "BitGenerator")
+    return gens
+
+
+def sample_levels(const double[::1] cdf, const int64_t[::1] guide, int64_t size, int64_t block,
+                  list bit_generators, int64_t[::1] out, int n_threads):
+    """out[:size] = level indices of the maximum (order statistic); block b of the draws
+    uses bit_generators[b]."""
+    cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
+    cdef Py_ssize_t b
+    cdef int64_t count
+    cdef Py_ssize_t K = cdf.shape[0]
+    if n_blocks == 0:
+        return
+    if len(bit_generators) != n_blocks:
+        raise ValueError("internal: wrong number of bit generators")
+    cdef _Buffer holder = _Buffer(n_blocks, sizeof(bitgen_t *))
+    cdef bitgen_t **gens = _bitgens(bit_generators, holder)
+    for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='static'):
+        count = size - b * block if size - b * block < block else block
+        tl_level_sample(gens[b], count, &cdf[0], &guide[0], K, &out[b * block])
+
+
+def sample_sequences(nodes, int64_t root, const double[::1] vals,
+                     const int64_t[::1] ls_off, const int64_t[::1] level_start,
+                     const int64_t[::1] slot_off, slots,
+                     const double[::1] cdf, const int64_t[::1] guide,
+                     const int64_t[::1] level_sum, int64_t size, int64_t block,
+                     list bit_generators, int32_t[:, ::1] out, int64_t[::1] out_sum,
+                     int n_threads):
+    """Best-of-N sequences: per draw, the lattice level of the maximum (order statistic on
+    cdf/guide; levels with level_sum < 0 stand for mass outside the tree's window and are
+    redrawn), then the tokens given that total (tl_seg_sample).  Returns the number of
+    draws the tree could not serve (0 unless there is a bug)."""
+    cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
+    cdef Py_ssize_t b
+    cdef int64_t count, d, k
+    cdef int st
+    cdef int64_t failures = 0
+    cdef Py_ssize_t K = cdf.shape[0]
+    cdef const unsigned char[::1] nb = nodes.view(np.uint8).reshape(-1)
+    cdef const unsigned char[::1] sb = slots.view(np.uint8).reshape(-1)
+    cdef tl_token_tables tt
+    if n_blocks == 0:
+        return 0
+    if len(bit_generators) != n_blocks:
+        raise ValueError("internal: wrong number of bit generators")
+    tt.ls_off = &ls_off[0]
+    tt.level_start = &level_start[0]
+    tt.slot_off = &slot_off[0]
+    tt.slots = <const tl_alias_slot *> &sb[0]
+    cdef const tl_seg_node *np_ = <const tl_seg_node *> &nb[0]
+    cdef _Buffer holder = _Buffer(n_blocks, sizeof(bitgen_t *))
+    cdef bitgen_t **gens = _bitgens(bit_generators, holder)
+    for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='dynamic'):
+        count = size - b * block if size - b * block < block else block
+        for d in range(b * block, b * block + count):
+            # the level of the maximum; levels with level_sum < 0 (the mass below the
+            # window, < 1e-14) are redrawn, a bounded number of times
+            k = -1
+            st = 0
+            while k < 0 and st < 1000:
+                k = level_sum[tl_level_draw(gens[b], &cdf[0], &guide[0], K)]
+                st = st + 1
+            out_sum[d] = k
+            if k < 0:
+                failures += 1
+                continue
+            st = tl_seg_sample(gens[b], np_, root, &vals[0], k, &tt, &out[d, 0])
+            if st != 0:
+                failures += 1
+    return failures

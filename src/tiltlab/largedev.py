@@ -1,0 +1,652 @@
+"""Large deviations of memoryless sequences and Rényi quantities (SPEC section 4).
+
+For a length-``n`` memoryless sequence with linear reward ``R = sum_i r_i(y_i)`` drawn from
+the tilted policy ``phi_lam`` (stationary: every position draws from the same row):
+
+- scaled CGF ``(1/n) log E_phi exp(t R) = Lambda(lam + t) - Lambda(lam)`` (exact for every n)
+- Cramér / LDP rate function of ``R/n``:
+  ``I_lam(x) = sup_t { t x - Lambda(lam + t) + Lambda(lam) } = KL(phi_theta || phi_lam)``
+  with ``mean(theta) = x``
+- Rényi cross entropy ``H_alpha(P; Q)`` and Rényi divergence ``D_alpha(P || Q)``; the scaled
+  CGF is ``t * (log sum_y exp r(y) - H_{1+t}(phi_lam; softmax r))``.
+
+Every function broadcasts the leading (batch) axes of its arrays and scalar parameters
+NumPy-style; outcomes are on the last axis; results are float64.  All quantities come from
+the tilted statistics of the compiled core (``tilt_stats``: log partition, mean, variance,
+KL of ``phi_lam`` tilted further by ``t``) and, for tiny ``t``, from the cumulant series
+``sum_k kappa_k t^k / k!``, so nothing small is formed as a difference of large numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from tiltlab import _core
+from tiltlab import _validation as V
+from tiltlab.divergence import kl_divergence
+from tiltlab.tilting import _row_info, cumulants, tilt_stats
+
+__all__ = [
+    "rate_function",
+    "scaled_cgf",
+    "renyi_cross_entropy",
+    "renyi_divergence",
+]
+
+_EPS = np.finfo(np.float64).eps
+_MAX_ITER = 200
+# |t| * (r_max - r_min) below which the cumulant series of order _SERIES_ORDER is used
+# (truncation error ~ (|t| width)^(order - 1) relative)
+_SERIES_T = 1e-2
+_SERIES_ORDER = 8
+# columns of tilting._row_info: (log_norm, mean, variance, r_max, log_p_max, r_min, log_p_min)
+_MEAN, _VAR, _RMAX, _LPMAX, _RMIN, _LPMIN = 1, 2, 3, 4, 5, 6
+
+
+# --------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------
+
+def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data_shape: tuple,
+                 lam: np.ndarray):
+    """Logits of ``phi_lam`` (unnormalised), rewards, and the batch shape of both.
+
+    ``base = logits + lam (r - c)`` with ``c = r_max`` for ``lam > 0`` and ``r_min`` for
+    ``lam < 0``, so that the outcomes that dominate ``phi_lam`` keep their logits exactly
+    and ``lam (r - c) <= 0`` cannot overflow to ``+inf``.  Infinite ``lam`` is replaced by 0
+    (callers override those elements).  Returns float64 arrays of shape ``batch + (V,)``.
+    """
+    n_out = logits.shape[-1]
+    bshape = np.broadcast_shapes(data_shape, lam.shape)
+    lam_b = np.broadcast_to(lam, bshape)
+    lam_f = np.where(np.isfinite(lam_b), lam_b, 0.0)
+    r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), bshape)
+    r_min = np.broadcast_to(info[:, _RMIN].reshape(data_shape), bshape)
+    c0 = np.where(lam_f > 0, r_max, r_min)
+    lg = np.asarray(logits, dtype=np.float64)
+    rw = np.broadcast_to(np.asarray(rewards, dtype=np.float64), bshape + (n_out,))
+    with np.errstate(over="ignore"):
+        # lam (r - c) <= 0 is finite or -inf (an outcome phi_lam cannot produce), never NaN
+        base = lg + lam_f[..., None] * (rw - c0[..., None])
+    base = np.broadcast_to(base, bshape + (n_out,))
+    return base, rw, bshape
+
+
+def _flat_rows(arr: np.ndarray) -> np.ndarray:
+    """(K, V) C-contiguous float64 copy-if-needed of a (..., V) array."""
+    return np.ascontiguousarray(arr, dtype=np.float64).reshape(-1, arr.shape[-1])
+
+
+def _group_mean(values: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Average of per-row ``values`` over each group's member rows (``members`` (m, n))."""
+    if members.shape[1] == 1:
+        return values[members[:, 0]]
+    return values[members].mean(axis=1)
+
+
+def _series(kappa: np.ndarray, t: np.ndarray, what: str) -> np.ndarray:
+    """Cumulant (Taylor) series at small ``t`` of the CGF increment and its relatives.
+
+    ``kappa[..., k-1] = Lambda^{(k)}(lam)``.  ``cgf``: ``Lambda(lam+t) - Lambda(lam) =
+    sum_k kappa_k t^k / k!``; ``mean``: ``mean(lam+t) - mean(lam) = sum_{k>=2} kappa_k
+    t^(k-1) / (k-1)!``; ``var``: ``sum_{k>=2} kappa_k t^(k-2) / (k-2)!``; ``kl``:
+    ``KL(phi_{lam+t} || phi_lam) = sum_{k>=2} (k-1) kappa_k t^k / k!``.  Each term is
+    relative-accurate, so no first-order cancellation happens (the kernels' values for tiny
+    ``t`` carry an absolute error of order ``eps * t`` when ``mean(lam)`` is near 0).
+    """
+    order = kappa.shape[-1]
+    out = np.zeros(np.broadcast_shapes(kappa.shape[:-1], np.shape(t)))
+    for k in range(order, 0, -1):  # smallest terms first
+        c = kappa[..., k - 1] / float(math.factorial(k))
+        if what == "cgf":
+            out += c * t ** k
+        elif what == "kl" and k >= 2:
+            out += (k - 1) * c * t ** k
+        elif what == "mean" and k >= 2:
+            out += k * c * t ** (k - 1)
+        elif what == "var" and k >= 2:
+            out += k * (k - 1) * c * t ** (k - 2)
+    return out
+
+
+def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, x: np.ndarray,
+                n_threads: int) -> np.ndarray:
+    """Rate function core shared by the stationary and the sequence cases.
+
+    Data rows ``k`` are ``phi_{k,lam}`` (logits ``base2d[k]``) with rewards ``rewards2d[k]``.
+    Element ``e`` is the average over its member rows ``members[e]`` (``n`` positions):
+    ``I(x) = (1/n) sum_i KL(phi_{i,lam+t} || phi_{i,lam})`` with ``t`` solving
+    ``(1/n) sum_i mean_i(lam + t) = x`` (SPEC section 4); ``n = 1`` is the stationary case.
+
+    ``t`` is found for all elements at once by a safeguarded Newton iteration: each
+    iteration is one call of the compiled tilt kernel on the rows of the unconverged
+    elements; the derivative is the (average) variance.  The Newton step is taken on
+    ``log(distance of the mean to the reward bound nearer to x)``, which is nearly linear
+    in ``t`` near the bounds (the approach is exponential), with bracketing, expansion and
+    (geometric) bisection as fall-backs.  Rewards are shifted by that bound (``r - r_max``
+    or ``r - r_min``), so the kernel returns the distance to the bound with relative
+    accuracy and ``x`` close to ``r_max`` (``t`` of 1e3 .. 1e8) is resolved.
+    """
+    n_rows, n_out = base2d.shape
+    m = x.shape[0]
+    out = np.full(m, np.nan)
+    if m == 0:
+        return out
+    _, info = _row_info(base2d, rewards2d, n_threads)
+    r_hi = _group_mean(info[:, _RMAX], members)
+    r_lo = _group_mean(info[:, _RMIN], members)
+    mean0 = _group_mean(info[:, _MEAN], members)
+    var0 = _group_mean(info[:, _VAR], members)
+    out[(x > r_hi) | (x < r_lo)] = np.inf
+    at_lo = x == r_lo
+    out[at_lo] = _group_mean(-info[:, _LPMIN], members)[at_lo]
+    at_hi = x == r_hi
+    out[at_hi] = _group_mean(-info[:, _LPMAX], members)[at_hi]
+    inner = np.flatnonzero((x > r_lo) & (x < r_hi))
+    if inner.size == 0:
+        return out
+
+    # rewards shifted by the row's upper bound (rows 0..K-1) and lower bound (K..2K-1)
+    second = np.concatenate([rewards2d - info[:, _RMAX, None],
+                             rewards2d - info[:, _RMIN, None]]).reshape(-1)
+    first = np.ascontiguousarray(base2d).reshape(-1)
+    xi = x[inner]
+    upper = r_hi[inner] - xi <= xi - r_lo[inner]   # frame: the reward bound nearer to x
+    bound = np.where(upper, r_hi[inner], r_lo[inner])
+    xs = xi - bound                     # target in the shifted frame (< 0 upper, > 0 lower)
+    ascending = xi >= mean0[inner]      # t > 0
+    mem = members[inner]
+    first_off = mem * n_out
+    second_off = (mem + np.where(upper, 0, n_rows)[:, None]) * n_out
+    n = mem.shape[1]
+    width = r_hi[inner] - r_lo[inner]
+
+    # start: one log-Newton step from t = 0 (mean(0) = mean0, derivative var0)
+    ms0 = mean0[inner] - bound
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t = -ms0 * np.log1p((ms0 - xs) / xs) / var0[inner]
+    lo = np.where(ascending, 0.0, -np.inf)
+    hi = np.where(ascending, np.inf, 0.0)
+    bad = ~np.isfinite(t) | (t < lo) | (t > hi)
+    t[bad] = np.where(ascending, 1.0, -1.0)[bad] / width[bad]
+
+    result = np.full(inner.size, np.nan)
+    active = np.arange(inner.size)
+    stats = np.empty((inner.size * n, 5), dtype=np.float64)
+    for _ in range(_MAX_ITER):
+        k = active.size
+        lam_rows = np.repeat(t[active], n)
+        flags = np.zeros(k * n, dtype=np.int32)
+        buf = stats[:k * n]
+        _core.tilt_rows(first, second, np.ascontiguousarray(first_off[active].reshape(-1)),
+                        np.ascontiguousarray(second_off[active].reshape(-1)), n_out, lam_rows,
+                        buf, flags, V.threads_for_work(k * n * n_out, n_threads))
+        ms = buf[:, 1].reshape(k, n).mean(axis=1)
+        var = buf[:, 2].reshape(k, n).mean(axis=1)
+        kl = buf[:, 3].reshape(k, n).mean(axis=1)
+        ta, xa = t[active], xs[active]
+        res = ms - xa
+        lo[active] = np.where(res < 0, ta, lo[active])
+        hi[active] = np.where(res > 0, ta, hi[active])
+        la, ha = lo[active], hi[active]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            t_new = ta - ms * np.log1p(res / xa) / var
+        inside = np.isfinite(t_new) & (t_new > la) & (t_new < ha)
+        # fall-backs: expand an open bracket, else bisect geometrically across decades
+        # (between the ends, or between 1/width and the far end when the other end is 0)
+        grow_up = np.isposinf(ha)
+        grow_dn = np.isneginf(la)
+        s0 = 1.0 / width[active]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            far = np.where(np.abs(ha) > np.abs(la), ha, la)
+            near = np.where(la * ha > 0, np.where(far == ha, la, ha), s0)
+            near = np.abs(near)
+            geo = np.sign(far) * np.sqrt(np.abs(far)) * np.sqrt(near)
+            spread = (np.abs(far) > 4.0 * near) & (np.abs(geo) > np.minimum(np.abs(la),
+                                                                           np.abs(ha)))
+            mid = np.where(spread, geo, 0.5 * la + 0.5 * ha)
+            fallback = np.where(grow_up, 8.0 * la + s0,
+                                np.where(grow_dn, 8.0 * ha - s0, mid))
+        t_next = np.where(inside, t_new, fallback)
+        t_next = np.clip(t_next, -np.finfo(np.float64).max, np.finfo(np.float64).max)
+        collapsed = ha - la <= 4 * _EPS * np.maximum(np.abs(la), np.abs(ha))
+        done = ((res == 0) | (np.abs(res) <= 8 * _EPS * np.abs(xa))
+                | (inside & (np.abs(t_new - ta) <= 4 * _EPS * np.abs(ta)))
+                | (np.isfinite(ha - la) & collapsed))
+        result[active[done]] = kl[done]
+        t[active] = t_next
+        active = active[~done]
+        if active.size == 0:
+            break
+    else:
+        warnings.warn(
+            f"rate_function: {active.size} of {inner.size} solves of mean(theta) = x stopped "
+            f"at the iteration limit; their value is at the last bracketed theta",
+            RuntimeWarning, stacklevel=3)
+        result[active] = kl[~done]
+
+    # x close to mean(lam): refine t and evaluate KL by the cumulant series, which keeps
+    # KL ~ var t^2 / 2 relative-accurate (the remaining error is the rounding of mean(lam))
+    small = np.flatnonzero(np.abs(t) * width <= _SERIES_T)
+    if small.size:
+        used, where = np.unique(mem[small], return_inverse=True)
+        kap = np.asarray(cumulants(base2d[used], rewards2d[used], _SERIES_ORDER,
+                                   n_threads=n_threads)).reshape(-1, _SERIES_ORDER)
+        kbar = kap[where.reshape(small.size, n)].mean(axis=1)
+        d = xi[small] - kbar[:, 0]
+        ts = t[small]
+        for _ in range(4):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = (_series(kbar, ts, "mean") - d) / _series(kbar, ts, "var")
+            ts = np.where(np.isfinite(step), ts - step, ts)
+        result[small] = _series(kbar, ts, "kl")
+    out[inner] = np.maximum(result, 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------------------
+
+def rate_function(logits: ArrayLike, rewards: ArrayLike, x: ArrayLike, lam: ArrayLike = 0.0, *,
+                  n_threads: int | None = None):
+    """Cramér rate function of ``R/n`` under ``phi_lam`` (SPEC section 4).
+
+    For a stationary memoryless sequence drawn from ``phi_lam`` (``lam = 0``: from ``p``),
+    ``P(R/n ~ x) ~ exp(-n I_lam(x))`` with
+
+    ``I_lam(x) = sup_t { t x - Lambda(lam + t) + Lambda(lam) } = KL(phi_theta || phi_lam)``,
+    ``mean(theta) = x``, for ``r_min < x < r_max`` (rewards over the support of ``p``).
+    At the end points it is ``-log phi_lam(argmax set)`` (resp. argmin set), and ``+inf``
+    outside ``[r_min, r_max]``.  ``I_lam >= 0`` is convex with ``I_lam(mean(lam)) = 0``, and
+    ``I_0(mean(lam)) = kl(lam)``: the optimal reward-KL frontier is the inverse of the
+    Cramér function.
+
+    ``theta`` is solved for all ``x`` at once (safeguarded Newton, one compiled tilt pass
+    per iteration) and the KL is evaluated directly as the KL of ``phi_lam`` tilted by
+    ``theta - lam``, so ``I`` keeps its relative accuracy close to ``mean(lam)``, where it
+    is of order ``(x - mean)^2``, and close to ``r_max`` / ``r_min``, where ``theta`` is
+    large.  Near ``mean(lam)`` the accuracy is limited by the rounding of ``mean(lam)``
+    itself: the relative error of ``I`` is about ``eps * max|r| / |x - mean(lam)|``.
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., V)
+        Unnormalised log-probabilities of ``p``; ``-inf`` marks an impossible outcome.
+    rewards : array_like, shape (..., V)
+        Finite per-token rewards.
+    x : array_like
+        Values of the average reward ``R/n``; any real or ``+-inf``.  Broadcasts with the
+        batch axes (e.g. logits (V,) and x (m,) give m values).
+    lam : array_like, default 0.0
+        Tilt of the sampling policy, any real or ``+-inf``; broadcasts with the batch axes.
+        For ``lam = +inf`` (``-inf``), ``phi`` is ``p`` restricted to the argmax (argmin)
+        set and ``I`` is 0 at ``x = r_max`` (``r_min``) and ``+inf`` elsewhere.
+    n_threads : int, optional
+        Threads for the compiled kernels (default: all cores, honouring OMP_NUM_THREADS).
+
+    Returns
+    -------
+    ndarray or float
+        ``I_lam(x)`` in nats, with the broadcast batch shape.
+
+    Raises
+    ------
+    ValueError
+        NaN in ``x`` or ``lam``, shapes that do not broadcast, and the input errors of
+        :func:`tiltlab.tilt_stats`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab.largedev import rate_function
+    >>> lg, r = np.log([0.7, 0.3]), [0.0, 1.0]
+    >>> print(f"{rate_function(lg, r, 0.7, lam=1.0):.10f}")
+    0.0546543660
+    >>> [f"{v:.10f}" for v in rate_function(lg, r, [-0.5, 0.5, 1.0])]  # r_max: -log 0.3
+    ['inf', '0.0871766936', '1.2039728043']
+    """
+    x_a = V.param_array(x, "x")
+    lam_a = V.param_array(lam, "lam")
+    nt = V.n_threads_value(n_threads)
+    rows = V.prepare_rows(logits, rewards, {"x": x_a, "lam": lam_a})
+    nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, nt)
+    first, second = rows.originals
+    data_rows, info = _row_info(first, second, nt)
+    data_shape = data_rows.batch_shape
+    base, rw, bshape = _tilted_base(first, second, info, data_shape, lam_a)
+    eshape = rows.batch_shape
+    n_data = int(np.prod(bshape, dtype=np.int64))
+    members = np.broadcast_to(np.arange(n_data, dtype=np.int64).reshape(bshape),
+                              eshape).reshape(-1, 1)
+    xf = np.broadcast_to(x_a, eshape).reshape(-1)
+    out = _solve_rate(_flat_rows(base), _flat_rows(rw), members, xf, nt)
+    lam_e = np.broadcast_to(lam_a, eshape).reshape(-1)
+    if np.isinf(lam_e).any():
+        r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), eshape).reshape(-1)
+        r_min = np.broadcast_to(info[:, _RMIN].reshape(data_shape), eshape).reshape(-1)
+        star = np.where(lam_e > 0, r_max, r_min)
+        lim = np.isinf(lam_e)
+        out[lim] = np.where(xf[lim] == star[lim], 0.0, np.inf)
+    return V.shaped(out, eshape)
+
+
+def _rate_function_sequence(logits2d: ArrayLike, rewards2d: ArrayLike, x: ArrayLike,
+                            lam: float = 0.0, *, n_threads: int | None = None) -> np.ndarray:
+    """Rate function of ``R/n`` for a non-stationary memoryless sequence (SPEC section 4).
+
+    Row ``i`` of ``logits2d`` / ``rewards2d`` (shape (n, V)) is position ``i``; all positions
+    are tilted by the common ``lam``.
+    ``I(x) = sup_t { t x - (1/n) sum_i [Lambda_i(lam + t) - Lambda_i(lam)] }
+    = (1/n) sum_i KL(phi_{i,theta} || phi_{i,lam})`` with ``(1/n) sum_i mean_i(theta) = x``;
+    the end points are the averages of the per-row extreme rewards (values: the averages of
+    ``-log phi_{i,lam}(argmax_i)``), ``+inf`` outside.  Returns an array of ``x``'s shape.
+    """
+    x_a = V.param_array(x, "x")
+    lam_a = V.param_array(lam, "lam")
+    if lam_a.ndim != 0:
+        raise ValueError(f"lam must be a scalar (one common tilt); got shape {lam_a.shape}")
+    nt = V.n_threads_value(n_threads)
+    rows = V.prepare_rows(logits2d, rewards2d)
+    if len(rows.batch_shape) != 1:
+        raise ValueError(
+            f"logits2d and rewards2d must broadcast to shape (n, V), one row per position; "
+            f"got batch shape {rows.batch_shape}"
+        )
+    nt = V.threads_for_work(max(x_a.size, 1) * rows.n_rows * rows.n_outcomes, nt)
+    first, second = rows.originals
+    data_rows, info = _row_info(first, second, nt)
+    n_pos = data_rows.n_rows
+    if n_pos == 0:
+        raise ValueError("logits2d has no rows (positions)")
+    xf = x_a.reshape(-1)
+    lam_v = float(lam_a)
+    if np.isinf(lam_v):
+        star = np.mean(info[:, _RMAX] if lam_v > 0 else info[:, _RMIN])
+        return np.where(xf == star, 0.0, np.inf).reshape(x_a.shape)
+    base, rw, _ = _tilted_base(first, second, info, data_rows.batch_shape, lam_a)
+    members = np.broadcast_to(np.arange(n_pos, dtype=np.int64), (xf.size, n_pos))
+    out = _solve_rate(_flat_rows(base), _flat_rows(rw), members, xf, nt)
+    return out.reshape(x_a.shape)
+
+
+def scaled_cgf(logits: ArrayLike, rewards: ArrayLike, t: ArrayLike, lam: ArrayLike = 0.0, *,
+               n_threads: int | None = None):
+    """Scaled cumulant generating function of ``R`` under ``phi_lam`` (SPEC section 4).
+
+    ``(1/n) log E_{phi_lam} exp(t R) = Lambda(lam + t) - Lambda(lam) = log E_{phi_lam} e^{t r}``,
+    exact for every ``n`` for a stationary memoryless sequence.  It is computed as the log
+    partition of ``phi_lam`` tilted by ``t`` (never as a difference), so it is relative-
+    accurate for tiny ``t`` (where it is ``t mean(lam) + O(t^2)``).  Equivalently (the Rényi
+    form of SPEC section 4, ``t > -1``):
+    ``t * (log sum_y exp r(y) - H_{1+t}(phi_lam; softmax r))``.
+
+    Infinite arguments give the limits: ``t = +inf`` gives
+    ``lim (t r_max + log phi_lam(argmax set))``, i.e. ``+inf`` if ``r_max > 0``, ``-inf`` if
+    ``r_max < 0`` and ``log phi_lam(argmax set)`` if ``r_max = 0`` (``t = -inf`` likewise with
+    ``r_min``); ``lam = +inf`` (``-inf``) concentrates ``phi`` on the argmax (argmin) set and
+    gives ``t * r_max`` (``t * r_min``), with ``t * 0 = 0``.
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (..., V)
+        As in :func:`tiltlab.tilt_stats`.
+    t : array_like
+        Argument of the CGF, any real or ``+-inf``; broadcasts with the batch axes.
+    lam : array_like, default 0.0
+        Tilt of the sampling policy, any real or ``+-inf``; broadcasts with the batch axes.
+    n_threads : int, optional
+        Threads for the compiled kernels.
+
+    Returns
+    -------
+    ndarray or float
+        ``Lambda(lam + t) - Lambda(lam)`` with the broadcast batch shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab.largedev import scaled_cgf
+    >>> lg, r = np.log([0.7, 0.3]), [0.0, 1.0]
+    >>> print(f"{scaled_cgf(lg, r, 1.0):.10f}")           # Lambda(1) = log(0.7 + 0.3 e)
+    0.4157352218
+    >>> print(f"{scaled_cgf(lg, r, 1e-12, lam=1.0):.6e}")  # ~ t * mean(1)
+    5.381015e-13
+    """
+    t_a = V.param_array(t, "t")
+    lam_a = V.param_array(lam, "lam")
+    nt = V.n_threads_value(n_threads)
+    rows = V.prepare_rows(logits, rewards, {"t": t_a, "lam": lam_a})
+    nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, nt)
+    first, second = rows.originals
+    data_rows, info = _row_info(first, second, nt)
+    data_shape = data_rows.batch_shape
+    base, rw, _ = _tilted_base(first, second, info, data_shape, lam_a)
+    eshape = rows.batch_shape
+    res = np.asarray(tilt_stats(base, rw, t_a, n_threads=nt).log_partition, dtype=np.float64)
+    res = np.array(np.broadcast_to(res, eshape), dtype=np.float64).reshape(-1)
+    # tiny |t|: the cumulant series sum_k kappa_k t^k / k! (relative-accurate term by term)
+    width = np.broadcast_to((info[:, _RMAX] - info[:, _RMIN]).reshape(data_shape), eshape)
+    t_e = np.broadcast_to(t_a, eshape).reshape(-1)
+    small = np.isfinite(t_e)
+    small[small] = np.abs(t_e[small]) * width.reshape(-1)[small] <= _SERIES_T
+    if small.any():
+        kap = np.asarray(cumulants(base, rw, _SERIES_ORDER, n_threads=nt))
+        kap = np.broadcast_to(kap, eshape + (_SERIES_ORDER,)).reshape(-1, _SERIES_ORDER)
+        res[small] = _series(kap[small], t_e[small], "cgf")
+    lam_e = np.broadcast_to(lam_a, eshape).reshape(-1)
+    if np.isinf(lam_e).any():
+        r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), eshape).reshape(-1)
+        r_min = np.broadcast_to(info[:, _RMIN].reshape(data_shape), eshape).reshape(-1)
+        lim = np.isinf(lam_e)
+        star = np.where(lam_e > 0, r_max, r_min)[lim]
+        with np.errstate(invalid="ignore"):
+            res[lim] = np.where(star == 0.0, 0.0, t_e[lim] * star)
+    return V.shaped(res, eshape)
+
+
+def _check_distribution(arr: np.ndarray, name: str) -> None:
+    """NaN / +inf logits and all -inf rows are errors (SPEC section 1)."""
+    a = np.asarray(arr, dtype=np.float64)
+    if np.isnan(a).any() or (a == np.inf).any():
+        V._check_logit_values(a, name)
+    if a.size and np.all(a == -np.inf, axis=-1).any():
+        V._check_empty_rows(a, name)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities, ``log1p``-accurate for outcomes of probability ~1."""
+    m = np.max(logits, axis=-1, keepdims=True)
+    z = logits - m
+    e = np.exp(z)
+    # sum of exp(z) minus the 1 of one maximising outcome, so log(sum) = log1p(rest)
+    top = np.argmax(z, axis=-1)[..., None]
+    np.put_along_axis(e, top, 0.0, axis=-1)
+    return z - np.log1p(np.sum(e, axis=-1, keepdims=True))
+
+
+def _renyi_prepare(logits_p, logits_q, alpha):
+    alpha_a = V.nonnegative_param(alpha, "alpha")
+    rows = V.prepare_rows(logits_p, logits_q, {"alpha": alpha_a},
+                          names=("logits_p", "logits_q"))
+    lp0, lq0 = rows.originals
+    _check_distribution(lp0, "logits_p")
+    _check_distribution(lq0, "logits_q")
+    bshape = rows.batch_shape
+    n_out = rows.n_outcomes
+    full = bshape + (n_out,)
+    lp = np.broadcast_to(_log_softmax(np.asarray(lp0, dtype=np.float64)), full).reshape(-1, n_out)
+    lq = np.broadcast_to(_log_softmax(np.asarray(lq0, dtype=np.float64)), full).reshape(-1, n_out)
+    al = np.broadcast_to(alpha_a, bshape).reshape(-1)
+    return lp, lq, al, bshape, (lp0, lq0)
+
+
+def _renyi_core(lp: np.ndarray, w: np.ndarray, al: np.ndarray, n_threads: int):
+    """``(log P(S) + log E_{P|S} exp(eps w)) / eps`` with ``eps = alpha - 1`` and
+    ``S = {P > 0, w finite}`` (finite ``alpha``); ``eps = 0`` gives ``E_P w``.
+
+    ``log E_{P|S} exp(eps w)`` is the log partition of ``P|S`` tilted by ``eps`` along
+    ``w``, relative-accurate for tiny ``eps``, so the quotient is continuous at alpha = 1.
+    Rows with an empty ``S`` give ``-inf / eps`` (sign of ``-eps``, ``nan`` for eps = 0).
+    """
+    supp = lp > -np.inf
+    keep = supp & np.isfinite(w)
+    empty = ~keep.any(axis=-1)
+    lp_s = np.where(keep, lp, -np.inf)
+    lp_s[empty] = 0.0
+    w_s = np.where(keep, w, 0.0)
+    eps = al - 1.0
+    st = tilt_stats(lp_s, w_s, eps, n_threads=n_threads)
+    lpart = np.asarray(st.log_partition, dtype=np.float64).reshape(-1)
+    mean = np.asarray(st.mean, dtype=np.float64).reshape(-1)
+    # log P(S): exactly 0 when S is all of supp P; log1p(-P(supp P \ S)) when S has most
+    # of the mass (lp is normalised, so these sums do not overflow)
+    partial = (keep != supp).any(axis=-1) & ~empty
+    log_ps = np.zeros(lp.shape[0])
+    if partial.any():
+        ls_in = np.where(keep[partial], lp[partial], -np.inf)
+        mx = np.max(ls_in, axis=-1, keepdims=True)
+        log_in = mx[:, 0] + np.log(np.sum(np.exp(ls_in - mx), axis=-1))
+        p_out = np.sum(np.exp(np.where(keep[partial], -np.inf, lp[partial])), axis=-1)
+        log_ps[partial] = np.where(p_out < 0.5, np.log1p(-np.minimum(p_out, 0.5)), log_in)
+    log_ps[empty] = -np.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = (log_ps + lpart) / eps
+    zero = eps == 0.0
+    val[zero] = mean[zero]
+    return val, supp, keep, empty
+
+
+def renyi_cross_entropy(logits_p: ArrayLike, logits_q: ArrayLike, alpha: ArrayLike, *,
+                        n_threads: int | None = None):
+    """Rényi cross entropy ``H_alpha(P; Q)`` of order ``alpha >= 0`` (SPEC section 4).
+
+    ``H_alpha(P; Q) = (1/(1-alpha)) log sum_y P(y) Q(y)^(alpha-1)`` for
+    ``P = softmax(logits_p)``, ``Q = softmax(logits_q)``; ``alpha = 1``: the Shannon cross
+    entropy ``-sum_y P(y) log Q(y)``; ``alpha = inf``: the limit
+    ``-log max_{P(y)>0} Q(y)``.  With ``eps = alpha - 1`` and ``w = log Q``,
+    ``log sum P e^{eps w}`` is the log partition of ``P`` tilted by ``eps`` along ``w``,
+    relative-accurate for tiny ``eps``, so ``H`` is continuous through ``alpha = 1``
+    (``|alpha - 1| = 1e-12`` agrees with the Shannon value to ~1e-12).
+
+    Where ``Q(y) = 0 < P(y)``: ``H = +inf`` for ``alpha <= 1``; for ``alpha > 1`` those
+    terms vanish (``+inf`` if ``Q`` is zero on all of the support of ``P``).  It is the
+    identity behind the scaled CGF:
+    ``Lambda(lam+t) - Lambda(lam) = t * (log sum exp r - H_{1+t}(phi_lam; softmax r))``.
+
+    Parameters
+    ----------
+    logits_p, logits_q : array_like, shape (..., V)
+        Logits of ``P`` and ``Q``; leading axes broadcast.
+    alpha : array_like
+        Order, ``>= 0`` (``inf`` allowed); broadcasts with the batch axes.
+    n_threads : int, optional
+        Threads for the compiled kernel.
+
+    Returns
+    -------
+    ndarray or float
+        ``H_alpha(P; Q)`` in nats.
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` negative or NaN, NaN / +inf logits, a row of all ``-inf``, or shapes that
+        do not broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab.largedev import renyi_cross_entropy
+    >>> lp, lq = np.log([0.5, 0.5]), np.log([0.9, 0.1])
+    >>> [f"{v:.10f}" for v in renyi_cross_entropy(lp, lq, [0.0, 1.0, 2.0, np.inf])]
+    ['1.7147984281', '1.2039728043', '0.6931471806', '0.1053605157']
+    """
+    nt = V.n_threads_value(n_threads)
+    lp, lq, al, bshape, _ = _renyi_prepare(logits_p, logits_q, alpha)
+    nt = V.threads_for_work(lp.size, nt)
+    out = np.empty(al.shape[0])
+    if out.size == 0:
+        return V.shaped(out, bshape)
+    fin = np.isfinite(al)
+    val, supp, keep, empty = _renyi_core(lp, lq, np.where(fin, al, 1.0), nt)
+    out[:] = -val
+    missing = (supp & ~keep).any(axis=-1)      # Q = 0 somewhere on supp P
+    out[missing & (al <= 1.0)] = np.inf
+    out[empty] = np.inf
+    if (~fin).any():
+        q_on = np.where(supp[~fin], lq[~fin], -np.inf)
+        out[~fin] = -np.max(q_on, axis=-1)
+    return V.shaped(out, bshape)
+
+
+def renyi_divergence(logits_p: ArrayLike, logits_q: ArrayLike, alpha: ArrayLike, *,
+                     n_threads: int | None = None):
+    """Rényi divergence ``D_alpha(P || Q)`` of order ``alpha >= 0`` (SPEC section 4).
+
+    ``D_alpha(P || Q) = (1/(alpha-1)) log sum_y P(y)^alpha Q(y)^(1-alpha)`` for
+    ``P = softmax(logits_p)``, ``Q = softmax(logits_q)``; ``alpha = 1``: ``KL(P || Q)``;
+    ``alpha = inf``: ``log max_y P(y)/Q(y)``; ``alpha = 0``: ``-log Q(supp P)``.  It is
+    non-decreasing in ``alpha``.  With ``eps = alpha - 1`` and ``w = log P - log Q`` on
+    ``S = supp P ∩ supp Q``, ``log sum = log P(S) + log E_{P|S} e^{eps w}``, the latter the
+    log partition of ``P|S`` tilted by ``eps`` along ``w`` (relative-accurate for tiny
+    ``eps``, so ``D`` is continuous through ``alpha = 1``).  If ``Q = 0 < P`` somewhere,
+    ``D = +inf`` for ``alpha >= 1`` and finite (from ``log P(S)``) for ``alpha < 1``, unless
+    ``S`` is empty.
+
+    Parameters
+    ----------
+    logits_p, logits_q : array_like, shape (..., V)
+        Logits of ``P`` and ``Q``; leading axes broadcast.
+    alpha : array_like
+        Order, ``>= 0`` (``inf`` allowed); broadcasts with the batch axes.
+    n_threads : int, optional
+        Threads for the compiled kernel.
+
+    Returns
+    -------
+    ndarray or float
+        ``D_alpha(P || Q)`` in nats (``>= 0``).
+
+    Raises
+    ------
+    ValueError
+        ``alpha`` negative or NaN, NaN / +inf logits, a row of all ``-inf``, or shapes that
+        do not broadcast.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab.largedev import renyi_divergence
+    >>> lp, lq = np.log([0.5, 0.5]), np.log([0.9, 0.1])
+    >>> [f"{v:.10f}" for v in renyi_divergence(lp, lq, [0.5, 1.0, 2.0, np.inf])]
+    ['0.2231435513', '0.5108256238', '1.0216512475', '1.6094379124']
+    >>> float(renyi_divergence([0.0, 0.0], [0.0, -np.inf], 0.0))   # -log Q(supp P)
+    0.0
+    """
+    nt = V.n_threads_value(n_threads)
+    lp, lq, al, bshape, (lp0, lq0) = _renyi_prepare(logits_p, logits_q, alpha)
+    nt = V.threads_for_work(lp.size, nt)
+    out = np.empty(al.shape[0])
+    if out.size == 0:
+        return V.shaped(out, bshape)
+    fin = np.isfinite(al)
+    with np.errstate(invalid="ignore"):
+        w = lp - lq                          # +inf where Q = 0 < P; NaN off supp P
+    val, supp, keep, empty = _renyi_core(lp, w, np.where(fin, al, 1.0), nt)
+    out[:] = val
+    missing = (supp & ~keep).any(axis=-1)
+    one = al == 1.0
+    if one.any():  # KL from the raw logits: keeps its relative accuracy for nearby P, Q
+        kl = np.broadcast_to(kl_divergence(lp0, lq0, n_threads=nt), bshape).reshape(-1)
+        out[one] = kl[one]
+    out[missing & (al >= 1.0)] = np.inf
+    out[empty] = np.inf
+    if (~fin).any():
+        w_on = np.where(supp[~fin], w[~fin], -np.inf)
+        out[~fin] = np.max(w_on, axis=-1)
+    return V.shaped(np.maximum(out, 0.0), bshape)
