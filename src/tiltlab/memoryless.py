@@ -455,26 +455,30 @@ class Memoryless:
                            length=n)
 
     # ---- the lattice law under one tilt ----
-    def _leaf(self, row: int, theta: float) -> _Law:
-        lm = self._level_logmass[row, :self._kmax[row] + 1]
+    def _leaves(self, theta: float, rows=None) -> list:
+        """Tilted per-position level laws (lattice units) of the given rows, vectorised."""
+        rows = np.arange(self._logits.shape[0]) if rows is None else np.asarray(rows)
+        lm = self._level_logmass[rows]
+        kk = np.arange(lm.shape[1], dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            lx = lm + theta * np.arange(lm.size)
+            lx = lm + theta * kk
         lx = np.where(np.isneginf(lm), -np.inf, lx)
-        v = np.exp(lx - np.max(lx))
-        tot = float(v.sum())
-        v /= tot
-        kk = np.arange(v.size, dtype=np.float64)
-        mean = float((v * kk).sum())
-        var = float((v * (kk - mean) ** 2).sum())
-        peak = float(v.max())
-        return _Law(lo=0, vals=v / peak, log_scale=math.log(peak), exact=True, mean=mean,
-                    var=var)
+        v = np.exp(lx - np.max(lx, axis=1, keepdims=True))
+        v /= v.sum(axis=1, keepdims=True)
+        mean = (v * kk).sum(axis=1)
+        var = (v * (kk - mean[:, None]) ** 2).sum(axis=1)
+        peak = v.max(axis=1)
+        v /= peak[:, None]
+        log_peak = np.log(peak)
+        return [_Law(lo=0, vals=v[i, :self._kmax[r] + 1].copy(), log_scale=float(log_peak[i]),
+                     exact=True, mean=float(mean[i]), var=float(var[i]))
+                for i, r in enumerate(rows.tolist())]
 
     def _stationary_law(self, length: int, theta: float, memo: dict) -> _Law:
         if length in memo:
             return memo[length]
         if length == 1:
-            law = self._leaf(0, theta)
+            law = self._leaves(theta, [0])[0]
         else:
             h = length // 2
             law = _convolve(self._stationary_law(h, theta, memo),
@@ -492,9 +496,11 @@ class Memoryless:
         if self.stationary:
             self._stationary_law(self.length, theta, memo)
         else:
+            leaves = self._leaves(theta)
+
             def build(pos, length):
                 if length == 1:
-                    law = self._leaf(pos, theta)
+                    law = leaves[pos]
                 else:
                     h = length // 2
                     law = _convolve(build(pos, h), build(pos + h, length - h), self._exact)
@@ -1087,22 +1093,16 @@ def _build_sampling_tree(model: Memoryless, theta: float) -> dict:
     nodes["ratio"][internal] = ratio
     nodes["c0"][internal] = mean[li] - ratio * (mean[li] + mean[ri])
     nodes["zfac"] = zfac
-    # token tables: per row, support tokens grouped by level (stable), alias slots
+    # token tables: per row, support tokens grouped by level (stable), alias slots.  Row r
+    # owns level_start[r W : (r + 1) W] with W = max levels + 1 (a uniform stride).
     n_rows, V_ = model._logits.shape
-    width = model._kmax + 2
-    ls_off = np.concatenate(([0], np.cumsum(width)[:-1])).astype(np.int64)
-    kk = np.where(model._support, model._k, -1)
-    flat_order = []
-    starts = np.empty(int(width.sum()), dtype=np.int64)
-    base = 0
-    for r in range(n_rows):
-        sup = np.flatnonzero(model._support[r])
-        order = sup[np.argsort(kk[r, sup], kind="stable")]
-        counts = np.bincount(kk[r, sup], minlength=int(model._kmax[r]) + 1)
-        starts[ls_off[r]:ls_off[r] + width[r]] = base + np.concatenate(([0], np.cumsum(counts)))
-        flat_order.append(r * V_ + order)
-        base += order.size
-    flat_order = np.concatenate(flat_order).astype(np.int64)
+    W = int(model._kmax.max()) + 2
+    flat = np.flatnonzero(model._support.ravel())           # r * V + token, row-major
+    key = (flat // V_) * W + model._k.ravel()[flat]          # (row, level) cell
+    flat_order = flat[np.argsort(key, kind="stable")].astype(np.int64)
+    counts = np.bincount(key, minlength=n_rows * W)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    ls_off = (np.arange(n_rows, dtype=np.int64) * W)
     slots = np.zeros(flat_order.size, dtype=_lattice.SLOT_DTYPE)
     _lattice.token_slots(model._logits.ravel(), flat_order, starts, flat_order % V_, slots)
     return {"nodes": nodes, "vals": np.concatenate(chunks), "ls_off": ls_off,
