@@ -345,6 +345,22 @@ def test_theorem_convergence_ternary():
     assert len(a.labels()) == 5
 
 
+@pytest.mark.parametrize("x", [0.1, 0.5])
+def test_large_deviations_of_the_exact_law(x):
+    # -(1/n) log P(R/n beyond x) -> I(x), with the Bahadur-Rao correction (1/2) log(n) / n:
+    # n (excess over I) - (1/2) log n settles to a constant
+    logits, rewards = np.log([0.7, 0.3]), np.array([0.0, 1.0])
+    out = []
+    for n in (1000, 10_000):
+        m = tiltlab.Memoryless(logits, rewards, n)
+        law = m.reward_log_pmf()
+        tail = law.values >= n * x if x > 0.3 else law.values <= n * x
+        excess = -np.logaddexp.reduce(law.log_pmf[tail]) / n - m.rate_function(x)
+        assert 0 < excess < math.log(n) / n
+        out.append(n * excess - 0.5 * math.log(n))
+    assert abs(out[1] - out[0]) < 0.01
+
+
 # ---------------------------------------------------------------------------------------
 # samplers
 # ---------------------------------------------------------------------------------------

@@ -42,6 +42,9 @@ _RESOLVED_LAW = 1e-6
 # Below this much work (lattice points squared) the whole law is computed by direct
 # convolutions, which are exact to rounding at every point (no FFT noise floor).
 _EXACT_WORK = 4e8
+# ... trusted down to 1e-280 of the peak: below that, terms lost to underflow and
+# subnormal rounding could matter
+_LOG_EXACT_FLOOR = math.log(1e-280)
 # Full-range laws stitch tilts so that every point is within e^-_CENTRAL of the peak of
 # the tilt it is taken from (rounding error relative to the value then stays < 1e-12).
 _CENTRAL = 8.0
@@ -778,7 +781,7 @@ class Memoryless:
 
     def _bon_levels(self, lo, logp, q, exact, ln):
         """The level law on the resolved points of a window (values in lattice units)."""
-        ok = np.isfinite(q) & ((q >= math.log(_RESOLVED)) | exact)
+        ok = (q >= math.log(_RESOLVED)) | (exact & (q >= _LOG_EXACT_FLOOR))
         idx = np.flatnonzero(ok)
         values = (lo + idx).astype(np.float64)
         log_mass = logp[idx]
@@ -820,7 +823,7 @@ class _Stitch:
             better = q[src] > self.q[dst]
             self.q[dst] = np.where(better, q[src], self.q[dst])
             self.logp[dst] = np.where(better, logp[src], self.logp[dst])
-            ok = np.isfinite(q[src]) & ((q[src] >= self.log_res) | exact)
+            ok = (q[src] >= self.log_res) | (exact & (q[src] >= _LOG_EXACT_FLOOR))
             self.ok[dst] = np.where(better, ok, self.ok[dst])
         self.last = (theta, law)
         return law
@@ -838,13 +841,15 @@ class _Stitch:
             for _ in range(100000):
                 if self.q[edge] >= -_CENTRAL or (law.exact and self.ok[edge]):
                     break
-                good = np.flatnonzero(self.q >= -0.5 * _CENTRAL)
+                # exact (direct) windows are trusted down to underflow: step past all of
+                # it; FFT windows only near their peak
+                good = np.flatnonzero(self.ok if law.exact else self.q >= -0.5 * _CENTRAL)
                 if good.size:
                     front = self.klo + (good.max() if direction > 0 else good.min())
                 else:
                     front = law.mean
                 sd = math.sqrt(max(law.var, 0.25))
-                target = front + direction * 2.5 * sd
+                target = front + direction * (10.0 if law.exact else 2.5) * sd
                 lim = K - 1.5 if direction > 0 else 0.5
                 if direction * (target - lim) > 0:
                     target = lim
