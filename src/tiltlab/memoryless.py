@@ -849,7 +849,7 @@ class _Stitch:
                 else:
                     front = law.mean
                 sd = math.sqrt(max(law.var, 0.25))
-                target = front + direction * (10.0 if law.exact else 2.5) * sd
+                target = front + direction * (6.0 if law.exact else 2.5) * sd
                 lim = K - 1.5 if direction > 0 else 0.5
                 if direction * (target - lim) > 0:
                     target = lim
@@ -859,6 +859,32 @@ class _Stitch:
                 last_target = target
                 theta = model._theta_for_mean(target, theta)
                 law = self.take(theta)
+        self._fill_gaps()
+
+    def _fill_gaps(self, rounds: int = 20) -> None:
+        """Tilts centred on runs of points that no window resolved yet (between two
+        windows whose trusted ranges did not meet); runs that a centred tilt cannot
+        resolve either (impossible values, or a sub-lattice far below its neighbours)
+        are left alone."""
+        tried: set = set()
+        for _ in range(rounds):
+            bad = np.flatnonzero(~self.ok)
+            if bad.size == 0:
+                return
+            cuts = np.flatnonzero(np.diff(bad) > 1)
+            runs = np.split(bad, cuts + 1)
+            progress = False
+            for run in runs:
+                mid = self.klo + int(run[(run.size - 1) // 2])
+                if mid in tried or not 0 < mid < self.model.n_lattice - 1:
+                    continue
+                tried.add(mid)
+                before = int(np.count_nonzero(self.ok))
+                theta = self.model._theta_for_mean(float(mid), self.last[0])
+                self.take(theta)
+                progress |= int(np.count_nonzero(self.ok)) > before
+            if not progress:
+                return
 
 
 @dataclass
