@@ -102,6 +102,15 @@ TL_INLINE double tl_expm1(double x) {
  * (forming e^x as 1 + expm1(x) would lose digits where e^x is small). */
 TL_INLINE void tl_exp_expm1(double x, double *e, double *em) { tl__exp_pair(x, e, em); }
 
+/* e^x, e^x - 1 and e^x - 1 - x >= 0 from one reduction, each with full relative accuracy
+ * (the last as x^2 q for |x| < 0.34, where expm1(x) = x + x^2 q). */
+TL_INLINE void tl_exp_expm1_emx(double x, double *e, double *em, double *emx) {
+    double r, q, tail;
+    double scale = tl__exp_reduce_rq(x, &r, &q, &tail);
+    tl__exp_finish(x, scale, r, q, tail, e, em);
+    *emx = fabs(x) < 0.34 ? (x * x) * q : *em - x;
+}
+
 /* g(v) = v e^v - e^v + 1 >= 0, the KL integrand: KL(phi || p) = sum_i p_i g(v_i) with
  * v_i = log(phi_i / p_i).  Relative accuracy within ~16 ulp (worst just above |v| = 0.34,
  * where v e^v - expm1(v) cancels mildly); for |v| < 0.34 it is evaluated as

@@ -10,6 +10,9 @@ static void tl__tilt_init(tl_tilt_acc *a) {
     a->m_l = -INFINITY;
     a->s_l = 0.0;
     a->e = 0.0;
+    a->e2 = 0.0;
+    a->s1 = 0.0;
+    a->t1 = 0.0;
     a->m_x = -INFINITY;
     a->s_b = 0.0;
     a->mu = 0.0;
@@ -82,6 +85,9 @@ void tl_tilt_merge(tl_tilt_acc *a, const tl_tilt_acc *b, int mode) {
         a->e = a->e * fa + b->e * fb;
     } else if (mode == TL_MODE_PRODUCT) {
         a->e = a->e * fa + b->e * fb;
+        a->e2 = a->e2 * fa + b->e2 * fb;
+        a->s1 = a->s1 * fa + b->s1 * fb;
+        a->t1 = a->t1 * fa + b->t1 * fb;
         tl_chan_merge(&a->s_b, &a->mu, &a->m2, fa, b->s_b, b->mu, b->m2, fb);
     } else if (b->m_x > -INFINITY) {
         double mx = b->m_x > a->m_x ? b->m_x : a->m_x;
@@ -112,19 +118,22 @@ void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
         return;
     }
     double log_norm = acc->m_l + log(acc->s_l);
-    double lc;
+    double lc, mu = acc->mu;
     if (mode == TL_MODE_PRODUCT) {
-        double ratio = acc->e / acc->s_l;
+        /* |u| <= 1 over the support: the first-order split (see tl_tilt_acc) */
+        int split = fabs(lam) * (acc->r_hi - acc->r_lo) <= 1.0;
+        double ratio = (split ? lam * acc->s1 + acc->e2 : acc->e) / acc->s_l;
         lc = (ratio > -0.5 && ratio < 1.0) ? log1p(ratio) : log(acc->s_b / acc->s_l);
+        if (split && acc->s_b > 0.0) mu = (acc->s1 + acc->t1) / acc->s_b;
     } else {
         lc = (acc->m_x + log(acc->s_b)) - log_norm;
     }
     double var = acc->m2 / acc->s_b;
-    double kl = lam * acc->mu - lc;
+    double kl = lam * mu - lc;
     out->log_norm = log_norm;
     out->lc = lc;
     out->log_partition = lam * c + lc;
-    out->mean = c + acc->mu;
+    out->mean = c + mu;
     out->variance = var < 0.0 ? 0.0 : var; /* (NaN stays visible) */
     out->kl = kl < 0.0 ? 0.0 : kl;
 }

@@ -10,9 +10,12 @@
  * Rewards are shifted by a per-row constant c (any reward of the support) before use.
  * Two accumulation modes:
  *   TL_MODE_PRODUCT   tilted weights a_i * (1 + expm1(u_i)) with a_i = exp(l_i - max l),
- *                     u_i = lam (r_i - c), and E = sum a_i expm1(u_i) kept separately, so
- *                     Lambda - lam c = log1p(E / sum a_i) keeps full relative accuracy as
- *                     lam -> 0 and kl does not cancel catastrophically.  Valid (no
+ *                     u_i = lam (r_i - c), and E = sum a_i expm1(u_i) kept separately, as
+ *                     lam sum a_i (r_i - c) + sum a_i (expm1(u_i) - u_i) (the second sum
+ *                     has no cancellation), so Lambda - lam c = log1p(E / sum a_i) keeps
+ *                     full relative accuracy as lam -> 0, also when the p-mean of r is
+ *                     close to c, and kl does not cancel catastrophically.  The tilted
+ *                     mean is formed the same way.  Valid (no
  *                     overflow, no lost mass) while |lam| * (reward range of the support)
  *                     <= TL_PRODUCT_RANGE; tl_tilt_product_ok() says whether it was.
  *   TL_MODE_STANDARD  separate running maxima for l_i and l_i + u_i; valid for any lam.
@@ -35,7 +38,13 @@
 
 typedef struct {
     double m_l, s_l; /* max logit of the support, sum exp(l - m_l) */
-    double e;        /* product mode: sum exp(l - m_l) expm1(u) */
+    double e;        /* product mode: sum a expm1(u), a = exp(l - m_l); KL mode:
+                      * sum a g(u - lc) */
+    double e2, s1, t1; /* product mode: sum a (expm1(u) - u) >= 0, sum a (r - c) and
+                      * sum a expm1(u) (r - c).  For |u| <= 1 everywhere, sum a expm1(u) =
+                      * lam s1 + e2 and E_phi (r - c) = (s1 + t1) / s_b keep their relative
+                      * accuracy when the first-order terms cancel (p-mean of r close to
+                      * c, small lam), where e and the centred sums would not */
     double m_x;      /* standard mode: max of l + u (scale of the tilted sums) */
     double s_b;      /* tilted weight sum (units e^{m_l} in product mode, e^{m_x} in standard) */
     double mu, m2;   /* tilted mean of r - c; tilted sum of squared deviations (units of s_b) */

@@ -50,6 +50,7 @@ ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, do
 void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
                            double lam, double c, double lc, int mode, tl_tilt_acc *acc) {
     double lb[TL_BLOCK], db[TL_BLOCK], xb[TL_BLOCK], wa[TL_BLOCK], wb[TL_BLOCK], we[TL_BLOCK];
+    double ws[TL_BLOCK], wt[TL_BLOCK], wx[TL_BLOCK];
     tl__tilt_init(acc);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
@@ -74,6 +75,9 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             acc->s_l *= f;
             if (mode != TL_MODE_STANDARD) {
                 acc->e *= f;
+                acc->e2 *= f;
+                acc->s1 *= f;
+                acc->t1 *= f;
                 acc->s_b *= f;
                 acc->m2 *= f;
             }
@@ -94,14 +98,20 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
         }
         if (mode == TL_MODE_PRODUCT) {
             for (int i = 0; i < TL_BLOCK; i++) {
-                double a = tl_exp(lb[i] - ml), e, em;
-                tl_exp_expm1(lam * db[i], &e, &em);
+                double a = tl_exp(lb[i] - ml), e, em, emx;
+                tl_exp_expm1_emx(lam * db[i], &e, &em, &emx);
                 wa[i] = a;
                 we[i] = a * em;
+                wx[i] = a * emx;
                 wb[i] = a * e;
+                ws[i] = a * db[i];
+                wt[i] = (a * em) * db[i];
             }
             acc->s_l += tl_block_sum(wa);
             acc->e += tl_block_sum(we);
+            acc->e2 += tl_block_sum(wx);
+            acc->s1 += tl_block_sum(ws);
+            acc->t1 += tl_block_sum(wt);
             sb = tl_block_sum(wb);
         } else {
             /* with c at the dominant outcome, lam (r - c) overflows only towards -inf

@@ -87,3 +87,18 @@ def test_cumulant_order_is_checked_in_the_compiled_layer_too():
         _core.cumulant_rows(lb, lb, off, off, 2, np.zeros(1), 0, out, flags, 1)
     with pytest.raises(ValueError):
         _core.cumulant_rows(lb, lb, off, off, 2, np.zeros(1), 33, np.empty((1, 33)), flags, 1)
+
+
+@pytest.mark.parametrize("lam", [2e-10, -1e-8, 1e-6])
+@pytest.mark.parametrize("shift", [0.0, 5.0, -1e3])
+def test_small_tilt_when_the_mean_sits_at_the_dominant_outcome(lam, shift):
+    # Found in review: with the p-mean of r equal to the reward of the dominant outcome,
+    # sum p expm1(lam (r - c)) cancelled at first order, so Lambda, the mean and the KL
+    # lost relative accuracy ~ eps / lam (4.5e-7 on the KL at lam = 2e-10).
+    lg = np.log([0.25, 0.5, 0.25])
+    r = np.array([-1.0, 0.0, 1.0]) + shift
+    want = oracle.tilt_stats(lg, r, lam)
+    got = tiltlab.tilt_stats(lg, r, lam)
+    assert_allclose(got.log_partition, float(want[0]), rtol=1e-13)
+    assert_allclose(got.mean, float(want[1]), rtol=1e-12)
+    assert_allclose(got.kl, float(want[3]), rtol=1e-12)
