@@ -428,6 +428,29 @@ def test_sequence_sampler_conditional_token_counts():
         assert _chi2_pvalue(counts.ravel(), joint.ravel()) > 1e-4
 
 
+def test_sequence_sampler_token_counts_given_the_reward():
+    # given R, the vector of token counts is multinomial(n, p) conditioned on R
+    import itertools
+    from math import factorial
+
+    logits, rewards = np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0])
+    n = 6
+    b = tiltlab.Memoryless(logits, rewards, n).best_of_n(n=2.5)
+    y = b.sample(200_000, rng=12)
+    counts = np.stack([(y == t).sum(axis=1) for t in range(3)], axis=1)
+    R = counts @ rewards
+    p = np.exp(logits)
+    for target in (3.0, 5.0, 7.0):
+        cells = [c for c in itertools.product(range(n + 1), repeat=3)
+                 if sum(c) == n and np.dot(c, rewards) == target]
+        w = np.array([factorial(n) / np.prod([factorial(k) for k in c]) * np.prod(p ** c)
+                      for c in cells])
+        sel = counts[R == target]
+        obs = np.array([np.all(sel == c, axis=1).sum() for c in cells])
+        assert obs.sum() == sel.shape[0] > 1000
+        assert _chi2_pvalue(obs, w / w.sum()) > 1e-4
+
+
 def test_sequence_sampler_threads_and_seeds(mode):
     rng = np.random.default_rng(1)
     m = tiltlab.Memoryless(rng.normal(size=20), rng.integers(0, 30, size=20), 300)

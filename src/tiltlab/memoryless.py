@@ -52,6 +52,7 @@ _CENTRAL = 8.0
 _DIRECT_MIN = 64
 _DIRECT_WORK = 1 << 15
 _MAX_LATTICE = 1 << 31
+_MAX_FULL_LAW = 1 << 27  # reward_log_pmf allocates a few arrays of this many points
 _MAX_LEVEL_TABLE = 1 << 27  # positions x levels per position (1 GiB of float64)
 SEQ_SAMPLE_WORK = 1 << 16  # tokens per sampling block (blocks are fixed: thread-independent)
 SAMPLE_BLOCK = 65536
@@ -223,9 +224,24 @@ class Memoryless:
         Lattice step ``h`` of the rewards.  By default detected (every reward of a row,
         minus the row's minimum, must be an integer multiple of ``h`` to 1e-9 relative);
         when given, rewards are quantised to ``o_i + h round((r - o_i) / h)`` and the
-        largest change is ``quantisation_error``.
+        largest change is ``quantisation_error``.  Either way the step is then reduced
+        to the coarsest lattice holding the rewards (``step=1e-6`` on rewards
+        ``0, 0.5, 1`` gives ``0.5``).
     n_threads : int, optional
         Threads for the compiled kernels.
+
+    Attributes
+    ----------
+    length : int
+        ``n``.
+    stationary : bool
+        One row for all positions.
+    step, offset : float
+        ``R = offset + step * K`` with integer ``K`` in ``[0, n_lattice)``.
+    n_lattice : int
+        Number of lattice points between ``r_min`` and ``r_max``.
+    quantisation_error : float
+        Largest change made to a reward by ``step=`` (0 for lattice rewards).
 
     Raises
     ------
@@ -590,6 +606,10 @@ class Memoryless:
         """
         lam_f = V.scalar_param(lam, "lam")
         K = self.n_lattice
+        if K > _MAX_FULL_LAW:
+            raise ValueError(
+                f"the full law of R has {K} lattice points (about {K * 40 / 2**30:.0f} GiB of "
+                f"work arrays); best_of_n needs only a window of it, or pass a coarser step=")
         sw = _Stitch(self, 0, K - 1, _RESOLVED_LAW)
         sw.take(0.0)
         sw.sweep(0.0)
