@@ -509,3 +509,25 @@ def test_bad_bon_arguments(ternary):
         b.sample(-1)
     with pytest.raises(TypeError, match="size"):
         b.sample_rewards(2.5)
+
+
+def test_dtypes_views_and_read_only_inputs():
+    want = tiltlab.Memoryless(*TERNARY, 50).best_of_n(n=4).kl
+    big = np.zeros((50, 6))
+    big[:, ::2] = TERNARY[0]
+    view = big[:, ::2]
+    view.flags.writeable = False
+    r = np.array([0, 1, 3], dtype=np.int64)
+    assert tiltlab.Memoryless(view, r, 50).best_of_n(n=4).kl == pytest.approx(want, rel=1e-14)
+    f32 = tiltlab.Memoryless(TERNARY[0].astype(np.float32), r, 50).best_of_n(n=4).kl
+    assert f32 == pytest.approx(want, rel=1e-6)
+    with pytest.raises(TypeError, match="logits"):
+        tiltlab.Memoryless(np.array(["a", "b"]), [0, 1], 3)
+    with pytest.raises(TypeError, match="real"):
+        tiltlab.Memoryless(np.array([1 + 1j, 2]), [0, 1], 3)
+    m = tiltlab.Memoryless([0.0, 0.0], [0, 1], 3)
+    for call, name in ((lambda: m.best_of_n(n=np.nan), "n"),
+                       (lambda: m.rate_function(np.nan), "x"),
+                       (lambda: m.best_of_n(n=2).kl_to_tilted(np.nan), "lam")):
+        with pytest.raises(ValueError, match=name):
+            call()
