@@ -12,11 +12,6 @@ int64_t tl_level_draw(bitgen_t *rng, const double *cdf, const int64_t *guide, pt
     return j;
 }
 
-void tl_level_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                     ptrdiff_t K, int64_t *out) {
-    for (int64_t d = 0; d < count; d++) out[d] = tl_level_draw(rng, cdf, guide, K);
-}
-
 /* left(u) * right(s - u) for u in [ulo, uhi], scanned outwards from u0 (u0, u0-1, u0+1,
  * u0-2, ...) until the running sum exceeds target; returns the chosen u.  When the scan
  * ends first it returns -1 and the sum of all terms in *total (the caller rescans with

@@ -48,10 +48,8 @@ typedef struct {
 int tl_seg_sample(bitgen_t *rng, const tl_seg_node *nodes, int64_t root, const double *vals,
                   int64_t target, const tl_token_tables *tt, int32_t *out);
 
-/* Order-statistic level draws on a lattice law: like tl_bon_sample with one outcome per
- * level (out[d] = level index). */
-void tl_level_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                     ptrdiff_t K, int64_t *out);
+/* One order-statistic level draw on a lattice law (inverse CDF of F^N with the guide
+ * table of tl_bon_guide): the level index. */
 int64_t tl_level_draw(bitgen_t *rng, const double *cdf, const int64_t *guide, ptrdiff_t K);
 
 #endif

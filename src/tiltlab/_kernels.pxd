@@ -197,6 +197,4 @@ cdef extern from "tl_lattice.h" nogil:
         const tl_alias_slot *slots
     int tl_seg_sample(bitgen_t *rng, const tl_seg_node *nodes, int64_t root, const double *vals,
                       int64_t target, const tl_token_tables *tt, int32_t *out)
-    void tl_level_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                         Py_ssize_t K, int64_t *out)
     int64_t tl_level_draw(bitgen_t *rng, const double *cdf, const int64_t *guide, Py_ssize_t K)

@@ -80,23 +80,42 @@ cdef bitgen_t **_bitgens(list bit_generators, _Buffer holder):
     return gens
 
 
-def sample_levels(const double[::1] cdf, const int64_t[::1] guide, int64_t size, int64_t block,
-                  list bit_generators, int64_t[::1] out, int n_threads):
-    """out[:size] = level indices of the maximum (order statistic); block b of the draws
-    uses bit_generators[b]."""
+cdef inline int64_t _draw_sum(bitgen_t *rng, const double *cdf, const int64_t *guide,
+                              Py_ssize_t K, const int64_t *level_sum) noexcept nogil:
+    """The lattice sum of the level of the maximum (order statistic).  Levels with
+    level_sum < 0 stand for the mass below the window (< 1e-14) and are redrawn, a bounded
+    number of times; -1 if that bound is hit."""
+    cdef int64_t k = -1
+    cdef int tries = 0
+    while k < 0 and tries < 1000:
+        k = level_sum[tl_level_draw(rng, cdf, guide, K)]
+        tries += 1
+    return k
+
+
+def sample_sums(const double[::1] cdf, const int64_t[::1] guide, const int64_t[::1] level_sum,
+                int64_t size, int64_t block, list bit_generators, int64_t[::1] out,
+                int n_threads):
+    """out[:size] = lattice sums of best-of-N rewards; block b of the draws uses
+    bit_generators[b].  Returns the number of failed draws (0 unless there is a bug)."""
     cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
     cdef Py_ssize_t b
-    cdef int64_t count
+    cdef int64_t count, d
+    cdef int64_t failures = 0
     cdef Py_ssize_t K = cdf.shape[0]
     if n_blocks == 0:
-        return
+        return 0
     if len(bit_generators) != n_blocks:
         raise ValueError("internal: wrong number of bit generators")
     cdef _Buffer holder = _Buffer(n_blocks, sizeof(bitgen_t *))
     cdef bitgen_t **gens = _bitgens(bit_generators, holder)
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='static'):
         count = size - b * block if size - b * block < block else block
-        tl_level_sample(gens[b], count, &cdf[0], &guide[0], K, &out[b * block])
+        for d in range(b * block, b * block + count):
+            out[d] = _draw_sum(gens[b], &cdf[0], &guide[0], K, &level_sum[0])
+            if out[d] < 0:
+                failures += 1
+    return failures
 
 
 def sample_sequences(nodes, int64_t root, const double[::1] vals,
@@ -106,9 +125,8 @@ def sample_sequences(nodes, int64_t root, const double[::1] vals,
                      const int64_t[::1] level_sum, int64_t size, int64_t block,
                      list bit_generators, int32_t[:, ::1] out, int64_t[::1] out_sum,
                      int n_threads):
-    """Best-of-N sequences: per draw, the lattice level of the maximum (order statistic on
-    cdf/guide; levels with level_sum < 0 stand for mass outside the tree's window and are
-    redrawn), then the tokens given that total (tl_seg_sample).  Returns the number of
+    """Best-of-N sequences: per draw, the lattice sum of the maximum (_draw_sum), then the
+    tokens given that total (tl_seg_sample).  Returns the number of
     draws the tree could not serve (0 unless there is a bug)."""
     cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
     cdef Py_ssize_t b
@@ -133,13 +151,7 @@ def sample_sequences(nodes, int64_t root, const double[::1] vals,
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='dynamic'):
         count = size - b * block if size - b * block < block else block
         for d in range(b * block, b * block + count):
-            # the level of the maximum; levels with level_sum < 0 (the mass below the
-            # window, < 1e-14) are redrawn, a bounded number of times
-            k = -1
-            st = 0
-            while k < 0 and st < 1000:
-                k = level_sum[tl_level_draw(gens[b], &cdf[0], &guide[0], K)]
-                st = st + 1
+            k = _draw_sum(gens[b], &cdf[0], &guide[0], K, &level_sum[0])
             out_sum[d] = k
             if k < 0:
                 failures += 1

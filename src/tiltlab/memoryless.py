@@ -48,6 +48,8 @@ _LOG_EXACT_FLOOR = math.log(1e-280)
 # Full-range laws stitch tilts so that every point is within e^-_CENTRAL of the peak of
 # the tilt it is taken from (rounding error relative to the value then stays < 1e-12).
 _CENTRAL = 8.0
+# Best-of-N levels with log weight above this are the ones that matter (e^-50 ~ 2e-22).
+_LIVE = -50.0
 # Direct convolution when it is cheap; FFT otherwise.
 _DIRECT_MIN = 64
 _DIRECT_WORK = 1 << 15
@@ -93,15 +95,17 @@ class _Law:
     zfac: float = 1.0
 
 
+def _fft_convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Linear convolution of two real arrays by FFT (absolute error ~1e-16 of the peak)."""
+    m = a.size + b.size - 1
+    size = _fast_len(m)
+    return np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:m]
+
+
 def _convolve(a: _Law, b: _Law, exact: bool = False) -> _Law:
     na, nb = a.vals.size, b.vals.size
     direct = exact or min(na, nb) <= _DIRECT_MIN or na * nb <= _DIRECT_WORK
-    if direct:
-        c = np.convolve(a.vals, b.vals)
-    else:
-        m = na + nb - 1
-        size = _fast_len(m)
-        c = np.fft.irfft(np.fft.rfft(a.vals, size) * np.fft.rfft(b.vals, size), size)[:m]
+    c = np.convolve(a.vals, b.vals) if direct else _fft_convolve(a.vals, b.vals)
     exact = direct and a.exact and b.exact
     peak = float(c.max())
     c /= peak
@@ -114,6 +118,34 @@ def _convolve(a: _Law, b: _Law, exact: bool = False) -> _Law:
     return _Law(lo=a.lo + b.lo + int(nz[0]), vals=c, log_scale=a.log_scale + b.log_scale +
                 math.log(peak), exact=exact, mean=a.mean + b.mean, var=a.var + b.var,
                 zfac=peak)
+
+
+class _Window(NamedTuple):
+    """A tilt's root window: log P(K = lo + j) = logp[j] = q[j] + untilt[j], with q the
+    tilted value relative to the window's peak (its "quality")."""
+
+    lo: int
+    logp: np.ndarray
+    q: np.ndarray
+    exact: bool
+    law: _Law
+    untilt: np.ndarray
+
+
+class _Levels(NamedTuple):
+    """The best-of-N level law on a window's resolved points (lattice units); with
+    ``virtual`` the first level stands for the mass below the window."""
+
+    values: np.ndarray
+    log_w: np.ndarray
+    a: np.ndarray
+    metrics: tuple
+    virtual: bool
+    idx: np.ndarray  # window positions of the real levels
+
+    @property
+    def real_log_w(self) -> np.ndarray:
+        return self.log_w[1:] if self.virtual else self.log_w
 
 
 class LatticeLaw(NamedTuple):
@@ -330,6 +362,7 @@ class Memoryless:
                                    & (np.arange(width)[None, :] <= kmax[:, None])))
         self._exact = float(total) ** 2 <= _EXACT_WORK
         self._trees: dict = {}
+        self._sampling_cache: tuple = (None, None)
 
     # ---- per-token statistics (SPEC sections 2 and 4) ----
     def _kstats(self, theta_k) -> TiltStats:
@@ -535,18 +568,15 @@ class Memoryless:
         memo = self._tree(theta)
         return memo[self.length] if self.stationary else memo[(0, self.length)]
 
-    def _window(self, theta: float):
-        """(lo, log P(R = offset + step (lo + j)), log quality, exact, law) at tilt theta.
-
-        The quality of a point is its tilted value relative to the window's peak."""
+    def _window(self, theta: float) -> _Window:
+        """The law of K at tilt theta on the root window, untilted (SPEC section 4)."""
         law = self._root(theta)
         st = self._kstats(theta)
-        kc = float(st.mean)
         j = np.arange(law.vals.size, dtype=np.float64)
+        untilt = law.log_scale - theta * (law.lo + j - float(st.mean)) - float(st.kl)
         with np.errstate(divide="ignore"):
             q = np.log(law.vals)
-        logp = q + law.log_scale - theta * (law.lo + j - kc) - float(st.kl)
-        return law.lo, logp, q, law.exact, law
+        return _Window(law.lo, q + untilt, q, law.exact, law, untilt)
 
     def _theta_for_mean(self, target: float, theta: float = 0.0, rtol: float = 0.05) -> float:
         """A tilt (lattice units) whose tilted mean of the level sum K is within rtol
@@ -642,19 +672,15 @@ class Memoryless:
 
     def _reachable(self) -> np.ndarray:
         """Which lattice points have positive probability (boolean sumset)."""
-        def bconv(a, b):
-            if min(a.size, b.size) <= _DIRECT_MIN:
-                c = np.convolve(a, b)
-            else:
-                m = a.size + b.size - 1
-                size = _fast_len(m)
-                c = np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:m]
+        def bconv(a, b):  # counts are integers: the FFT's rounding stays far below 0.5
+            small = min(a.size, b.size) <= _DIRECT_MIN
+            c = np.convolve(a, b) if small else _fft_convolve(a, b)
             return (c > 0.5).astype(np.float64)
 
+        if not self._gapped:  # every level set is an interval: so is every sum
+            return np.ones(self.n_lattice, dtype=bool)
         leaves = [np.isfinite(self._level_logmass[i, :self._kmax[i] + 1]).astype(np.float64)
                   for i in range(self._logits.shape[0])]
-        if not self._gapped:
-            return np.ones(self.n_lattice, dtype=bool)
         if self.stationary:
             memo: dict = {1: leaves[0]}
 
@@ -672,11 +698,9 @@ class Memoryless:
 
     def _sampling_tree(self, theta: float) -> dict:
         """Flat segment tree at tilt theta for the conditional sampler (one cached)."""
-        cache = self.__dict__.setdefault("_sampling_trees", {})
-        if theta not in cache:
-            cache.clear()
-            cache[theta] = _build_sampling_tree(self, theta)
-        return cache[theta]
+        if self._sampling_cache[0] != theta:
+            self._sampling_cache = (theta, _build_sampling_tree(self, theta))
+        return self._sampling_cache[1]
 
     # ---- best-of-N over sequences (SPEC section 4) ----
     def best_of_n(self, n: float | None = None, *, log_n: float | None = None
@@ -747,14 +771,13 @@ class Memoryless:
     def _bon_at(self, theta: float, ln: float):
         """Best-of-N from the window at theta (lattice units): (result, None) when the
         window holds the law, else (result, a better-centred tilt)."""
-        lo, logp, q, exact, law = self._window(theta)
-        levels = self._bon_levels(lo, logp, q, exact, ln)
+        win = self._window(theta)
+        lo, logp, q, exact, law = win.lo, win.logp, win.q, win.exact, win.law
+        lv = self._bon_levels(lo, logp, q, exact, ln)
         # Levels that carry weight but sit in a tail of this tilt are recomputed under
         # tilts centred on them (stitching), so that log_probs keeps its relative
         # accuracy there too; the metrics barely move.
-        log_w, idx = levels[2], levels[6]
-        lw = log_w[1:] if levels[5] else log_w
-        heavy = idx[lw > -50.0]
+        heavy = lv.idx[lv.real_log_w > _LIVE]
         if not exact and heavy.size and np.min(q[heavy]) < -_CENTRAL:
             ka, kb = lo + int(heavy.min()), lo + int(heavy.max())
             st = _Stitch(self, ka, kb)
@@ -762,44 +785,39 @@ class Memoryless:
             st.sweep(theta)
             sl = slice(ka - lo, kb - lo + 1)
             logp[sl], q[sl] = st.logp, st.q
-            levels = self._bon_levels(lo, logp, q, exact, ln)
-        values, log_mass, log_w, a, metrics, virtual, idx = levels
-        kl, er_k, wr, tm = metrics
+            lv = self._bon_levels(lo, logp, q, exact, ln)
+            heavy = lv.idx[lv.real_log_w > _LIVE]
+        kl, er_k, wr, tm = lv.metrics
         # Weight that may hide on unresolved points of the window above the lowest level
         # that matters: w_s <= N P(R = s), and P(R = s) is below the resolution there.
         hidden = 0.0
-        if not exact:
-            lw = log_w[1:] if virtual else log_w
-            live = idx[lw > -50.0]
-            if live.size:
-                j = np.arange(int(live.min()), q.size)
-                un = j[~(np.isfinite(q[j]) & (q[j] >= math.log(_RESOLVED)))]
-                if un.size:
-                    st = self._kstats(theta)
-                    bound = (ln + math.log(_RESOLVED) + law.log_scale
-                             - theta * (lo + un - float(st.mean)) - float(st.kl))
-                    hidden = float(np.exp(min(np.logaddexp.reduce(bound), 0.0)))
+        if not exact and heavy.size:
+            j = np.arange(int(heavy.min()), q.size)
+            un = j[~(q[j] >= math.log(_RESOLVED))]
+            if un.size:
+                bound = ln + math.log(_RESOLVED) + win.untilt[un]
+                hidden = float(np.exp(min(np.logaddexp.reduce(bound), 0.0)))
         h = self.step
+        values = lv.values[1:] if lv.virtual else lv.values
         result = SequenceBestOfN(
             kl=max(kl, 0.0), expected_reward=self.offset + h * er_k,
             win_rate=min(max(wr, 0.0), 1.0), log_n=ln,
             kl_bound=ln + math.expm1(-ln), win_rate_bound=1.0 / (1.0 + math.exp(-ln)),
-            values=self.offset + h * (values[1:] if virtual else values),
-            log_probs=log_w[1:] if virtual else log_w,
+            values=self.offset + h * values, log_probs=lv.real_log_w,
             total_mass=tm, theta=theta / h, unresolved_weight=hidden,
-            _model=self, _a=a, _virtual=virtual, _lo=lo, _idx=idx, _er0=er_k,
+            _model=self, _a=lv.a, _virtual=lv.virtual, _lo=lo, _idx=lv.idx, _er0=er_k,
             _theta_k=theta)
         # the maximum must sit well inside the window: re-centre on its mean otherwise
-        w = np.exp(log_w)
-        wr_, vr_ = (w[1:], values[1:]) if virtual else (w, values)
-        cen = float(np.sum(wr_ * vr_) / max(wr_.sum(), 1e-300))
+        w = np.exp(lv.real_log_w)
+        cen = float(np.sum(w * values) / max(w.sum(), 1e-300))
         sd = math.sqrt(max(law.var, 1e-300))
-        if (virtual and w[0] > 1e-14) or (abs(cen - law.mean) > 3.0 * sd and not exact):
+        below = math.exp(lv.log_w[0]) if lv.virtual else 0.0
+        if below > 1e-14 or (abs(cen - law.mean) > 3.0 * sd and not exact):
             cen = min(cen, self.n_lattice - 1.5)
             return result, self._theta_for_mean(cen, theta)
         return result, None
 
-    def _bon_levels(self, lo, logp, q, exact, ln):
+    def _bon_levels(self, lo, logp, q, exact, ln) -> _Levels:
         """The level law on the resolved points of a window (values in lattice units)."""
         ok = (q >= math.log(_RESOLVED)) | (exact & (q >= _LOG_EXACT_FLOOR))
         idx = np.flatnonzero(ok)
@@ -818,7 +836,7 @@ class Memoryless:
         log_w = np.empty(values.size)
         a = np.empty(values.size)
         metrics = _lattice.level_law(values, log_mass, ln, False, log_w, a)
-        return values, log_mass, log_w, a, metrics, virtual, idx
+        return _Levels(values, log_w, a, metrics, virtual, idx)
 
 
 class _Stitch:
@@ -835,7 +853,7 @@ class _Stitch:
         self.last = None
 
     def take(self, theta: float) -> _Law:
-        lo, logp, q, exact, law = self.model._window(theta)
+        lo, logp, q, exact, law, _ = self.model._window(theta)
         a, b = max(lo, self.klo), min(lo + q.size, self.khi + 1)
         if a < b:
             src = slice(a - lo, b - lo)
@@ -1005,23 +1023,13 @@ class SequenceBestOfN:
         draws = 1 if sz is None else sz
         nt = V.n_threads_value(n_threads)
         cdf, guide = self._guide
-        sums = self._level_sums()
-        out = np.empty(max(draws, 1), dtype=np.int64)
-        gen = np.random.default_rng(rng)
-        blocks = -(-draws // SAMPLE_BLOCK)
+        k = np.empty(max(draws, 1), dtype=np.int64)
         if draws:
-            _lattice.sample_levels(cdf, guide, draws, SAMPLE_BLOCK,
-                                   _generators(gen, blocks), out, nt)
-            k = sums[out[:draws]]
-            redo = np.flatnonzero(k < 0)
-            while redo.size:  # the mass below the window (< 1e-14): redraw
-                tmp = np.empty(redo.size, dtype=np.int64)
-                _lattice.sample_levels(cdf, guide, redo.size, SAMPLE_BLOCK,
-                                       _generators(gen, -(-redo.size // SAMPLE_BLOCK)), tmp, nt)
-                k[redo] = sums[tmp]
-                redo = redo[k[redo] < 0]
-        else:
-            k = np.empty(0, dtype=np.int64)
+            fails = _lattice.sample_sums(cdf, guide, self._level_sums(), draws, SAMPLE_BLOCK,
+                                         _generators(rng, -(-draws // SAMPLE_BLOCK)), k, nt)
+            if fails:
+                raise RuntimeError(f"tiltlab: {fails} best-of-N draws failed (internal error)")
+        k = k[:draws]
         vals = self._model.offset + self._model.step * k.astype(np.float64)
         return float(vals[0]) if sz is None else vals
 

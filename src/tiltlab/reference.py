@@ -34,6 +34,10 @@ __all__ = [
     "lattice_log_pmf",
     "sequence_best_of_n",
     "sequence_kl_to_tilted",
+    "scaled_cgf",
+    "rate_function",
+    "renyi_divergence",
+    "renyi_cross_entropy",
 ]
 
 
@@ -279,13 +283,18 @@ def reward_levels(logits, rewards):
     support = logits > -np.inf
     log_p = logits[support] - logsumexp(logits[support])
     r = rewards[support]
-    order = np.argsort(r, kind="stable")
-    r, log_p = r[order], log_p[order]
-    starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+    return _group_logsumexp(r, log_p)
+
+
+def _group_logsumexp(keys, log_p):
+    """Distinct keys (ascending) and the log-sum-exp of log_p over each."""
+    order = np.argsort(keys, kind="stable")
+    keys, log_p = keys[order], log_p[order]
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
     top = np.maximum.reduceat(log_p, starts)
-    sums = np.add.reduceat(np.exp(log_p - np.repeat(top, np.diff(np.append(starts, len(r))))),
-                           starts)
-    return r[starts], top + np.log(sums)
+    sizes = np.diff(np.append(starts, len(keys)))
+    sums = np.add.reduceat(np.exp(log_p - np.repeat(top, sizes)), starts)
+    return keys[starts], top + np.log(sums)
 
 
 def _bon_level_law(log_mass, log_n):
@@ -441,15 +450,9 @@ def _lattice_rows(logits, rewards, length, step):
 def _level_law(log_p, k):
     """log P(k) for k = 0..max k of one row (outcomes with -inf log p contribute nothing)."""
     support = log_p > -np.inf
-    kk, lp = k[support], log_p[support]
-    law = np.full(int(kk.max()) + 1, -np.inf)
-    order = np.argsort(kk, kind="stable")
-    kk, lp = kk[order], lp[order]
-    starts = np.flatnonzero(np.concatenate([[True], kk[1:] != kk[:-1]]))
-    top = np.maximum.reduceat(lp, starts)
-    sums = np.add.reduceat(np.exp(lp - np.repeat(top, np.diff(np.append(starts, len(kk))))),
-                           starts)
-    law[kk[starts]] = top + np.log(sums)
+    levels, log_mass = _group_logsumexp(k[support], log_p[support])
+    law = np.full(int(levels.max()) + 1, -np.inf)
+    law[levels] = log_mass
     return law
 
 
@@ -552,3 +555,82 @@ def sequence_kl_to_tilted(result, logits, rewards, length, lam, step=None):
     index = np.arange(len(result["log_probs"]))
     mean_index = np.sum(np.exp(result["log_probs"]) * index)
     return float(result["kl"] - lam * h * mean_index + total)
+
+
+# ---- large deviations and Rényi quantities (SPEC section 4), one distribution ----
+def scaled_cgf(logits, rewards, t, lam=0.0):
+    """Reference for :func:`tiltlab.scaled_cgf` (one row, scalar t and lam):
+    ``Lambda(lam + t) - Lambda(lam)``."""
+    return tilt_stats(logits, rewards, lam + t)[0] - tilt_stats(logits, rewards, lam)[0]
+
+
+def rate_function(logits, rewards, x, lam=0.0, *, max_iter=400):
+    """Reference for :func:`tiltlab.rate_function` (one row, scalar x and finite lam):
+    ``(theta - lam) x - Lambda(theta) + Lambda(lam)`` with ``mean(theta) = x`` found by
+    bisection; the end points give ``-log phi_lam(extreme set)``, outside ``inf``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    support = logits > -np.inf
+    r_lo, r_hi = rewards[support].min(), rewards[support].max()
+    if x < r_lo or x > r_hi:
+        return np.inf
+    if x == r_hi or x == r_lo:
+        mask = support & (rewards == x)
+        log_phi = tilt(logits, rewards, lam)
+        return float(-logsumexp(np.where(mask, log_phi, -np.inf)))
+    lo, hi = -1.0, 1.0
+    while tilt_stats(logits, rewards, lam + lo)[1] > x:
+        lo *= 2.0
+    while tilt_stats(logits, rewards, lam + hi)[1] < x:
+        hi *= 2.0
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if tilt_stats(logits, rewards, lam + mid)[1] < x:
+            lo = mid
+        else:
+            hi = mid
+    t = 0.5 * (lo + hi)
+    return float(t * x - scaled_cgf(logits, rewards, t, lam))
+
+
+def _normalised(logits):
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits - logsumexp(logits)
+
+
+def renyi_divergence(logits_p, logits_q, alpha):
+    """Reference for :func:`tiltlab.renyi_divergence` (one pair, scalar alpha), straight
+    from the definitions: ``(1/(alpha-1)) log sum P^alpha Q^(1-alpha)``; KL at 1, the log
+    of the largest ratio at inf, ``-log Q(supp P)`` at 0."""
+    lp, lq = _normalised(logits_p), _normalised(logits_q)
+    on = lp > -np.inf
+    if alpha == 1.0:
+        return kl_divergence(logits_p, logits_q)
+    if np.isinf(alpha):
+        return float(np.max(lp[on] - lq[on]))
+    if alpha == 0.0:
+        return float(-logsumexp(np.where(on, lq, -np.inf)))
+    if alpha > 1.0 and np.any(on & (lq == -np.inf)):
+        return np.inf
+    both = on & (lq > -np.inf)
+    s = logsumexp(np.where(both, alpha * lp + (1.0 - alpha) * np.where(both, lq, 0.0), -np.inf))
+    return float(s / (alpha - 1.0))
+
+
+def renyi_cross_entropy(logits_p, logits_q, alpha):
+    """Reference for :func:`tiltlab.renyi_cross_entropy` (one pair, scalar alpha):
+    ``(1/(1-alpha)) log sum P Q^(alpha-1)``, the Shannon cross entropy at 1 and
+    ``-log max_{supp P} Q`` at inf."""
+    lp, lq = _normalised(logits_p), _normalised(logits_q)
+    on = lp > -np.inf
+    if alpha <= 1.0 and np.any(on & (lq == -np.inf)):
+        return np.inf
+    if np.isinf(alpha):
+        return float(-np.max(lq[on]))
+    if alpha == 1.0:
+        return float(-np.sum(np.exp(lp[on]) * lq[on]))
+    both = on & (lq > -np.inf)
+    s = logsumexp(np.where(both, lp + (alpha - 1.0) * np.where(both, lq, 0.0), -np.inf))
+    return float(s / (1.0 - alpha))
