@@ -18,6 +18,8 @@ from tiltlab.bestofn import (
 from tiltlab.divergence import kl_divergence
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
+from tiltlab.models import Model, load_model
+from tiltlab.report import reproduce
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -46,6 +48,9 @@ __all__ = [
     "LatticeLaw",
     "SequenceBestOfN",
     "Asymptotics",
+    "Model",
+    "load_model",
+    "reproduce",
     "TiltStats",
     "cumulants",
     "frontier",

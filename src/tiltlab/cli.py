@@ -62,26 +62,253 @@ def _theorem() -> None:
 
 
 def _info(args) -> int:
+    import os
+    import platform
+
     import tiltlab
 
-    for k, v in tiltlab.build_info().items():
-        print(f"{k}: {v}")
+    info = tiltlab.build_info()
+    print(f"tiltlab {info['version']} (Python {platform.python_version()}, "
+          f"numpy {np.__version__}, {platform.machine()})")
+    print(f"version: {info['version']}")
+    print("compiled variant: portable (C99, baseline instruction set of the build; "
+          "no CPU-specific code paths)")
+    print(f"openmp: {info['openmp']}")
+    print(f"threads: {info['max_threads']} (OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; pass n_threads= or --jobs to change)")
+    print(f"chunk_size: {info['chunk_size']}")
     return 0
 
 
-def main(argv=None) -> int:
+# --------------------------------------------------------------------------------------
+# tables: tiltlab frontier / tiltlab bon
+# --------------------------------------------------------------------------------------
+
+def _float_list(text: str, name: str) -> np.ndarray:
+    try:
+        vals = np.array([float(x) for x in text.replace(" ", "").split(",") if x != ""])
+    except ValueError:
+        raise ValueError(f"{name} must be a comma-separated list of numbers; got {text!r}") \
+            from None
+    if vals.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(vals)):
+        raise ValueError(f"{name} must be finite numbers; got {text!r}")
+    return vals
+
+
+def _emit(columns: dict, fmt: str, header: str, formats: dict) -> None:
+    import csv
+    import json
+
+    names = list(columns)
+    n = len(columns[names[0]])
+    if fmt == "json":
+        rows = [{k: _jsonable(columns[k][i]) for k in names} for i in range(n)]
+        print(json.dumps(rows, indent=1))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(names)
+        for i in range(n):
+            w.writerow([repr(float(columns[k][i])) for k in names])
+    else:
+        print(header)
+        cells = [[formats.get(k, "{:.10g}").format(columns[k][i]) for k in names]
+                 for i in range(n)]
+        widths = [max(len(k), *(len(r[j]) for r in cells)) for j, k in enumerate(names)]
+        print("  ".join(k.rjust(w) for k, w in zip(names, widths, strict=True)))
+        for r in cells:
+            print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def _jsonable(v):
+    v = float(v)
+    return v if np.isfinite(v) else str(v)
+
+
+def _model_arg(args):
+    from tiltlab.models import load_model
+
+    opts = {"vocab": args.vocab} if args.vocab is not None and args.model == "english-sentiment" \
+        else {}
+    return load_model(args.model, **opts)
+
+
+def _frontier(args) -> int:
+    import tiltlab
+    from tiltlab.experiments import _tilted_win_rate_levels
+
+    m = _model_arg(args)
+    n = args.length
+    kmax = float(tiltlab.kl_max(m.logits, m.rewards))
+    kl = _float_list(args.kl, "--kl") if args.kl else \
+        np.array([0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]) * n
+    if np.any(kl < 0):
+        raise ValueError(f"--kl budgets must be >= 0; got {args.kl}")
+    kl = kl[kl / n <= kmax] if not args.kl else kl
+    lam = np.asarray(tiltlab.solve_lambda(m.logits, m.rewards, kl / n), dtype=float)
+    st = tiltlab.tilt_stats(m.logits, m.rewards, lam)
+    if n == 1:
+        lv = tiltlab.reward_levels(m.logits, m.rewards)
+        win = [_tilted_win_rate_levels(lv.log_masses, lv.log_masses + lm * lv.values - z)
+               if np.isfinite(lm) else float("nan")
+               for lm, z in zip(lam, np.atleast_1d(st.log_partition), strict=True)]
+    else:
+        seq = tiltlab.Memoryless(m.logits, m.rewards, n, step=m.step, n_threads=args.jobs)
+        law0 = seq.reward_log_pmf()
+        win = [_tilted_win_rate_levels(law0.log_pmf, seq.reward_log_pmf(float(lm)).log_pmf)
+               if np.isfinite(lm) else float("nan") for lm in lam]
+    cols = {"kl": n * np.atleast_1d(st.kl), "lam": lam,
+            "expected_reward": n * np.atleast_1d(st.mean), "win_rate": np.array(win)}
+    _emit(cols, args.format,
+          f"# optimal KL-constrained policy (tilt) of {m.name}, sequence length {n}; "
+          f"kl_max = {n * kmax:.10g}", {"win_rate": "{:.6f}"})
+    return 0
+
+
+def _bon(args) -> int:
+    import tiltlab
+
+    m = _model_arg(args)
+    if args.n is not None and args.log_n is not None:
+        raise ValueError("give --n or --log-n, not both")
+    if args.log_n is not None:
+        log_n = _float_list(args.log_n, "--log-n")
+        if np.any(log_n < 0):
+            raise ValueError(f"--log-n must be >= 0; got {args.log_n}")
+    else:
+        ns = _float_list(args.n or "1,2,4,8,16,64,256,1024,1e6", "--n")
+        if np.any(ns < 1):
+            raise ValueError(f"--n must be >= 1; got {args.n}")
+        log_n = np.log(ns)
+    n = args.length
+    if n == 1:
+        b = tiltlab.best_of_n(m.logits, m.rewards, log_n=log_n, n_threads=args.jobs)
+        kl, er, wr = b.kl, b.expected_reward, b.win_rate
+    else:
+        seq = tiltlab.Memoryless(m.logits, m.rewards, n, step=m.step, n_threads=args.jobs)
+        bs = [seq.best_of_n(log_n=float(x)) for x in log_n]
+        kl = np.array([b.kl for b in bs])
+        er = np.array([b.expected_reward for b in bs])
+        wr = np.array([b.win_rate for b in bs])
+    with np.errstate(over="ignore"):
+        nn = np.exp(log_n)
+        bound = np.where(log_n > 700, log_n - 1.0, log_n + np.expm1(-log_n))
+    cols = {"log_n": log_n, "kl": np.asarray(kl, float), "kl_bound": bound,
+            "expected_reward": np.asarray(er, float), "win_rate": np.asarray(wr, float),
+            "win_rate_bound": 1.0 / (1.0 + np.exp(-log_n))}
+    if np.all(log_n < 700):
+        cols = {"N": nn, **cols}
+    _emit(cols, args.format,
+          f"# exact best-of-N of {m.name}, sequence length {n} (SPEC section 3"
+          f"{'' if n == 1 else ' and 4'})", {"N": "{:.6g}", "log_n": "{:.6g}"})
+    return 0
+
+
+def _reproduce(args) -> int:
+    from tiltlab.report import reproduce
+
+    reproduce(args.model, args.out, full=args.full, seed=args.seed, jobs=args.jobs,
+              delta=args.delta, quiet=args.quiet, vocab=args.vocab)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+_MODEL_HELP = ("bernoulli, ternary, zipf, english-sentiment (needs tiltlab[data]) or the path "
+               "of an .npz file with arrays logits and rewards (optional names, step)")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tiltlab",
-        description="Exact numerics for language-model alignment theory. "
-        "Without a subcommand, prints the tilted statistics of a built-in Bernoulli model.",
-    )
+        description="Exact numerics for language-model alignment theory. Without a "
+        "subcommand, prints the tilted statistics of a built-in Bernoulli model and the "
+        "paper's theorem as an exact table.")
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("demo", help="tilted statistics of the built-in Bernoulli model (default)")
-    sub.add_parser("info", help="version, OpenMP and thread count of the compiled core")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        return _info(args)
-    return _demo(args)
+    sub.add_parser("demo", help="tilted statistics of a Bernoulli model and the theorem table")
+    sub.add_parser("info", help="version, compiled variant, OpenMP and thread count")
+
+    def common(p, model_default):
+        p.add_argument("--model", default=model_default, help=_MODEL_HELP +
+                       f" (default {model_default})")
+        p.add_argument("--vocab", type=_positive_int, default=None,
+                       help="vocabulary size of english-sentiment (default 20000)")
+        p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                       help="threads for the compiled kernels (default: all cores)")
+
+    r = sub.add_parser("reproduce", help="the paper's results as figures and a report",
+                       description="Run six exact experiments on a model and write "
+                       "report.md, report.html, PNG figures, CSV tables and run.json.")
+    common(r, "ternary")
+    r.add_argument("--out", default="tiltlab-report",
+                   help="output directory (default ./tiltlab-report)")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="full", action="store_false",
+                      help="small sizes, under a minute (default)")
+    size.add_argument("--full", dest="full", action="store_true",
+                      help="large sizes: n up to 10^5, 10^6 samples")
+    r.set_defaults(full=False)
+    r.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samplers (0)")
+    r.add_argument("--delta", type=float, default=None,
+                   help="per-token KL budget; N = e^(n delta) (default 0.3 or kl_max/4)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
+
+    f = sub.add_parser("frontier", help="table of the optimal policy: KL, lam, reward, win rate")
+    common(f, "bernoulli")
+    f.add_argument("--kl", default=None,
+                   help="comma-separated KL budgets in nats for the whole sequence")
+    f.add_argument("--length", type=_positive_int, default=1,
+                   help="sequence length n of the memoryless model (default 1)")
+    f.add_argument("--format", choices=("text", "csv", "json"), default="text")
+
+    b = sub.add_parser("bon", help="table of exact best-of-N: KL, reward, win rate per N")
+    common(b, "bernoulli")
+    b.add_argument("--n", default=None, help="comma-separated N (real, >= 1; default "
+                   "1,2,4,8,16,64,256,1024,1e6)")
+    b.add_argument("--log-n", default=None, help="comma-separated log N instead of --n")
+    b.add_argument("--length", type=_positive_int, default=1,
+                   help="sequence length n of the memoryless model (default 1)")
+    b.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    return parser
+
+
+_COMMANDS = {"info": _info, "reproduce": _reproduce, "frontier": _frontier, "bon": _bon}
+
+
+def main(argv=None) -> int:
+    from tiltlab.models import MissingDependency
+
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS.get(args.command, _demo)(args)
+    except (ValueError, TypeError, MissingDependency) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"tiltlab {args.command or ''}: error: {msg}".replace("  ", " "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tiltlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `tiltlab bon | head`
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

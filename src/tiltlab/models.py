@@ -1,0 +1,319 @@
+"""Token models for experiments and ``tiltlab reproduce``: built-in, real-data and user files.
+
+A model is one token distribution ``p`` (as logits) with a reward per token; the memoryless
+sequence model of SPEC section 4 draws ``n`` tokens independently from it and adds their
+rewards.  Every model is documented here, in :data:`MODELS`:
+
+``bernoulli``
+    ``p(1) = 0.3``, ``r(y) = y`` (the oracle model of SPEC section 8).
+``ternary``
+    ``p = (0.5, 0.3, 0.2)``, ``r = (0, 1, 3)``.
+``zipf``
+    ``V = 10^4`` tokens with Zipf probabilities ``p_k ∝ k^-1.1`` (rank ``k = 1..V``) and integer
+    rewards ``r_k = ((2654435761 k) mod 2^32) mod 11 - 5`` in ``[-5, 5]``: a fixed,
+    platform-independent scrambling (Knuth's multiplicative hash) so that reward is unrelated
+    to frequency.
+``english-sentiment``
+    A real memoryless language model: the unigram distribution of the ``V`` most frequent
+    English words (default ``V = 20000``) from the ``wordfreq`` package, renormalised over
+    those words, with reward the word's valence in the VADER sentiment lexicon shipped with the
+    ``vaderSentiment`` package (mean human rating in ``[-3.9, 3.4]``, on a 0.1 lattice; words
+    not in the lexicon score 0).  Needs the ``data`` extra: ``pip install "tiltlab[data]"``.
+    Both data sets are read from the installed packages (no download); the arrays are cached in
+    memory and on disk (``$TILTLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/tiltlab``, else
+    ``~/.cache/tiltlab``), keyed by ``V`` and the two packages' versions.
+``path/to/model.npz``
+    A user model: arrays ``logits`` and ``rewards`` of shape ``(V,)``, optional ``names``
+    (``V`` strings) and optional scalar ``step`` (the reward lattice step passed to
+    :class:`tiltlab.Memoryless`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Model", "MissingDependency", "MODELS", "load_model", "english_sentiment"]
+
+
+class MissingDependency(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """A token model: ``p = softmax(logits)`` over ``V`` tokens and a reward per token.
+
+    Attributes
+    ----------
+    name : str
+        Short name (``ternary``, ``english-sentiment``, the file name of a user model).
+    logits, rewards : ndarray, shape (V,)
+        Log-probabilities (normalised) and rewards, float64.
+    names : ndarray of str, shape (V,)
+        Token names (words for ``english-sentiment``; ``"0"``, ``"1"``, ... otherwise).
+    description : str
+        One line saying what the model is.
+    step : float or None
+        Reward lattice step to use for sequences (None: detect it).
+    source : dict
+        Provenance: package versions for real-data models, the path for user files.
+    """
+
+    name: str
+    logits: np.ndarray
+    rewards: np.ndarray
+    names: np.ndarray
+    description: str
+    step: float | None = None
+    source: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.logits.shape[-1])
+
+    @property
+    def probs(self) -> np.ndarray:
+        return np.exp(self.logits)
+
+
+def _normalise(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    m = np.max(logits)
+    return logits - (m + np.log(np.sum(np.exp(logits - m))))
+
+
+def _default_names(v: int) -> np.ndarray:
+    return np.array([str(i) for i in range(v)])
+
+
+def bernoulli() -> Model:
+    return Model("bernoulli", _normalise(np.log([0.7, 0.3])), np.array([0.0, 1.0]),
+                 np.array(["0", "1"]), "Bernoulli token, p(1) = 0.3, r(y) = y")
+
+
+def ternary() -> Model:
+    return Model("ternary", _normalise(np.log([0.5, 0.3, 0.2])), np.array([0.0, 1.0, 3.0]),
+                 np.array(["a", "b", "c"]), "ternary token, p = (0.5, 0.3, 0.2), r = (0, 1, 3)")
+
+
+def zipf(vocab: int = 10_000, exponent: float = 1.1) -> Model:
+    k = np.arange(1, vocab + 1, dtype=np.int64)
+    logits = _normalise(-exponent * np.log(k.astype(np.float64)))
+    rewards = (((k * 2654435761) % 2**32) % 11 - 5).astype(np.float64)
+    return Model("zipf", logits, rewards, np.array([f"tok{i}" for i in k]),
+                 f"Zipf tokens, V = {vocab}, p_k ~ k^-{exponent}, "
+                 "integer rewards r_k = (2654435761 k mod 2^32) mod 11 - 5")
+
+
+# --------------------------------------------------------------------------------------
+# english-sentiment: wordfreq unigram frequencies x VADER valence
+# --------------------------------------------------------------------------------------
+
+def _cache_dir() -> Path:
+    env = os.environ.get("TILTLAB_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tiltlab"
+
+
+def _data_versions() -> dict:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("wordfreq", "vaderSentiment"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            raise MissingDependency(
+                f"the english-sentiment model needs the {dist} package: "
+                'pip install "tiltlab[data]"') from None
+    return out
+
+
+def _vader_lexicon() -> dict:
+    """Word -> mean valence, read from the lexicon file of the installed vaderSentiment."""
+    from importlib import resources
+
+    text = resources.files("vaderSentiment").joinpath("vader_lexicon.txt").read_text(
+        encoding="utf-8")
+    lexicon = {}
+    for line in text.splitlines():
+        parts = line.strip().split("\t")
+        if len(parts) >= 2:
+            lexicon[parts[0]] = float(parts[1])
+    return lexicon
+
+
+def _build_english_sentiment(vocab: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        import wordfreq
+    except ImportError:
+        raise MissingDependency('the english-sentiment model needs wordfreq: '
+                                'pip install "tiltlab[data]"') from None
+    words = wordfreq.top_n_list("en", vocab)
+    if len(words) < vocab:
+        raise ValueError(f"vocab={vocab} exceeds the {len(words)} English words wordfreq lists")
+    freq = np.array([wordfreq.word_frequency(w, "en") for w in words], dtype=np.float64)
+    lexicon = _vader_lexicon()
+    valence = np.array([lexicon.get(w, 0.0) for w in words], dtype=np.float64)
+    # the lexicon's valences are decimals with one digit: snap them to the 0.1 lattice exactly
+    valence = np.round(valence * 10.0) / 10.0
+    return np.array(words), np.log(freq), valence
+
+
+@functools.lru_cache(maxsize=4)
+def _english_arrays(vocab: int):
+    versions = _data_versions()
+    key = (f"english-sentiment-V{vocab}-wordfreq{versions['wordfreq']}"
+           f"-vader{versions['vaderSentiment']}")
+    path = _cache_dir() / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["names"], f["logits"], f["rewards"], versions, str(path)
+    except (OSError, KeyError, ValueError):
+        pass
+    names, logits, rewards = _build_english_sentiment(vocab)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, names=names, logits=logits, rewards=rewards)
+        os.replace(tmp, path)
+        where = str(path)
+    except OSError:
+        where = "(not cached: cache directory not writable)"
+    return names, logits, rewards, versions, where
+
+
+def english_sentiment(vocab: int = 20_000) -> Model:
+    """The ``english-sentiment`` model (see the module docstring) over the top ``vocab`` words."""
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)):
+        raise TypeError(f"vocab must be an integer; got {vocab!r}")
+    if not 2 <= vocab <= 200_000:
+        raise ValueError(f"vocab must be in [2, 200000]; got {vocab}")
+    names, logits, rewards, versions, where = _english_arrays(int(vocab))
+    return Model("english-sentiment", _normalise(logits), rewards.copy(), names.copy(),
+                 f"English unigram model, top {vocab} words (wordfreq), reward = VADER valence",
+                 step=0.1, source={**versions, "cache": where})
+
+
+# --------------------------------------------------------------------------------------
+# user models
+# --------------------------------------------------------------------------------------
+
+def from_npz(path: str | os.PathLike) -> Model:
+    """A user model from an ``.npz`` file with ``logits``, ``rewards`` [, ``names``, ``step``]."""
+    p = Path(path)
+    try:
+        f = np.load(p, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"model file {str(p)!r} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model file {str(p)!r} is not a readable .npz file ({exc})") from None
+    if not hasattr(f, "files"):
+        raise ValueError(f"model file {str(p)!r} holds a single array, not an .npz archive "
+                         "with 'logits' and 'rewards'")
+    with f:
+        missing = [k for k in ("logits", "rewards") if k not in f.files]
+        if missing:
+            raise ValueError(f"model file {str(p)!r} lacks the array(s) {', '.join(missing)}; "
+                             f"it has {', '.join(f.files) or 'none'}")
+        try:
+            logits, rewards = f["logits"], f["rewards"]
+            names = f["names"] if "names" in f.files else None
+            step = f["step"] if "step" in f.files else None
+        except ValueError as exc:     # object arrays need pickle
+            raise ValueError(f"model file {str(p)!r}: {exc}") from None
+    for arr, what in ((logits, "logits"), (rewards, "rewards")):
+        if arr.dtype.kind not in "fiu":
+            raise ValueError(f"model file {str(p)!r}: {what} must be real numbers; "
+                             f"got dtype {arr.dtype}")
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"model file {str(p)!r}: {what} must have shape (V,) with V >= 1; "
+                             f"got shape {arr.shape}")
+    if logits.shape != rewards.shape:
+        raise ValueError(f"model file {str(p)!r}: logits {logits.shape} and rewards "
+                         f"{rewards.shape} differ in shape")
+    logits = logits.astype(np.float64)
+    rewards = rewards.astype(np.float64)
+    if np.isnan(logits).any() or np.isposinf(logits).any():
+        raise ValueError(f"model file {str(p)!r}: logits contain NaN or +inf")
+    if not np.isfinite(logits).any():
+        raise ValueError(f"model file {str(p)!r}: every logit is -inf")
+    if not np.isfinite(rewards).all():
+        raise ValueError(f"model file {str(p)!r}: rewards must be finite")
+    if names is None:
+        names = _default_names(logits.size)
+    elif names.shape != logits.shape:
+        raise ValueError(f"model file {str(p)!r}: names has shape {names.shape}, "
+                         f"expected {logits.shape}")
+    else:
+        names = names.astype(str)
+    if step is not None:
+        if step.shape != () or step.dtype.kind not in "fiu" or not (float(step) > 0
+                                                                    and np.isfinite(step)):
+            raise ValueError(f"model file {str(p)!r}: step must be a positive finite scalar")
+        step = float(step)
+    return Model(p.stem, _normalise(logits), rewards, names,
+                 f"user model from {p.name}, V = {logits.size}", step=step,
+                 source={"path": str(p.resolve())})
+
+
+MODELS = {
+    "bernoulli": bernoulli,
+    "ternary": ternary,
+    "zipf": zipf,
+    "english-sentiment": english_sentiment,
+}
+
+
+def load_model(name: str, **options) -> Model:
+    """A token model by name or from an ``.npz`` file (the models of ``tiltlab reproduce``).
+
+    Parameters
+    ----------
+    name : str or path
+        ``bernoulli``, ``ternary``, ``zipf``, ``english-sentiment`` (needs the ``data``
+        extra) or the path of an ``.npz`` file with arrays ``logits`` and ``rewards`` of
+        shape ``(V,)`` (optional ``names`` and scalar ``step``).  See :mod:`tiltlab.models`
+        for what each built-in model is.
+    **options
+        Passed to the model's constructor, e.g. ``vocab=5000`` for ``english-sentiment``.
+
+    Returns
+    -------
+    Model
+        Normalised ``logits``, ``rewards``, token ``names``, a ``description``, the lattice
+        ``step`` to use for sequences (None: detect) and the data ``source``.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, missing or malformed file (the message says what is wrong).
+    MissingDependency
+        ``english-sentiment`` without ``wordfreq`` / ``vaderSentiment`` installed.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> m = tiltlab.load_model("ternary")
+    >>> np.exp(m.logits).round(3).tolist(), m.rewards.tolist()
+    ([0.5, 0.3, 0.2], [0.0, 1.0, 3.0])
+    >>> seq = tiltlab.Memoryless(m.logits, m.rewards, 100, step=m.step)
+    >>> print(f"{seq.best_of_n(n=16).kl:.6f}")
+    1.833536
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"model must be a name or a path; got {name!r}")
+    key = str(name)
+    if key in MODELS:
+        return MODELS[key](**options)
+    if key.endswith(".npz") or os.sep in key or Path(key).exists():
+        return from_npz(key)
+    raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)} "
+                     "or give the path of an .npz file with arrays logits and rewards")

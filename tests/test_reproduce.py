@@ -1,0 +1,461 @@
+"""``tiltlab reproduce`` end to end, its numbers against the library API, and the CLI tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tiltlab
+from tiltlab import experiments as X
+from tiltlab import models
+from tiltlab.cli import main
+
+HAVE_PLOT = importlib.util.find_spec("matplotlib") is not None
+HAVE_DATA = all(importlib.util.find_spec(m) is not None for m in ("wordfreq", "vaderSentiment"))
+needs_plot = pytest.mark.skipif(not HAVE_PLOT, reason='needs the plot extra: '
+                                'pip install "tiltlab[plot]" (matplotlib)')
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason='needs the data extra: '
+                                'pip install "tiltlab[data]" (wordfreq, vaderSentiment)')
+
+FIGURES = ["fig1_frontier.png", "fig2_kl_to_tilt.png", "fig3_large_deviations.png",
+           "fig4_cumulants.png", "fig5_samples.png", "fig6_win_rate.png"]
+TABLES = ["frontier_tilted", "frontier_best_of_n", "kl_to_tilt", "large_deviations",
+          "rate_function", "cumulants", "scaled_cgf_exact_law", "scaled_cgf_formula",
+          "samples_histogram", "samples_tokens", "win_rate_token", "win_rate_sequence",
+          "win_rate_bound"]
+
+
+def _run_cli(*args, env_extra=None, tmp_path=None):
+    import os
+
+    env = dict(os.environ)
+    if tmp_path is not None:
+        env["TILTLAB_CACHE_DIR"] = str(tmp_path / "cache")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "tiltlab", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _check_png(path):
+    from matplotlib import image
+
+    img = image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
+    rgb = img[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05                                   # not blank
+    assert np.unique(np.round(rgb * 255).astype(int), axis=0).shape[0] > 20   # not one colour
+
+
+def _check_report(out, model: models.Model, sizes: X.Sizes):
+    from tiltlab.report import read_csv
+
+    for f in FIGURES:
+        _check_png(out / f)
+    for t in TABLES:
+        assert (out / f"{t}.csv").stat().st_size > 0, t
+    md = (out / "report.md").read_text(encoding="utf-8")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert md.count("## Figure") == 6 and all(f in md for f in FIGURES)
+    assert html.count("data:image/png;base64,") == 6
+    assert md.count("**Claim**") == 6 or md.count("Claim") >= 6
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["name"] == model.name and run["seed"] == 0
+    assert run["tiltlab"] == tiltlab.__version__ and set(run["timings_seconds"]) == set(
+        X.EXPERIMENTS)
+    delta, lam = run["delta"], run["lam"]
+    lg, rw = model.logits, model.rewards
+    assert lam == float(tiltlab.solve_lambda(lg, rw, delta))
+
+    def seq(n):
+        return tiltlab.Memoryless(lg, rw, n, step=model.step)
+
+    # 1. frontier: every tilted point and a best-of-N row per length, through the API
+    t = read_csv(out / "frontier_tilted.csv")
+    st = tiltlab.tilt_stats(lg, rw, t["lam"])
+    np.testing.assert_allclose(t["kl_per_token"], st.kl, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(t["reward_per_token"], st.mean, rtol=1e-12)
+    b = read_csv(out / "frontier_best_of_n.csv")
+    assert set(b["n"].astype(int)) == set(sizes.frontier_lengths)
+    for n in sizes.frontier_lengths:
+        i = int(np.flatnonzero(b["n"] == n)[-1])
+        bon = seq(n).best_of_n(log_n=b["log_n"][i])
+        assert b["kl_per_token"][i] == pytest.approx(bon.kl / n, rel=1e-12)
+        assert b["reward_per_token"][i] == pytest.approx(bon.expected_reward / n, rel=1e-12)
+        assert b["win_rate"][i] == pytest.approx(bon.win_rate, rel=1e-12)
+    np.testing.assert_allclose(b["frontier_reward_per_token"],
+                               tiltlab.frontier(lg, rw, b["kl_per_token"]), rtol=1e-12)
+    # 2. KL to the tilt
+    k = read_csv(out / "kl_to_tilt.csv")
+    i = int(np.argmax(k["n"]))
+    bon = seq(int(k["n"][i])).best_of_n(log_n=k["n"][i] * k["delta"][i])
+    assert k["kl_to_tilted"][i] == pytest.approx(float(bon.kl_to_tilted(k["lam"][i])), rel=1e-12)
+    np.testing.assert_allclose(k["kl_minus_half_log_n"],
+                               k["kl_to_tilted"] - 0.5 * np.log(k["n"]), rtol=1e-12, atol=1e-14)
+    # 3. large deviations: tails from the exact law, rate function
+    ld = read_csv(out / "large_deviations.csv")
+    n = sizes.ld_lengths[1]
+    law = seq(n).reward_log_pmf()
+    sel = ld["n"] == n
+    for x, tail, y in list(zip(ld["x"][sel], ld["tail"][sel], ld["minus_log_tail_over_n"][sel],
+                               strict=True))[::37]:
+        mask = law.values / n >= x - 1e-12 if tail == "upper" else law.values / n <= x + 1e-12
+        ref = -float(tiltlab.logsumexp(law.log_pmf[mask])) / n
+        assert y == pytest.approx(ref, rel=1e-11, abs=1e-14)
+    np.testing.assert_allclose(ld["rate"], tiltlab.rate_function(lg, rw, ld["x"]), rtol=1e-12,
+                               atol=1e-15)
+    r = read_csv(out / "rate_function.csv")
+    np.testing.assert_allclose(r["rate"], tiltlab.rate_function(lg, rw, r["x"]), rtol=1e-12,
+                               atol=1e-15)
+    # 4. cumulants: additivity (exact law vs token cumulants) and the CGF identity
+    c = read_csv(out / "cumulants.csv")
+    kap = tiltlab.cumulants(lg, rw, order=6)
+    np.testing.assert_allclose(c["token_cumulant"], np.tile(kap, len(sizes.cumulant_lengths)),
+                               rtol=1e-13)
+    np.testing.assert_allclose(c["scaled_cumulant"], c["token_cumulant"], rtol=1e-5, atol=1e-9)
+    f = read_csv(out / "scaled_cgf_formula.csv")
+    np.testing.assert_allclose(f["scaled_cgf_compiled"], tiltlab.scaled_cgf(lg, rw, f["t"]),
+                               rtol=1e-13)
+    np.testing.assert_allclose(f["scaled_cgf_renyi"], f["scaled_cgf_compiled"], rtol=1e-10,
+                               atol=1e-13)
+    g = read_csv(out / "scaled_cgf_exact_law.csv")
+    for n in sizes.cumulant_lengths:
+        s = g["n"] == n
+        np.testing.assert_allclose(g["scaled_cgf_exact_law"][s], f["scaled_cgf_renyi"],
+                                   rtol=1e-9, atol=1e-12)
+    # 5. samples: the exact law column is the API's law; counts add up to the size
+    h = read_csv(out / "samples_histogram.csv")
+    bon = seq(sizes.sample_length).best_of_n(log_n=sizes.sample_length * delta)
+    idx = np.searchsorted(bon.values, h["reward"])
+    np.testing.assert_allclose(h["reward"], bon.values[idx], rtol=1e-14, atol=1e-12)
+    np.testing.assert_allclose(h["exact_prob"], np.exp(bon.log_probs[idx]), rtol=1e-12)
+    assert h["sampled_count"].sum() == sizes.sample_size
+    w = read_csv(out / "samples_tokens.csv")
+    pos = {name: j for j, name in enumerate(model.names.tolist())}
+    j = np.array([pos[str(tok)] for tok in w["token"]])
+    np.testing.assert_allclose(w["p"], np.exp(lg[j]), rtol=1e-13)
+    np.testing.assert_allclose(w["tilted"], np.exp(tiltlab.tilt(lg, rw, lam))[j], rtol=1e-12)
+    raise_ = w["best_of_n_exact"] - w["p"]
+    assert raise_[0] > 0 and np.all(np.diff(raise_) <= 0)     # sorted by the raise
+    # 6. win rate: best-of-N rows against best_of_n, the bound curve by formula
+    wt = read_csv(out / "win_rate_token.csv")
+    s = wt["policy"] == "best_of_n"
+    bon1 = tiltlab.best_of_n(lg, rw, n=wt["parameter"][s])
+    np.testing.assert_allclose(wt["win_rate"][s], bon1.win_rate, rtol=1e-12)
+    np.testing.assert_allclose(wt["kl"][s], bon1.kl, rtol=1e-10, atol=1e-14)
+    bd = read_csv(out / "win_rate_bound.csv")
+    np.testing.assert_allclose(bd["win_rate"], bd["n"] / (bd["n"] + 1), rtol=1e-15)
+    return run
+
+
+@needs_plot
+def test_reproduce_quick_ternary_end_to_end(tmp_path):
+    out = tmp_path / "report"
+    res = _run_cli("reproduce", "--model", "ternary", "--quick", "--out", str(out),
+                   tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "report:" in res.stdout and str(out / "report.md") in res.stdout
+    assert res.stdout.count("[") >= 6                          # a summary line per figure
+    run = _check_report(out, models.load_model("ternary"), X.Sizes.quick())
+    assert run["mode"] == "quick"
+
+
+@needs_plot
+@needs_data
+def test_reproduce_quick_english_sentiment_end_to_end(tmp_path):
+    out = tmp_path / "english"
+    res = _run_cli("reproduce", "--model", "english-sentiment", "--out", str(out), "--quiet",
+                   tmp_path=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""                                  # --quiet
+    monkey_cache = tmp_path / "cache"
+    assert list(monkey_cache.glob("english-sentiment-*.npz"))
+    import os
+    old = os.environ.get("TILTLAB_CACHE_DIR")
+    os.environ["TILTLAB_CACHE_DIR"] = str(monkey_cache)
+    try:
+        models._english_arrays.cache_clear()
+        model = models.load_model("english-sentiment")
+    finally:
+        models._english_arrays.cache_clear()
+        if old is None:
+            del os.environ["TILTLAB_CACHE_DIR"]
+        else:
+            os.environ["TILTLAB_CACHE_DIR"] = old
+    _check_report(out, model, X.Sizes.quick())
+    from tiltlab.report import read_csv
+
+    words = read_csv(out / "samples_tokens.csv")
+    assert np.all(words["reward"] > 0)         # BoN raises positive words
+    assert "good" in set(words["token"].tolist()) or "great" in set(words["token"].tolist())
+
+
+@needs_plot
+def test_reproduce_is_seeded(tmp_path):
+    from tiltlab.report import read_csv, reproduce
+
+    kw = dict(experiments=["samples"], quiet=True)
+    reproduce("bernoulli", tmp_path / "a", seed=3, **kw)
+    reproduce("bernoulli", tmp_path / "b", seed=3, jobs=1, **kw)
+    reproduce("bernoulli", tmp_path / "c", seed=4, **kw)
+    a, b, c = (read_csv(tmp_path / d / "samples_histogram.csv") for d in "abc")
+    np.testing.assert_array_equal(a["sampled_count"], b["sampled_count"])
+    assert not np.array_equal(a["sampled_count"], c["sampled_count"])
+
+
+@needs_plot
+def test_reproduce_user_npz_model(tmp_path):
+    path = tmp_path / "coin.npz"
+    np.savez(path, logits=np.log([0.6, 0.3, 0.1]), rewards=np.array([0.0, 0.5, 1.0]),
+             names=np.array(["lo", "mid", "hi"]))
+    out = tmp_path / "r"
+    from tiltlab.report import read_csv, reproduce
+
+    reproduce(str(path), out, quiet=True, experiments=["frontier", "samples"])
+    assert (out / "fig1_frontier.png").exists() and (out / "fig2_samples.png").exists()
+    w = read_csv(out / "samples_tokens.csv")
+    assert list(w["token"]) == ["hi", "mid", "lo"]
+
+
+# --------------------------------------------------------------------------------------
+# error paths: exit status 2 and one line, no traceback
+# --------------------------------------------------------------------------------------
+
+def _one_line_error(res, *needles):
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_cli_unknown_model(tmp_path):
+    res = _run_cli("reproduce", "--model", "gpt-7", "--out", str(tmp_path / "x"))
+    _one_line_error(res, "unknown model 'gpt-7'", "ternary", "npz")
+
+
+def test_cli_unwritable_out(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _run_cli("reproduce", "--out", str(blocker / "sub"))
+    _one_line_error(res, "cannot write the report to --out")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"not a zip", "not a readable .npz"),
+    ({"logits": np.zeros(3)}, "lacks the array(s) rewards"),
+    ({"logits": np.zeros(3), "rewards": np.zeros(2)}, "differ in shape"),
+])
+def test_cli_malformed_npz(tmp_path, content, needle):
+    path = tmp_path / "m.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.savez(path, **content)
+    res = _run_cli("reproduce", "--model", str(path), "--out", str(tmp_path / "o"))
+    _one_line_error(res, needle)
+    res = _run_cli("bon", "--model", str(path))
+    _one_line_error(res, needle)
+
+
+def test_cli_non_lattice_npz_model(tmp_path):
+    path = tmp_path / "irr.npz"
+    np.savez(path, logits=np.zeros(3), rewards=np.array([0.0, 1.0, math.sqrt(2)]))
+    res = _run_cli("bon", "--model", str(path), "--length", "5")
+    _one_line_error(res, "step")
+
+
+def test_missing_optional_dependency_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["reproduce", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install "tiltlab[plot]"' in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["bon", "--n", "0.5"], "--n must be >= 1"),
+    (["bon", "--n", "a,b"], "comma-separated"),
+    (["bon", "--n", "2", "--log-n", "1"], "not both"),
+    (["bon", "--log-n", "-1"], "--log-n must be >= 0"),
+    (["frontier", "--kl", "-0.1"], "--kl budgets must be >= 0"),
+    (["reproduce", "--delta", "5", "--model", "bernoulli"], "delta must be in (0, kl_max"),
+])
+def test_cli_bad_values(argv, needle, capsys, tmp_path):
+    if argv[0] == "reproduce":
+        argv = [*argv, "--out", str(tmp_path / "o"), "--quiet"]
+        if not HAVE_PLOT:
+            pytest.skip("needs matplotlib")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_argparse_errors_exit_2():
+    res = _run_cli("reproduce", "--seed", "-1")
+    assert res.returncode == 2 and "expected an integer >= 0" in res.stderr
+    res = _run_cli("bon", "--length", "0")
+    assert res.returncode == 2 and "positive integer" in res.stderr
+
+
+# --------------------------------------------------------------------------------------
+# tables: tiltlab bon / tiltlab frontier / tiltlab info
+# --------------------------------------------------------------------------------------
+
+def test_cli_bon_table_formats(capsys):
+    lg, rw = np.log([0.5, 0.5]), np.array([0.0, 1.0])
+    assert main(["bon", "--model", "bernoulli", "--n", "2,4,16", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    b = tiltlab.best_of_n(np.log([0.7, 0.3]), [0.0, 1.0], n=np.array([2.0, 4.0, 16.0]))
+    assert [r["N"] for r in rows] == pytest.approx([2, 4, 16], rel=1e-15)
+    np.testing.assert_allclose([r["kl"] for r in rows], b.kl, rtol=1e-14)
+    np.testing.assert_allclose([r["win_rate"] for r in rows], b.win_rate, rtol=1e-14)
+    np.testing.assert_allclose([r["kl_bound"] for r in rows], b.kl_bound, rtol=1e-14)
+    del lg, rw
+    assert main(["bon", "--model", "ternary", "--log-n", "0,30,3000", "--length", "1000",
+                 "--format", "csv"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "N,log_n,kl,kl_bound,expected_reward,win_rate,win_rate_bound" or \
+        out[0].startswith("log_n,")
+    seq = tiltlab.Memoryless(np.log([0.5, 0.3, 0.2]), [0.0, 1.0, 3.0], 1000)
+    last = dict(zip(out[0].split(","), map(float, out[-1].split(",")), strict=True))
+    bon = seq.best_of_n(log_n=3000.0)
+    assert last["kl"] == pytest.approx(bon.kl, rel=1e-13)
+    assert last["expected_reward"] == pytest.approx(bon.expected_reward, rel=1e-13)
+    assert main(["bon", "--model", "bernoulli"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("# exact best-of-N of bernoulli") and "win_rate_bound" in text
+
+
+def test_cli_frontier_matches_spec_oracle(capsys):
+    assert main(["frontier", "--model", "bernoulli", "--kl", "0.1,0.5", "--format",
+                 "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [dict(zip(lines[0].split(","), map(float, ln.split(",")), strict=True))
+            for ln in lines[1:]]
+    assert rows[0]["lam"] == pytest.approx(0.9058310508, abs=1e-10)      # SPEC section 8
+    assert rows[0]["expected_reward"] == pytest.approx(0.5146291211, abs=1e-10)
+    assert rows[1]["lam"] == pytest.approx(2.1387560656, abs=1e-10)
+    # win rate of the tilt: P(Y_phi > Y_p) + P(tie)/2 for a Bernoulli pair
+    q = rows[0]["expected_reward"]
+    assert rows[0]["win_rate"] == pytest.approx(q * 0.7 + 0.5 * (q * 0.3 + (1 - q) * 0.7),
+                                                rel=1e-13)
+    assert main(["frontier", "--model", "ternary", "--length", "20"]) == 0
+    text = capsys.readouterr().out
+    assert "sequence length 20" in text and "kl_max = " in text
+
+
+def test_cli_info_reports_variant_and_threads():
+    res = _run_cli("info")
+    assert res.returncode == 0
+    assert "compiled variant:" in res.stdout and "threads:" in res.stdout
+    assert tiltlab.__version__ in res.stdout
+
+
+# --------------------------------------------------------------------------------------
+# the experiments' own pieces against independent computations
+# --------------------------------------------------------------------------------------
+
+def test_law_cumulants_binomial():
+    from scipy import stats
+
+    n, p = 40, 0.3
+    k = np.arange(n + 1, dtype=float)
+    kap = X._law_cumulants(k, stats.binom.logpmf(k, n, p), 6)
+    q = 1 - p
+    ref = [n * p, n * p * q, n * p * q * (1 - 2 * p), n * p * q * (1 - 6 * p * q),
+           n * p * q * (1 - 2 * p) * (1 - 12 * p * q),
+           n * p * q * (1 - 30 * p * q * (1 - 4 * p * q))]
+    # absolute error scale of kappa_k from central moments: (k-1)!! sigma^k * eps-ish
+    scale = np.array([1.0] + [(n * p * q) ** (k / 2) for k in range(2, 7)])
+    np.testing.assert_allclose(kap, ref, rtol=1e-12, atol=1e-12 * scale.max())
+    assert abs(kap[5] - ref[5]) < 1e-12 * 15 * (n * p * q) ** 3
+
+
+def test_log_tails_far_below_double_range():
+    m = tiltlab.Memoryless(np.log([0.7, 0.3]), [0.0, 1.0], 5000)
+    law = m.reward_log_pmf()
+    up, down = X._log_tails(law.log_pmf)
+    from scipy import stats
+
+    k = np.arange(5001)
+    np.testing.assert_allclose(up[-1], stats.binom.logpmf(5000, 5000, 0.3), rtol=1e-12)
+    assert up[-1] < -6000                                   # P = 0.3^5000 ~ 1e-2614
+    lp = stats.binom.logpmf(k, 5000, 0.3)
+    np.testing.assert_allclose(up[4000], np.logaddexp.reduce(lp[4000:]), rtol=1e-11)
+    assert up[4000] < -1400
+    np.testing.assert_allclose(down[500], stats.binom.logcdf(500, 5000, 0.3), rtol=1e-9)
+    assert up[0] == pytest.approx(0.0, abs=1e-12) and down[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_draws", [1, 2, 3])
+def test_token_marginal_against_enumeration(n_draws):
+    """The exact one-position marginal of best-of-N sequences against brute force."""
+    import itertools
+
+    lg = np.log([0.45, 0.35, 0.2])
+    rw = np.array([0.0, 1.0, 2.0])
+    n = 4
+    model = models.Model("t", lg, rw, np.array(["a", "b", "c"]), "test")
+    ctx = X.Context(model, X.Sizes.quick(), delta=0.2)
+    b = ctx.seq(n).best_of_n(n=n_draws)
+    got = X.token_marginal(ctx, n, b)
+    # brute force: law of R over sequences, best-of-N weight w(s) = F(s)^N - F(s-)^N
+    seqs = list(itertools.product(range(3), repeat=n))
+    prob = np.array([np.prod(np.exp(lg)[list(s)]) for s in seqs])
+    rew = np.array([rw[list(s)].sum() for s in seqs])
+    levels = np.unique(rew)
+    mass = np.array([prob[rew == v].sum() for v in levels])
+    cdf = np.cumsum(mass)
+    w = cdf ** n_draws - np.concatenate([[0.0], cdf[:-1]]) ** n_draws
+    g = dict(zip(levels.tolist(), (w / mass).tolist(), strict=True))
+    pi = prob * np.array([g[v] for v in rew])
+    ref = np.array([pi[[s[0] == y for s in seqs]].sum() for y in range(3)])
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert got.sum() == pytest.approx(1.0, rel=1e-13)
+
+
+def test_tilted_win_rate_levels_bernoulli():
+    lp = np.log([0.7, 0.3])
+    q = np.log([0.2, 0.8])
+    want = 0.8 * 0.7 + 0.5 * (0.2 * 0.7 + 0.8 * 0.3)
+    assert X._tilted_win_rate_levels(lp, q) == pytest.approx(want, rel=1e-15)
+    assert X._tilted_win_rate_levels(lp, lp) == pytest.approx(0.5)
+
+
+def test_default_delta_and_context_checks():
+    assert X.default_delta(models.load_model("ternary")) == 0.3
+    tiny = models.Model("tiny", np.log([0.5, 0.5]), np.array([0.0, 1.0]),
+                        np.array(["0", "1"]), "x")
+    assert X.default_delta(tiny) == pytest.approx(0.25 * math.log(2), rel=1e-14)
+    with pytest.raises(ValueError, match="delta must be in"):
+        X.Context(tiny, X.Sizes.quick(), delta=0.0)
+
+
+@needs_plot
+def test_report_docstring_example():
+    import doctest
+
+    import tiltlab.report
+
+    result = doctest.testmod(tiltlab.report, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_csv_round_trip_is_exact(tmp_path):
+    from tiltlab.report import read_csv, write_csv
+
+    x = np.array([0.1, 1 / 3, 1e-300, -2.5e300, np.pi])
+    write_csv(tmp_path / "t.csv", {"x": x, "k": np.arange(5), "s": np.array(list("abcde"))})
+    back = read_csv(tmp_path / "t.csv")
+    np.testing.assert_array_equal(back["x"], x)
+    np.testing.assert_array_equal(back["k"], np.arange(5))
+    assert back["s"].tolist() == list("abcde")
+    with pytest.raises(ValueError, match="differ in length"):
+        write_csv(tmp_path / "u.csv", {"a": np.zeros(2), "b": np.zeros(3)})
