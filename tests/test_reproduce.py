@@ -63,7 +63,7 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert md.count("## Figure") == 6 and all(f in md for f in FIGURES)
     assert html.count("data:image/png;base64,") == 6
-    assert md.count("**Claim**") == 6 or md.count("Claim") >= 6
+    assert md.count("**Claim**") == 6 and md.count("**Numbers**") == 6
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == model.name and run["seed"] == 0
     assert run["tiltlab"] == tiltlab.__version__ and set(run["timings_seconds"]) == set(
@@ -298,10 +298,33 @@ def test_cli_bad_values(argv, needle, capsys, tmp_path):
 
 
 def test_cli_argparse_errors_exit_2():
-    res = _run_cli("reproduce", "--seed", "-1")
-    assert res.returncode == 2 and "expected an integer >= 0" in res.stderr
-    res = _run_cli("bon", "--length", "0")
-    assert res.returncode == 2 and "positive integer" in res.stderr
+    _one_line_error(_run_cli("reproduce", "--seed", "-1"), "expected an integer >= 0")
+    _one_line_error(_run_cli("bon", "--length", "0"), "positive integer", "--help")
+    _one_line_error(_run_cli("bon", "--format", "xml"), "invalid choice")
+    _one_line_error(_run_cli("nosuchcommand"), "invalid choice")
+
+
+def test_cli_constant_reward_model(tmp_path):
+    path = tmp_path / "flat.npz"
+    np.savez(path, logits=np.zeros(3), rewards=np.ones(3))
+    _one_line_error(_run_cli("reproduce", "--model", str(path), "--out", str(tmp_path / "o")),
+                    "constant on the support")
+    res = _run_cli("frontier", "--model", str(path), "--format", "csv")
+    assert res.returncode == 0
+    rows = res.stdout.strip().splitlines()[1:]
+    assert all(float(r.split(",")[0]) == 0.0 and not r.startswith("-") for r in rows)
+
+
+def test_cli_frontier_at_and_beyond_kl_max(capsys):
+    # lam = inf: all tokens at the top reward; wins unless the reference ties
+    assert main(["frontier", "--model", "ternary", "--kl", "5", "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["lam"] == "inf" and row["win_rate"] == pytest.approx(1 - 0.5 * 0.2, rel=1e-15)
+    assert main(["frontier", "--model", "ternary", "--kl", "50", "--length", "3",
+                 "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["win_rate"] == pytest.approx(1 - 0.5 * 0.2**3, rel=1e-15)
+    assert row["expected_reward"] == pytest.approx(9.0, rel=1e-15)
 
 
 # --------------------------------------------------------------------------------------
@@ -419,6 +442,38 @@ def test_token_marginal_against_enumeration(n_draws):
     ref = np.array([pi[[s[0] == y for s in seqs]].sum() for y in range(3)])
     np.testing.assert_allclose(got, ref, rtol=1e-12)
     assert got.sum() == pytest.approx(1.0, rel=1e-13)
+
+
+@needs_plot
+def test_reproduce_gapped_support_and_large_delta(tmp_path):
+    """Best-of-N mass on a lattice with unreachable points; a budget near kl_max."""
+    from tiltlab.report import read_csv, reproduce
+
+    m = models.Model("gap", models._normalise(np.log([0.1, 0.1, 0.8])), np.array([0.0, 3, 5]),
+                     np.array(list("abc")), "gapped")
+    reproduce(m, tmp_path / "g", experiments=["samples"], quiet=True)
+    h = read_csv(tmp_path / "g" / "samples_histogram.csv")
+    assert h["sampled_count"].sum() == X.Sizes.quick().sample_size
+    assert np.all(h["sampled_count"][h["exact_prob"] == 0] == 0)
+    reproduce("ternary", tmp_path / "d", experiments=["frontier"], quiet=True, delta=1.5)
+    b = read_csv(tmp_path / "d" / "frontier_best_of_n.csv")
+    assert np.any(b["delta"] == 1.5)
+
+
+def test_token_marginal_with_unresolved_law_points():
+    """A sub-lattice of mass ~1e-12 per token: the FFT law has NaN points; the marginal
+    is still finite and sums to 1 (its denominator comes from the n-1 law)."""
+    import warnings
+
+    m = models.Model("h", models._normalise(np.log([0.5, 0.5 - 1e-12, 1e-12])),
+                     np.array([0.0, 5.0, 0.01]), np.array(list("abc")), "x")
+    ctx = X.Context(m, X.Sizes.quick())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        b = ctx.seq(100).best_of_n(log_n=30.0)
+        got = X.token_marginal(ctx, 100, b)
+    assert np.all(np.isfinite(got)) and got.sum() == pytest.approx(1.0, rel=1e-13)
+    assert got[1] > 0.5 > got[0]
 
 
 def test_tilted_win_rate_levels_bernoulli():

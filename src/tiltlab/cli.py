@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -62,7 +63,6 @@ def _theorem() -> None:
 
 
 def _info(args) -> int:
-    import os
     import platform
 
     import tiltlab
@@ -84,7 +84,7 @@ def _info(args) -> int:
 # tables: tiltlab frontier / tiltlab bon
 # --------------------------------------------------------------------------------------
 
-def _float_list(text: str, name: str) -> np.ndarray:
+def _float_list(text: str, name: str, hint: str = "") -> np.ndarray:
     try:
         vals = np.array([float(x) for x in text.replace(" ", "").split(",") if x != ""])
     except ValueError:
@@ -93,7 +93,7 @@ def _float_list(text: str, name: str) -> np.ndarray:
     if vals.size == 0:
         raise ValueError(f"{name} is empty")
     if not np.all(np.isfinite(vals)):
-        raise ValueError(f"{name} must be finite numbers; got {text!r}")
+        raise ValueError(f"{name} must be finite numbers; got {text!r}{hint}")
     return vals
 
 
@@ -140,7 +140,7 @@ def _frontier(args) -> int:
 
     m = _model_arg(args)
     n = args.length
-    kmax = float(tiltlab.kl_max(m.logits, m.rewards))
+    kmax = float(tiltlab.kl_max(m.logits, m.rewards)) + 0.0
     kl = _float_list(args.kl, "--kl") if args.kl else \
         np.array([0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]) * n
     if np.any(kl < 0):
@@ -148,18 +148,21 @@ def _frontier(args) -> int:
     kl = kl[kl / n <= kmax] if not args.kl else kl
     lam = np.asarray(tiltlab.solve_lambda(m.logits, m.rewards, kl / n), dtype=float)
     st = tiltlab.tilt_stats(m.logits, m.rewards, lam)
+    lv = tiltlab.reward_levels(m.logits, m.rewards)
+    # lam = inf (budget >= kl_max): every token at the top level; it wins unless the
+    # reference draw is all-top too, a tie counted 1/2
+    top_all = 1.0 - 0.5 * np.exp(n * lv.log_masses[-1])
     if n == 1:
-        lv = tiltlab.reward_levels(m.logits, m.rewards)
         win = [_tilted_win_rate_levels(lv.log_masses, lv.log_masses + lm * lv.values - z)
-               if np.isfinite(lm) else float("nan")
+               if np.isfinite(lm) else top_all
                for lm, z in zip(lam, np.atleast_1d(st.log_partition), strict=True)]
     else:
         seq = tiltlab.Memoryless(m.logits, m.rewards, n, step=m.step, n_threads=args.jobs)
         law0 = seq.reward_log_pmf()
         win = [_tilted_win_rate_levels(law0.log_pmf, seq.reward_log_pmf(float(lm)).log_pmf)
-               if np.isfinite(lm) else float("nan") for lm in lam]
-    cols = {"kl": n * np.atleast_1d(st.kl), "lam": lam,
-            "expected_reward": n * np.atleast_1d(st.mean), "win_rate": np.array(win)}
+               if np.isfinite(lm) else top_all for lm in lam]
+    cols = {"kl": n * np.atleast_1d(st.kl) + 0.0, "lam": lam,
+            "expected_reward": n * np.atleast_1d(st.mean) + 0.0, "win_rate": np.array(win)}
     _emit(cols, args.format,
           f"# optimal KL-constrained policy (tilt) of {m.name}, sequence length {n}; "
           f"kl_max = {n * kmax:.10g}", {"win_rate": "{:.6f}"})
@@ -177,7 +180,8 @@ def _bon(args) -> int:
         if np.any(log_n < 0):
             raise ValueError(f"--log-n must be >= 0; got {args.log_n}")
     else:
-        ns = _float_list(args.n or "1,2,4,8,16,64,256,1024,1e6", "--n")
+        ns = _float_list(args.n or "1,2,4,8,16,64,256,1024,1e6", "--n",
+                         hint=" (for N beyond float range give --log-n)")
         if np.any(ns < 1):
             raise ValueError(f"--n must be >= 1; got {args.n}")
         log_n = np.log(ns)
@@ -192,7 +196,7 @@ def _bon(args) -> int:
         er = np.array([b.expected_reward for b in bs])
         wr = np.array([b.win_rate for b in bs])
     with np.errstate(over="ignore"):
-        nn = np.exp(log_n)
+        nn = ns if args.log_n is None else np.exp(log_n)
         bound = np.where(log_n > 700, log_n - 1.0, log_n + np.expm1(-log_n))
     cols = {"log_n": log_n, "kl": np.asarray(kl, float), "kl_bound": bound,
             "expected_reward": np.asarray(er, float), "win_rate": np.asarray(wr, float),
@@ -237,8 +241,15 @@ _MODEL_HELP = ("bernoulli, ternary, zipf, english-sentiment (needs tiltlab[data]
                "of an .npz file with arrays logits and rewards (optional names, step)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2), like every other tiltlab error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tiltlab",
         description="Exact numerics for language-model alignment theory. Without a "
         "subcommand, prints the tilted statistics of a built-in Bernoulli model and the "
@@ -301,7 +312,11 @@ def main(argv=None) -> int:
     try:
         return _COMMANDS.get(args.command, _demo)(args)
     except (ValueError, TypeError, MissingDependency) as exc:
+        if os.environ.get("TILTLAB_DEBUG"):
+            raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "step=" in msg and getattr(args, "model", "").endswith(".npz"):
+            msg += " (in a model file: add a scalar array 'step' to the .npz)"
         print(f"tiltlab {args.command or ''}: error: {msg}".replace("  ", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
