@@ -176,7 +176,7 @@ def _plot_cumulants(e: Experiment, model: Model):
     if np.all(tok != 0):
         a1.set_yscale("log")
     a1.set_xlabel("order k")
-    a1.set_ylabel("scaled cumulant")
+    a1.set_ylabel("|scaled cumulant|")
     a1.set_title("κ_k(R)/n = κ_k(r)")
     a1.legend(fontsize=7)
     f, g = e.tables["scaled_cgf_formula"], e.tables["scaled_cgf_exact_law"]
