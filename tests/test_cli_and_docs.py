@@ -15,13 +15,14 @@ import tiltlab.divergence
 import tiltlab.largedev
 import tiltlab.memoryless
 import tiltlab.models
+import tiltlab.policies
 import tiltlab.special
 import tiltlab.tilting
 
 
 @pytest.mark.parametrize("module", [tiltlab.tilting, tiltlab.special, tiltlab.divergence,
                                     tiltlab.bestofn, tiltlab.memoryless, tiltlab.largedev,
-                                    tiltlab.models])
+                                    tiltlab.models, tiltlab.policies])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

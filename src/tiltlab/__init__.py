@@ -19,6 +19,14 @@ from tiltlab.divergence import kl_divergence
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
 from tiltlab.models import Model, load_model
+from tiltlab.policies import (
+    PolicyLaw,
+    best_of_poisson,
+    calibrated_tilt,
+    rewind_and_repeat,
+    soft_best_of_n,
+    worst_of_n,
+)
 from tiltlab.report import reproduce
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
@@ -49,6 +57,12 @@ __all__ = [
     "SequenceBestOfN",
     "Asymptotics",
     "Model",
+    "PolicyLaw",
+    "best_of_poisson",
+    "calibrated_tilt",
+    "rewind_and_repeat",
+    "soft_best_of_n",
+    "worst_of_n",
     "load_model",
     "reproduce",
     "TiltStats",
