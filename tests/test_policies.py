@@ -290,3 +290,60 @@ def test_policy_bad_input(call, match):
     lg, r = np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 30.0])
     with pytest.raises(ValueError, match=match):
         call(lg, r)
+
+
+@pytest.mark.parametrize("method, grid, kw, single", [
+    ("best_of_n", [1.0, 2.0, 7.5, 1e6], {}, lambda lg, r, x: tiltlab.best_of_n(lg, r, n=x)),
+    ("worst_of_n", [1.0, 3.0, 1e3], {}, lambda lg, r, x: tiltlab.worst_of_n(lg, r, n=x)),
+    ("soft_best_of_n", [0.0, 0.2, 1.0, np.inf], {"n": 6},
+     lambda lg, r, x: tiltlab.soft_best_of_n(lg, r, 6, x)),
+    ("soft_best_of_n", [1.0, 3.0, 50.0], {"temperature": 0.4},
+     lambda lg, r, x: tiltlab.soft_best_of_n(lg, r, x, 0.4)),
+    ("best_of_poisson", [0.0, 1.0, 30.0], {}, lambda lg, r, x: tiltlab.best_of_poisson(lg, r, x)),
+    ("rewind_and_repeat", [1.0, 0.3, 0.01], {},
+     lambda lg, r, x: tiltlab.rewind_and_repeat(lg, r, x)),
+    ("calibrated_tilt", [-1.0, 0.0, 5.0], {}, lambda lg, r, x: tiltlab.calibrated_tilt(lg, r, x)),
+])
+def test_policy_frontier_matches_the_single_policies(method, grid, kw, single):
+    rng = np.random.default_rng(11)
+    lg, r = rng.normal(size=60), np.round(rng.normal(size=60), 1)
+    f = tiltlab.policy_frontier(lg, r, method, grid, **kw)
+    assert f.method == method and f.kl.shape == (len(grid),)
+    for i, x in enumerate(grid):
+        law = single(lg, r, x)
+        assert f.kl[i] == pytest.approx(float(law.kl), rel=1e-12, abs=1e-15)
+        assert f.expected_reward[i] == pytest.approx(float(law.expected_reward), rel=1e-12)
+        assert f.win_rate[i] == pytest.approx(float(law.win_rate), rel=1e-12)
+
+
+def test_policy_frontier_tilted_and_shape_of_the_comparison():
+    rng = np.random.default_rng(2)
+    lg, r = rng.normal(size=200), rng.normal(size=200)
+    lam = np.array([0.0, 0.5, 2.0, np.inf])
+    f = tiltlab.policy_frontier(lg, r, "tilted", lam)
+    st_ = tiltlab.tilt_stats(lg, r, lam)
+    np.testing.assert_allclose(f.kl, st_.kl, rtol=1e-13)
+    np.testing.assert_allclose(f.expected_reward, st_.mean, rtol=1e-13)
+    p_top = float(np.exp(lg[np.argmax(r)] - np.logaddexp.reduce(lg)))
+    assert f.win_rate[0] == pytest.approx(0.5, rel=1e-14)
+    assert f.win_rate[-1] == pytest.approx(1 - 0.5 * p_top, rel=1e-14)   # lam = inf
+    for j in range(1, 3):
+        assert f.win_rate[j] == pytest.approx(_tilt_win(lg, r, lam[j]), rel=1e-12)
+    # the tilt is optimal for reward at equal KL: every other policy lies below it
+    bon = tiltlab.policy_frontier(lg, r, "best_of_n", np.geomspace(1, 1e4, 20))
+    ref = tiltlab.frontier(lg, r, bon.kl)
+    assert np.all(bon.expected_reward <= ref + 1e-12)
+
+
+@pytest.mark.parametrize("args, kw, match", [
+    (("nope", [1.0]), {}, "method must be one of"),
+    (("best_of_n", []), {}, "grid is empty"),
+    (("best_of_n", [0.5]), {}, "N must be finite and >= 1"),
+    (("soft_best_of_n", [1.0]), {}, "exactly one of n="),
+    (("soft_best_of_n", [-1.0]), {"n": 4}, "temperatures must be >= 0"),
+    (("rewind_and_repeat", [0.0]), {}, "eps"),
+    (("best_of_poisson", [np.nan]), {}, "NaN"),
+])
+def test_policy_frontier_bad_input(args, kw, match):
+    with pytest.raises(ValueError, match=match):
+        tiltlab.policy_frontier(np.zeros(3), [0.0, 1.0, 2.0], *args, **kw)

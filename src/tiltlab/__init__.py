@@ -20,9 +20,11 @@ from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergenc
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
 from tiltlab.models import Model, load_model
 from tiltlab.policies import (
+    Frontier,
     PolicyLaw,
     best_of_poisson,
     calibrated_tilt,
+    policy_frontier,
     rewind_and_repeat,
     soft_best_of_n,
     worst_of_n,
@@ -58,6 +60,8 @@ __all__ = [
     "Asymptotics",
     "Model",
     "PolicyLaw",
+    "Frontier",
+    "policy_frontier",
     "best_of_poisson",
     "calibrated_tilt",
     "rewind_and_repeat",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,8 +40,8 @@ from tiltlab import _validation as V
 from tiltlab.bestofn import reward_levels, sample_best_of_n
 from tiltlab.tilting import tilt_stats
 
-__all__ = ["PolicyLaw", "soft_best_of_n", "worst_of_n", "best_of_poisson",
-           "rewind_and_repeat", "calibrated_tilt"]
+__all__ = ["PolicyLaw", "Frontier", "METHODS", "policy_frontier", "soft_best_of_n",
+           "worst_of_n", "best_of_poisson", "rewind_and_repeat", "calibrated_tilt"]
 
 
 def _log1mexp(x: np.ndarray) -> np.ndarray:
@@ -129,15 +130,19 @@ class PolicyLaw:
                                 n_threads=n_threads)
 
 
-def _finish(method: str, params: dict, logits, rewards, lv: _Levels,
-            log_w: np.ndarray) -> PolicyLaw:
-    log_w = np.asarray(log_w, dtype=np.float64)
+def _level_metrics(lv: _Levels, log_w: np.ndarray) -> tuple[float, float, float]:
+    """KL(pi || p), E_pi r and the win rate of a level law (module docstring)."""
     w = np.exp(log_w)
     with np.errstate(invalid="ignore", divide="ignore"):
         kl_terms = np.where(w > 0, w * (log_w - lv.log_mass), 0.0)
-    kl = max(float(np.sum(kl_terms)), 0.0)
-    er = float(np.dot(w, lv.values))
-    win = float(np.dot(w, lv.below + 0.5 * lv.mass))
+    return (max(float(np.sum(kl_terms)), 0.0), float(np.dot(w, lv.values)),
+            float(np.dot(w, lv.below + 0.5 * lv.mass)))
+
+
+def _finish(method: str, params: dict, logits, rewards, lv: _Levels,
+            log_w: np.ndarray) -> PolicyLaw:
+    log_w = np.asarray(log_w, dtype=np.float64)
+    kl, er, win = _level_metrics(lv, log_w)
     lg = np.asarray(logits, dtype=np.float64)
     rw = np.asarray(rewards, dtype=np.float64)
     return PolicyLaw(method, params, kl, er, win, lv.values, log_w, lg, rw, lv.log_mass)
@@ -184,12 +189,21 @@ def worst_of_n(logits: ArrayLike, rewards: ArrayLike, n: float | None = None, *,
     """
     ln = _log_n(n, log_n)
     lv = _levels(logits, rewards)
-    vals = np.ascontiguousarray(-lv.values[::-1])
-    lm = np.ascontiguousarray(lv.log_mass[::-1])
+    return _finish("worst_of_n", {"log_n": ln}, logits, rewards, lv, _w_worst(lv, ln))
+
+
+def _w_bon(values: np.ndarray, log_mass: np.ndarray, log_n: float) -> np.ndarray:
+    """The compiled best-of-N level law (tl_bon_law) on ascending levels."""
+    vals = np.ascontiguousarray(values, dtype=np.float64)
     log_w = np.empty_like(vals)
     a = np.empty_like(vals)
-    _lattice.level_law(vals, lm, ln, True, log_w, a)
-    return _finish("worst_of_n", {"log_n": ln}, logits, rewards, lv, log_w[::-1].copy())
+    _lattice.level_law(vals, np.ascontiguousarray(log_mass, dtype=np.float64), log_n, True,
+                       log_w, a)
+    return log_w
+
+
+def _w_worst(lv: _Levels, log_n: float) -> np.ndarray:
+    return _w_bon(-lv.values[::-1], lv.log_mass[::-1], log_n)[::-1].copy()
 
 
 def _log_n(n, log_n) -> float:
@@ -228,6 +242,12 @@ def best_of_poisson(logits: ArrayLike, rewards: ArrayLike, mu: float) -> PolicyL
     """
     mu_v = _real(mu, "mu", lo=0.0)
     lv = _levels(logits, rewards)
+    return _finish("best_of_poisson", {"mu": mu_v}, logits, rewards, lv, _w_poisson(lv, mu_v))
+
+
+def _w_poisson(lv: _Levels, mu_v: float) -> np.ndarray:
+    if mu_v == 0.0:
+        return lv.log_mass.copy()                   # N = 1: p itself, exactly
     log_g = lv.log_cdf - mu_v * lv.above
     # log(F_j / F_{j-1}) = log1p(m_j / F_{j-1}) = softplus(log m_j - log F_{j-1})
     with np.errstate(divide="ignore"):
@@ -235,9 +255,7 @@ def best_of_poisson(logits: ArrayLike, rewards: ArrayLike, mu: float) -> PolicyL
     ratio = np.logaddexp(0.0, lv.log_mass - prev)
     log_w = log_g + _log1mexp(ratio + mu_v * lv.mass)
     log_w[0] = log_g[0]
-    if mu_v == 0.0:
-        log_w = lv.log_mass.copy()                  # N = 1: p itself, exactly
-    return _finish("best_of_poisson", {"mu": mu_v}, logits, rewards, lv, log_w)
+    return log_w
 
 
 def rewind_and_repeat(logits: ArrayLike, rewards: ArrayLike, eps: float) -> PolicyLaw:
@@ -270,9 +288,12 @@ def rewind_and_repeat(logits: ArrayLike, rewards: ArrayLike, eps: float) -> Poli
     if e > 1.0:
         raise ValueError(f"eps must be <= 1; got {e}")
     lv = _levels(logits, rewards)
+    return _finish("rewind_and_repeat", {"eps": e}, logits, rewards, lv, _w_rewind(lv, e))
+
+
+def _w_rewind(lv: _Levels, e: float) -> np.ndarray:
     if e == 1.0:
-        return _finish("rewind_and_repeat", {"eps": e}, logits, rewards, lv,
-                       lv.log_mass.copy())
+        return lv.log_mass.copy()
     log_e = math.log(e)
     with np.errstate(divide="ignore"):
         log_w = np.full(lv.values.size, -np.inf)
@@ -283,7 +304,7 @@ def rewind_and_repeat(logits: ArrayLike, rewards: ArrayLike, eps: float) -> Poli
             b = int(j[-1])                          # the boundary level
             log_w[b] = math.log(max(e - lv.above[b], 0.0)) - log_e if e > lv.above[b] \
                 else -np.inf
-    return _finish("rewind_and_repeat", {"eps": e}, logits, rewards, lv, log_w)
+    return log_w
 
 
 def calibrated_tilt(logits: ArrayLike, rewards: ArrayLike, c: float) -> PolicyLaw:
@@ -313,10 +334,12 @@ def calibrated_tilt(logits: ArrayLike, rewards: ArrayLike, c: float) -> PolicyLa
     """
     cv = _real(c, "c")
     lv = _levels(logits, rewards)
-    q = lv.below + 0.5 * lv.mass
-    s = lv.log_mass + cv * q
-    log_w = s - np.logaddexp.reduce(s)
-    return _finish("calibrated_tilt", {"c": cv}, logits, rewards, lv, log_w)
+    return _finish("calibrated_tilt", {"c": cv}, logits, rewards, lv, _w_calibrated(lv, cv))
+
+
+def _w_calibrated(lv: _Levels, cv: float) -> np.ndarray:
+    s = lv.log_mass + cv * (lv.below + 0.5 * lv.mass)
+    return s - np.logaddexp.reduce(s)
 
 
 # --------------------------------------------------------------------------------------
@@ -495,21 +518,144 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
         raise ValueError(f"temperature must be >= 0; got {t}")
     lv = _levels(logits, rewards)
     params = {"n": nv, "temperature": t}
+    log_w, total = _w_soft(lv, nv, t)
+    if total is not None:
+        params["quadrature_mass"] = total
+    return _finish("soft_best_of_n", params, logits, rewards, lv, log_w)
+
+
+def _w_soft(lv: _Levels, nv: float, t: float):
     spread = float(lv.values[-1] - lv.values[0])
     if t == math.inf or nv == 1.0 or lv.values.size == 1:
-        log_w = lv.log_mass.copy()
-    elif t == 0.0 or spread / t > _MAX_SPREAD:
-        if t != 0.0 and spread / t > _MAX_SPREAD:
-            raise ValueError(f"temperature={t} is too small for the reward spread {spread:g} "
-                             f"(spread/temperature > {_MAX_SPREAD:g}); use temperature=0, "
-                             "which is best-of-n exactly")
-        vals = np.ascontiguousarray(lv.values)
-        log_w = np.empty_like(vals)
-        a = np.empty_like(vals)
-        _lattice.level_law(vals, np.ascontiguousarray(lv.log_mass), math.log(nv), True,
-                           log_w, a)
+        return lv.log_mass.copy(), None
+    if t == 0.0:
+        return _w_bon(lv.values, lv.log_mass, math.log(nv)), None
+    if spread / t > _MAX_SPREAD:
+        raise ValueError(f"temperature={t} is too small for the reward spread {spread:g} "
+                         f"(spread/temperature > {_MAX_SPREAD:g}); use temperature=0, "
+                         "which is best-of-n exactly")
+    log_p, total = _soft_level_law(lv, nv, t)
+    return log_p - math.log(total), total
+
+
+# --------------------------------------------------------------------------------------
+# one frontier API for all policies
+# --------------------------------------------------------------------------------------
+
+class Frontier(NamedTuple):
+    """KL, expected reward and win rate of one policy family over a parameter grid."""
+
+    method: str
+    parameter: np.ndarray
+    kl: np.ndarray
+    expected_reward: np.ndarray
+    win_rate: np.ndarray
+
+
+METHODS = ("tilted", "best_of_n", "worst_of_n", "soft_best_of_n", "best_of_poisson",
+           "rewind_and_repeat", "calibrated_tilt")
+
+
+def policy_frontier(logits: ArrayLike, rewards: ArrayLike, method: str, grid: ArrayLike, *,
+                    n: float | None = None, temperature: float | None = None) -> Frontier:
+    """(KL, expected reward, win rate) of a policy family over a grid of its parameter.
+
+    One API for every policy of SPEC sections 2-3, computed exactly on the reward levels of
+    ``p`` (which are found once).  ``grid`` is the family's own parameter:
+
+    ``tilted``: lam; ``best_of_n`` and ``worst_of_n``: N; ``soft_best_of_n``: the
+    temperature at fixed ``n=``, or n at fixed ``temperature=``; ``best_of_poisson``: mu;
+    ``rewind_and_repeat``: eps; ``calibrated_tilt``: c.
+
+    Parameters
+    ----------
+    logits, rewards : array_like, shape (V,)
+        The reference ``p`` and finite rewards.
+    method : str
+        One of ``tiltlab.policies.METHODS``.
+    grid : array_like, 1-d
+        Parameter values.
+    n, temperature : float, optional
+        The fixed parameter of ``soft_best_of_n`` (exactly one).
+
+    Returns
+    -------
+    Frontier
+        ``method``, ``parameter`` (the grid) and arrays ``kl``, ``expected_reward`` and
+        ``win_rate`` of the same length.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> lg, r = np.log([0.5, 0.3, 0.2]), [0.0, 1.0, 3.0]
+    >>> f = tiltlab.policy_frontier(lg, r, "best_of_n", [1, 2, 4])
+    >>> np.round(f.win_rate, 6).tolist()
+    [0.5, 0.64, 0.7726]
+    >>> g = tiltlab.policy_frontier(lg, r, "calibrated_tilt", [0.0, 2.0])
+    >>> np.round(g.kl, 6).tolist()
+    [0.0, 0.139954]
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    g = V.as_real_array(grid, "grid").astype(np.float64).reshape(-1)
+    if g.size == 0:
+        raise ValueError("grid is empty")
+    if np.isnan(g).any():
+        raise ValueError("grid contains NaN")
+    if method == "tilted":
+        lam = g
+        st = tilt_stats(logits, rewards, lam)
+        lv = _levels(logits, rewards)
+        win = np.array([_level_metrics(lv, _w_tilt(lv, x))[2] for x in lam])
+        return Frontier(method, g, np.asarray(st.kl, float).reshape(-1),
+                        np.asarray(st.mean, float).reshape(-1), win)
+    lv = _levels(logits, rewards)
+    if method == "soft_best_of_n":
+        if (n is None) == (temperature is None):
+            raise ValueError("soft_best_of_n needs exactly one of n= (grid over the "
+                             "temperature) and temperature= (grid over n)")
+        if n is not None:
+            nv = _real(n, "n", lo=1.0)
+            laws = []
+            for t in g:
+                if not t >= 0:
+                    raise ValueError(f"temperatures must be >= 0; got {t}")
+                laws.append(_w_soft(lv, nv, float(t))[0])
+        else:
+            t = V.scalar_param(temperature, "temperature", allow_inf=True)
+            if not t >= 0:
+                raise ValueError(f"temperature must be >= 0; got {t}")
+            if np.any(g < 1) or not np.all(np.isfinite(g)):
+                raise ValueError("the grid of n must be finite and >= 1")
+            laws = [_w_soft(lv, float(x), t)[0] for x in g]
+    elif method in ("best_of_n", "worst_of_n"):
+        if np.any(g < 1) or not np.all(np.isfinite(g)):
+            raise ValueError("the grid of N must be finite and >= 1")
+        fn = _w_worst if method == "worst_of_n" else (
+            lambda lv_, ln: _w_bon(lv_.values, lv_.log_mass, ln))
+        laws = [fn(lv, math.log(x)) for x in g]
+    elif method == "best_of_poisson":
+        if np.any(g < 0) or not np.all(np.isfinite(g)):
+            raise ValueError("the grid of mu must be finite and >= 0")
+        laws = [_w_poisson(lv, float(x)) for x in g]
+    elif method == "rewind_and_repeat":
+        if np.any(g <= 0) or np.any(g > 1):
+            raise ValueError("the grid of eps must lie in (0, 1]")
+        laws = [_w_rewind(lv, float(x)) for x in g]
     else:
-        log_p, total = _soft_level_law(lv, nv, t)
-        params["quadrature_mass"] = total
-        log_w = log_p - math.log(total)
-    return _finish("soft_best_of_n", params, logits, rewards, lv, log_w)
+        if not np.all(np.isfinite(g)):
+            raise ValueError("the grid of c must be finite")
+        laws = [_w_calibrated(lv, float(x)) for x in g]
+    out = np.array([_level_metrics(lv, w) for w in laws]).reshape(-1, 3)
+    return Frontier(method, g, out[:, 0], out[:, 1], out[:, 2])
+
+
+def _w_tilt(lv: _Levels, lam: float) -> np.ndarray:
+    """Level law of the exponential tilt (used for its win rate)."""
+    if lam == math.inf or lam == -math.inf:
+        keep = lv.values.size - 1 if lam > 0 else 0
+        out = np.full(lv.values.size, -np.inf)
+        out[keep] = 0.0
+        return out
+    s = lv.log_mass + lam * (lv.values - lv.values[-1])
+    return s - np.logaddexp.reduce(s)
