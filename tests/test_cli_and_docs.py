@@ -12,6 +12,7 @@ import pytest
 import tiltlab
 import tiltlab.bestofn
 import tiltlab.divergence
+import tiltlab.estimators
 import tiltlab.largedev
 import tiltlab.memoryless
 import tiltlab.models
@@ -22,7 +23,7 @@ import tiltlab.tilting
 
 @pytest.mark.parametrize("module", [tiltlab.tilting, tiltlab.special, tiltlab.divergence,
                                     tiltlab.bestofn, tiltlab.memoryless, tiltlab.largedev,
-                                    tiltlab.models, tiltlab.policies])
+                                    tiltlab.models, tiltlab.policies, tiltlab.estimators])
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

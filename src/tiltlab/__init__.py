@@ -16,6 +16,7 @@ from tiltlab.bestofn import (
     simulate_best_of_n,
 )
 from tiltlab.divergence import kl_divergence
+from tiltlab.estimators import EstimatorStudy, KLEstimates, estimator_study, kl_estimators
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
 from tiltlab.models import Model, load_model
@@ -60,6 +61,10 @@ __all__ = [
     "Asymptotics",
     "Model",
     "PolicyLaw",
+    "KLEstimates",
+    "EstimatorStudy",
+    "kl_estimators",
+    "estimator_study",
     "Frontier",
     "policy_frontier",
     "best_of_poisson",
