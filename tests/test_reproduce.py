@@ -24,11 +24,12 @@ needs_data = pytest.mark.skipif(not HAVE_DATA, reason='needs the data extra: '
                                 'pip install "tiltlab[data]" (wordfreq, vaderSentiment)')
 
 FIGURES = ["fig1_frontier.png", "fig2_kl_to_tilt.png", "fig3_large_deviations.png",
-           "fig4_cumulants.png", "fig5_samples.png", "fig6_win_rate.png"]
+           "fig4_cumulants.png", "fig5_samples.png", "fig6_win_rate.png",
+           "fig7_policies.png"]
 TABLES = ["frontier_tilted", "frontier_best_of_n", "kl_to_tilt", "large_deviations",
           "rate_function", "cumulants", "scaled_cgf_exact_law", "scaled_cgf_formula",
           "samples_histogram", "samples_tokens", "win_rate_token", "win_rate_sequence",
-          "win_rate_bound"]
+          "win_rate_bound", "policies"]
 
 
 def _run_cli(*args, env_extra=None, tmp_path=None):
@@ -61,9 +62,9 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
         assert (out / f"{t}.csv").stat().st_size > 0, t
     md = (out / "report.md").read_text(encoding="utf-8")
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert md.count("## Figure") == 6 and all(f in md for f in FIGURES)
-    assert html.count("data:image/png;base64,") == 6
-    assert md.count("**Claim**") == 6 and md.count("**Numbers**") == 6
+    assert md.count("## Figure") == 7 and all(f in md for f in FIGURES)
+    assert html.count("data:image/png;base64,") == 7
+    assert md.count("**Claim**") == 7 and md.count("**Numbers**") == 7
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == model.name and run["seed"] == 0
     assert run["tiltlab"] == tiltlab.__version__ and set(run["timings_seconds"]) == set(
@@ -150,6 +151,31 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
     np.testing.assert_allclose(wt["kl"][s], bon1.kl, rtol=1e-10, atol=1e-14)
     bd = read_csv(out / "win_rate_bound.csv")
     np.testing.assert_allclose(bd["win_rate"], bd["n"] / (bd["n"] + 1), rtol=1e-15)
+    # 7. policies: rows recomputed with the single-policy functions
+    pol = read_csv(out / "policies.csv")
+    assert set(pol["method"].tolist()) >= {"tilted", "calibrated_tilt", "best_of_n",
+                                           "best_of_poisson", "rewind_and_repeat"}
+    single = {"best_of_n": lambda x: tiltlab.best_of_n(lg, rw, n=x),
+              "best_of_poisson": lambda x: tiltlab.best_of_poisson(lg, rw, x),
+              "rewind_and_repeat": lambda x: tiltlab.rewind_and_repeat(lg, rw, x),
+              "calibrated_tilt": lambda x: tiltlab.calibrated_tilt(lg, rw, x),
+              "soft_best_of_n": lambda x: tiltlab.soft_best_of_n(lg, rw, 64, x)}
+    for method, fn in single.items():
+        i = int(np.flatnonzero(pol["method"] == method)[len(
+            np.flatnonzero(pol["method"] == method)) // 2])
+        law = fn(pol["parameter"][i])
+        assert pol["kl"][i] == pytest.approx(float(law.kl), rel=1e-12, abs=1e-15), method
+        assert pol["win_rate"][i] == pytest.approx(float(law.win_rate), rel=1e-12), method
+    # the optimality claims, on the exact numbers
+    cal = pol["method"] == "calibrated_tilt"
+    til = pol["method"] == "tilted"
+    for method in single:
+        s = pol["method"] == method
+        assert np.all(pol["win_rate"][s] <= np.interp(pol["kl"][s], pol["kl"][cal],
+                                                      pol["win_rate"][cal]) + 1e-6), method
+        inside = pol["kl"][s] <= pol["kl"][til].max()
+        assert np.all(pol["expected_reward"][s][inside] <= np.interp(
+            pol["kl"][s][inside], pol["kl"][til], pol["expected_reward"][til]) + 1e-6), method
     return run
 
 
@@ -514,3 +540,46 @@ def test_csv_round_trip_is_exact(tmp_path):
     assert back["s"].tolist() == list("abcde")
     with pytest.raises(ValueError, match="differ in length"):
         write_csv(tmp_path / "u.csv", {"a": np.zeros(2), "b": np.zeros(3)})
+
+
+def test_cli_frontier_methods(capsys):
+    lg, r = np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0])
+    assert main(["frontier", "--model", "ternary", "--method", "soft_best_of_n", "--n", "8",
+                 "--grid", "0.3,1,inf", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r_["temperature"] for r_ in rows] == [0.3, 1.0, "inf"]
+    law = tiltlab.soft_best_of_n(lg, r, 8, 0.3)
+    assert rows[0]["kl"] == pytest.approx(law.kl, rel=1e-13)
+    assert rows[2]["kl"] == 0.0 and rows[2]["win_rate"] == pytest.approx(0.5)
+    for method, grid, fn in [
+            ("best_of_poisson", "2", lambda: tiltlab.best_of_poisson(lg, r, 2.0)),
+            ("rewind_and_repeat", "0.3", lambda: tiltlab.rewind_and_repeat(lg, r, 0.3)),
+            ("calibrated_tilt", "3", lambda: tiltlab.calibrated_tilt(lg, r, 3.0)),
+            ("worst_of_n", "5", lambda: tiltlab.worst_of_n(lg, r, n=5.0)),
+            ("best_of_n", "5", lambda: tiltlab.best_of_n(lg, r, n=5.0))]:
+        assert main(["frontier", "--model", "ternary", "--method", method, "--grid", grid,
+                     "--format", "csv"]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        row = dict(zip(lines[0].split(","), map(float, lines[1].split(",")), strict=True))
+        law = fn()
+        assert row["kl"] == pytest.approx(float(law.kl), rel=1e-13, abs=1e-15), method
+        assert row["win_rate"] == pytest.approx(float(law.win_rate), rel=1e-13), method
+    assert main(["frontier", "--model", "ternary", "--method", "soft_best_of_n",
+                 "--temperature", "0.5", "--grid", "1,4", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("n,kl,")
+    assert float(lines[2].split(",")[1]) == pytest.approx(
+        tiltlab.soft_best_of_n(lg, r, 4, 0.5).kl, rel=1e-13)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["frontier", "--method", "best_of_n", "--length", "3"], "one token"),
+    (["frontier", "--method", "best_of_n", "--kl", "0.1"], "--kl applies to --method tilted"),
+    (["frontier", "--grid", "1,2"], "give budgets with --kl"),
+    (["frontier", "--method", "rewind_and_repeat", "--grid", "2"], "eps must lie in (0, 1]"),
+    (["frontier", "--method", "soft_best_of_n", "--grid", "nan"], "--grid"),
+])
+def test_cli_frontier_method_errors(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1

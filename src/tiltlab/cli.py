@@ -84,7 +84,7 @@ def _info(args) -> int:
 # tables: tiltlab frontier / tiltlab bon
 # --------------------------------------------------------------------------------------
 
-def _float_list(text: str, name: str, hint: str = "") -> np.ndarray:
+def _float_list(text: str, name: str, hint: str = "", finite: bool = True) -> np.ndarray:
     try:
         vals = np.array([float(x) for x in text.replace(" ", "").split(",") if x != ""])
     except ValueError:
@@ -92,7 +92,7 @@ def _float_list(text: str, name: str, hint: str = "") -> np.ndarray:
             from None
     if vals.size == 0:
         raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(vals)):
+    if np.isnan(vals).any() or (finite and not np.all(np.isfinite(vals))):
         raise ValueError(f"{name} must be finite numbers; got {text!r}{hint}")
     return vals
 
@@ -134,11 +134,56 @@ def _model_arg(args):
     return load_model(args.model, **opts)
 
 
+_DEFAULT_GRIDS = {
+    "best_of_n": "1,2,4,8,16,64,256,1024",
+    "worst_of_n": "1,2,4,8,16,64,256,1024",
+    "soft_best_of_n": "0,0.05,0.1,0.2,0.5,1,2,5,inf",
+    "best_of_poisson": "0,1,3,7,15,63,255,1023",
+    "rewind_and_repeat": "1,0.5,0.25,0.1,0.05,0.01,0.001",
+    "calibrated_tilt": "0,1,2,4,8,16,32,64",
+}
+_PARAMETER = {"best_of_n": "N", "worst_of_n": "N", "best_of_poisson": "mu",
+              "rewind_and_repeat": "eps", "calibrated_tilt": "c"}
+
+
+def _policy_table(args, m) -> int:
+    import tiltlab
+
+    method = args.method
+    if args.length != 1:
+        raise ValueError(f"--method {method} is computed for one token; drop --length")
+    if args.kl is not None:
+        raise ValueError("--kl applies to --method tilted; give --grid for the other methods")
+    kw, pname = {}, _PARAMETER.get(method, "")
+    if method == "soft_best_of_n":
+        if args.temperature is not None:
+            kw["temperature"] = args.temperature
+            grid_text, pname = args.grid or "1,2,4,8,16,64,256", "n"
+        else:
+            kw["n"] = args.n_draws if args.n_draws is not None else 16.0
+            grid_text, pname = args.grid or _DEFAULT_GRIDS[method], "temperature"
+    else:
+        grid_text = args.grid or _DEFAULT_GRIDS[method]
+    grid = _float_list(grid_text.replace("inf", "1e999"), "--grid", finite=False)
+    f = tiltlab.policy_frontier(m.logits, m.rewards, method, grid, **kw)
+    fixed = ", ".join(f"{k} = {v:g}" for k, v in kw.items())
+    _emit({pname: f.parameter, "kl": f.kl, "expected_reward": f.expected_reward,
+           "win_rate": f.win_rate}, args.format,
+          f"# {method} of {m.name}, exact law on one token{'; ' + fixed if fixed else ''}",
+          {"win_rate": "{:.6f}", pname: "{:.6g}"})
+    return 0
+
+
 def _frontier(args) -> int:
     import tiltlab
     from tiltlab.experiments import _tilted_win_rate_levels
 
     m = _model_arg(args)
+    if args.method != "tilted":
+        return _policy_table(args, m)
+    if args.grid is not None or args.n_draws is not None or args.temperature is not None:
+        raise ValueError("--grid, --n and --temperature apply to the other --method values; "
+                         "give budgets with --kl")
     n = args.length
     kmax = float(tiltlab.kl_max(m.logits, m.rewards)) + 0.0
     kl = _float_list(args.kl, "--kl") if args.kl else \
@@ -283,10 +328,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="per-token KL budget; N = e^(n delta) (default 0.3 or kl_max/4)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summaries")
 
-    f = sub.add_parser("frontier", help="table of the optimal policy: KL, lam, reward, win rate")
+    f = sub.add_parser("frontier", help="table of a policy family: KL, reward, win rate",
+                       description="The optimal (tilted) policy per KL budget, or with "
+                       "--method another policy family over a grid of its parameter.")
     common(f, "bernoulli")
+    f.add_argument("--method", default="tilted",
+                   choices=("tilted", "best_of_n", "worst_of_n", "soft_best_of_n",
+                            "best_of_poisson", "rewind_and_repeat", "calibrated_tilt"),
+                   help="policy family (default tilted)")
     f.add_argument("--kl", default=None,
-                   help="comma-separated KL budgets in nats for the whole sequence")
+                   help="tilted: comma-separated KL budgets in nats for the whole sequence")
+    f.add_argument("--grid", default=None,
+                   help="other methods: comma-separated values of the family's parameter "
+                   "(N, temperature, mu, eps or c; 'inf' allowed where it means a limit)")
+    f.add_argument("--n", dest="n_draws", type=float, default=None,
+                   help="soft_best_of_n: the number of candidates (default 16; grid over "
+                   "the temperature)")
+    f.add_argument("--temperature", type=float, default=None,
+                   help="soft_best_of_n: a fixed temperature (the grid is then over n)")
     f.add_argument("--length", type=_positive_int, default=1,
                    help="sequence length n of the memoryless model (default 1)")
     f.add_argument("--format", choices=("text", "csv", "json"), default="text")

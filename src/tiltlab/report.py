@@ -29,7 +29,7 @@ from tiltlab.models import MissingDependency, Model, load_model
 __all__ = ["reproduce", "write_csv", "read_csv"]
 
 _FIGURE_ORDER = ("frontier", "kl_to_tilt", "large_deviations", "cumulants", "samples",
-                 "win_rate")
+                 "win_rate", "policies")
 
 
 # --------------------------------------------------------------------------------------
@@ -251,6 +251,40 @@ def _plot_win_rate(e: Experiment, model: Model):
     return fig
 
 
+_POLICY_STYLE = {
+    "tilted": ("black", "-", "tilt p·e^(λr)"),
+    "calibrated_tilt": ("tab:red", "-", "calibrated tilt p·e^(cQ)"),
+    "best_of_n": ("tab:blue", "-", "best-of-N"),
+    "soft_best_of_n": ("tab:green", "--", "soft best-of-n (n = 64)"),
+    "best_of_poisson": ("tab:purple", ":", "best-of-Poisson"),
+    "rewind_and_repeat": ("tab:orange", "-.", "rewind-and-repeat"),
+}
+
+
+def _plot_policies(e: Experiment, model: Model):
+    fig, (a1, a2) = _figure(2, 5.4)
+    t = e.tables["policies"]
+    for method, (c, ls, lab) in _POLICY_STYLE.items():
+        s = t["method"] == method
+        if not s.any():
+            continue
+        o = np.argsort(t["kl"][s])
+        for a, what in ((a1, "expected_reward"), (a2, "win_rate")):
+            a.plot(t["kl"][s][o], t[what][s][o], ls, color=c, lw=2 if c == "black" else 1.5,
+                   label=lab)
+    a1.set_ylabel("expected reward E r")
+    a1.set_title("reward: the tilt is optimal")
+    a2.set_ylabel("win rate against p (ties ½)")
+    a2.set_title("win rate: the calibrated tilt is optimal")
+    for a in (a1, a2):
+        a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
+        a.set_xlabel("KL(π‖p) [nats]")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(f"{model.name}: inference-time policies, exact laws")
+    return fig
+
+
 _PLOTS = {
     "frontier": _plot_frontier,
     "kl_to_tilt": _plot_kl_to_tilt,
@@ -258,6 +292,7 @@ _PLOTS = {
     "cumulants": _plot_cumulants,
     "samples": _plot_samples,
     "win_rate": _plot_win_rate,
+    "policies": _plot_policies,
 }
 
 
