@@ -198,3 +198,12 @@ cdef extern from "tl_lattice.h" nogil:
     int tl_seg_sample(bitgen_t *rng, const tl_seg_node *nodes, int64_t root, const double *vals,
                       int64_t target, const tl_token_tables *tt, int32_t *out)
     int64_t tl_level_draw(bitgen_t *rng, const double *cdf, const int64_t *guide, Py_ssize_t K)
+
+
+cdef extern from "tl_soft.h" nogil:
+    void tl_soft_nodes(const double *u, const int64_t *kon, const int64_t *koff, int64_t i0,
+                       int64_t i1, const double *lw, const double *elw, const double *m,
+                       double *d, double *md)
+    void tl_soft_levels(const double *u, const double *eu, const double *logA,
+                        const int64_t *wlo, const int64_t *whi, const double *lw,
+                        const double *elw, int64_t j0, int64_t j1, double *out)

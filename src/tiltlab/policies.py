@@ -349,136 +349,145 @@ def _w_calibrated(lv: _Levels, cv: float) -> np.ndarray:
 _H = 0.25            # lattice step in u; the rule converges like exp(-pi^2 / h) (~1e-17)
 _LEFT = 50.0         # a level is 'not yet switched off' while n t w < e^-50
 _RIGHT = 7.0         # ... and 'switched off' once t w > e^7 (exp(-t w) < 1e-476)
-_WIN_LO = 41.5       # per-level window: exp(-t w_j) == 1 in double below t w_j < e^-41.5
 _MAX_SPREAD = 1e5    # (r_max - r_min) / temperature beyond which the T -> 0 limit is exact
 
 
-def _soft_level_law(lv: _Levels, n: float, temperature: float) -> tuple[np.ndarray, float]:
-    """log P(level j) of soft best-of-n, and the quadrature's total mass (1 up to rounding)."""
+class _Compiled:
+    """The two hot loops of the quadrature in C (csrc/tl_soft.h), threads over outputs."""
+
+    def __init__(self, n_threads: int):
+        self.nt = n_threads
+
+    def nodes(self, u, kon, koff, lw, m, d, md):
+        _lattice.soft_nodes(u, kon, koff, lw, m, d, md, self.nt)
+
+    def levels(self, u, logA, wlo, whi, lw, out):
+        _lattice.soft_levels(u, logA, wlo, whi, lw, out, self.nt)
+
+
+def _soft_level_law(lv: _Levels, n: float, temperature: float, stages=None,
+                    n_threads: int | None = None) -> tuple[np.ndarray, float]:
+    """log P(level j) of soft best-of-n, and the quadrature's total mass (1 up to rounding).
+
+    ``stages`` supplies the two loops over (node, level) pairs: compiled by default, the
+    NumPy versions in :mod:`tiltlab.reference`."""
+    if stages is None:
+        nt = V.n_threads_value(n_threads)
+        stages = _Compiled(V.threads_for_work(lv.values.size * 64, nt))
     with np.errstate(over="ignore"):       # e^{u + lw} = inf means 'switched off': exact
-        return _soft_level_law_impl(lv, n, temperature)
+        return _soft_level_law_impl(lv, n, temperature, stages)
 
 
-_UNTOUCHED = -37.0   # for z = u + lw < -37, 1 - exp(-e^z) = e^z to relative 5e-17
+_SERIES = -8.0      # for z = u + lw < -8, exp(-e^z) = sum_{r <= 5} (-e^z)^r / r! (x^6/720 < 1e-22)
+_TERMS = 5
 _OFF = 6.7           # for z > 6.7, exp(-e^z) < 1e-350: the level is switched off
 
 
-def _log_m_nodes(u: np.ndarray, lw: np.ndarray, lv: _Levels) -> np.ndarray:
+def _log_prefix(lv: _Levels, lw: np.ndarray, r: int) -> np.ndarray:
+    """log sum_{k < i} m_k e^{r lw_k} for i = 0..L (log-space prefix sums)."""
+    with np.errstate(divide="ignore"):
+        return np.concatenate([[-np.inf], np.logaddexp.accumulate(lv.log_mass + r * lw)])
+
+
+def _log_m_nodes(u: np.ndarray, lw: np.ndarray, lv: _Levels, stages) -> np.ndarray:
     """log M(e^u) at the nodes, M(t) = sum_k m_k exp(-t w_k), in relative precision.
 
-    Per node the levels split into untouched (``e^{u+lw} < e^-37``: they contribute
-    ``m_k e^{u + lw_k}`` to ``D = 1 - M``, a log-space prefix sum), switched off
-    (``e^{u+lw} > e^6.7``: ``m_k``, a suffix sum) and active (computed term by term).
-    ``log M = log1p(-D)`` while ``D < 1/2``, else the log of ``M`` summed directly.
+    Per node the levels split into far (``z = u + lw < -8``: five terms of the series of
+    ``1 - exp(-e^z)``, from log-space prefix sums of ``m_k e^{r lw_k}``), switched off
+    (``z > 6.7``: ``m_k``, a suffix sum) and active (term by term, compiled).
+    ``log M = log1p(-D)`` with ``D = 1 - M`` while ``D < 1/2``, else the log of ``M``
+    summed directly.
     """
     m = lv.mass
-    k_on = np.searchsorted(lw, _UNTOUCHED - u, side="left")     # [0, k_on) untouched
+    k_on = np.searchsorted(lw, _SERIES - u, side="left")        # [0, k_on) far
     k_off = np.searchsorted(lw, _OFF - u, side="right")         # [k_off, L) switched off
     off_mass = np.concatenate([np.cumsum(m[::-1])[::-1], [0.0]])    # sum_{k >= i} m_k
     on_mass = np.concatenate([[0.0], np.cumsum(m)])                 # sum_{k < i} m_k
-    with np.errstate(divide="ignore"):
-        log_pw = np.concatenate([[-np.inf], np.logaddexp.accumulate(lv.log_mass + lw)])
-    d = off_mass[k_off] + np.exp(u + log_pw[k_on])
-    md = on_mass[k_on] - np.exp(u + log_pw[k_on])       # M from untouched levels
-    width = k_off - k_on
-    total = int(width.sum())
-    if total:
-        # all (node, active level) pairs, in chunks of nodes
-        bounds = np.searchsorted(np.cumsum(width), np.arange(0, total, 4_000_000), "left")
-        bounds = np.unique(np.concatenate([bounds, [u.size]]))
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            wv = width[a:b]
-            node = np.repeat(np.arange(a, b), wv)
-            starts = np.repeat(k_on[a:b] - (np.cumsum(wv) - wv), wv)
-            k = starts + np.arange(node.size)
-            x = np.exp(u[node] + lw[k])
-            d[a:b] += np.bincount(node - a, weights=m[k] * -np.expm1(-x), minlength=b - a)
-            md[a:b] += np.bincount(node - a, weights=m[k] * np.exp(-x), minlength=b - a)
+    # sum_far m_k (1 - exp(-x_k)) = -sum_{r=1..5} (-1)^r e^{r u} S_r / r!; smallest first
+    series = np.zeros(u.size)
+    for r in range(_TERMS, 0, -1):
+        series -= (-1) ** r * np.exp(r * u + _log_prefix(lv, lw, r)[k_on]) / math.factorial(r)
+    d = off_mass[k_off] + series
+    md = on_mass[k_on] - series                         # sum_far m_k exp(-x_k)
+    stages.nodes(u, k_on.astype(np.int64), k_off.astype(np.int64), lw, m, d, md)
     with np.errstate(divide="ignore"):
         return np.where(d < 0.5, np.log1p(-np.minimum(d, 0.5)), np.log(np.maximum(md, 0.0)))
 
 
-def _soft_level_law_impl(lv: _Levels, n: float, temperature: float):
+def _log_geometric(first: np.ndarray, count: np.ndarray, rate: float) -> np.ndarray:
+    """log sum_{i=0}^{count-1} e^{rate (first + i)} for rate > 0, count >= 1 (arrays)."""
+    y = rate * count
+    return rate * first + y + np.log(-np.expm1(-y)) - math.log(math.expm1(rate))
+
+
+def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages):
     lw = (lv.values - lv.values[-1]) / temperature          # log w_j <= 0, ascending
     m, L = lv.mass, lv.values.size
-    logn = math.log(n)
-    h = _H
-    # the lattice u_i = i h; explicit nodes only where some level is switching off
-    lo = np.floor((-lw - _LEFT - logn) / h).astype(np.int64)
-    hi = np.ceil((-lw + _RIGHT) / h).astype(np.int64)
-    order = np.argsort(lo, kind="stable")
-    lo, hi = lo[order], hi[order]
-    blocks = []                                             # merged [a, b] index ranges
-    a, b = int(lo[0]), int(hi[0])
-    for x, y in zip(lo[1:].tolist(), hi[1:].tolist(), strict=True):
-        if x <= b + 1:
-            b = max(b, y)
-        else:
-            blocks.append((a, b))
-            a, b = x, y
-    blocks.append((a, b))
-    idx = np.concatenate([np.arange(p, q + 1, dtype=np.int64) for p, q in blocks])
+    logn, h = math.log(n), _H
+    # lattice u_i = i h; explicit nodes only where some level is switching off: the
+    # union of [-lw - 50 - log n, -lw + 7] over levels, merged into blocks
+    lo = np.sort(np.floor((-lw - _LEFT - logn) / h).astype(np.int64))
+    hi = np.sort(np.ceil((-lw + _RIGHT) / h).astype(np.int64))     # same order as lo
+    reach = np.maximum.accumulate(hi)
+    new = np.concatenate([[True], lo[1:] > reach[:-1] + 1])
+    first = np.flatnonzero(new)
+    ba = lo[first]                                           # block starts
+    bb = reach[np.concatenate([first[1:] - 1, [L - 1]])]    # block ends (inclusive)
+    counts = bb - ba + 1
+    noff = np.cumsum(counts) - counts                       # first node of each block
+    idx = np.repeat(ba - noff, counts) + np.arange(int(counts.sum()), dtype=np.int64)
     u = idx * h
-    log_m = _log_m_nodes(u, lw, lv)
+    log_m = _log_m_nodes(u, lw, lv, stages)
     logA = u + (n - 1.0) * log_m + math.log(h)              # log of h e^u M^(n-1) at nodes
-    # gaps between blocks: every level is either untouched or switched off, so the
-    # integrand is h e^{u_i} M_gap^(n-1) with M_gap the untouched mass; a geometric sum
-    pieces = []                                             # (log value, position) in order
-    pos_node = np.empty(u.size, dtype=np.int64)
-    start = 0
-    for bi, (p, q) in enumerate(blocks):
-        count = q - p + 1
-        if bi == 0:
-            # nodes i < p: all levels untouched (M = 1): sum_{i<p} h e^{ih} = h e^{ph}/(e^h - 1)
-            pieces.append(math.log(h) + p * h - math.log(math.expm1(h)))
-        else:
-            pq = blocks[bi - 1][1]
-            g0, g1 = pq + 1, p - 1                          # gap nodes
-            if g1 >= g0:
-                ug = g0 * h
-                # untouched levels at the gap: e^{u + lw} < e^-50 / n, i.e. lw < -u - 50 - logn
-                k = int(np.searchsorted(lw, -ug - _LEFT - logn))
-                mass = float(np.sum(m[:k]))
-                if mass > 0:
-                    cnt = g1 - g0 + 1
-                    # log(e^{cnt h} - 1) = cnt h + log(1 - e^{-cnt h})
-                    lg = (math.log(h) + ug + (n - 1.0) * math.log(mass) + cnt * h +
-                          math.log(-math.expm1(-cnt * h)) - math.log(math.expm1(h)))
-                    pieces.append(lg)
-                else:
-                    pieces.append(-np.inf)
-        seg = logA[start:start + count]
-        pos_node[start:start + count] = len(pieces) + np.arange(count)
-        pieces.extend(seg.tolist())
-        start += count
-    pieces = np.asarray(pieces)
-    cum = np.logaddexp.accumulate(pieces)                   # log prefix integrals
-    # per level: I_j = prefix(before its window) + window sum with the factor exp(-t w_j)
-    w_lo = np.searchsorted(u, -lw - _WIN_LO, side="left")    # first node of the window
-    w_hi = np.searchsorted(u, -lw + _RIGHT, side="right")    # one past its last node
-    width = int(np.max(w_hi - w_lo)) if L else 0
-    log_i = np.empty(L)
-    chunk = max(1, int(4_000_000 // max(width, 1)))
-    for c0 in range(0, L, chunk):
-        sl = slice(c0, c0 + chunk)
-        base = w_lo[sl, None] + np.arange(width)[None, :]
-        ok = base < w_hi[sl, None]
-        bi_ = np.minimum(base, u.size - 1)
-        t_w = np.exp(u[bi_] + lw[sl, None])
-        terms = np.where(ok, logA[bi_] - t_w, -np.inf)
-        win = np.logaddexp.reduce(terms, axis=1)
-        # the prefix (factor exp(-t w_j) == 1) runs to the piece before the window's first
-        # node; the window lies inside the level's own block of explicit nodes
-        before = pos_node[np.minimum(w_lo[sl], u.size - 1)] - 1
-        pre = np.where(before >= 0, cum[np.maximum(before, 0)], -np.inf)
-        log_i[sl] = np.logaddexp(pre, win)
+    # pieces in lattice order: before each block one closed-form piece (for the first
+    # block all nodes below it, M = 1; later the gap since the previous block, where every
+    # level is far or switched off, so M is the far mass), then the block's nodes.  For
+    # the per-level series below, piece sums of h e^{u} M^(n-1) e^{r u}, r = 0..5.
+    nb = ba.size
+    ppos = noff + np.arange(nb)                              # position of block b's piece
+    node_pos = np.repeat(ppos + 1 - noff, counts) + np.arange(u.size)
+    far_mass = np.ones(nb)
+    gap_first = np.empty(nb, dtype=np.int64)
+    gap_count = np.empty(nb, dtype=np.int64)
+    if nb > 1:
+        g0 = bb[:-1] + 1
+        on_mass = np.concatenate([[0.0], np.cumsum(m)])
+        far_mass[1:] = on_mass[np.searchsorted(lw, -g0 * h - _LEFT - logn)]
+        gap_first[1:], gap_count[1:] = g0, ba[1:] - g0
+    pieces = np.empty((_TERMS + 1, nb + u.size))
+    with np.errstate(divide="ignore"):
+        log_far = (n - 1.0) * np.log(far_mass)
+    for r in range(_TERMS + 1):
+        rate = (1.0 + r) * h
+        pieces[r, node_pos] = logA + r * u
+        # first block: sum_{i < ba[0]} e^{rate i} = e^{rate ba[0]} / (e^rate - 1)
+        pieces[r, ppos[0]] = math.log(h) + rate * ba[0] - math.log(math.expm1(rate))
+        if nb > 1:
+            pieces[r, ppos[1:]] = (math.log(h) + log_far[1:] +
+                                   _log_geometric(gap_first[1:], gap_count[1:], rate))
+    cum = np.logaddexp.accumulate(pieces, axis=1)            # log prefix sums, r = 0..5
+    # per level j: nodes with u + lw_j in [-8, 7] by the compiled window sums; below, the
+    # factor exp(-x) = sum_{r <= 5} (-x)^r / r! with x = e^{u + lw_j} < e^-8 on the prefix
+    w_lo = np.searchsorted(u, -lw + _SERIES, side="left")
+    w_hi = np.searchsorted(u, -lw + _RIGHT, side="right")
+    win = np.empty(L)
+    stages.levels(u, np.ascontiguousarray(logA), w_lo.astype(np.int64),
+                  w_hi.astype(np.int64), lw, win)
+    before = node_pos[np.minimum(w_lo, u.size - 1)] - 1
+    c = cum[:, before]
+    with np.errstate(invalid="ignore", over="ignore"):
+        corr = np.zeros(L)
+        for r in range(_TERMS, 0, -1):
+            corr += (-1) ** r * np.exp(r * lw + c[r] - c[0]) / math.factorial(r)
+        pre = np.where(np.isfinite(c[0]), c[0] + np.log1p(np.nan_to_num(corr)), -np.inf)
+    log_i = np.logaddexp(pre, win)
     log_p = logn + lv.log_mass + lw + log_i
     total = float(np.exp(np.logaddexp.reduce(log_p)))
     return log_p, total
 
 
 def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
-                   temperature: float) -> PolicyLaw:
+                   temperature: float, *, n_threads: int | None = None) -> PolicyLaw:
     """Soft best-of-n: n candidates from p, candidate i returned ``∝ exp(r_i / temperature)``.
 
     The exact law (module docstring) is
@@ -500,6 +509,8 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
         ``> 0``; ``0`` is best-of-n and ``inf`` is ``p`` (both exact).  The reward spread
         over the temperature may be up to 1e5; log-weights of that size cancel in the
         integral, so the relative accuracy is about ``1e-16 * max(1, spread / temperature)``.
+    n_threads : int, optional
+        Threads for the compiled quadrature loops (None: all cores).
 
     Returns
     -------
@@ -518,13 +529,13 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
         raise ValueError(f"temperature must be >= 0; got {t}")
     lv = _levels(logits, rewards)
     params = {"n": nv, "temperature": t}
-    log_w, total = _w_soft(lv, nv, t)
+    log_w, total = _w_soft(lv, nv, t, n_threads)
     if total is not None:
         params["quadrature_mass"] = total
     return _finish("soft_best_of_n", params, logits, rewards, lv, log_w)
 
 
-def _w_soft(lv: _Levels, nv: float, t: float):
+def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
     spread = float(lv.values[-1] - lv.values[0])
     if t == math.inf or nv == 1.0 or lv.values.size == 1:
         return lv.log_mass.copy(), None
@@ -534,7 +545,7 @@ def _w_soft(lv: _Levels, nv: float, t: float):
         raise ValueError(f"temperature={t} is too small for the reward spread {spread:g} "
                          f"(spread/temperature > {_MAX_SPREAD:g}); use temperature=0, "
                          "which is best-of-n exactly")
-    log_p, total = _soft_level_law(lv, nv, t)
+    log_p, total = _soft_level_law(lv, nv, t, n_threads=n_threads)
     return log_p - math.log(total), total
 
 

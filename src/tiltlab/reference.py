@@ -634,3 +634,57 @@ def renyi_cross_entropy(logits_p, logits_q, alpha):
     both = on & (lq > -np.inf)
     s = logsumexp(np.where(both, lp + (alpha - 1.0) * np.where(both, lq, 0.0), -np.inf))
     return float(s / (1.0 - alpha))
+
+
+# ---- soft best-of-n (tiltlab.policies): the two quadrature loops in NumPy ----
+
+class _SoftStagesNumpy:
+    """NumPy twins of csrc/tl_soft.c, plugged into the same quadrature bookkeeping."""
+
+    @staticmethod
+    def nodes(u, kon, koff, lw, m, d, md):
+        width = koff - kon
+        total = int(width.sum())
+        if not total:
+            return
+        bounds = np.searchsorted(np.cumsum(width), np.arange(0, total, 4_000_000), "left")
+        bounds = np.unique(np.concatenate([bounds, [u.size]]))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            wv = width[a:b]
+            node = np.repeat(np.arange(a, b), wv)
+            starts = np.repeat(kon[a:b] - (np.cumsum(wv) - wv), wv)
+            k = starts + np.arange(node.size)
+            x = np.exp(u[node] + lw[k])
+            d[a:b] += np.bincount(node - a, weights=m[k] * -np.expm1(-x), minlength=b - a)
+            md[a:b] += np.bincount(node - a, weights=m[k] * np.exp(-x), minlength=b - a)
+
+    @staticmethod
+    def levels(u, logA, wlo, whi, lw, out):
+        L = lw.size
+        width = int(np.max(whi - wlo)) if L else 0
+        chunk = max(1, int(4_000_000 // max(width, 1)))
+        for c0 in range(0, L, chunk):
+            sl = slice(c0, c0 + chunk)
+            base = wlo[sl, None] + np.arange(width)[None, :]
+            ok = base < whi[sl, None]
+            bi = np.minimum(base, u.size - 1)
+            with np.errstate(over="ignore"):
+                terms = np.where(ok, logA[bi] - np.exp(u[bi] + lw[sl, None]), -np.inf)
+            out[sl] = np.logaddexp.reduce(terms, axis=1)
+
+
+def soft_best_of_n(logits, rewards, n, temperature):
+    """log pi(y) of soft best-of-n by the NumPy quadrature loops (twin of
+    tiltlab.soft_best_of_n for 0 < temperature < inf, n > 1)."""
+    from tiltlab import policies
+
+    lv = policies._levels(logits, rewards)
+    log_p, total = policies._soft_level_law(lv, float(n), float(temperature),
+                                            stages=_SoftStagesNumpy())
+    log_w = log_p - np.log(total)
+    lg = np.asarray(logits, dtype=np.float64)
+    lp = lg - np.logaddexp.reduce(lg)
+    j = np.searchsorted(lv.values, np.asarray(rewards, dtype=np.float64))
+    j = np.clip(j, 0, lv.values.size - 1)
+    out = lp - lv.log_mass[j] + log_w[j]
+    return np.where(np.isfinite(lp), out, -np.inf)
