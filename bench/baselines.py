@@ -63,3 +63,22 @@ def numpy_fft_sequence_bon(logits, rewards, length, log_n):
     er = np.sum(w * values) + length * rewards.min()
     wr = np.sum(w * (f_prev + np.exp(log_mass) / 2))
     return er, kl, wr
+
+
+def monte_carlo_soft_bon(logits, rewards, n, temperature, draws, rng):
+    """What users write today for soft best-of-n: simulate, histogram, plug-in KL.
+
+    ``draws`` rounds of n candidates from p (``Generator.choice``), the winner picked with
+    probability ``softmax(r / temperature)`` among them (Gumbel-max), its outcome counted;
+    the law is the histogram and ``KL(pi || p)`` the plug-in sum over the observed
+    outcomes.  Returns (histogram law, KL estimate)."""
+    lg = np.asarray(logits, dtype=np.float64)
+    p = np.exp(lg - lg.max())
+    p /= p.sum()
+    r = np.asarray(rewards, dtype=np.float64)
+    cand = rng.choice(p.size, size=(draws, int(n)), p=p)
+    score = r[cand] / temperature + rng.gumbel(size=cand.shape)
+    win = cand[np.arange(draws), np.argmax(score, axis=1)]
+    hist = np.bincount(win, minlength=p.size) / draws
+    seen = hist > 0
+    return hist, float(np.sum(hist[seen] * np.log(hist[seen] / p[seen])))

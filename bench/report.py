@@ -47,7 +47,7 @@ def table(data: dict) -> str:
     for b in data["benchmarks"]:
         groups.setdefault(b["group"], []).append(b)
     lines = ["| benchmark | implementation | median | ns/elem | × reference | × numpy-simple "
-             "| × scipy | passes |",
+             "| × scipy | notes |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for group in sorted(groups, key=_group_key):
         rows = groups[group]
@@ -59,7 +59,10 @@ def table(data: dict) -> str:
             vs_ref = f"{med['reference'] / m:.1f}" if "reference" in med else ""
             vs_scipy = f"{med['scipy'] / m:.1f}" if "scipy" in med else ""
             vs_simple = f"{med['numpy-simple'] / m:.1f}" if "numpy-simple" in med else ""
-            passes = b["extra_info"].get("passes") or ""
+            info = b["extra_info"]
+            passes = f"{info['passes']} passes" if info.get("passes") else ""
+            if "kl_error" in info:
+                passes = f"KL rel. error {info['kl_error']:.1e}"
             lines.append(f"| {group} | {impl} | {_fmt_time(m)} | {m / n * 1e9:.2f} | {vs_ref} "
                          f"| {vs_simple} | {vs_scipy} | {passes} |")
     return "\n".join(lines)
