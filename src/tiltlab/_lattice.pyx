@@ -175,7 +175,7 @@ def soft_nodes(const double[::1] u, const int64_t[::1] kon, const int64_t[::1] k
                const double[::1] lw, const double[::1] m, double[::1] d, double[::1] md,
                int n_threads):
     """Soft best-of-n: active-level sums at the quadrature nodes (tl_soft_nodes)."""
-    cdef Py_ssize_t G = u.shape[0], c, nchunk, CH = 16
+    cdef Py_ssize_t G = u.shape[0], c, nchunk, CH = 2
     if G == 0 or lw.shape[0] == 0:
         return
     elw_arr = _soft_exps(lw)

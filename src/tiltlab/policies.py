@@ -384,8 +384,11 @@ _OFF = 6.7           # for z > 6.7, exp(-e^z) < 1e-350: the level is switched of
 
 
 def _log_prefix(lv: _Levels, lw: np.ndarray, r: int) -> np.ndarray:
-    """log sum_{k < i} m_k e^{r lw_k} for i = 0..L (log-space prefix sums)."""
+    """log sum_{k < i} m_k e^{r lw_k} for i = 0..L (log-space prefix sums; plain sums when
+    no term can underflow, i.e. r lw > -600 and m_k > 1e-200 throughout)."""
     with np.errstate(divide="ignore"):
+        if r * lw[0] > -600.0 and lv.log_mass.min() > -460.0:
+            return np.log(np.concatenate([[0.0], np.cumsum(lv.mass * np.exp(r * lw))]))
         return np.concatenate([[-np.inf], np.logaddexp.accumulate(lv.log_mass + r * lw)])
 
 
