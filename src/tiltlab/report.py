@@ -88,6 +88,14 @@ def _figure(ncols: int = 1, width: float = 6.4):
     return fig, list(axes)
 
 
+def _label(ax, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend)
+
+
 def _colors(k: int):
     from matplotlib import colormaps
 
@@ -105,11 +113,8 @@ def _plot_frontier(e: Experiment, model: Model):
         s = b["n"] == n
         ax.plot(b["kl_per_token"][s], b["reward_per_token"][s], "o-", color=c, ms=4, lw=1,
                 label=f"best-of-N, n = {n:,}")
-    ax.set_xlabel("KL per token  KL(π‖pⁿ)/n  [nats]")
-    ax.set_ylabel("expected reward per token  E R / n")
-    ax.set_title(f"{model.name}: reward–KL frontier, N = e^(nΔ)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "KL per token  KL(π‖pⁿ)/n  [nats]", "expected reward per token  E R / n",
+           f"{model.name}: reward–KL frontier, N = e^(nΔ)")
     return fig
 
 
@@ -150,11 +155,8 @@ def _plot_large_deviations(e: Experiment, model: Model):
     ax.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
     finite = r["rate"][np.isfinite(r["rate"])]
     ax.set_ylim(-0.02 * finite.max(), 1.1 * finite.max())
-    ax.set_xlabel("x = R / n")
-    ax.set_ylabel("−(1/n) log P(R/n beyond x)")
-    ax.set_title(f"{model.name}: large deviations from the exact law")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _label(ax, "x = R / n", "−(1/n) log P(R/n beyond x)",
+           f"{model.name}: large deviations from the exact law")
     return fig
 
 
