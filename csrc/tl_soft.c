@@ -1,11 +1,11 @@
-/* Soft best-of-n: the per-(node, level) loops of the trapezoid rule (see tl_soft.h).
+/* Soft best-of-n: the per-(node, bin) loops of the trapezoid rule (see tl_soft.h).
  *
  * Both loops work on a range of outputs (the Cython driver splits the range across
  * threads) and compute every output element in a fixed order, so results do not depend on
  * the thread count.  Inner loops fill small buffers with the branch-free vector exp of
  * tl_exp.h (no reduction in them, so GCC vectorises them without -ffast-math), then sum
- * the buffers with TL_LANES explicit partial sums.  e^{u + lw} is taken as the product
- * e^u * e^lw when both factors are normal numbers (one exp per pair saved), else directly.
+ * the buffers with TL_LANES explicit partial sums.  e^{u + c} is taken as the product
+ * e^u * e^c when both factors are normal numbers, else computed directly.
  */
 #include <math.h>
 #include "tl_soft.h"
@@ -29,34 +29,34 @@ static double tl__lane_sum(const double *a, int64_t n) {
     return s;
 }
 
-/* x = e^{u + lw} for the pairs (u, lw[k0 .. k0 + n)); eu = e^u or 0 if not usable */
-TL_INLINE void tl__soft_x(double u, double eu, const double *lw, const double *elw, int64_t n,
-                          double *x) {
-    if (eu > 0.0 && elw) {
-        for (int64_t k = 0; k < n; k++)
-            x[k] = eu * elw[k];
-    } else {
-        for (int64_t k = 0; k < n; k++)
-            x[k] = tl_exp(u + lw[k]);
-    }
-}
-
-void tl_soft_nodes(const double *u, const int64_t *kon, const int64_t *koff, int64_t i0,
-                   int64_t i1, const double *lw, const double *elw, const double *m,
-                   double *d, double *md) {
+void tl_soft_nodes(const double *u, const int64_t *bon, const int64_t *boff, int64_t i0,
+                   int64_t i1, const double *c, const double *ec, const double *m0,
+                   const double *P, double *d, double *md) {
     double x[TL_SOFT_BUF], a[TL_SOFT_BUF], b[TL_SOFT_BUF];
     for (int64_t i = i0; i < i1; i++) {
         const double ui = u[i];
-        const double eu = (ui > -700.0 && ui < 700.0) ? exp(ui) : 0.0;
+        const double eu = (ec && ui > -700.0 && ui < 700.0) ? exp(ui) : 0.0;
         double sd = 0.0, sm = 0.0;
-        for (int64_t k0 = kon[i]; k0 < koff[i]; k0 += TL_SOFT_BUF) {
-            int64_t n = koff[i] - k0 < TL_SOFT_BUF ? koff[i] - k0 : TL_SOFT_BUF;
-            tl__soft_x(ui, eu, lw + k0, elw ? elw + k0 : 0, n, x);
+        for (int64_t k0 = bon[i]; k0 < boff[i]; k0 += TL_SOFT_BUF) {
+            const int64_t n = boff[i] - k0 < TL_SOFT_BUF ? boff[i] - k0 : TL_SOFT_BUF;
+            if (eu > 0.0) {
+                for (int64_t k = 0; k < n; k++)
+                    x[k] = eu * ec[k0 + k];
+            } else {
+                for (int64_t k = 0; k < n; k++)
+                    x[k] = tl_exp(ui + c[k0 + k]);
+            }
             for (int64_t k = 0; k < n; k++) {
+                const double *pb = P + (k0 + k) * TL_SOFT_R;
+                const double y = -x[k];
+                double p = pb[TL_SOFT_R - 1];
+                for (int r = TL_SOFT_R - 2; r >= 0; r--)
+                    p = p * y + pb[r];
+                p *= y;
                 double e, em;
-                tl__exp_pair(-x[k], &e, &em);
-                a[k] = m[k0 + k] * -em;
-                b[k] = m[k0 + k] * e;
+                tl__exp_pair(y, &e, &em);
+                a[k] = m0[k0 + k] * -em - e * p;
+                b[k] = e * (m0[k0 + k] + p);
             }
             sd += tl__lane_sum(a, n);
             sm += tl__lane_sum(b, n);
@@ -66,38 +66,51 @@ void tl_soft_nodes(const double *u, const int64_t *kon, const int64_t *koff, int
     }
 }
 
-void tl_soft_levels(const double *u, const double *eu, const double *logA,
-                    const int64_t *wlo, const int64_t *whi, const double *lw,
-                    const double *elw, int64_t j0, int64_t j1, double *out) {
-    double v[TL_SOFT_BUF];
-    for (int64_t j = j0; j < j1; j++) {
-        const double lj = lw[j];
-        const double ej = elw ? elw[j] : 0.0;
-        /* the window is at most a few hundred nodes: two passes over buffers */
+void tl_soft_bins(const double *u, const double *eu, const double *logA, const int64_t *wlo,
+                  const int64_t *whi, const double *c, const double *ec, int64_t b0,
+                  int64_t b1, double *mx_out, double *U) {
+    double v[TL_SOFT_BUF], y[TL_SOFT_BUF], t[TL_SOFT_BUF];
+    for (int64_t bb = b0; bb < b1; bb++) {
+        const double cb = c[bb];
+        const double ecb = (ec && eu) ? ec[bb] : 0.0;
+        double *Ub = U + bb * (TL_SOFT_R + 1);
+        for (int r = 0; r <= TL_SOFT_R; r++)
+            Ub[r] = 0.0;
+        /* pass 1: the maximum of logA - x over the window */
         double mx = -INFINITY;
-        double s = 0.0;
-        for (int64_t i0 = wlo[j]; i0 < whi[j]; i0 += TL_SOFT_BUF) {
-            int64_t n = whi[j] - i0 < TL_SOFT_BUF ? whi[j] - i0 : TL_SOFT_BUF;
-            if (ej > 0.0 && eu) {
+        for (int64_t i0 = wlo[bb]; i0 < whi[bb]; i0 += TL_SOFT_BUF) {
+            const int64_t n = whi[bb] - i0 < TL_SOFT_BUF ? whi[bb] - i0 : TL_SOFT_BUF;
+            if (ecb > 0.0) {
                 for (int64_t k = 0; k < n; k++)
-                    v[k] = logA[i0 + k] - eu[i0 + k] * ej;
+                    v[k] = logA[i0 + k] - eu[i0 + k] * ecb;
             } else {
                 for (int64_t k = 0; k < n; k++)
-                    v[k] = logA[i0 + k] - tl_exp(u[i0 + k] + lj);
-            }
-            double cm = -INFINITY;
-            for (int64_t k = 0; k < n; k++)
-                cm = v[k] > cm ? v[k] : cm;
-            if (!(cm > -INFINITY))
-                continue;
-            if (cm > mx) {           /* rescale what has been summed so far */
-                s = mx > -INFINITY ? s * tl_exp(mx - cm) : 0.0;
-                mx = cm;
+                    v[k] = logA[i0 + k] - tl_exp(u[i0 + k] + cb);
             }
             for (int64_t k = 0; k < n; k++)
-                v[k] = tl_exp(v[k] - mx);
-            s += tl__lane_sum(v, n);
+                mx = v[k] > mx ? v[k] : mx;
         }
-        out[j] = mx > -INFINITY ? mx + log(s) : -INFINITY;
+        mx_out[bb] = mx;
+        if (!(mx > -INFINITY))
+            continue;
+        /* pass 2: power sums of -x weighted by exp(logA - x - mx) */
+        for (int64_t i0 = wlo[bb]; i0 < whi[bb]; i0 += TL_SOFT_BUF) {
+            const int64_t n = whi[bb] - i0 < TL_SOFT_BUF ? whi[bb] - i0 : TL_SOFT_BUF;
+            if (ecb > 0.0) {
+                for (int64_t k = 0; k < n; k++)
+                    y[k] = -eu[i0 + k] * ecb;
+            } else {
+                for (int64_t k = 0; k < n; k++)
+                    y[k] = -tl_exp(u[i0 + k] + cb);
+            }
+            for (int64_t k = 0; k < n; k++)
+                t[k] = tl_exp(logA[i0 + k] + y[k] - mx);
+            Ub[0] += tl__lane_sum(t, n);
+            for (int r = 1; r <= TL_SOFT_R; r++) {
+                for (int64_t k = 0; k < n; k++)
+                    t[k] *= y[k];
+                Ub[r] += tl__lane_sum(t, n);
+            }
+        }
     }
 }

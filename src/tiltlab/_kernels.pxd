@@ -201,9 +201,10 @@ cdef extern from "tl_lattice.h" nogil:
 
 
 cdef extern from "tl_soft.h" nogil:
-    void tl_soft_nodes(const double *u, const int64_t *kon, const int64_t *koff, int64_t i0,
-                       int64_t i1, const double *lw, const double *elw, const double *m,
-                       double *d, double *md)
-    void tl_soft_levels(const double *u, const double *eu, const double *logA,
-                        const int64_t *wlo, const int64_t *whi, const double *lw,
-                        const double *elw, int64_t j0, int64_t j1, double *out)
+    int TL_SOFT_R
+    void tl_soft_nodes(const double *u, const int64_t *bon, const int64_t *boff, int64_t i0,
+                       int64_t i1, const double *c, const double *ec, const double *m0,
+                       const double *P, double *d, double *md)
+    void tl_soft_bins(const double *u, const double *eu, const double *logA,
+                      const int64_t *wlo, const int64_t *whi, const double *c,
+                      const double *ec, int64_t b0, int64_t b1, double *mx, double *U)

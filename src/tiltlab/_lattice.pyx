@@ -162,6 +162,9 @@ def sample_sequences(nodes, int64_t root, const double[::1] vals,
     return failures
 
 
+SOFT_R = TL_SOFT_R
+
+
 def _soft_exps(const double[::1] x):
     """e^x as an array if every |x| < 700 (normal results), else None."""
     cdef Py_ssize_t i
@@ -171,43 +174,44 @@ def _soft_exps(const double[::1] x):
     return np.exp(np.asarray(x))
 
 
-def soft_nodes(const double[::1] u, const int64_t[::1] kon, const int64_t[::1] koff,
-               const double[::1] lw, const double[::1] m, double[::1] d, double[::1] md,
-               int n_threads):
-    """Soft best-of-n: active-level sums at the quadrature nodes (tl_soft_nodes)."""
-    cdef Py_ssize_t G = u.shape[0], c, nchunk, CH = 2
-    if G == 0 or lw.shape[0] == 0:
+def soft_nodes(const double[::1] u, const int64_t[::1] bon, const int64_t[::1] boff,
+               const double[::1] c, const double[::1] m0, const double[::1] P,
+               double[::1] d, double[::1] md, int n_threads):
+    """Soft best-of-n: active-bin sums at the quadrature nodes (tl_soft_nodes)."""
+    cdef Py_ssize_t G = u.shape[0], ch, nchunk, CH = 2
+    if G == 0 or c.shape[0] == 0:
         return
-    elw_arr = _soft_exps(lw)
-    cdef const double[::1] elw
-    cdef const double *elw_p = NULL
-    if elw_arr is not None:
-        elw = elw_arr
-        elw_p = &elw[0]
+    ec_arr = _soft_exps(c)
+    cdef const double[::1] ec
+    cdef const double *ec_p = NULL
+    if ec_arr is not None:
+        ec = ec_arr
+        ec_p = &ec[0]
     nchunk = (G + CH - 1) // CH
-    for c in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
-        tl_soft_nodes(&u[0], &kon[0], &koff[0], c * CH, min((c + 1) * CH, G), &lw[0], elw_p,
-                      &m[0], &d[0], &md[0])
+    for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
+        tl_soft_nodes(&u[0], &bon[0], &boff[0], ch * CH, min((ch + 1) * CH, G), &c[0], ec_p,
+                      &m0[0], &P[0], &d[0], &md[0])
 
 
-def soft_levels(const double[::1] u, const double[::1] logA, const int64_t[::1] wlo,
-                const int64_t[::1] whi, const double[::1] lw, double[::1] out, int n_threads):
-    """Soft best-of-n: per-level window sums in log space (tl_soft_levels)."""
-    cdef Py_ssize_t L = lw.shape[0], c, nchunk, CH = 256
-    if L == 0 or u.shape[0] == 0:
+def soft_bins(const double[::1] u, const double[::1] logA, const int64_t[::1] wlo,
+              const int64_t[::1] whi, const double[::1] c, double[::1] mx, double[::1] U,
+              int n_threads):
+    """Soft best-of-n: per-bin maxima and power sums over their windows (tl_soft_bins)."""
+    cdef Py_ssize_t B = c.shape[0], ch, nchunk, CH = 16
+    if B == 0 or u.shape[0] == 0:
         return
-    elw_arr = _soft_exps(lw)
+    ec_arr = _soft_exps(c)
     eu_arr = _soft_exps(u)
-    cdef const double[::1] elw
+    cdef const double[::1] ec
     cdef const double[::1] eu
-    cdef const double *elw_p = NULL
+    cdef const double *ec_p = NULL
     cdef const double *eu_p = NULL
-    if elw_arr is not None and eu_arr is not None:
-        elw = elw_arr
+    if ec_arr is not None and eu_arr is not None:
+        ec = ec_arr
         eu = eu_arr
-        elw_p = &elw[0]
+        ec_p = &ec[0]
         eu_p = &eu[0]
-    nchunk = (L + CH - 1) // CH
-    for c in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
-        tl_soft_levels(&u[0], eu_p, &logA[0], &wlo[0], &whi[0], &lw[0], elw_p, c * CH,
-                       min((c + 1) * CH, L), &out[0])
+    nchunk = (B + CH - 1) // CH
+    for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
+        tl_soft_bins(&u[0], eu_p, &logA[0], &wlo[0], &whi[0], &c[0], ec_p, ch * CH,
+                     min((ch + 1) * CH, B), &mx[0], &U[0])

@@ -358,11 +358,11 @@ class _Compiled:
     def __init__(self, n_threads: int):
         self.nt = n_threads
 
-    def nodes(self, u, kon, koff, lw, m, d, md):
-        _lattice.soft_nodes(u, kon, koff, lw, m, d, md, self.nt)
+    def nodes(self, u, bon, boff, c, m0, P, d, md):
+        _lattice.soft_nodes(u, bon, boff, c, m0, P, d, md, self.nt)
 
-    def levels(self, u, logA, wlo, whi, lw, out):
-        _lattice.soft_levels(u, logA, wlo, whi, lw, out, self.nt)
+    def bins(self, u, logA, wlo, whi, c, mx, U):
+        _lattice.soft_bins(u, logA, wlo, whi, c, mx, U, self.nt)
 
 
 def _soft_level_law(lv: _Levels, n: float, temperature: float, stages=None,
@@ -383,36 +383,94 @@ _TERMS = 5
 _OFF = 6.7           # for z > 6.7, exp(-e^z) < 1e-350: the level is switched off
 
 
-def _log_prefix(lv: _Levels, lw: np.ndarray, r: int) -> np.ndarray:
-    """log sum_{k < i} m_k e^{r lw_k} for i = 0..L (log-space prefix sums; plain sums when
-    no term can underflow, i.e. r lw > -600 and m_k > 1e-200 throughout)."""
+def _log_prefixes(lv: _Levels, lw: np.ndarray) -> dict:
+    """r -> log sum_{k < i} m_k e^{r lw_k} for i = 0..L, r = 1.._TERMS (log-space prefix
+    sums; plain sums when no term can underflow: r lw > -600 and m_k > 1e-200)."""
+    out = {}
+    plain = _TERMS * lw[0] > -600.0 and lv.log_mass.min() > -460.0
+    e1 = np.exp(lw) if plain else None
+    term = lv.mass.copy()
     with np.errstate(divide="ignore"):
-        if r * lw[0] > -600.0 and lv.log_mass.min() > -460.0:
-            return np.log(np.concatenate([[0.0], np.cumsum(lv.mass * np.exp(r * lw))]))
-        return np.concatenate([[-np.inf], np.logaddexp.accumulate(lv.log_mass + r * lw)])
+        for r in range(1, _TERMS + 1):
+            if plain:
+                term *= e1
+                out[r] = np.log(np.concatenate([[0.0], np.cumsum(term)]))
+            else:
+                out[r] = np.concatenate([[-np.inf],
+                                         np.logaddexp.accumulate(lv.log_mass + r * lw)])
+    return out
 
 
-def _log_m_nodes(u: np.ndarray, lw: np.ndarray, lv: _Levels, stages) -> np.ndarray:
+_DELTA = 0.01        # bin width in lw: offsets |eps| <= 0.005 inside a bin
+_R = _lattice.SOFT_R  # order of the expansion in eps (remainder < 1e-19 relative)
+
+
+def _stirling2(order: int) -> np.ndarray:
+    """Stirling numbers of the second kind S(r, k), 0 <= k <= r <= order."""
+    s2 = np.zeros((order + 1, order + 1))
+    s2[0, 0] = 1.0
+    for r in range(1, order + 1):
+        for k in range(1, r + 1):
+            s2[r, k] = k * s2[r - 1, k] + s2[r - 1, k - 1]
+    return s2
+
+
+_S2 = _stirling2(_R)
+_FACT = np.array([math.factorial(r) for r in range(_R + 1)], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class _Bins:
+    first: np.ndarray     # index of each bin's first level, then L
+    c: np.ndarray         # centres
+    m0: np.ndarray        # masses
+    P: np.ndarray         # (B, R): P_k = sum_{r >= k} S(r, k) M_r / r!, M_r = sum m eps^r
+    of: np.ndarray        # bin of each level
+    eps: np.ndarray       # lw - c[bin] per level
+
+
+def _bin_levels(lw: np.ndarray, m: np.ndarray) -> _Bins:
+    key = np.floor((lw - lw[0]) / _DELTA)
+    first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    end = np.concatenate([first[1:], [lw.size]])
+    c = 0.5 * (lw[first] + lw[end - 1])
+    of = np.repeat(np.arange(first.size), end - first)
+    eps = lw - c[of]
+    mom = np.empty((first.size, _R + 1))
+    pw = m.copy()
+    for r in range(_R + 1):
+        mom[:, r] = np.add.reduceat(pw, first) / _FACT[r]
+        pw *= eps
+    P = mom[:, 1:] @ _S2[1:, 1:]                         # P[:, k-1] = sum_r S(r,k) mom_r
+    return _Bins(np.concatenate([first, [lw.size]]), c, mom[:, 0].copy(),
+                 np.ascontiguousarray(P), of, eps)
+
+
+def _log_m_nodes(u: np.ndarray, lw: np.ndarray, lv: _Levels, bins: _Bins,
+                 stages) -> np.ndarray:
     """log M(e^u) at the nodes, M(t) = sum_k m_k exp(-t w_k), in relative precision.
 
     Per node the levels split into far (``z = u + lw < -8``: five terms of the series of
     ``1 - exp(-e^z)``, from log-space prefix sums of ``m_k e^{r lw_k}``), switched off
-    (``z > 6.7``: ``m_k``, a suffix sum) and active (term by term, compiled).
-    ``log M = log1p(-D)`` with ``D = 1 - M`` while ``D < 1/2``, else the log of ``M``
-    summed directly.
+    (``z > 6.7``: ``m_k``, a suffix sum) and active, summed bin by bin (compiled) with the
+    expansion of csrc/tl_soft.h.  ``log M = log1p(-D)`` with ``D = 1 - M`` while
+    ``D < 1/2``, else the log of ``M`` summed directly.
     """
     m = lv.mass
-    k_on = np.searchsorted(lw, _SERIES - u, side="left")        # [0, k_on) far
-    k_off = np.searchsorted(lw, _OFF - u, side="right")         # [k_off, L) switched off
+    half = 0.5 * _DELTA
+    bon = np.searchsorted(bins.c, _SERIES - u - half, side="left")    # [0, bon) far
+    boff = np.searchsorted(bins.c, _OFF - u + half, side="right")     # [boff, B) off
+    k_on, k_off = bins.first[bon], bins.first[boff]
     off_mass = np.concatenate([np.cumsum(m[::-1])[::-1], [0.0]])    # sum_{k >= i} m_k
     on_mass = np.concatenate([[0.0], np.cumsum(m)])                 # sum_{k < i} m_k
     # sum_far m_k (1 - exp(-x_k)) = -sum_{r=1..5} (-1)^r e^{r u} S_r / r!; smallest first
     series = np.zeros(u.size)
-    for r in range(_TERMS, 0, -1):
-        series -= (-1) ** r * np.exp(r * u + _log_prefix(lv, lw, r)[k_on]) / math.factorial(r)
+    for r, log_s in sorted(_log_prefixes(lv, lw).items(), reverse=True):
+        series -= (-1) ** r * np.exp(r * u + log_s[k_on]) / math.factorial(r)
     d = off_mass[k_off] + series
     md = on_mass[k_on] - series                         # sum_far m_k exp(-x_k)
-    stages.nodes(u, k_on.astype(np.int64), k_off.astype(np.int64), lw, m, d, md)
+    stages.nodes(u, bon.astype(np.int64), boff.astype(np.int64), bins.c, bins.m0,
+                 bins.P.reshape(-1), d, md)
     with np.errstate(divide="ignore"):
         return np.where(d < 0.5, np.log1p(-np.minimum(d, 0.5)), np.log(np.maximum(md, 0.0)))
 
@@ -440,7 +498,8 @@ def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages):
     noff = np.cumsum(counts) - counts                       # first node of each block
     idx = np.repeat(ba - noff, counts) + np.arange(int(counts.sum()), dtype=np.int64)
     u = idx * h
-    log_m = _log_m_nodes(u, lw, lv, stages)
+    bins = _bin_levels(lw, m)
+    log_m = _log_m_nodes(u, lw, lv, bins, stages)
     logA = u + (n - 1.0) * log_m + math.log(h)              # log of h e^u M^(n-1) at nodes
     # pieces in lattice order: before each block one closed-form piece (for the first
     # block all nodes below it, M = 1; later the gap since the previous block, where every
@@ -469,14 +528,25 @@ def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages):
             pieces[r, ppos[1:]] = (math.log(h) + log_far[1:] +
                                    _log_geometric(gap_first[1:], gap_count[1:], rate))
     cum = np.logaddexp.accumulate(pieces, axis=1)            # log prefix sums, r = 0..5
-    # per level j: nodes with u + lw_j in [-8, 7] by the compiled window sums; below, the
-    # factor exp(-x) = sum_{r <= 5} (-x)^r / r! with x = e^{u + lw_j} < e^-8 on the prefix
-    w_lo = np.searchsorted(u, -lw + _SERIES, side="left")
-    w_hi = np.searchsorted(u, -lw + _RIGHT, side="right")
-    win = np.empty(L)
-    stages.levels(u, np.ascontiguousarray(logA), w_lo.astype(np.int64),
-                  w_hi.astype(np.int64), lw, win)
-    before = node_pos[np.minimum(w_lo, u.size - 1)] - 1
+    # per level j: nodes with u + c_b in [-8, 7] (+- half a bin) by the compiled bin sums,
+    # expanded in eps_j = lw_j - c_b; below, the factor exp(-x) = sum_{r <= 5} (-x)^r / r!
+    # with x = e^{u + lw_j} < e^-8 on the prefix
+    half = 0.5 * _DELTA
+    w_lo = np.searchsorted(u, -bins.c + _SERIES - half, side="left")
+    w_hi = np.searchsorted(u, -bins.c + _RIGHT + half, side="right")
+    nbins = bins.c.size
+    mx = np.empty(nbins)
+    U = np.empty((nbins, _R + 1))
+    stages.bins(u, np.ascontiguousarray(logA), w_lo.astype(np.int64), w_hi.astype(np.int64),
+                bins.c, mx, U.reshape(-1))
+    T = U @ (_S2 / _FACT[:, None]).T                # T[b, r] = sum_k S(r, k) U[b, k] / r!
+    Tl = T[bins.of]
+    poly = Tl[:, _R].copy()
+    for r in range(_R - 1, -1, -1):
+        poly = poly * bins.eps + Tl[:, r]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        win = np.where(poly > 0, mx[bins.of] + np.log(np.maximum(poly, 1e-300)), -np.inf)
+    before = (node_pos[np.minimum(w_lo, u.size - 1)] - 1)[bins.of]
     c = cum[:, before]
     with np.errstate(invalid="ignore", over="ignore"):
         corr = np.zeros(L)

@@ -642,35 +642,49 @@ class _SoftStagesNumpy:
     """NumPy twins of csrc/tl_soft.c, plugged into the same quadrature bookkeeping."""
 
     @staticmethod
-    def nodes(u, kon, koff, lw, m, d, md):
-        width = koff - kon
+    def nodes(u, bon, boff, c, m0, P, d, md):
+        R = P.size // max(c.size, 1)
+        P = P.reshape(c.size, R)
+        width = boff - bon
         total = int(width.sum())
         if not total:
             return
-        bounds = np.searchsorted(np.cumsum(width), np.arange(0, total, 4_000_000), "left")
+        bounds = np.searchsorted(np.cumsum(width), np.arange(0, total, 2_000_000), "left")
         bounds = np.unique(np.concatenate([bounds, [u.size]]))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             wv = width[a:b]
             node = np.repeat(np.arange(a, b), wv)
-            starts = np.repeat(kon[a:b] - (np.cumsum(wv) - wv), wv)
-            k = starts + np.arange(node.size)
-            x = np.exp(u[node] + lw[k])
-            d[a:b] += np.bincount(node - a, weights=m[k] * -np.expm1(-x), minlength=b - a)
-            md[a:b] += np.bincount(node - a, weights=m[k] * np.exp(-x), minlength=b - a)
+            k = np.repeat(bon[a:b] - (np.cumsum(wv) - wv), wv) + np.arange(node.size)
+            y = -np.exp(u[node] + c[k])
+            poly = np.zeros(node.size)
+            for r in range(R - 1, -1, -1):
+                poly = (poly + P[k, r]) * y
+            e = np.exp(y)
+            d[a:b] += np.bincount(node - a, weights=m0[k] * -np.expm1(y) - e * poly,
+                                  minlength=b - a)
+            md[a:b] += np.bincount(node - a, weights=e * (m0[k] + poly), minlength=b - a)
 
     @staticmethod
-    def levels(u, logA, wlo, whi, lw, out):
-        L = lw.size
-        width = int(np.max(whi - wlo)) if L else 0
-        chunk = max(1, int(4_000_000 // max(width, 1)))
-        for c0 in range(0, L, chunk):
+    def bins(u, logA, wlo, whi, c, mx, U):
+        B = c.size
+        R = U.size // max(B, 1) - 1
+        U = U.reshape(B, R + 1)
+        width = int(np.max(whi - wlo)) if B else 0
+        chunk = max(1, int(2_000_000 // max(width, 1)))
+        for c0 in range(0, B, chunk):
             sl = slice(c0, c0 + chunk)
             base = wlo[sl, None] + np.arange(width)[None, :]
             ok = base < whi[sl, None]
             bi = np.minimum(base, u.size - 1)
             with np.errstate(over="ignore"):
-                terms = np.where(ok, logA[bi] - np.exp(u[bi] + lw[sl, None]), -np.inf)
-            out[sl] = np.logaddexp.reduce(terms, axis=1)
+                y = -np.exp(u[bi] + c[sl, None])
+                v = np.where(ok, logA[bi] + y, -np.inf)
+            top = v.max(axis=1)
+            mx[sl] = top
+            with np.errstate(invalid="ignore"):
+                w = np.where(ok, np.exp(v - top[:, None]), 0.0)
+            for r in range(R + 1):
+                U[sl, r] = np.sum(np.where(ok, w * y**r, 0.0), axis=1)
 
 
 def soft_best_of_n(logits, rewards, n, temperature):
