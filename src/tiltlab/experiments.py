@@ -1,4 +1,4 @@
-"""The numbers behind ``tiltlab reproduce``: one function per figure, exact, no plotting.
+"""The numbers behind ``tiltlab reproduce``: one function per figure (seven), exact.
 
 Each experiment returns an :class:`Experiment` whose tables (columns of equal length) are
 exactly what its figure plots and what the report writes as CSV.  Every number comes from the

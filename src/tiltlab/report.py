@@ -358,12 +358,13 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
               full: bool = False, seed: int = 0, jobs: int | None = None,
               delta: float | None = None, quiet: bool = False, vocab: int | None = None,
               experiments=None, echo=print) -> Path:
-    """Run the six experiments of ``tiltlab reproduce`` on a model and write the report.
+    """Run the seven experiments of ``tiltlab reproduce`` on a model and write the report.
 
     The experiments (:mod:`tiltlab.experiments`) check the claims of SPEC section 4 (after
     arXiv 2404.01730) exactly: the reward-KL frontier of best-of-N against the tilt,
     ``KL(pi_N || phi_lam^n)`` against n, large deviations, scaled cumulants and the Rényi
-    form of the scaled CGF, samples, and win rate against KL.
+    form of the scaled CGF, samples, win rate against KL, and every policy family of
+    :mod:`tiltlab.policies` on one token against the two optimal tilts.
 
     Parameters
     ----------
@@ -385,7 +386,7 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     vocab : int, optional
         Vocabulary size of ``english-sentiment``.
     experiments : list of str, optional
-        A subset of ``tiltlab.experiments.EXPERIMENTS`` (default: all six, in order).
+        A subset of ``tiltlab.experiments.EXPERIMENTS`` (default: all seven, in order).
     echo : callable, default print
         Where summary lines go.
 
