@@ -2,13 +2,14 @@
  * trapezoid rule for P(level j) = n m_j w_j int_0^inf exp(-t w_j) M(t)^(n-1) dt in the
  * variable u = log t (lattice u_i = i h).
  *
- * Levels are grouped into bins of width <= 0.01 in lw = log w; a bin b is represented by its
+ * Levels are grouped into bins of width <= 0.04 in lw = log w; a bin b is represented by its
  * centre c_b and the moments of its levels' offsets eps = lw - c_b, and every function of
  * z = u + lw is expanded to order TL_SOFT_R in eps around z = u + c_b.  The derivatives of
  * g(z) = exp(-e^z) are g^(r)(z) = e^{-x} Q_r(x) with x = e^z and
- * Q_r(x) = sum_k S(r, k) (-x)^k (Stirling numbers of the second kind); with |eps| <= 0.005
- * the remainder is below 1e-19 relative.  Node bookkeeping (which bins are active at a node,
- * closed-form gaps, prefix integrals, the per-level assembly) stays in tiltlab.policies.
+ * Q_r(x) = sum_k S(r, k) (-x)^k (Stirling numbers of the second kind); with |eps| <= 0.02
+ * the remainder eps^8 Q_8(x) / 8! is below 1e-16 relative where the weight e^{-x} matters
+ * (x <~ 10).  Node bookkeeping (which bins are active at a node, closed-form gaps, prefix
+ * integrals, the per-level assembly) stays in tiltlab.policies.
  */
 #ifndef TL_SOFT_H
 #define TL_SOFT_H

@@ -373,3 +373,16 @@ def test_soft_best_of_n_large_vocabulary_mass_and_bracket():
     p_mean = float(tiltlab.tilt_stats(lg, r, 0.0).mean)
     assert p_mean < s.expected_reward < float(bon.expected_reward)
     assert 0.0 < s.kl < float(bon.kl)
+
+
+def test_soft_best_of_n_frontier_threads_give_the_serial_result():
+    rng = np.random.default_rng(4)
+    lg, r = rng.normal(size=2000), rng.normal(size=2000)
+    grid = np.geomspace(0.02, 20.0, 9)
+    one = tiltlab.policy_frontier(lg, r, "soft_best_of_n", grid, n=8, n_threads=1)
+    two = tiltlab.policy_frontier(lg, r, "soft_best_of_n", grid, n=8, n_threads=2)
+    for a, b in zip(one[1:], two[1:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for i in (0, 4, 8):
+        law = tiltlab.soft_best_of_n(lg, r, 8, grid[i])
+        assert one.kl[i] == pytest.approx(law.kl, rel=1e-13)
