@@ -37,7 +37,7 @@ def test_kl_estimators_infinite_kl_and_bad_input():
     with pytest.raises(ValueError, match="indices in"):
         tiltlab.kl_estimators(np.array([0, 5]), np.zeros(2), np.zeros(2))
     with pytest.raises(TypeError, match="integer outcome indices"):
-        tiltlab.kl_estimators(np.array([0.5]), np.zeros(2), np.zeros(2))
+        tiltlab.kl_estimators(np.array([0.5, 1.5]), np.zeros(2), np.zeros(2))
     with pytest.raises(ValueError, match="at least 2"):
         tiltlab.kl_estimators(np.array([0]), np.zeros(2), np.zeros(2))
     with pytest.raises(ValueError, match="NaN"):
@@ -123,3 +123,8 @@ def test_estimator_study_bad_input():
     with pytest.raises(ValueError, match="single best-of-N row"):
         tiltlab.estimator_study(tiltlab.best_of_n(np.zeros((2, 2)), np.zeros((2, 2)), n=2),
                                 10, 5)
+
+
+def test_kl_estimators_empty_samples():
+    with pytest.raises(ValueError, match="at least 2 samples; got 0"):
+        tiltlab.kl_estimators([], np.zeros(2), np.zeros(2))

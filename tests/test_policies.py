@@ -386,3 +386,55 @@ def test_soft_best_of_n_frontier_threads_give_the_serial_result():
     for i in (0, 4, 8):
         law = tiltlab.soft_best_of_n(lg, r, 8, grid[i])
         assert one.kl[i] == pytest.approx(law.kl, rel=1e-13)
+
+
+@pytest.mark.parametrize("p, r, n", [
+    ([1e-14, 1.0], [0.0, 4.0], 1.05),          # branch points of M^(n-1) near the axis
+    ([1e-8, 1.0], [0.0, 3.0], 1.05),
+    ([1e-30, 1e-3, 1.0], [0.0, 2.0, 5.0], 1.5),
+    ([0.3, 0.7], [0.0, 1.0], 2.5),
+])
+def test_soft_best_of_n_non_integer_n_against_mpmath(p, r, n):
+    import mpmath as mp
+
+    p = np.array(p) / np.sum(p)
+    with mp.workdps(40):
+        pm = [mp.mpf(x) for x in p]
+        w = [mp.e ** (x - max(r)) for x in r]
+
+        def level(j):
+            def f(t):
+                m = sum(pk * mp.e ** (-t * wk) for pk, wk in zip(pm, w, strict=True))
+                return mp.e ** (-t * w[j]) * m ** (n - 1)
+            pts = sorted({mp.mpf(0), *[mp.mpf(10) ** k / min(w) for k in range(-8, 4)]})
+            return n * pm[j] * w[j] * mp.quad(f, [*pts, mp.inf])
+
+        ref = np.array([float(level(j)) for j in range(len(p))])
+    law = tiltlab.soft_best_of_n(np.log(p), r, n, 1.0)
+    np.testing.assert_allclose(np.exp(law.log_probs), ref, rtol=1e-12)
+
+
+def test_small_kl_keeps_relative_accuracy():
+    lg, r = np.log([0.5, 0.5]), np.array([0.0, 1.0])
+    # best-of-Poisson, mu -> 0: w = (0.5 e^{-mu/2}, ...), KL = mu^2 / 8 + O(mu^3)
+    assert tiltlab.best_of_poisson(lg, r, 1e-12).kl == pytest.approx(1.25e-25, rel=1e-9)
+    # calibrated tilt, c -> 0: KL = c^2 Var_p(Q) / 2 with Var_p(Q) = 1/16
+    assert tiltlab.calibrated_tilt(lg, r, 1e-8).kl == pytest.approx(3.125e-18, rel=1e-7)
+    # soft best-of-n at a huge temperature: KL ~ Var_p(r / T)-sized
+    law = tiltlab.soft_best_of_n(lg, r, 2, 1e6)
+    pi = np.exp(law.log_probs)
+    d = np.log(pi / 0.5)
+    ref = float(np.sum(0.5 * (d * np.exp(d) - np.expm1(d))))
+    assert law.kl == pytest.approx(ref, rel=1e-6) and law.kl > 0
+
+
+def test_policy_argument_types():
+    lg, r = np.log([0.5, 0.5]), np.array([0.0, 1.0])
+    with pytest.raises(TypeError, match="n must be a number"):
+        tiltlab.soft_best_of_n(lg, r, True, 1.0)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        tiltlab.soft_best_of_n(lg, r, 2, True)
+    with pytest.raises(ValueError, match="one-dimensional"):
+        tiltlab.policy_frontier(lg, r, "best_of_n", [[1.0, 2.0]])
+    with pytest.raises(ValueError, match="spread"):
+        tiltlab.soft_best_of_n(np.zeros(2), [-1e308, 1e308], 2, 1e304)

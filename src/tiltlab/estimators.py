@@ -94,6 +94,8 @@ def kl_estimators(samples, log_pi, log_p) -> KLEstimates:
     lp = V.as_real_array(log_p, "log_p").astype(np.float64)
     if samples is not None:
         s = np.asarray(samples)
+        if s.size < 2:
+            raise ValueError(f"need at least 2 samples; got {s.size}")
         if s.dtype.kind not in "iu":
             raise TypeError(f"samples must be integer outcome indices; got dtype {s.dtype}")
         if lpi.ndim != 1 or lp.shape != lpi.shape:

@@ -130,12 +130,28 @@ class PolicyLaw:
                                 n_threads=n_threads)
 
 
+def _kl_phi(d: np.ndarray) -> np.ndarray:
+    """phi(d) = d e^d - (e^d - 1) >= 0, with its series for small |d| and phi(-inf) = 1."""
+    d = np.asarray(d, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        direct = d * np.exp(d) - np.expm1(d)
+    # sum_{k >= 2} (k - 1) d^k / k!
+    series = d * d * (0.5 + d * (1 / 3 + d * (1 / 8 + d * (1 / 30 + d / 144))))
+    out = np.where(np.abs(d) < 1e-2, series, direct)
+    return np.where(np.isneginf(d), 1.0, out)
+
+
 def _level_metrics(lv: _Levels, log_w: np.ndarray) -> tuple[float, float, float]:
-    """KL(pi || p), E_pi r and the win rate of a level law (module docstring)."""
+    """KL(pi || p), E_pi r and the win rate of a level law (module docstring).
+
+    The KL is summed as ``sum_j m_j phi(log(w_j / m_j))`` with ``phi(d) = d e^d - expm1(d)``:
+    the same value (both laws sum to 1) with no cancellation, so small KLs keep their
+    relative accuracy."""
     w = np.exp(log_w)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kl_terms = np.where(w > 0, w * (log_w - lv.log_mass), 0.0)
-    return (max(float(np.sum(kl_terms)), 0.0), float(np.dot(w, lv.values)),
+    with np.errstate(invalid="ignore"):
+        d = log_w - lv.log_mass
+    kl = float(np.sum(lv.mass * _kl_phi(d)))
+    return (max(kl, 0.0), float(np.dot(w, lv.values)),
             float(np.dot(w, lv.below + 0.5 * lv.mass)))
 
 
@@ -150,6 +166,8 @@ def _finish(method: str, params: dict, logits, rewards, lv: _Levels,
 
 def _real(x, name: str, *, lo: float | None = None, lo_open: bool = False,
           allow_inf: bool = False) -> float:
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number; got {x!r}")
     v = V.scalar_param(x, name, allow_inf=allow_inf)
     if lo is not None and (v < lo or (lo_open and v == lo)):
         raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}; got {v}")
@@ -346,7 +364,9 @@ def _w_calibrated(lv: _Levels, cv: float) -> np.ndarray:
 # soft best-of-n: the integral identity by the trapezoid rule in u = log t
 # --------------------------------------------------------------------------------------
 
-_H = 0.25            # lattice step in u; the rule converges like exp(-pi^2 / h) (~1e-17)
+_H = 0.25            # lattice step in u; for integer n the rule converges like exp(-pi^2 / h)
+_H_MIN = _H / 16     # finest step tried for non-integer n (see _w_soft)
+_SOFT_TOL = 1e-11    # agreement of successive halvings accepted as converged
 _LEFT = 50.0         # a level is 'not yet switched off' while n t w < e^-50
 _RIGHT = 7.0         # ... and 'switched off' once t w > e^7 (exp(-t w) < 1e-476)
 _MAX_SPREAD = 1e5    # (r_max - r_min) / temperature beyond which the T -> 0 limit is exact
@@ -366,7 +386,7 @@ class _Compiled:
 
 
 def _soft_level_law(lv: _Levels, n: float, temperature: float, stages=None,
-                    n_threads: int | None = None) -> tuple[np.ndarray, float]:
+                    n_threads: int | None = None, h: float = 0.25) -> tuple[np.ndarray, float]:
     """log P(level j) of soft best-of-n, and the quadrature's total mass (1 up to rounding).
 
     ``stages`` supplies the two loops over (node, level) pairs: compiled by default, the
@@ -375,7 +395,7 @@ def _soft_level_law(lv: _Levels, n: float, temperature: float, stages=None,
         nt = V.n_threads_value(n_threads)
         stages = _Compiled(V.threads_for_work(lv.values.size * 64, nt))
     with np.errstate(over="ignore"):       # e^{u + lw} = inf means 'switched off': exact
-        return _soft_level_law_impl(lv, n, temperature, stages)
+        return _soft_level_law_impl(lv, n, temperature, stages, h)
 
 
 _SERIES = -8.0      # for z = u + lw < -8, exp(-e^z) = sum_{r <= 5} (-e^z)^r / r! (x^6/720 < 1e-22)
@@ -481,10 +501,10 @@ def _log_geometric(first: np.ndarray, count: np.ndarray, rate: float) -> np.ndar
     return rate * first + y + np.log(-np.expm1(-y)) - math.log(math.expm1(rate))
 
 
-def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages):
+def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages, h: float):
     lw = (lv.values - lv.values[-1]) / temperature          # log w_j <= 0, ascending
     m, L = lv.mass, lv.values.size
-    logn, h = math.log(n), _H
+    logn = math.log(n)
     # lattice u_i = i h; explicit nodes only where some level is switching off: the
     # union of [-lw - 50 - log n, -lw + 7] over levels, merged into blocks
     # lw ascending, so both ends descend with the level index: reversed, they ascend
@@ -571,7 +591,12 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
     trapezoid rule on the lattice ``u = i h`` converges like ``exp(-pi^2 / h)``; nodes are
     evaluated only where some level switches off, the rest is summed in closed form
     (geometric series), all in log space.  The result is renormalised; the quadrature's
-    own total mass is in ``params['quadrature_mass']`` (1 to about 1e-13).
+    own total mass is in ``params['quadrature_mass']`` (1 to about 1e-13, 1e-16 * spread /
+    temperature at worst).  For integer ``n`` the rule converges like ``exp(-pi^2 / h)``
+    already at ``h = 1/4``; for non-integer ``n`` (where ``M^(n-1)`` has complex branch
+    points near the axis when level masses differ by many orders of magnitude) the step is
+    halved, down to ``1/64``, until two lattices agree to 1e-11, and a RuntimeWarning gives
+    the remaining difference if they never do.
 
     Parameters
     ----------
@@ -598,7 +623,7 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
     0.615529289315
     """
     nv = _real(n, "n", lo=1.0)
-    t = V.scalar_param(temperature, "temperature", allow_inf=True)
+    t = _real(temperature, "temperature", allow_inf=True)
     if not t >= 0:
         raise ValueError(f"temperature must be >= 0; got {t}")
     lv = _levels(logits, rewards)
@@ -610,7 +635,11 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
 
 
 def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
-    spread = float(lv.values[-1] - lv.values[0])
+    with np.errstate(over="ignore"):
+        spread = float(lv.values[-1] - lv.values[0])
+    if not math.isfinite(spread):
+        raise ValueError("the reward spread r_max - r_min overflows double; rescale the "
+                         "rewards (soft best-of-n depends on r / temperature only)")
     if t == math.inf or nv == 1.0 or lv.values.size == 1:
         return lv.log_mass.copy(), None
     if t == 0.0:
@@ -619,7 +648,30 @@ def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
         raise ValueError(f"temperature={t} is too small for the reward spread {spread:g} "
                          f"(spread/temperature > {_MAX_SPREAD:g}); use temperature=0, "
                          "which is best-of-n exactly")
-    log_p, total = _soft_level_law(lv, nv, t, n_threads=n_threads)
+    # For integer n the integrand is entire in u and the trapezoid rule converges like
+    # exp(-pi^2 / h).  For non-integer n, M(t)^(n-1) has branch points at the complex zeros of
+    # M, which come close to the real axis when level masses differ by many orders of
+    # magnitude; there the step is halved until two successive lattices agree.
+    h = _H
+    log_p, total = _soft_level_law(lv, nv, t, n_threads=n_threads, h=h)
+    if nv == round(nv):
+        return log_p - math.log(total), total
+    err = math.inf
+    while h > _H_MIN:
+        h /= 2
+        finer, total = _soft_level_law(lv, nv, t, n_threads=n_threads, h=h)
+        with np.errstate(invalid="ignore"):
+            rel = np.abs(np.expm1(finer - log_p))
+        err = float(np.max(np.where(np.isfinite(finer), rel, 0.0)))
+        log_p = finer
+        if err <= _SOFT_TOL:
+            break
+    if err > _SOFT_TOL:
+        import warnings
+
+        warnings.warn(f"soft_best_of_n: the quadrature for n = {nv:g} changed the level "
+                      f"probabilities by up to {err:.1e} (relative) at the finest step; they "
+                      "are accurate to about that", RuntimeWarning, stacklevel=3)
     return log_p - math.log(total), total
 
 
@@ -686,7 +738,10 @@ def policy_frontier(logits: ArrayLike, rewards: ArrayLike, method: str, grid: Ar
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    g = V.as_real_array(grid, "grid").astype(np.float64).reshape(-1)
+    g = V.as_real_array(grid, "grid").astype(np.float64)
+    if g.ndim > 1:
+        raise ValueError(f"grid must be one-dimensional; got shape {g.shape}")
+    g = g.reshape(-1)
     if g.size == 0:
         raise ValueError("grid is empty")
     if np.isnan(g).any():
