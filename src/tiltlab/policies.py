@@ -386,7 +386,7 @@ class _Compiled:
 
 
 def _soft_level_law(lv: _Levels, n: float, temperature: float, stages=None,
-                    n_threads: int | None = None, h: float = 0.25) -> tuple[np.ndarray, float]:
+                    n_threads: int | None = None, h: float = _H) -> tuple[np.ndarray, float]:
     """log P(level j) of soft best-of-n, and the quadrature's total mass (1 up to rounding).
 
     ``stages`` supplies the two loops over (node, level) pairs: compiled by default, the
