@@ -193,15 +193,13 @@ def _frontier(args) -> int:
     kl = kl[kl / n <= kmax] if not args.kl else kl
     lam = np.asarray(tiltlab.solve_lambda(m.logits, m.rewards, kl / n), dtype=float)
     st = tiltlab.tilt_stats(m.logits, m.rewards, lam)
-    lv = tiltlab.reward_levels(m.logits, m.rewards)
-    # lam = inf (budget >= kl_max): every token at the top level; it wins unless the
-    # reference draw is all-top too, a tie counted 1/2
-    top_all = 1.0 - 0.5 * np.exp(n * lv.log_masses[-1])
     if n == 1:
-        win = [_tilted_win_rate_levels(lv.log_masses, lv.log_masses + lm * lv.values - z)
-               if np.isfinite(lm) else top_all
-               for lm, z in zip(lam, np.atleast_1d(st.log_partition), strict=True)]
+        win = tiltlab.policy_frontier(m.logits, m.rewards, "tilted", lam).win_rate
     else:
+        # lam = inf (budget >= kl_max): every token at the top level; it wins unless the
+        # reference draw is all-top too, a tie counted 1/2
+        top_all = 1.0 - 0.5 * np.exp(n * tiltlab.reward_levels(m.logits, m.rewards)
+                                     .log_masses[-1])
         seq = tiltlab.Memoryless(m.logits, m.rewards, n, step=m.step, n_threads=args.jobs)
         law0 = seq.reward_log_pmf()
         win = [_tilted_win_rate_levels(law0.log_pmf, seq.reward_log_pmf(float(lm)).log_pmf)

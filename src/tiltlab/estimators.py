@@ -62,7 +62,7 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def kl_estimators(samples, log_pi, log_p) -> KLEstimates:
-    """The sample estimators k1, k2, k3 of ``KL(pi || p)`` (module docstring).
+    """The sample estimators k1, k2, k3 of ``KL(pi || p)`` (SPEC section 2; module docstring).
 
     Parameters
     ----------
@@ -286,7 +286,7 @@ def _source(policy, lam) -> _Source:
 
 def estimator_study(policy, n_samples: int, repeats: int, rng=None, *,
                     lam: float | None = None) -> EstimatorStudy:
-    """Bias, spread and RMSE of the KL estimators on a policy with exactly known KL.
+    """Bias, spread and RMSE of the KL estimators against the exact KL (SPEC sections 2-4).
 
     Parameters
     ----------

@@ -460,13 +460,10 @@ def win_rate(ctx: Context) -> Experiment:
     log_ns = np.linspace(0.0, math.log(1e4), 40)
     b1 = tiltlab.best_of_n(m.logits, m.rewards, log_n=log_ns)
     ns = np.exp(log_ns)
-    lv = tiltlab.reward_levels(m.logits, m.rewards)
     top = min(max(float(np.max(b1.kl)), 0.02), 0.999 * ctx.kl_max)
     lam1 = tiltlab.solve_lambda(m.logits, m.rewards, np.linspace(0.0, top, 40))
-    st1 = tiltlab.tilt_stats(m.logits, m.rewards, lam1)
-    lz = np.asarray(st1.log_partition)
-    wr1 = [_tilted_win_rate_levels(lv.log_masses, lv.log_masses + lam * lv.values - z)
-           for lam, z in zip(lam1, lz, strict=True)]
+    st1 = tiltlab.policy_frontier(m.logits, m.rewards, "tilted", lam1)
+    wr1 = st1.win_rate
     L = ctx.sizes.winrate_length
     s = ctx.seq(L)
     law0 = s.reward_log_pmf()
