@@ -19,6 +19,52 @@ TL_INLINE double tl__lanes_total(const double *s) {
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+/* Software prefetch of the data TL_PREFETCH_AHEAD elements ahead of a block (one hint per
+ * 64-byte line; hints past the end of the array are harmless: prefetch never faults, but
+ * they are skipped anyway).  `left` is the number of elements from p to the end. */
+#define TL_PREFETCH_AHEAD 2048
+#if defined(__GNUC__) || defined(__clang__)
+#define TL_PREFETCH_BLOCK(p, left)                                                        \
+    do {                                                                                  \
+        if ((left) > TL_PREFETCH_AHEAD + TL_BLOCK) {                                      \
+            const char *tl__pf = (const char *)((p) + TL_PREFETCH_AHEAD);                 \
+            for (size_t tl__o = 0; tl__o < TL_BLOCK * sizeof(*(p)); tl__o += 64)          \
+                __builtin_prefetch(tl__pf + tl__o, 0, 0);                                 \
+        }                                                                                 \
+    } while (0)
+#else
+#define TL_PREFETCH_BLOCK(p, left) ((void)0)
+#endif
+
+/* Copies len <= TL_BLOCK values into a double buffer (widening float32), padding the tail
+ * with `pad`.  A type-generic macro: the element type is that of src. */
+#define tl_block_load(dst, src, len, pad)                                                 \
+    do {                                                                                  \
+        ptrdiff_t tl__i;                                                                  \
+        for (tl__i = 0; tl__i < (len); tl__i++) (dst)[tl__i] = (double)(src)[tl__i];      \
+        for (; tl__i < TL_BLOCK; tl__i++) (dst)[tl__i] = (pad);                           \
+    } while (0)
+
+/* One scan of a block: *mx = max of x (NaN ignored; -inf if all are -inf); returns
+ * nonzero if some entry is NaN. */
+TL_INLINE int tl_block_max_nan(const double *TL_RESTRICT x, double *mx) {
+    double s[TL_LANES], nn[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) {
+        s[k] = -INFINITY;
+        nn[k] = 0.0;
+    }
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
+            double v = x[i + k];
+            s[k] = v > s[k] ? v : s[k];
+            nn[k] += v == v ? 0.0 : 1.0;
+        }
+    double m = s[0];
+    for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
+    *mx = m;
+    return tl__lanes_total(nn) != 0.0;
+}
+
 /* sum of x[0..TL_BLOCK) */
 TL_INLINE double tl_block_sum(const double *TL_RESTRICT x) {
     double s[TL_LANES] = {0};

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "tl_isa.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define TL_INLINE static inline __attribute__((always_inline))

@@ -26,13 +26,21 @@
 #define TL_EXP_HI 709.0
 #define TL_EXP_SUBNORMAL (-708.0) /* below: 2^k is built as 2^(k+64) * 2^-64 */
 
+/* a * b + c: one fused multiply-add where the variant has them in hardware (tl_isa.h),
+ * two roundings otherwise (a software fma would be a slow library call) */
+#if defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
+#define TL_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#else
+#define TL_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 /* Reduction shared by exp and expm1: e^x = 2^k e^r = scale * tail * e^r, with tail = 1
  * except for subnormal results (tail = 2^-64, applied last so nothing underflows early).
  * Writes r and q with expm1(r) = r + r^2 q (for |x| < 0.34, k = 0 and r = x exactly). */
 TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, double *tail) {
     double xc = x < TL_EXP_LO ? TL_EXP_LO : x;
     xc = xc > TL_EXP_HI ? TL_EXP_HI : xc;
-    double t = xc * TL_LOG2E + TL_ROUND_SHIFT;
+    double t = TL_FMA(xc, TL_LOG2E, TL_ROUND_SHIFT);
     double kd = t - TL_ROUND_SHIFT;
     double r = (xc - kd * TL_LN2_HI) - kd * TL_LN2_LO;
     /* subnormal results: take 2^(k+64) (a normal number) and multiply by 2^-64 below */
@@ -51,16 +59,16 @@ TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, doubl
      * < 7e-17 relative on |r| <= 0.35), evaluated by Estrin's scheme: dependency depth 4
      * instead of 11, so vectorised loops are not latency-bound */
     double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    double p01 = 0.5 + r * 1.6666666666666666e-01;              /* 1/2!, 1/3! */
-    double p23 = 4.1666666666666664e-02 + r * 8.333333333333333e-03;  /* 1/4!, 1/5! */
-    double p45 = 1.388888888888889e-03 + r * 1.984126984126984e-04;   /* 1/6!, 1/7! */
-    double p67 = 2.48015873015873e-05 + r * 2.7557319223985893e-06;   /* 1/8!, 1/9! */
-    double p89 = 2.755731922398589e-07 + r * 2.505210838544172e-08;   /* 1/10!, 1/11! */
-    double pab = 2.08767569878681e-09 + r * 1.6059043836821613e-10;   /* 1/12!, 1/13! */
-    double q03 = p01 + r2 * p23;
-    double q47 = p45 + r2 * p67;
-    double q8b = p89 + r2 * pab;
-    double q = (q03 + r4 * q47) + r8 * q8b;
+    double p01 = TL_FMA(r, 1.6666666666666666e-01, 0.5);             /* 1/2!, 1/3! */
+    double p23 = TL_FMA(r, 8.333333333333333e-03, 4.1666666666666664e-02);  /* 1/4!, 1/5! */
+    double p45 = TL_FMA(r, 1.984126984126984e-04, 1.388888888888889e-03);   /* 1/6!, 1/7! */
+    double p67 = TL_FMA(r, 2.7557319223985893e-06, 2.48015873015873e-05);   /* 1/8!, 1/9! */
+    double p89 = TL_FMA(r, 2.505210838544172e-08, 2.755731922398589e-07);   /* 1/10!, 1/11! */
+    double pab = TL_FMA(r, 1.6059043836821613e-10, 2.08767569878681e-09);   /* 1/12!, 1/13! */
+    double q03 = TL_FMA(r2, p23, p01);
+    double q47 = TL_FMA(r2, p67, p45);
+    double q8b = TL_FMA(r2, pab, p89);
+    double q = TL_FMA(r8, q8b, TL_FMA(r4, q47, q03));
     *r_out = r;
     *q_out = q;
     return scale;
@@ -69,7 +77,7 @@ TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, doubl
 /* e^x and e^x - 1 from a reduction's outputs (both with full relative accuracy). */
 TL_INLINE void tl__exp_finish(double x, double scale, double r, double q, double tail,
                               double *e, double *em) {
-    double p = r + (r * r) * q;
+    double p = TL_FMA(r * r, q, r);
     double ev = (scale + scale * p) * tail;
     /* for subnormal results e^x - 1 is -1 to double precision */
     double emv = tail < 1.0 ? -1.0 : scale * p + (scale - 1.0);

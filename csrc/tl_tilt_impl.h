@@ -24,23 +24,114 @@ static inline int TL_SFX(tl__load_block)(const TL_T *TL_RESTRICT l, const TL_T *
     return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
 }
 
+/* The tilting kernel's block load: the copy above (with prefetch) and ONE scan for
+ * everything the block's bookkeeping needs: bad logits (NaN, +inf), non-finite r - c, the
+ * maximum logit *bm, and the range [*dlo, *dhi] of r - c over the support (finite
+ * logits).  Returns the TL_FLAG_BAD_* bits. */
+static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                                         ptrdiff_t len, ptrdiff_t left, double c,
+                                         double *TL_RESTRICT lb, double *TL_RESTRICT db,
+                                         double *bm, double *dlo, double *dhi) {
+    TL_PREFETCH_BLOCK(l, left);
+    TL_PREFETCH_BLOCK(r, left);
+    for (ptrdiff_t i = 0; i < len; i++) {
+        lb[i] = (double)l[i];
+        db[i] = (double)r[i] - c;
+    }
+    for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
+        lb[i] = -INFINITY;
+        db[i] = 0.0;
+    }
+    double ml[TL_LANES], hi[TL_LANES], lo[TL_LANES], nn[TL_LANES], nf[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) {
+        ml[k] = hi[k] = -INFINITY;
+        lo[k] = INFINITY;
+        nn[k] = nf[k] = 0.0;
+    }
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
+            double v = lb[i + k], d = db[i + k];
+            int fin = v > -INFINITY;
+            ml[k] = v > ml[k] ? v : ml[k];
+            nn[k] += v == v ? 0.0 : 1.0;
+            nf[k] += d * 0.0; /* NaN exactly for NaN and +-inf */
+            double dh = fin ? d : -INFINITY, dl = fin ? d : INFINITY;
+            hi[k] = dh > hi[k] ? dh : hi[k];
+            lo[k] = dl < lo[k] ? dl : lo[k];
+        }
+    double m = ml[0], h = hi[0], o = lo[0];
+    for (int k = 1; k < TL_LANES; k++) {
+        m = ml[k] > m ? ml[k] : m;
+        h = hi[k] > h ? hi[k] : h;
+        o = lo[k] < o ? lo[k] : o;
+    }
+    *bm = m;
+    *dhi = h;
+    *dlo = o;
+    int bad_l = tl__lanes_total(nn) != 0.0 || m == INFINITY;
+    int bad_r = 0;
+    double t = tl__lanes_total(nf);
+    if (t != t) {
+        /* r - c is not finite: r itself is (an error) or the difference overflowed */
+        bad_r = TL_FLAG_REWARD_RANGE;
+        for (ptrdiff_t i = 0; i < len; i++)
+            if (!(fabs((double)r[i]) <= DBL_MAX)) bad_r = TL_FLAG_BAD_REWARD;
+    }
+    return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
+}
+
 ptrdiff_t TL_SFX(tl_first_support)(const TL_T *l, ptrdiff_t n) {
     for (ptrdiff_t i = 0; i < n; i++)
         if ((double)l[i] > -INFINITY && (double)l[i] == (double)l[i]) return i;
     return -1;
 }
 
+/* First index of the maximum of l + lam r over the support.  Blocks are scanned with a
+ * vectorised maximum; only a block whose maximum beats the best so far is searched for
+ * its first maximising index (a short scalar pass, rare on long rows). */
 ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
                                    double *best_x) {
+    double xb[TL_BLOCK];
     ptrdiff_t best = -1;
     double bx = -INFINITY;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double li = (double)l[i];
-        if (!(li > -INFINITY)) continue;
-        double x = li + (lam == 0.0 ? 0.0 : lam * (double)r[i]);
-        if (best < 0 || x > bx) {
-            best = i;
-            bx = x;
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        TL_PREFETCH_BLOCK(l + j0, n - j0);
+        TL_PREFETCH_BLOCK(r + j0, n - j0);
+        if (lam == 0.0) {
+            for (ptrdiff_t i = 0; i < len; i++) {
+                double li = (double)l[j0 + i];
+                xb[i] = li > -INFINITY ? li : -INFINITY; /* NaN logits never win */
+            }
+        } else {
+            for (ptrdiff_t i = 0; i < len; i++) {
+                double li = (double)l[j0 + i];
+                double x = li + lam * (double)r[j0 + i];
+                xb[i] = li > -INFINITY ? x : -INFINITY;
+            }
+        }
+        for (ptrdiff_t i = len; i < TL_BLOCK; i++) xb[i] = -INFINITY;
+        /* NaN values (lam r = inf - inf, NaN rewards) are ignored by the maximum; they
+         * never beat a best value, and a block is rescanned whenever no best exists yet */
+        double s[TL_LANES];
+        for (int k = 0; k < TL_LANES; k++) s[k] = -INFINITY;
+        for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+            for (int k = 0; k < TL_LANES; k++) {
+                double x = xb[i + k];
+                s[k] = x > s[k] ? x : s[k];
+            }
+        double m = s[0];
+        for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
+        if (best >= 0 && !(m > bx)) continue;
+        /* the first support index of the block that the scalar rule would pick */
+        for (ptrdiff_t i = 0; i < len; i++) {
+            double li = (double)l[j0 + i];
+            if (!(li > -INFINITY)) continue;
+            double x = li + (lam == 0.0 ? 0.0 : lam * (double)r[j0 + i]);
+            if (best < 0 || x > bx) {
+                best = j0 + i;
+                bx = x;
+            }
         }
     }
     *best_x = bx;
@@ -54,20 +145,15 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
     tl__tilt_init(acc);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
-        int bad = TL_SFX(tl__load_block)(l + j0, r + j0, len, c, lb, db);
+        double bm, dlo, dhi;
+        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, lb, db, &bm, &dlo,
+                                         &dhi);
         if (bad) {
             acc->flags |= bad;
             continue;
         }
-        /* reward range of the support (in units of r - c) */
-        for (int i = 0; i < TL_BLOCK; i++) {
-            int fin = lb[i] > -INFINITY;
-            xb[i] = fin ? db[i] : -INFINITY;
-            we[i] = fin ? -db[i] : -INFINITY;
-        }
-        double bm = tl_block_max(lb);
         if (bm == -INFINITY) continue;
-        double dhi = tl_block_max(xb), dlo = -tl_block_max(we);
+        /* reward range of the support (in units of r - c) */
         acc->r_hi = dhi > acc->r_hi ? dhi : acc->r_hi;
         acc->r_lo = dlo < acc->r_lo ? dlo : acc->r_lo;
         if (bm > acc->m_l) {
@@ -84,7 +170,7 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             acc->m_l = bm;
         }
         const double ml = acc->m_l;
-        double sb;
+        double sb, sd; /* tilted weight sum and sum of weight * (r - c) of the block */
         if (mode == TL_MODE_KL) {
             for (int i = 0; i < TL_BLOCK; i++) {
                 double a = tl_exp(lb[i] - ml);
@@ -107,12 +193,14 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 ws[i] = a * db[i];
                 wt[i] = (a * em) * db[i];
             }
+            double s1 = tl_block_sum(ws), t1 = tl_block_sum(wt);
             acc->s_l += tl_block_sum(wa);
             acc->e += tl_block_sum(we);
             acc->e2 += tl_block_sum(wx);
-            acc->s1 += tl_block_sum(ws);
-            acc->t1 += tl_block_sum(wt);
+            acc->s1 += s1;
+            acc->t1 += t1;
             sb = tl_block_sum(wb);
+            sd = s1 + t1; /* sum a e d = sum a d + sum a expm1(u) d */
         } else {
             /* with c at the dominant outcome, lam (r - c) overflows only towards -inf
              * (a weight of 0); +inf or NaN means lam * reward itself saturates */
@@ -140,11 +228,23 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             }
             acc->s_l += tl_block_sum(wa);
             sb = tl_block_sum(wb);
+            sd = tl_block_dot(wb, db);
         }
         if (sb > 0.0) {
-            double nu, q;
-            tl_block_centred(wb, db, sb, &nu, &q);
-            tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
+            /* corrected two-pass centred sums of the block around nu = sd / sb */
+            double nu = sd / sb;
+            double q[TL_LANES] = {0}, z[TL_LANES] = {0};
+            for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+                for (int k = 0; k < TL_LANES; k++) {
+                    double dev = db[i + k] - nu;
+                    double wd = wb[i + k] * dev;
+                    z[k] += wd;
+                    q[k] += wd * dev;
+                }
+            double zt = tl__lanes_total(z), qt = tl__lanes_total(q);
+            qt -= zt * (zt / sb); /* weights may be ~1e300: never square a sum */
+            tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu + zt / sb,
+                          qt > 0.0 ? qt : 0.0, 1.0);
         }
     }
 }

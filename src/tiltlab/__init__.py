@@ -5,6 +5,8 @@ asymptotics, after *Asymptotics of Language Model Alignment* (arXiv 2404.01730).
 See SPEC section numbers in the docstrings for the formulas each function computes.
 """
 
+import os
+
 from tiltlab._version import __version__
 from tiltlab.bestofn import (
     BestOfN,
@@ -31,6 +33,7 @@ from tiltlab.policies import (
     worst_of_n,
 )
 from tiltlab.report import reproduce
+from tiltlab import simd
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -88,7 +91,8 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """Facts about the compiled core: OpenMP, default thread count, chunk size."""
+    """Facts about the compiled core: OpenMP, default thread count, chunk size, and the
+    instruction-set variant in use (see :mod:`tiltlab.simd`)."""
     from tiltlab import _core
 
     return {
@@ -96,4 +100,11 @@ def build_info() -> dict:
         "openmp": _core.openmp_enabled(),
         "max_threads": _core.max_threads(),
         "chunk_size": _core.chunk_size(),
+        "simd": simd.active(),
+        "simd_compiled": list(simd.compiled()),
+        "simd_supported": list(simd.available()),
+        "simd_forced": os.environ.get(simd.ENV_VAR) or None,
     }
+
+
+simd._select_from_environment()

@@ -165,6 +165,7 @@ def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] 
 
 
 include "_buffer.pxi"
+include "_isa.pxi"
 
 
 def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,

@@ -54,6 +54,7 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
 
 
 include "_buffer.pxi"
+include "_isa.pxi"
 
 
 # --------------------------------------------------------------------------------------

@@ -208,3 +208,16 @@ cdef extern from "tl_soft.h" nogil:
     void tl_soft_bins(const double *u, const double *eu, const double *logA,
                       const int64_t *wlo, const int64_t *whi, const double *c,
                       const double *ec, int64_t b0, int64_t b1, double *mx, double *U)
+
+cdef extern from "tl_isa.h" nogil:
+    enum:
+        TL_ISA_PORTABLE
+        TL_ISA_AVX2
+        TL_ISA_AVX512
+        TL_ISA_COUNT
+    int tl_isa_select(const char *name)
+    int tl_isa_active()
+    const char *tl_isa_name(int isa)
+    int tl_isa_compiled(int isa)
+    int tl_isa_cpu_supports(int isa)
+    int tl_isa_best()

@@ -18,6 +18,7 @@ import numpy as np
 from tiltlab._kernels cimport *
 
 include "_buffer.pxi"
+include "_isa.pxi"
 
 SEG_NODE_DTYPE = np.dtype([
     ("left", np.int64), ("right", np.int64), ("pos", np.int64), ("row", np.int64),

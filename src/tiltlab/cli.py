@@ -71,8 +71,14 @@ def _info(args) -> int:
     print(f"tiltlab {info['version']} (Python {platform.python_version()}, "
           f"numpy {np.__version__}, {platform.machine()})")
     print(f"version: {info['version']}")
-    print("compiled variant: portable (C99, baseline instruction set of the build; "
-          "no CPU-specific code paths)")
+    forced = info["simd_forced"]
+    how = (f"forced by {tiltlab.simd.ENV_VAR}={forced}" if forced and forced != "auto"
+           else f"chosen by CPU detection; set {tiltlab.simd.ENV_VAR} to force one")
+    print(f"compiled variant: {info['simd']} ({how})")
+    rows = ", ".join(f"{v['name']} ({'compiled' if v['compiled'] else 'not compiled'}, "
+                     f"{'CPU supports it' if v['supported'] else 'CPU lacks it'})"
+                     for v in tiltlab.simd.info())
+    print(f"variants: {rows}")
     print(f"openmp: {info['openmp']}")
     print(f"threads: {info['max_threads']} (OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; pass n_threads= or --jobs to change)")
