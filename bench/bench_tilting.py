@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from baselines import numpy_simple_tilt_stats
+from baselines import (
+    numpy_simple_tilt_stats,
+    numpy_tiled_logsumexp,
+    numpy_tiled_tilt_stats,
+    torch_tilt_stats,
+)
 from conftest import make_data, run
 
 import tiltlab
-from tiltlab import reference
+from tiltlab import reference, simd
 from tiltlab.tilting import _solve
 
 DTYPES = [np.float64, np.float32]
@@ -20,8 +25,26 @@ def _threads(impl):
     return 1 if impl == "compiled-1t" else 2
 
 
+def _torch(threads=2):
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(threads)
+    return torch
+
+
+def _compiled(impl, call):
+    """The compiled call; compiled-2t-portable runs it on the portable (SSE2) kernels."""
+    if impl == "compiled-2t-portable":
+        def fn():
+            with simd.use("portable"):
+                return call(2)
+        return fn
+    nt = _threads(impl)
+    return lambda: call(nt)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("impl", IMPLS + ["numpy-simple"])
+@pytest.mark.parametrize("impl", IMPLS + ["compiled-2t-portable", "numpy-simple",
+                                          "numpy-tiled", "torch-2t"])
 def test_tilt_stats(benchmark, rounds, shape, dtype, impl):
     logits, rewards = make_data(shape, dtype)
     lam = 1.5
@@ -29,15 +52,21 @@ def test_tilt_stats(benchmark, rounds, shape, dtype, impl):
         fn = lambda: reference.tilt_stats(logits, rewards, lam)  # noqa: E731
     elif impl == "numpy-simple":
         fn = lambda: numpy_simple_tilt_stats(logits, rewards, lam)  # noqa: E731
+    elif impl == "numpy-tiled":
+        fn = lambda: numpy_tiled_tilt_stats(logits, rewards, lam)  # noqa: E731
+    elif impl == "torch-2t":
+        _torch()
+        fn = lambda: torch_tilt_stats(logits, rewards, lam)  # noqa: E731
     else:
-        nt = _threads(impl)
-        fn = lambda: tiltlab.tilt_stats(logits, rewards, lam, n_threads=nt)  # noqa: E731
+        fn = _compiled(impl, lambda nt: tiltlab.tilt_stats(logits, rewards, lam,
+                                                           n_threads=nt))
     run(benchmark, fn, rounds=rounds, group=f"tilt_stats {shape[0]}x{shape[1]} "
         f"{np.dtype(dtype).name}", impl=impl, kernel="tilt_stats", n_elements=np.prod(shape))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("impl", IMPLS + ["scipy"])
+@pytest.mark.parametrize("impl", IMPLS + ["compiled-2t-portable", "numpy-tiled", "torch-2t",
+                                          "scipy"])
 def test_logsumexp(benchmark, rounds, shape, dtype, impl):
     logits, _ = make_data(shape, dtype)
     if impl == "reference":
@@ -45,9 +74,14 @@ def test_logsumexp(benchmark, rounds, shape, dtype, impl):
     elif impl == "scipy":
         special = pytest.importorskip("scipy.special")
         fn = lambda: special.logsumexp(logits, axis=-1)  # noqa: E731
+    elif impl == "numpy-tiled":
+        fn = lambda: numpy_tiled_logsumexp(logits)  # noqa: E731
+    elif impl == "torch-2t":
+        torch = _torch()
+        t = torch.from_numpy(logits)
+        fn = lambda: torch.logsumexp(t, dim=-1)  # noqa: E731
     else:
-        nt = _threads(impl)
-        fn = lambda: tiltlab.logsumexp(logits, n_threads=nt)  # noqa: E731
+        fn = _compiled(impl, lambda nt: tiltlab.logsumexp(logits, n_threads=nt))
     run(benchmark, fn, rounds=rounds, group=f"logsumexp {shape[0]}x{shape[1]} "
         f"{np.dtype(dtype).name}", impl=impl, kernel="logsumexp", n_elements=np.prod(shape))
 

@@ -4,11 +4,16 @@
     python bench/report.py --quick    # small sizes, under a minute (what CI runs)
     python bench/report.py --save     # also write bench/results/<date>-<label>.json
     python bench/report.py -k logsumexp
+    python bench/report.py --compare bench/results/A.json bench/results/B.json   # history
 
 The ratio columns divide another implementation's median (same run, same data) by this
 one: "× reference" is how many times faster than tiltlab.reference, "× numpy-simple"
-than the few-line NumPy a researcher writes (bench/baselines.py), "× scipy" than
-scipy.special.logsumexp.  ns/elem = median / elements.
+than the few-line NumPy a researcher writes (bench/baselines.py), "× numpy-tiled" than
+NumPy tiled to L2-sized blocks with out= buffers (the honest fast-NumPy bar), "× torch"
+than torch CPU with 2 threads (skipped when torch is not installed), "× scipy" than
+scipy.special.logsumexp.  "compiled-2t-portable" forces the portable (SSE2) kernels, so
+the gain of the SIMD variant in use is measured in the same run.  ns/elem = median /
+elements.
 """
 
 from __future__ import annotations
@@ -47,8 +52,8 @@ def table(data: dict) -> str:
     for b in data["benchmarks"]:
         groups.setdefault(b["group"], []).append(b)
     lines = ["| benchmark | implementation | median | ns/elem | × reference | × numpy-simple "
-             "| × scipy | notes |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| × numpy-tiled | × torch | × scipy | notes |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for group in sorted(groups, key=_group_key):
         rows = groups[group]
         med = {b["extra_info"]["impl"]: b["stats"]["median"] for b in rows}
@@ -59,12 +64,14 @@ def table(data: dict) -> str:
             vs_ref = f"{med['reference'] / m:.1f}" if "reference" in med else ""
             vs_scipy = f"{med['scipy'] / m:.1f}" if "scipy" in med else ""
             vs_simple = f"{med['numpy-simple'] / m:.1f}" if "numpy-simple" in med else ""
+            vs_tiled = f"{med['numpy-tiled'] / m:.1f}" if "numpy-tiled" in med else ""
+            vs_torch = f"{med['torch-2t'] / m:.1f}" if "torch-2t" in med else ""
             info = b["extra_info"]
             passes = f"{info['passes']} passes" if info.get("passes") else ""
             if "kl_error" in info:
                 passes = f"KL rel. error {info['kl_error']:.1e}"
             lines.append(f"| {group} | {impl} | {_fmt_time(m)} | {m / n * 1e9:.2f} | {vs_ref} "
-                         f"| {vs_simple} | {vs_scipy} | {passes} |")
+                         f"| {vs_simple} | {vs_tiled} | {vs_torch} | {vs_scipy} | {passes} |")
     return "\n".join(lines)
 
 
@@ -77,7 +84,8 @@ def _group_key(g: str):
 
 
 def _impl_key(impl: str):
-    order = ["compiled-1t", "compiled-2t", "reference", "numpy-simple", "scipy"]
+    order = ["compiled-1t", "compiled-2t", "compiled-2t-portable", "reference",
+             "numpy-simple", "numpy-tiled", "torch-2t", "scipy"]
     return order.index(impl) if impl in order else len(order)
 
 
@@ -97,7 +105,26 @@ def machine() -> str:
     info = tiltlab.build_info()
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, NumPy {np.__version__}, tiltlab "
-            f"{info['version']} (OpenMP {info['openmp']}, {info['max_threads']} threads)")
+            f"{info['version']} (OpenMP {info['openmp']}, {info['max_threads']} threads, "
+            f"SIMD variant {info['simd']}; compiled {'/'.join(info['simd_compiled'])})")
+
+
+def compare(before: dict, after: dict) -> str:
+    """Markdown table of the compiled medians of two saved runs (same group and impl)."""
+    def medians(d):
+        return {(b["group"], b["extra_info"]["impl"]): (b["stats"]["median"],
+                                                       b["extra_info"]["n_elements"])
+                for b in d["benchmarks"]}
+    mb, ma = medians(before), medians(after)
+    lines = ["| benchmark | implementation | before | after | before ns/elem | after ns/elem "
+             "| speed-up |", "|---|---|---:|---:|---:|---:|---:|"]
+    for key in sorted(set(mb) & set(ma), key=lambda k: (_group_key(k[0]), _impl_key(k[1]))):
+        if not key[1].startswith("compiled"):
+            continue
+        (tb, n), (ta, _) = mb[key], ma[key]
+        lines.append(f"| {key[0]} | {key[1]} | {_fmt_time(tb)} | {_fmt_time(ta)} "
+                     f"| {tb / n * 1e9:.2f} | {ta / n * 1e9:.2f} | {tb / ta:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -107,7 +134,13 @@ def main(argv=None) -> int:
     parser.add_argument("--save", action="store_true", help="write bench/results/*.json")
     parser.add_argument("--label", default="", help="label for --save")
     parser.add_argument("-k", dest="select", default=None, help="pytest -k expression")
+    parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                        help="print the before/after table of two saved JSON files and exit")
     args = parser.parse_args(argv)
+    if args.compare:
+        before, after = (json.loads(Path(f).read_text()) for f in args.compare)
+        print(compare(before, after))
+        return 0
     data = run_benchmarks(args.quick, args.select)
     print()
     print(f"machine: {machine()}")

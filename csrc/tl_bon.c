@@ -187,24 +187,58 @@ void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *o
     }
 }
 
+/* Draws come in batches of TL_DRAW_BATCH: the uniforms of a batch are generated first (a
+ * tight loop over the bit generator), then each table lookup stage runs over the whole
+ * batch with the next stage's memory prefetched, so the cache misses of different draws
+ * overlap instead of queueing behind each other.  The i-th draw of a block uses the i-th
+ * level uniform of its batch and, if its level holds several outcomes, the next unused
+ * uniform of the batch's second pass: the stream depends only on the block, never on the
+ * thread count. */
+#define TL_DRAW_BATCH 128
+
 void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
                    ptrdiff_t K, const int64_t *start, const tl_alias_slot *slots,
                    int64_t *out) {
-    for (int64_t d = 0; d < count; d++) {
-        double u = tl__uniform(rng);
-        ptrdiff_t g = (ptrdiff_t)(u * (double)K);
-        ptrdiff_t j = guide[g < K ? g : K - 1];
-        while (cdf[j] <= u) j++;
-        int64_t s0 = start[j], nj = start[j + 1] - s0;
-        if (nj == 1) {
-            out[d] = slots[s0].here;
-            continue;
+    double u[TL_DRAW_BATCH];
+    ptrdiff_t jj[TL_DRAW_BATCH];
+    const double kd = (double)K;
+    for (int64_t d0 = 0; d0 < count; d0 += TL_DRAW_BATCH) {
+        int nb = count - d0 < TL_DRAW_BATCH ? (int)(count - d0) : TL_DRAW_BATCH;
+        for (int b = 0; b < nb; b++) u[b] = tl__uniform(rng);
+        for (int b = 0; b < nb; b++) {
+            ptrdiff_t g = (ptrdiff_t)(u[b] * kd);
+            jj[b] = g < K ? g : K - 1;
+            TL_PREFETCH(guide + jj[b]);
         }
-        double x = tl__uniform(rng) * (double)nj;
-        int64_t i = (int64_t)x;
-        i = i < nj ? i : nj - 1;
-        const tl_alias_slot *sl = slots + s0 + i;
-        out[d] = (x - (double)i) < sl->prob ? sl->here : sl->alias;
+        for (int b = 0; b < nb; b++) {
+            jj[b] = guide[jj[b]];
+            TL_PREFETCH(cdf + jj[b]);
+        }
+        for (int b = 0; b < nb; b++) {
+            ptrdiff_t j = jj[b];
+            while (cdf[j] <= u[b]) j++;
+            jj[b] = j;
+            TL_PREFETCH(start + j);
+        }
+        for (int b = 0; b < nb; b++) {
+            int64_t s0 = start[jj[b]], nj = start[jj[b] + 1] - s0;
+            jj[b] = s0;
+            u[b] = (double)nj; /* reuse: the level's outcome count */
+            TL_PREFETCH(slots + s0);
+        }
+        for (int b = 0; b < nb; b++) {
+            int64_t s0 = jj[b];
+            double nj = u[b];
+            if (nj == 1.0) {
+                out[d0 + b] = slots[s0].here;
+                continue;
+            }
+            double x = tl__uniform(rng) * nj;
+            int64_t i = (int64_t)x;
+            i = i < (int64_t)nj ? i : (int64_t)nj - 1;
+            const tl_alias_slot *sl = slots + s0 + i;
+            out[d0 + b] = (x - (double)i) < sl->prob ? sl->here : sl->alias;
+        }
     }
 }
 
@@ -236,22 +270,41 @@ void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *a
 void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
                      const tl_alias_slot *level_slots, const int32_t *outcome_here,
                      const int32_t *outcome_alias, int64_t *out) {
+    /* candidates of consecutive draws form one stream, processed in batches: uniforms
+     * first, then the slots prefetched, then the comparisons */
     const double scale = (double)n_support;
-    for (int64_t d = 0; d < count; d++) {
-        int32_t best = -1;
-        int64_t best_slot = 0; /* 2 * slot + (1 if the alias was taken) */
-        for (int64_t c = 0; c < n_candidates; c++) {
-            double x = tl__uniform(rng) * scale;
-            int64_t i = (int64_t)x;
-            i = i < n_support ? i : n_support - 1;
-            const tl_alias_slot *sl = level_slots + i;
-            int take_alias = !((x - (double)i) < sl->prob);
+    double x[TL_DRAW_BATCH];
+    int64_t idx[TL_DRAW_BATCH];
+    int64_t d = 0, c = 0; /* the draw and candidate of the next element of the stream */
+    int32_t best = -1;
+    int64_t best_slot = 0; /* 2 * slot + (1 if the alias was taken) */
+    if (count <= 0 || n_candidates <= 0) return;
+    while (d < count) {
+        /* how many candidates are left in the stream (capped to the batch) */
+        int64_t left_here = n_candidates - c;
+        int nb = TL_DRAW_BATCH;
+        if (count - d == 1 && left_here < nb) nb = (int)left_here;
+        for (int b = 0; b < nb; b++) {
+            x[b] = tl__uniform(rng) * scale;
+            int64_t i = (int64_t)x[b];
+            idx[b] = i < n_support ? i : n_support - 1;
+            TL_PREFETCH(level_slots + idx[b]);
+        }
+        for (int b = 0; b < nb && d < count; b++) {
+            const tl_alias_slot *sl = level_slots + idx[b];
+            int take_alias = !((x[b] - (double)idx[b]) < sl->prob);
             int32_t lv = take_alias ? sl->alias : sl->here;
             if (lv > best) { /* strictly greater: the first maximum is kept */
                 best = lv;
-                best_slot = 2 * i + take_alias;
+                best_slot = 2 * idx[b] + take_alias;
+            }
+            if (++c == n_candidates) {
+                out[d++] = (best_slot & 1) ? outcome_alias[best_slot >> 1]
+                                           : outcome_here[best_slot >> 1];
+                c = 0;
+                best = -1;
+                best_slot = 0;
             }
         }
-        out[d] = (best_slot & 1) ? outcome_alias[best_slot >> 1] : outcome_here[best_slot >> 1];
     }
 }

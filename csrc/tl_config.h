@@ -14,9 +14,11 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define TL_INLINE static inline __attribute__((always_inline))
 #define TL_RESTRICT __restrict__
+#define TL_PREFETCH(p) __builtin_prefetch(p)
 #else
 #define TL_INLINE static inline
 #define TL_RESTRICT
+#define TL_PREFETCH(p) ((void)0)
 #endif
 
 /* Elements per chunk: the unit of work for threads and the unit of determinism. */
