@@ -32,10 +32,14 @@ typedef struct {
  * w_i = log(q_i / p_i) = d_i - c - ltot and h(w) = e^w - 1 - w >= 0 -- non-negative
  * terms, and first-order insensitive to the error of ltot.  Used when the one-pass value
  * cancelled (q close to p). */
-void tl_kl_chunk_f64(const double *lp, const double *lq, ptrdiff_t n, double c, double ltot,
-                     int mode, tl_kl_acc *acc);
-void tl_kl_chunk_f32(const float *lp, const float *lq, ptrdiff_t n, double c, double ltot,
-                     int mode, tl_kl_acc *acc);
+/* The chunk reads the logits shifted by a reference pair of the row: lp - p_ref and
+ * lq - q_ref (tl_kl_shift), so d - c above is (lq - q_ref) - (lp - p_ref) with
+ * c = q_ref - p_ref, formed without cancellation even for logits of size 1e300, and the
+ * finaliser is called with c = 0. */
+void tl_kl_chunk_f64(const double *lp, const double *lq, ptrdiff_t n, double p_ref,
+                     double q_ref, double ltot, int mode, tl_kl_acc *acc);
+void tl_kl_chunk_f32(const float *lp, const float *lq, ptrdiff_t n, double p_ref,
+                     double q_ref, double ltot, int mode, tl_kl_acc *acc);
 void tl_kl_merge(tl_kl_acc *into, const tl_kl_acc *other, int mode);
 int tl_kl_product_ok(const tl_kl_acc *acc);
 /* returns KL (NaN with flags set on bad input, +inf with TL_FLAG_INF_KL); for the
@@ -44,7 +48,13 @@ int tl_kl_product_ok(const tl_kl_acc *acc);
 double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags, double *ltot,
                       double *q_out, int *advise_kl_pass);
 /* shift c: d at the first outcome where both lp and lq are finite (0 if none) */
-double tl_kl_shift_f64(const double *lp, const double *lq, ptrdiff_t n);
-double tl_kl_shift_f32(const float *lp, const float *lq, ptrdiff_t n);
+/* The reference pair of a row: the logits of p and q at the first maximum of p (the
+ * outcome that dominates the sums, so nothing of the size of a rare outcome's logit
+ * difference cancels), or, where q is -inf there (KL = +inf), the first maximum of p and
+ * 0.  (0, 0) for a row without a finite p logit. */
+void tl_kl_shift_f64(const double *lp, const double *lq, ptrdiff_t n, double *p_ref,
+                     double *q_ref);
+void tl_kl_shift_f32(const float *lp, const float *lq, ptrdiff_t n, double *p_ref,
+                     double *q_ref);
 
 #endif

@@ -1,15 +1,27 @@
 /* KL(p || q) chunk kernel, templated on TL_T (see tl_template.h and tl_kl.h). */
 
-double TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n) {
+void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_ref,
+                         double *q_ref) {
+    ptrdiff_t best = -1;
+    double bp = -INFINITY;
     for (ptrdiff_t i = 0; i < n; i++) {
-        double a = (double)lp[i], b = (double)lq[i];
-        if (fabs(a) <= DBL_MAX && fabs(b) <= DBL_MAX) return b - a;
+        double a = (double)lp[i];
+        if (a > bp && a <= DBL_MAX) { /* finite, first maximum; NaN never wins */
+            bp = a;
+            best = i;
+        }
     }
-    return 0.0;
+    if (best < 0) {
+        *p_ref = *q_ref = 0.0;
+        return;
+    }
+    double b = (double)lq[best];
+    *p_ref = bp;
+    *q_ref = fabs(b) <= DBL_MAX ? b : 0.0;
 }
 
 void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,
-                         double c, double ltot, int mode, tl_kl_acc *acc) {
+                         double p_ref, double q_ref, double ltot, int mode, tl_kl_acc *acc) {
     double pb[TL_BLOCK], qb[TL_BLOCK], db[TL_BLOCK], ob[TL_BLOCK];
     double wa[TL_BLOCK], we[TL_BLOCK], wi[TL_BLOCK], hi[TL_BLOCK], lo[TL_BLOCK];
     tl__kl_init(acc);
@@ -24,8 +36,9 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
             inf_kl |= in_p & (!in_q);
             any_out |= (!in_p) & in_q;
             q_seen |= in_q;
-            pb[i] = a;
-            qb[i] = b;
+            /* shifted logits (support and flags are decided on the raw values above) */
+            pb[i] = in_p ? a - p_ref : -INFINITY;
+            qb[i] = in_q ? b - q_ref : -INFINITY;
         }
         for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
             pb[i] = -INFINITY;
@@ -40,7 +53,7 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
         if (acc->flags & TL_FLAG_INF_KL) continue; /* the value is +inf */
         for (int i = 0; i < TL_BLOCK; i++) {
             int sup = pb[i] > -INFINITY;
-            double d = sup ? (qb[i] - pb[i]) - c : 0.0;
+            double d = sup ? qb[i] - pb[i] : 0.0;
             db[i] = d;
             hi[i] = sup ? d : -INFINITY;
             lo[i] = sup ? -d : -INFINITY;
@@ -98,8 +111,10 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
                 acc->m_q = bq;
             }
             const double mq = acc->m_q;
-            for (int i = 0; i < TL_BLOCK; i++) we[i] = tl_exp(qb[i] - mq);
-            acc->s_q += tl_block_sum(we);
+            if (mq > -INFINITY) { /* no q support so far: nothing to add (no -inf - -inf) */
+                for (int i = 0; i < TL_BLOCK; i++) we[i] = tl_exp(qb[i] - mq);
+                acc->s_q += tl_block_sum(we);
+            }
             if (have_p)
                 for (int i = 0; i < TL_BLOCK; i++) wa[i] = tl_exp(pb[i] - mp);
         }

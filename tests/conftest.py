@@ -2,6 +2,13 @@
 
 Hypothesis profiles: ``ci`` (default, bounded) and ``long`` (select with
 ``--hypothesis-profile=long`` or HYPOTHESIS_PROFILE=long).
+
+Fuzz tests (marker ``fuzz``, tests/test_fuzz.py, with their own profiles ``fuzz-ci`` and
+``fuzz-long`` chosen by TILTLAB_FUZZ_PROFILE) are skipped by the default run
+(``python -m pytest tests``): :func:`pytest_collection_modifyitems` skips every item
+marked ``fuzz`` unless the ``-m`` expression mentions fuzz (``-m fuzz``) or the
+environment variable TILTLAB_FUZZ is set to a non-empty value other than ``0``
+(``TILTLAB_FUZZ=1 python -m pytest tests`` runs everything).
 """
 
 from __future__ import annotations
@@ -21,6 +28,18 @@ settings.register_profile(
     "long", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``fuzz`` tests unless ``-m`` mentions fuzz or TILTLAB_FUZZ is set."""
+    if "fuzz" in (config.getoption("markexpr", default="") or ""):
+        return
+    if os.environ.get("TILTLAB_FUZZ", "") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(reason="fuzz test: select with -m fuzz or set TILTLAB_FUZZ=1")
+    for item in items:
+        if item.get_closest_marker("fuzz") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture

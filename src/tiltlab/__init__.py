@@ -7,6 +7,7 @@ See SPEC section numbers in the docstrings for the formulas each function comput
 
 import os
 
+from tiltlab import simd
 from tiltlab._version import __version__
 from tiltlab.bestofn import (
     BestOfN,
@@ -33,7 +34,6 @@ from tiltlab.policies import (
     worst_of_n,
 )
 from tiltlab.report import reproduce
-from tiltlab import simd
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,

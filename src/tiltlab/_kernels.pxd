@@ -108,16 +108,18 @@ cdef extern from "tl_kl.h" nogil:
     ctypedef struct tl_kl_acc:
         double m_p
         int flags
-    void tl_kl_chunk_f64(const double *lp, const double *lq, Py_ssize_t n, double c,
-                         double ltot, int mode, tl_kl_acc *acc)
-    void tl_kl_chunk_f32(const float *lp, const float *lq, Py_ssize_t n, double c,
-                         double ltot, int mode, tl_kl_acc *acc)
+    void tl_kl_chunk_f64(const double *lp, const double *lq, Py_ssize_t n, double p_ref,
+                         double q_ref, double ltot, int mode, tl_kl_acc *acc)
+    void tl_kl_chunk_f32(const float *lp, const float *lq, Py_ssize_t n, double p_ref,
+                         double q_ref, double ltot, int mode, tl_kl_acc *acc)
     void tl_kl_merge(tl_kl_acc *into, const tl_kl_acc *other, int mode)
     int tl_kl_product_ok(const tl_kl_acc *acc)
     double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags, double *ltot,
                           double *q_out, int *advise_kl_pass)
-    double tl_kl_shift_f64(const double *lp, const double *lq, Py_ssize_t n)
-    double tl_kl_shift_f32(const float *lp, const float *lq, Py_ssize_t n)
+    void tl_kl_shift_f64(const double *lp, const double *lq, Py_ssize_t n, double *p_ref,
+                         double *q_ref)
+    void tl_kl_shift_f32(const float *lp, const float *lq, Py_ssize_t n, double *p_ref,
+                         double *q_ref)
 
 cdef extern from "tl_solve.h" nogil:
     ctypedef struct tl_newton:

@@ -8,7 +8,9 @@ first offending index, so valid inputs are never scanned twice.
 
 from __future__ import annotations
 
+import functools
 import numbers
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +28,40 @@ FLAG_REWARD_RANGE = 256
 MAX_ORDER = 32
 
 
+@functools.cache
+def memory_limit() -> int:
+    """Bytes of physical memory of this machine (2^47 where the OS does not say): no result
+    larger than this is attempted."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux / macOS
+        return 1 << 47
+
+
+def _bytes_str(n: int) -> str:
+    x = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if x < 1024:
+            return f"{x:.3g} {unit}"
+        x /= 1024
+    return f"{x:.3g} EiB"
+
+
+def check_memory(n_bytes: int, what: str) -> None:
+    """MemoryError, before anything is allocated, when ``what`` needs more than the physical
+    memory of the machine (``n_bytes`` is a Python int: no overflow)."""
+    limit = memory_limit()
+    if n_bytes > limit:
+        raise MemoryError(f"{what} would need {_bytes_str(n_bytes)}, more than the "
+                          f"{_bytes_str(limit)} of memory of this machine")
+
+
 def as_real_array(x, name: str) -> np.ndarray:
-    """``x`` as a NumPy array of a real dtype (float, int, uint or bool), not copied."""
+    """``x`` as a NumPy array of a real dtype (float, int, uint or bool), not copied.
+
+    A broadcast view too large to copy as float64 (e.g. ``np.broadcast_to(0.0, 10**12)``)
+    is a MemoryError naming ``name``, raised before any copy is attempted; arrays that
+    really hold their elements (a large memmap) are left to the caller."""
     if isinstance(x, np.ndarray):
         arr = x
     else:
@@ -40,7 +74,19 @@ def as_real_array(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be real-valued; got complex dtype {arr.dtype}")
     if kind not in "fiub":
         raise TypeError(f"{name} must be an array of real numbers; got dtype {arr.dtype}")
+    if int(arr.size) * 8 > memory_limit() and _span_bytes(arr) < int(arr.size) * arr.itemsize:
+        # a view repeating its memory (np.broadcast_to): any copy needs the full size
+        check_memory(int(arr.size) * 8, f"{name} of shape {arr.shape} (a broadcast view, "
+                                        f"copied as float64)")
     return arr
+
+
+def _span_bytes(arr: np.ndarray) -> int:
+    """Bytes between the first and the last element of ``arr`` (its memory footprint)."""
+    if arr.size == 0:
+        return 0
+    return arr.itemsize + sum((int(n) - 1) * abs(int(st))
+                              for n, st in zip(arr.shape, arr.strides, strict=True))
 
 
 def work_dtype(*arrays: np.ndarray) -> np.dtype:
@@ -48,6 +94,11 @@ def work_dtype(*arrays: np.ndarray) -> np.dtype:
     if all(a.dtype == np.float32 for a in arrays):
         return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+# Explicit thread counts above this are errors: OpenMP would try to start them all (10^9
+# threads abort the process inside libgomp; 2^40 does not fit a C int).
+MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
 
 
 def n_threads_value(n_threads) -> int:
@@ -58,6 +109,8 @@ def n_threads_value(n_threads) -> int:
         raise TypeError(f"n_threads must be None or a positive integer; got {n_threads!r}")
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1; got {n_threads}")
+    if n_threads > MAX_THREADS:
+        raise ValueError(f"n_threads must be at most {MAX_THREADS}; got {n_threads}")
     return int(n_threads)
 
 
@@ -80,8 +133,12 @@ def _first_where(mask: np.ndarray):
 
 
 def param_array(x, name: str, *, allow_inf: bool = True) -> np.ndarray:
-    """A float64 parameter array (lam, kl, ...) without NaN."""
-    arr = as_real_array(x, name).astype(np.float64, copy=False)
+    """A float64 parameter array (lam, kl, ...) without NaN; booleans are rejected."""
+    arr = as_real_array(x, name)
+    if arr.dtype.kind == "b":
+        raise TypeError(f"{name} must be a real number (or an array of them), not a boolean; "
+                        f"got dtype bool")
+    arr = arr.astype(np.float64, copy=False)
     bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
     if bad.any():
         where = _first_where(bad) if arr.ndim else ()
@@ -140,12 +197,15 @@ def _row_offsets(shape: tuple, n_outcomes: int, batch_shape: tuple) -> np.ndarra
 
 
 def prepare_rows(first, second, params: dict | None = None, *,
-                 names: tuple = ("logits", "rewards")) -> Rows:
+                 names: tuple = ("logits", "rewards"), row_bytes: int = 0,
+                 outcome_bytes: int = 0) -> Rows:
     """Check two outcome arrays (and scalar parameters) and lay them out for the kernels.
 
     Checks done here: real dtypes, at least one dimension, equal and non-zero numbers of
-    outcomes on the last axis, broadcastable batch shapes.  Values (NaN, inf) are checked
-    by the kernels and reported through :func:`raise_for_flags`.
+    outcomes on the last axis, broadcastable batch shapes, and a broadcast batch whose
+    layout and results fit in memory (``row_bytes`` + ``outcome_bytes`` per outcome of
+    results per row; a MemoryError naming the shapes otherwise).  Values (NaN, inf) are
+    checked by the kernels and reported through :func:`raise_for_flags`.
     """
     n1, n2 = names
     a = as_real_array(first, n1)
@@ -173,6 +233,16 @@ def prepare_rows(first, second, params: dict | None = None, *,
         raise ValueError(
             "cannot broadcast " + ", ".join(parts) + " (leading axes broadcast NumPy-style)"
         ) from None
+    n_rows = 1
+    for d in batch_shape:
+        n_rows *= int(d)
+    per_row = 8 * (2 + len(params)) + int(row_bytes) + int(outcome_bytes) * int(n_outcomes)
+    if n_rows * per_row > memory_limit():
+        parts = [f"{n1} {a.shape}", f"{n2} {b.shape}"]
+        parts += [f"{k} {np.shape(v)}" for k, v in params.items()]
+        check_memory(n_rows * per_row,
+                     f"the broadcast batch shape {tuple(batch_shape)} x {n_outcomes} outcomes "
+                     f"(from the shapes " + ", ".join(parts) + ")")
     dtype = work_dtype(a, b)
     a_c = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
     b_c = np.ascontiguousarray(b, dtype=dtype).reshape(-1)

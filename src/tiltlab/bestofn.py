@@ -79,6 +79,10 @@ def _group_rows(rows: V.Rows):
 def _run_law(rows: V.Rows, want_logprobs: bool, n_threads):
     nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, V.n_threads_value(n_threads))
     n = rows.n_rows
+    if want_logprobs:
+        V.check_memory(n * rows.n_outcomes * 8,
+                       f"log_probs of the batch shape {rows.batch_shape} x {rows.n_outcomes} "
+                       f"outcomes")
     metrics = np.empty((n, 4), dtype=np.float64)
     logprobs = (np.empty((n, rows.n_outcomes), dtype=np.float64) if want_logprobs
                 else np.empty((1, 1), dtype=np.float64))
@@ -283,9 +287,13 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
                          f"row; got {rows.n_outcomes}")
     draws = 1 if size is None else size
     n_el = rows.n_rows
+    blocks = -(-draws // SAMPLE_BLOCK)
+    # the int64 output, and one bit generator (~1 KiB) per row and block of draws
+    V.check_memory(n_el * (max(draws, 1) * 8 + blocks * 1024),
+                   f"size={size} draws for each of the {n_el} rows of the batch shape "
+                   f"{rows.batch_shape}")
     out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_el, dtype=np.int32)
-    blocks = -(-draws // SAMPLE_BLOCK)
     if n_el and draws:
         gens = _generators(rng, n_el * blocks)
         _bestofn.sample_rows(rows.first, rows.second, rows.first_off, rows.second_off,
@@ -375,6 +383,10 @@ def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
                          "(sample_best_of_n draws from the exact law for real N)")
     if np.any(n_arr < 1):
         raise ValueError(f"n must be >= 1; got {n_arr[n_arr < 1].flat[0]!r}")
+    if np.any(n_arr >= 2.0**63):
+        raise ValueError(f"n must be below 2^63 for the naive sampler (n draws per sample); "
+                         f"got {n_arr[n_arr >= 2.0**63].flat[0]!r} (sample_best_of_n draws "
+                         f"from the exact law for any N)")
     size = _size_value(size)
     rows = V.prepare_rows(logits, rewards, {"log_n": np.log(n_arr)})
     cand = np.ascontiguousarray(
@@ -413,6 +425,11 @@ def beirami_kl_estimate(eps: ArrayLike, n: ArrayLike):
         raise ValueError("eps must be in (0, 1]")
     if np.any(nn < 1):
         raise ValueError("n must be >= 1")
+    try:
+        np.broadcast_shapes(e.shape, nn.shape)
+    except ValueError:
+        raise ValueError(f"cannot broadcast eps of shape {e.shape} with n of shape "
+                         f"{nn.shape}") from None
     with np.errstate(divide="ignore", invalid="ignore"):
         log1m = np.log1p(-e)
         nlog = nn * log1m

@@ -326,6 +326,12 @@ def estimator_study(policy, n_samples: int, repeats: int, rng=None, *,
         if val < 2:
             raise ValueError(f"{name} must be >= 2; got {val}")
     src = _source(policy, lam)
+    # per sample: the draw and the per-sample estimates (and the tokens of a sequence);
+    # per repeat: one Python float per estimator in the lists and the result arrays
+    length = getattr(getattr(src, "model", None), "length", 0)
+    V.check_memory(int(n_samples) * (64 + 32 * length),
+                   f"n_samples={n_samples} samples per estimate")
+    V.check_memory(int(repeats) * 320, f"repeats={repeats} estimates")
     gen = np.random.default_rng(rng)
     draws: dict = {}
     for _ in range(int(repeats)):

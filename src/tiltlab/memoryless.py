@@ -328,8 +328,9 @@ class Memoryless:
         per_pos = kmax if not stationary else kmax * self.length
         total = int(np.sum(per_pos)) + 1
         if total > _MAX_LATTICE:
-            raise ValueError(f"the law of R has {total} lattice points (step {h!r}); pass a "
-                             f"coarser step= to quantise the rewards")
+            raise ValueError(f"the law of R has {total} lattice points (length {self.length}, "
+                             f"step {h!r}); pass a coarser step= to quantise the rewards, or a "
+                             f"shorter length")
         if lg.shape[0] * (int(kmax.max()) + 1) > _MAX_LEVEL_TABLE:
             raise ValueError(f"the per-token reward lattice with step {h!r} has "
                              f"{int(kmax.max()) + 1} levels per position, too many to tabulate; "
@@ -1022,6 +1023,9 @@ class SequenceBestOfN:
         sz = _size_value(size)
         draws = 1 if sz is None else sz
         nt = V.n_threads_value(n_threads)
+        # int64 sums and float64 values, one bit generator (~1 KiB) per block of draws
+        V.check_memory(max(draws, 1) * 16 + -(-draws // SAMPLE_BLOCK) * 1024,
+                       f"size={sz} sampled rewards")
         cdf, guide = self._guide
         k = np.empty(max(draws, 1), dtype=np.int64)
         if draws:
@@ -1055,6 +1059,12 @@ class SequenceBestOfN:
         nt = V.n_threads_value(n_threads)
         model = self._model
         n = model.length
+        # int32 tokens and int64 sums, one bit generator (~1 KiB) per block of draws, and
+        # the segment tree over the positions (~400 bytes per position at its peak)
+        V.check_memory(max(draws, 1) * (4 * n + 8) + -(-draws // max(1, SEQ_SAMPLE_WORK // n))
+                       * 1024 + 512 * n,
+                       f"size={sz} sequences of length {n} (with the sampling tree over "
+                       f"the positions)")
         out = np.empty((max(draws, 1), n), dtype=np.int32)
         sums_out = np.empty(max(draws, 1), dtype=np.int64)
         if draws:

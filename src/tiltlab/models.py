@@ -102,6 +102,15 @@ def ternary() -> Model:
 
 
 def zipf(vocab: int = 10_000, exponent: float = 1.1) -> Model:
+    from tiltlab import _validation as V
+
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)):
+        raise TypeError(f"vocab must be an integer; got {vocab!r}")
+    if vocab < 1:
+        raise ValueError(f"vocab must be >= 1; got {vocab}")
+    # six float64 / int64 arrays and a token name (a Python str and a numpy string) per token
+    V.check_memory(int(vocab) * 160, f"vocab={vocab} tokens")
+    exponent = V.scalar_param(exponent, "exponent", allow_inf=False)
     k = np.arange(1, vocab + 1, dtype=np.int64)
     logits = _normalise(-exponent * np.log(k.astype(np.float64)))
     rewards = (((k * 2654435761) % 2**32) % 11 - 5).astype(np.float64)

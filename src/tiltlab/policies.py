@@ -738,7 +738,11 @@ def policy_frontier(logits: ArrayLike, rewards: ArrayLike, method: str, grid: Ar
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    g = V.as_real_array(grid, "grid").astype(np.float64)
+    V.n_threads_value(n_threads)  # checked for every method, not only soft_best_of_n
+    g = V.as_real_array(grid, "grid")
+    if g.dtype.kind == "b":
+        raise TypeError("grid must hold real numbers, not booleans; got dtype bool")
+    g = g.astype(np.float64)
     if g.ndim > 1:
         raise ValueError(f"grid must be one-dimensional; got shape {g.shape}")
     g = g.reshape(-1)
@@ -813,5 +817,8 @@ def _w_tilt(lv: _Levels, lam: float) -> np.ndarray:
         out = np.full(lv.values.size, -np.inf)
         out[keep] = 0.0
         return out
-    s = lv.log_mass + lam * (lv.values - lv.values[-1])
+    # shift by the reward the tilt favours (the largest for lam > 0, the smallest for
+    # lam < 0) so that lam * (v - ref) <= 0: no +inf (and no inf - inf = NaN) for |lam| ~ 1e308
+    ref = lv.values[-1] if lam >= 0 else lv.values[0]
+    s = lv.log_mass + lam * (lv.values - ref)
     return s - np.logaddexp.reduce(s)

@@ -108,7 +108,7 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     0.4157352218 0.5381015262 0.1223663044
     """
     lam_a = V.param_array(lam, "lam")
-    rows = V.prepare_rows(logits, rewards, {"lam": lam_a})
+    rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, row_bytes=8 * 9)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, 5), dtype=np.float64)
     _kernel_call(_core.tilt_rows, rows, rows.params["lam"], out, n_threads=nt)
@@ -150,7 +150,7 @@ def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     array([0.5, 0.5])
     """
     lam_a = V.param_array(lam, "lam")
-    rows = V.prepare_rows(logits, rewards, {"lam": lam_a})
+    rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, outcome_bytes=8)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, rows.n_outcomes), dtype=np.float64)
     _kernel_call(_core.tilt_logprobs_rows, rows, rows.params["lam"], out, n_threads=nt)
@@ -330,7 +330,7 @@ def cumulants(logits: ArrayLike, rewards: ArrayLike, order: int, lam: ArrayLike 
     """
     k = V.order_value(order)
     lam_a = V.param_array(lam, "lam")
-    rows = V.prepare_rows(logits, rewards, {"lam": lam_a})
+    rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, row_bytes=8 * k)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, k), dtype=np.float64)
     _kernel_call(_core.cumulant_rows, rows, rows.params["lam"], k, out, n_threads=nt)
