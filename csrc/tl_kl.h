@@ -32,14 +32,17 @@ typedef struct {
  * w_i = log(q_i / p_i) = d_i - c - ltot and h(w) = e^w - 1 - w >= 0 -- non-negative
  * terms, and first-order insensitive to the error of ltot.  Used when the one-pass value
  * cancelled (q close to p). */
-/* The chunk reads the logits shifted by a reference pair of the row: lp - p_ref and
- * lq - q_ref (tl_kl_shift), so d - c above is (lq - q_ref) - (lp - p_ref) with
- * c = q_ref - p_ref, formed without cancellation even for logits of size 1e300, and the
- * finaliser is called with c = 0. */
+/* The chunk reads the logits shifted by (p_ref, q_ref) and uses d - c =
+ * ((lq - q_ref) - (lp - p_ref)) - c.  Rows of moderate logits pass p_ref = q_ref = 0 and
+ * c = q* - p* at the first maximum of p (tl_kl_shift): d - c = (lq - lp) - c, exact for
+ * nearby p and q (small KLs keep their relative accuracy).  Rows with huge logits
+ * (|p*| or |q*| > TL_KL_HUGE) pass p_ref = p*, q_ref = q* and c = 0, so nothing of the
+ * size of the logits cancels; the finaliser gets the same c. */
+#define TL_KL_HUGE 1048576.0
 void tl_kl_chunk_f64(const double *lp, const double *lq, ptrdiff_t n, double p_ref,
-                     double q_ref, double ltot, int mode, tl_kl_acc *acc);
+                     double q_ref, double c, double ltot, int mode, tl_kl_acc *acc);
 void tl_kl_chunk_f32(const float *lp, const float *lq, ptrdiff_t n, double p_ref,
-                     double q_ref, double ltot, int mode, tl_kl_acc *acc);
+                     double q_ref, double c, double ltot, int mode, tl_kl_acc *acc);
 void tl_kl_merge(tl_kl_acc *into, const tl_kl_acc *other, int mode);
 int tl_kl_product_ok(const tl_kl_acc *acc);
 /* returns KL (NaN with flags set on bad input, +inf with TL_FLAG_INF_KL); for the

@@ -21,7 +21,8 @@ void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_
 }
 
 void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,
-                         double p_ref, double q_ref, double ltot, int mode, tl_kl_acc *acc) {
+                         double p_ref, double q_ref, double c, double ltot, int mode,
+                         tl_kl_acc *acc) {
     double pb[TL_BLOCK], qb[TL_BLOCK], db[TL_BLOCK], ob[TL_BLOCK];
     double wa[TL_BLOCK], we[TL_BLOCK], wi[TL_BLOCK], hi[TL_BLOCK], lo[TL_BLOCK];
     tl__kl_init(acc);
@@ -53,7 +54,7 @@ void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
         if (acc->flags & TL_FLAG_INF_KL) continue; /* the value is +inf */
         for (int i = 0; i < TL_BLOCK; i++) {
             int sup = pb[i] > -INFINITY;
-            double d = sup ? qb[i] - pb[i] : 0.0;
+            double d = sup ? (qb[i] - pb[i]) - c : 0.0;
             db[i] = d;
             hi[i] = sup ? d : -INFINITY;
             lo[i] = sup ? -d : -INFINITY;

@@ -13,7 +13,7 @@ and of the rewards ``rbase[roff[i] : roff[i] + V]``; offsets let broadcast rows 
 memory instead of being copied.
 """
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, sqrt, isnan
+from libc.math cimport INFINITY, NAN, fabs, sqrt, isnan
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -351,7 +351,7 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_info_result))
-    cdef _Buffer c_b = _Buffer(2 * nrows, sizeof(double))  # (p_ref, q_ref) per row
+    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
     cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
     cdef tl_info_result *res = <tl_info_result *> res_b.ptr
     cdef double *c = <double *> c_b.ptr
@@ -505,7 +505,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer info_b = _Buffer(nrows, sizeof(tl_info_result))
     cdef _Buffer st_b = _Buffer(nrows, sizeof(tl_newton))
-    cdef _Buffer c_b = _Buffer(2 * nrows, sizeof(double))  # (p_ref, q_ref) per row
+    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
     cdef _Buffer lam_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
@@ -588,7 +588,7 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
         return
     cdef _Buffer acc_b = _Buffer(nitems, sizeof(tl_kl_acc))
     cdef _Buffer stage_b = _Buffer(nrows, sizeof(int))
-    cdef _Buffer c_b = _Buffer(2 * nrows, sizeof(double))  # (p_ref, q_ref) per row
+    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
     cdef _Buffer ltot_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer q_out_b = _Buffer(nrows, sizeof(double))
     cdef tl_kl_acc *acc = <tl_kl_acc *> acc_b.ptr
@@ -604,9 +604,17 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
             ltot[i] = 0.0
             q_out[i] = 0.0
             if floating is double:
-                tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[2 * i], &c[2 * i + 1])
+                tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
             else:
-                tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[2 * i], &c[2 * i + 1])
+                tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
+            # moderate logits: no shift, c = q* - p* (exact small KLs); huge ones: shift
+            # by the pair and c = 0 (nothing of the size of the logits cancels)
+            if fabs(c[3 * i]) > TL_KL_HUGE or fabs(c[3 * i + 1]) > TL_KL_HUGE:
+                c[3 * i + 2] = 0.0
+            else:
+                c[3 * i + 2] = c[3 * i + 1] - c[3 * i]
+                c[3 * i] = 0.0
+                c[3 * i + 1] = 0.0
         for attempt in range(3):
             for w in prange(nitems, num_threads=n_threads, schedule='static'):
                 i = w // nch
@@ -617,12 +625,12 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                 mode = _stage_mode(stage[i])
                 if floating is double:
                     tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[2 * i], c[2 * i + 1], ltot[i], mode,
-                                    &acc[w])
+                                    _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
+                                    ltot[i], mode, &acc[w])
                 else:
                     tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[2 * i], c[2 * i + 1], ltot[i], mode,
-                                    &acc[w])
+                                    _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
+                                    ltot[i], mode, &acc[w])
             for i in prange(nrows, num_threads=n_threads, schedule='static'):
                 if stage[i] < 0:
                     continue
@@ -635,8 +643,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     continue
                 fl = 0
                 advise = 0
-                # the chunks read shifted logits (tl_kl_shift): the shift c is already out
-                out[i] = tl_kl_finalize(a, 0.0, mode, &fl, &ltot[i], &q_out[i], &advise)
+                out[i] = tl_kl_finalize(a, c[3 * i + 2], mode, &fl, &ltot[i], &q_out[i],
+                                        &advise)
                 flags[i] = fl
                 if stage[i] == 0 and advise and fl == 0:
                     stage[i] = 1
