@@ -109,12 +109,11 @@ TL_INLINE int tl_block_has_nan(const double *TL_RESTRICT x) {
     return tl__lanes_total(s) != 0.0;
 }
 
-/* Weighted centred sums of a block: with weights w and values d (sum_w = sum of w > 0),
- * returns the weighted mean in *mean and sum w (d - mean)^2 in *m2 (two-pass, with the
- * correction term of the corrected two-pass algorithm). */
-TL_INLINE void tl_block_centred(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
-                                double sum_w, double *mean, double *m2) {
-    double nu = tl_block_dot(w, d) / sum_w;
+/* Weighted centred sums of a block around a first estimate nu of the weighted mean
+ * (sum_w = sum of w > 0): returns the corrected mean in *mean and sum w (d - mean)^2 in *m2
+ * (the correction term of the corrected two-pass algorithm). */
+TL_INLINE void tl_block_centred_at(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
+                                   double sum_w, double nu, double *mean, double *m2) {
     double q[TL_LANES] = {0}, z[TL_LANES] = {0};
     for (int i = 0; i < TL_BLOCK; i += TL_LANES)
         for (int k = 0; k < TL_LANES; k++) {
@@ -127,6 +126,12 @@ TL_INLINE void tl_block_centred(const double *TL_RESTRICT w, const double *TL_RE
     *mean = nu + zt / sum_w;
     qt -= zt * (zt / sum_w); /* weights may be ~1e300: never square a sum */
     *m2 = qt > 0.0 ? qt : 0.0;
+}
+
+/* The same, with nu = sum w d / sum_w computed here (two-pass). */
+TL_INLINE void tl_block_centred(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
+                                double sum_w, double *mean, double *m2) {
+    tl_block_centred_at(w, d, sum_w, tl_block_dot(w, d) / sum_w, mean, m2);
 }
 
 /* Chan et al. merge of weighted (count, mean, M2) triples; the weights of each side are

@@ -1,30 +1,7 @@
 /* Tilting chunk kernels, templated on TL_T (see tl_template.h and tl_tilt.h). */
 
-/* Copy a block to double buffers: logits to lb (tail padded with -inf), rewards minus c
- * to db (tail padded with 0).  Returns the TL_FLAG_BAD_* bits seen in the block. */
-static inline int TL_SFX(tl__load_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
-                                         ptrdiff_t len, double c, double *TL_RESTRICT lb,
-                                         double *TL_RESTRICT db) {
-    for (ptrdiff_t i = 0; i < len; i++) {
-        lb[i] = (double)l[i];
-        db[i] = (double)r[i] - c;
-    }
-    for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
-        lb[i] = -INFINITY;
-        db[i] = 0.0;
-    }
-    int bad_l = tl_block_has_nan(lb) || tl_block_max(lb) == INFINITY;
-    int bad_r = 0;
-    if (tl_block_has_nonfinite(db)) {
-        /* r - c is not finite: r itself is (an error) or the difference overflowed */
-        bad_r = TL_FLAG_REWARD_RANGE;
-        for (ptrdiff_t i = 0; i < len; i++)
-            if (!(fabs((double)r[i]) <= DBL_MAX)) bad_r = TL_FLAG_BAD_REWARD;
-    }
-    return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
-}
-
-/* The tilting kernel's block load: the copy above (with prefetch) and ONE scan for
+/* A block load of the tilting kernels: the copy to double buffers (logits to lb, tail
+ * padded with -inf; r - c to db, tail padded with 0; with prefetch) and ONE scan for
  * everything the block's bookkeeping needs: bad logits (NaN, +inf), non-finite r - c, the
  * maximum logit *bm, and the range [*dlo, *dhi] of r - c over the support (finite
  * logits).  Returns the TL_FLAG_BAD_* bits. */
@@ -232,19 +209,9 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
         }
         if (sb > 0.0) {
             /* corrected two-pass centred sums of the block around nu = sd / sb */
-            double nu = sd / sb;
-            double q[TL_LANES] = {0}, z[TL_LANES] = {0};
-            for (int i = 0; i < TL_BLOCK; i += TL_LANES)
-                for (int k = 0; k < TL_LANES; k++) {
-                    double dev = db[i + k] - nu;
-                    double wd = wb[i + k] * dev;
-                    z[k] += wd;
-                    q[k] += wd * dev;
-                }
-            double zt = tl__lanes_total(z), qt = tl__lanes_total(q);
-            qt -= zt * (zt / sb); /* weights may be ~1e300: never square a sum */
-            tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu + zt / sb,
-                          qt > 0.0 ? qt : 0.0, 1.0);
+            double nu, q;
+            tl_block_centred_at(wb, db, sb, sd / sb, &nu, &q);
+            tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
         }
     }
 }
@@ -256,14 +223,15 @@ void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
     tl__info_init(acc);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
-        int bad = TL_SFX(tl__load_block)(l + j0, r + j0, len, c, lb, db);
+        double bm, dlo, dhi;
+        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, lb, db, &bm, &dlo,
+                                         &dhi);
         if (bad) {
             acc->flags |= bad;
             continue;
         }
         for (ptrdiff_t i = 0; i < len; i++) rb[i] = (double)r[j0 + i];
         for (ptrdiff_t i = len; i < TL_BLOCK; i++) rb[i] = 0.0;
-        double bm = tl_block_max(lb);
         if (bm == -INFINITY) continue;
         if (bm > acc->m_l) {
             double f = tl_rescale(acc->m_l, bm);
