@@ -23,6 +23,19 @@ static double tl__ell_corr(double log_s) {
     return log(-log1p(-s)) - log_s;
 }
 
+/* log g for g = log(F_j / F_{j-1}) = -log1p(-q), q = m_j / F_j, from log q (in log space:
+ * in the far tail q ~ e^-3000 and N ~ e^3000, so g itself would underflow); where q > 1/2
+ * g = log F_j - log F_{j-1} >= log 2 (no cancellation) */
+static double tl__log_g(double log_q, double lf, double lf_prev) {
+    if (log_q == -INFINITY) return -INFINITY;
+    if (log_q < -9.2) { /* q < 1e-4: -log1p(-q) = q (1 + q/2 + q^2/3 + q^3/4 + ...) */
+        double q = exp(log_q);
+        return log_q + log1p(q * (0.5 + q * (1.0 / 3.0 + q * 0.25)));
+    }
+    double q = exp(log_q);
+    return q <= 0.5 ? log(-log1p(-q)) : log(lf - lf_prev);
+}
+
 /* Kahan-compensated sum: the metrics add up to 10^6+ terms */
 typedef struct {
     double s, c;
@@ -101,53 +114,47 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
     }
     /* 3. the law */
     tl__ksum total = {0.0, 0.0}, er = {0.0, 0.0}, kl = {0.0, 0.0}, win = {0.0, 0.0};
-    double corr_prev = 0.0;
     /* F_{first-1}: 0 at the bottom, else 1 - S of the (dead) level below */
     double f_prev = first > 0 ? -expm1(log_sf[first - 1]) : 0.0;
+    double lf_prev = first > 0 ? log1p(-exp(log_sf[first - 1])) : -INFINITY;
     for (ptrdiff_t j = first; j < L; j++) {
-        /* ell_j = log(-log F_j) */
+        /* ell_j = log(-log F_j) and lf = log F_j */
         int tail = log_sf[j] < TL_LOG_HALF; /* S_j < 1/2: work from the survival */
-        double corr = 0.0, f_cur;
+        double f_cur, lf;
         if (log_sf[j] == -INFINITY) {
             ell[j] = -INFINITY;
             log_cdf[j] = 0.0;
             f_cur = 1.0;
+            lf = 0.0;
         } else if (tail) {
-            corr = tl__ell_corr(log_sf[j]);
-            ell[j] = log_sf[j] + corr;
+            ell[j] = log_sf[j] + tl__ell_corr(log_sf[j]);
             log_cdf[j] = NAN; /* not needed: F_j = 1 - S_j below */
             f_cur = -expm1(log_sf[j]);
+            lf = log1p(-exp(log_sf[j]));
         } else {
             ell[j] = log(-log_cdf[j]);
             f_cur = exp(log_cdf[j]);
+            lf = log_cdf[j];
         }
         /* a_j = N log F_j; the top level has F = 1 and a = 0 for every N */
-        double base = log_n + ell[j];
-        double abs_a = ell[j] == -INFINITY ? 0.0 : exp(base);
-        double aj = -abs_a;
+        double aj = ell[j] == -INFINITY ? 0.0 : -exp(log_n + ell[j]);
         a[j] = aj;
         double lw;
-        if (j == first) {
+        if (log_n == 0.0) {
+            lw = log_mass[j]; /* N = 1: p itself, exactly */
+        } else if (j == first) {
             lw = aj; /* F_{j-1}^N is 0 (j = 0) or below e^-800 */
         } else if (aj == -INFINITY) {
             lw = -INFINITY;
         } else {
-            /* d = a_j - a_{j-1} > 0 without forming the difference of two large numbers */
-            double d;
-            if (ell[j] == -INFINITY) {
-                d = exp(log_n + ell[j - 1]);
-            } else {
-                double diff;
-                if (tail && log_sf[j - 1] < TL_LOG_HALF)
-                    diff = log1p(exp(log_mass[j] - log_sf[j])) + (corr_prev - corr);
-                else
-                    diff = ell[j - 1] - ell[j];
-                d = diff <= 1.0 ? abs_a * expm1(diff) : exp(log_n + ell[j - 1]) * -expm1(-diff);
-            }
+            /* d = a_j - a_{j-1} = N log(F_j / F_{j-1}) = N g, g = -log1p(-m_j / F_j): no
+             * difference of nearly equal numbers, so a level of tiny mass keeps the
+             * relative accuracy of its weight (where m_j / F_j > 1/2, g = log F_j -
+             * log F_{j-1} >= log 2 has no cancellation either) */
+            double d = exp(log_n + tl__log_g(log_mass[j] - lf, lf, lf_prev));
             lw = d > 0.0 ? aj + tl__log1mexp(d) : -INFINITY;
         }
         log_w[j] = lw;
-        corr_prev = corr;
         if (lw > -INFINITY) {
             double w = exp(lw);
             tl__kadd(&total, w);
@@ -156,10 +163,11 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
             tl__kadd(&win, w * (f_prev + 0.5 * exp(log_mass[j])));
         }
         f_prev = f_cur;
+        lf_prev = lf;
     }
-    out->kl = kl.s < 0.0 ? 0.0 : kl.s;
+    out->kl = kl.s < 0.0 || log_n == 0.0 ? 0.0 : kl.s;
     out->expected_reward = er.s;
-    out->win_rate = win.s;
+    out->win_rate = log_n == 0.0 ? 0.5 : win.s; /* N = 1: sum m_j (F_{j-1} + m_j / 2) = 1/2 */
     out->total_mass = total.s;
 }
 

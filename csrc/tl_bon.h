@@ -26,7 +26,9 @@
  * Returns TL_FLAG_* bits (bad logits/rewards, empty row). */
 typedef struct {
     ptrdiff_t n_levels, n_support;
-    double log_norm; /* log sum exp(logits) */
+    double log_norm; /* log sum exp(logits) (for display: norm_max + norm_log) */
+    double norm_max, norm_log; /* the max logit and log sum exp(l - norm_max): log masses
+                                * are (l - norm_max) - norm_log, exact at any offset */
 } tl_levels;
 
 int tl_levels_f64(const double *l, const double *r, ptrdiff_t n, uint64_t *keys,
@@ -54,14 +56,15 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
                 double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
                 int full, tl_bon_metrics *out);
 
-/* log pi_N(y) = (l_y - log_norm) + log_w_j - log_mass_j for y in level j; -inf off the
- * support.  out has length n (the row's outcomes). */
+/* log pi_N(y) = log p_y + log_w_j - log_mass_j for y in level j (log_w_j itself for a
+ * level of one outcome), with log p_y = (l_y - norm_max) - norm_log; -inf off the support.
+ * out has length n (the row's outcomes). */
 void tl_bon_logprobs_f64(const double *l, ptrdiff_t n, const int64_t *order,
                          const int64_t *start, ptrdiff_t L, const double *log_mass,
-                         const double *log_w, double log_norm, double *out);
+                         const double *log_w, double norm_max, double norm_log, double *out);
 void tl_bon_logprobs_f32(const float *l, ptrdiff_t n, const int64_t *order,
                          const int64_t *start, ptrdiff_t L, const double *log_mass,
-                         const double *log_w, double log_norm, double *out);
+                         const double *log_w, double norm_max, double norm_log, double *out);
 
 /* ---- sampling ---- */
 /* Alias tables (Vose) within each level over p restricted to the level: prob[i] and

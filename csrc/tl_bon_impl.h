@@ -19,13 +19,21 @@ int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys,
     }
     out->n_support = ns;
     out->n_levels = 0;
-    out->log_norm = NAN;
+    out->log_norm = out->norm_max = out->norm_log = NAN;
     if (flags) return flags;
     if (ns == 0) return TL_FLAG_EMPTY_ROW;
-    double s = 0.0;
-    for (ptrdiff_t k = 0; k < ns; k++) s += tl_exp((double)l[order[k]] - m);
-    const double log_norm = m + log(s);
-    out->log_norm = log_norm;
+    /* compensated: the masses of 10^6 levels must sum to 1 to a few ulp */
+    double s = 0.0, comp = 0.0;
+    for (ptrdiff_t k = 0; k < ns; k++) {
+        double y = tl_exp((double)l[order[k]] - m) - comp;
+        double t = s + y;
+        comp = (t - s) - y;
+        s = t;
+    }
+    const double log_s = log(s);
+    out->norm_max = m;
+    out->norm_log = log_s;
+    out->log_norm = m + log_s;
     tl_radix_sort(keys, order, ns, kbuf, obuf);
     ptrdiff_t L = 0, k = 0;
     while (k < ns) {
@@ -40,12 +48,13 @@ int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys,
         }
         start[L] = k0;
         values[L] = (double)r[order[k0]] + 0.0;
+        /* relative to the max logit m: nothing of the size of the logits is added */
         if (k - k0 == 1) {
-            log_mass[L] = mx - log_norm;
+            log_mass[L] = (mx - m) - log_s;
         } else {
             double ss = 0.0;
             for (ptrdiff_t q = k0; q < k; q++) ss += tl_exp((double)l[order[q]] - mx);
-            log_mass[L] = (mx - log_norm) + log(ss);
+            log_mass[L] = ((mx - m) + log(ss)) - log_s;
         }
         L++;
     }
@@ -56,14 +65,19 @@ int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys,
 
 void TL_SFX(tl_bon_logprobs)(const TL_T *l, ptrdiff_t n, const int64_t *order,
                              const int64_t *start, ptrdiff_t L, const double *log_mass,
-                             const double *log_w, double log_norm, double *out) {
+                             const double *log_w, double norm_max, double norm_log,
+                             double *out) {
     for (ptrdiff_t i = 0; i < n; i++) out[i] = -INFINITY;
     for (ptrdiff_t j = 0; j < L; j++) {
-        double shift = log_w[j] - log_mass[j];
         if (log_w[j] == -INFINITY) continue;
+        if (start[j + 1] - start[j] == 1) { /* the level's law is the outcome's */
+            out[order[start[j]]] = log_w[j];
+            continue;
+        }
+        double shift = log_w[j] - log_mass[j];
         for (int64_t k = start[j]; k < start[j + 1]; k++) {
             int64_t y = order[k];
-            out[y] = ((double)l[y] - log_norm) + shift;
+            out[y] = (((double)l[y] - norm_max) - norm_log) + shift;
         }
     }
 }

@@ -79,8 +79,9 @@ double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags_out, 
         double l_in = (ratio > -0.5 && ratio < 1.0) ? log1p(ratio) : log(acc->s_in / acc->s_p);
         double lt = l_in, qo = 0.0;
         if (acc->m_o > -INFINITY) {
-            double log_norm_p = acc->m_p + log(acc->s_p);
-            double x = (acc->m_o + log(acc->s_o)) - log_norm_p - c - l_in;
+            /* log(q-mass outside / p normaliser) - c - l_in, the maxima differenced first:
+             * nothing of the size of the logits is added */
+            double x = (((acc->m_o - acc->m_p) - c) + (log(acc->s_o) - log(acc->s_p))) - l_in;
             lt += x > 36.0 ? x + log1p(exp(-x)) : log1p(exp(x)); /* + log(1 + e^x) */
             qo = x > 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
         }
@@ -89,9 +90,8 @@ double tl_kl_finalize(const tl_kl_acc *acc, double c, int mode, int *flags_out, 
         *q_out = qo;
         *advise_kl_pass = (fabs(lt) + fabs(acc->mu)) > 64.0 * kl;
     } else {
-        double log_norm_p = acc->m_p + log(acc->s_p);
-        double log_norm_q = acc->m_q + log(acc->s_q);
-        kl = (log_norm_q - log_norm_p - c) - acc->mu;
+        /* (A_q - A_p - c) with the maxima differenced first (exact for nearby rows) */
+        kl = (((acc->m_q - acc->m_p) - c) + (log(acc->s_q) - log(acc->s_p))) - acc->mu;
     }
     return kl < 0.0 ? 0.0 : kl; /* (NaN stays visible) */
 }

@@ -70,6 +70,27 @@ static void tl__info_side(tl_info_acc *acc, int side, double rb, double mb, doub
     }
 }
 
+/* x = (l - anchor) + lam (r - c) of a block (-inf off the support), with the half-scale
+ * evaluation where the two parts overflow with opposite signs (NaN). */
+static inline void tl__tilted_block(const double *TL_RESTRICT lb, const double *TL_RESTRICT db,
+                                    double anchor, double lam, double *TL_RESTRICT xb) {
+    double nn[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) nn[k] = 0.0;
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
+            /* off the support lb = -inf and db = 0: x = -inf */
+            double x = (lb[i + k] - anchor) + lam * db[i + k];
+            nn[k] += x == x ? 0.0 : 1.0;
+            xb[i + k] = x;
+        }
+    if (tl__lanes_total(nn) != 0.0)
+        for (int i = 0; i < TL_BLOCK; i++)
+            if (xb[i] != xb[i]) {
+                double z = (0.5 * lb[i] - 0.5 * anchor) + (0.5 * lam) * db[i];
+                xb[i] = 2.0 * z;
+            }
+}
+
 #define TL_IMPL "tl_tilt_impl.h"
 #include "tl_template.h"
 
@@ -104,50 +125,90 @@ int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam) {
     return span <= TL_PRODUCT_RANGE;
 }
 
-void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
+/* lam * (x 2^e) without a spurious overflow of lam 2^e or underflow of x 2^e */
+static double tl__lam_times(double lam, double x_s, int e) {
+    return e >= 0 ? lam * ldexp(x_s, e) : ldexp(lam, e) * x_s;
+}
+
+void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
                       tl_tilt_result *out) {
-    int flags = acc->flags;
+    const double lam = row->lam, c = row->c;
+    int flags = acc->flags | row->flags;
     if (acc->m_l == -INFINITY) flags |= TL_FLAG_EMPTY_ROW;
     out->flags = flags;
     out->shift = c;
+    out->anchor = row->anchor;
+    out->e = row->e;
     out->r_min = c + acc->r_lo;
     out->r_max = c + acc->r_hi;
     if (flags) {
-        out->log_norm = out->log_partition = out->lc = NAN;
-        out->mean = out->variance = out->kl = NAN;
+        out->log_norm = out->norm_max = out->norm_log = NAN;
+        out->log_partition = out->lc = out->z = NAN;
+        out->mean = out->variance = out->kl = out->mean_s = out->var_s = NAN;
         return;
     }
-    double log_norm = acc->m_l + log(acc->s_l);
-    double lc, mu = acc->mu;
+    const double norm_log = log(acc->s_l);
+    double lc, z, mu = acc->mu;
     if (mode == TL_MODE_PRODUCT) {
         /* |u| <= 1 over the support: the first-order split (see tl_tilt_acc) */
         int split = fabs(lam) * (acc->r_hi - acc->r_lo) <= 1.0;
-        double ratio = (split ? lam * acc->s1 + acc->e2 : acc->e) / acc->s_l;
+        double ratio = (split ? ldexp(lam, row->e) * acc->s1 + acc->e2 : acc->e) / acc->s_l;
         lc = (ratio > -0.5 && ratio < 1.0) ? log1p(ratio) : log(acc->s_b / acc->s_l);
         if (split && acc->s_b > 0.0) mu = (acc->s1 + acc->t1) / acc->s_b;
+        z = ((acc->m_l - row->anchor) + norm_log) + lc;
     } else {
-        lc = (acc->m_x + log(acc->s_b)) - log_norm;
+        z = acc->m_x + log(acc->s_b);
+        lc = z - ((acc->m_l - row->anchor) + norm_log);
     }
     double var = acc->m2 / acc->s_b;
-    double kl = lam * mu - lc;
-    out->log_norm = log_norm;
+    var = var < 0.0 ? 0.0 : var; /* (NaN stays visible) */
+    double kl = tl__lam_times(lam, mu, row->e) - lc;
+    out->norm_max = acc->m_l;
+    out->norm_log = norm_log;
+    out->log_norm = acc->m_l + norm_log;
     out->lc = lc;
-    out->log_partition = lam * c + lc;
-    out->mean = c + mu;
-    out->variance = var < 0.0 ? 0.0 : var; /* (NaN stays visible) */
-    out->kl = kl < 0.0 ? 0.0 : kl;
+    out->z = z;
+    out->log_partition = c == 0.0 ? lc : lam * c + lc;
+    out->mean_s = mu;
+    out->var_s = var;
+    out->mean = c + ldexp(mu, row->e);
+    out->variance = ldexp(var, 2 * row->e);
+    out->kl = kl <= 0.0 ? 0.0 : kl; /* (no -0; NaN stays visible) */
 }
 
 int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam) {
     if (res->flags || lam == 0.0) return 0;
     /* also when kl cancelled to <= 0 (clamped to 0): then any lever > 0 asks for it */
-    double lever = fabs(lam * (res->mean - res->shift)) + fabs(res->lc);
+    double lever = fabs(tl__lam_times(lam, res->mean_s, res->e)) + fabs(res->lc);
     return lever > 64.0 * res->kl;
 }
 
 double tl_tilt_kl_value(const tl_tilt_acc *acc) {
     double kl = acc->e / acc->s_l;
-    return kl < 0.0 ? 0.0 : kl;
+    return kl <= 0.0 ? 0.0 : kl;
+}
+
+double tl_tilted_diff(double l_i, double r_i, double l_b, double r_b, double lam) {
+    if (lam == 0.0) return l_i - l_b;
+    double y = (l_i - l_b) + lam * (r_i - r_b);
+    if (y != y) y = (0.5 * l_i - 0.5 * l_b) + (0.5 * lam) * (r_i - r_b);
+    return y;
+}
+
+/* e with range 2^-e in [1, 2); at least -1020, so that 2^-e is a double (a subnormal range
+ * then scales to at least 2^-54: normal, and its square too) */
+int tl_range_exponent(double range) {
+    if (!(range > 0.0) || !(range <= DBL_MAX)) return 0;
+    int e = ilogb(range);
+    return e < -1020 ? -1020 : e;
+}
+
+void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi) {
+    row->anchor = anchor;
+    row->c = c;
+    row->e = tl_range_exponent(r_hi - r_lo);
+    row->inv_scale = ldexp(1.0, -row->e);
+    row->flags = r_hi - r_lo <= DBL_MAX || !(r_hi >= r_lo) ? 0 : TL_FLAG_REWARD_RANGE;
 }
 
 void tl_info_merge(tl_info_acc *a, const tl_info_acc *b) {
@@ -171,39 +232,45 @@ void tl_info_merge(tl_info_acc *a, const tl_info_acc *b) {
     tl__info_side(a, 1, b->r_lo, b->m_lo, b->s_lo, b->in_lo * fb, b->out_lo * fb);
 }
 
+/* log p(extreme set): log1p(-p_out) while the mass outside is below 1/2, else the
+ * log-sum-exp of the set's logits minus the normaliser, both as (max, log of the relative
+ * sum) so that nothing of the size of the logits is added */
 static double tl__log_mass(double out, double total, double m_star, double s_star,
-                           double log_norm) {
+                           double m_l) {
     double p_out = out / total;
-    double v = p_out < 0.5 ? log1p(-p_out) : (m_star + log(s_star)) - log_norm;
+    double v = p_out < 0.5 ? log1p(-p_out) : ((m_star - m_l) + log(s_star)) - log(total);
     return v < 0.0 ? v : 0.0;
 }
 
-void tl_info_finalize(const tl_info_acc *acc, double c, tl_info_result *out) {
-    int flags = acc->flags;
+void tl_info_finalize(const tl_info_acc *acc, const tl_tilt_row *row, tl_info_result *out) {
+    int flags = acc->flags | row->flags;
     if (acc->m_l == -INFINITY) flags |= TL_FLAG_EMPTY_ROW;
     out->flags = flags;
+    out->e = row->e;
     if (flags) {
-        out->log_norm = out->mean = out->variance = NAN;
+        out->log_norm = out->mean = out->variance = out->var_s = NAN;
         out->r_max = out->log_p_max = out->r_min = out->log_p_min = NAN;
-        out->lse_max = out->lse_min = NAN;
+        out->m_max = out->ls_max = out->m_min = out->ls_min = NAN;
         return;
     }
-    double log_norm = acc->m_l + log(acc->s_l);
     double var = acc->m2 / acc->s_l;
-    out->log_norm = log_norm;
-    out->mean = c + acc->mu;
-    out->variance = var > 0.0 ? var : 0.0;
+    var = var > 0.0 ? var : 0.0;
+    out->log_norm = acc->m_l + log(acc->s_l);
+    out->mean = row->c + ldexp(acc->mu, row->e);
+    out->var_s = var;
+    out->variance = ldexp(var, 2 * row->e);
     out->r_max = acc->r_hi;
     out->r_min = acc->r_lo;
-    out->log_p_max = tl__log_mass(acc->out_hi, acc->s_l, acc->m_hi, acc->s_hi, log_norm);
-    out->log_p_min = tl__log_mass(acc->out_lo, acc->s_l, acc->m_lo, acc->s_lo, log_norm);
-    out->lse_max = acc->m_hi + log(acc->s_hi);
-    out->lse_min = acc->m_lo + log(acc->s_lo);
+    out->log_p_max = tl__log_mass(acc->out_hi, acc->s_l, acc->m_hi, acc->s_hi, acc->m_l);
+    out->log_p_min = tl__log_mass(acc->out_lo, acc->s_l, acc->m_lo, acc->s_lo, acc->m_l);
+    out->m_max = acc->m_hi;
+    out->ls_max = log(acc->s_hi);
+    out->m_min = acc->m_lo;
+    out->ls_min = log(acc->s_lo);
 }
 
-void tl_cumulants_from_moments(const double *sums, int order, double mean, double scale,
+void tl_cumulants_from_moments(const double *sums, int order, double center, double spread,
                                double *kappa) {
-    const double sd = scale;
     double m[TL_MAX_ORDER + 1] = {0}, cm[TL_MAX_ORDER + 1], k[TL_MAX_ORDER + 1];
     double binom[TL_MAX_ORDER + 1][TL_MAX_ORDER + 1];
     for (int i = 0; i <= order; i++) {
@@ -229,10 +296,12 @@ void tl_cumulants_from_moments(const double *sums, int order, double mean, doubl
         for (int q = 2; q <= kk - 2; q++) s -= binom[kk - 1][q - 1] * k[q] * cm[kk - q];
         k[kk] = s;
     }
-    kappa[0] = mean + delta * sd;
-    double sdk = sd;
+    kappa[0] = center + delta * spread;
     for (int kk = 2; kk <= order; kk++) {
-        sdk *= sd;
-        kappa[kk - 1] = k[kk] * sdk;
+        /* k[kk] spread^kk by repeated products: spread is of order 1 here (the caller's
+         * scaled units), and an exact 0 stays 0 */
+        double v = k[kk];
+        for (int q = 0; q < kk; q++) v *= spread;
+        kappa[kk - 1] = v;
     }
 }

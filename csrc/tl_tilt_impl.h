@@ -1,13 +1,15 @@
 /* Tilting chunk kernels, templated on TL_T (see tl_template.h and tl_tilt.h). */
 
 /* A block load of the tilting kernels: the copy to double buffers (logits to lb, tail
- * padded with -inf; r - c to db, tail padded with 0; with prefetch) and ONE scan for
- * everything the block's bookkeeping needs: bad logits (NaN, +inf), non-finite r - c, the
- * maximum logit *bm, and the range [*dlo, *dhi] of r - c over the support (finite
- * logits).  Returns the TL_FLAG_BAD_* bits. */
+ * padded with -inf; r - c to db, 0 off the support and in the tail; db * inv_scale to ds;
+ * with prefetch) and ONE scan for everything the block's bookkeeping needs: bad logits
+ * (NaN, +inf), non-finite rewards, r - c overflowing on the support, the maximum logit
+ * *bm, and the range [*dlo, *dhi] of r - c over the support (finite logits).  Returns the
+ * TL_FLAG_BAD_* bits. */
 static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                                          ptrdiff_t len, ptrdiff_t left, double c,
-                                         double *TL_RESTRICT lb, double *TL_RESTRICT db,
+                                         double inv_scale, double *TL_RESTRICT lb,
+                                         double *TL_RESTRICT db, double *TL_RESTRICT ds,
                                          double *bm, double *dlo, double *dhi) {
     TL_PREFETCH_BLOCK(l, left);
     TL_PREFETCH_BLOCK(r, left);
@@ -32,9 +34,12 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
             ml[k] = v > ml[k] ? v : ml[k];
             nn[k] += v == v ? 0.0 : 1.0;
             nf[k] += d * 0.0; /* NaN exactly for NaN and +-inf */
+            double dm = fin ? d : 0.0; /* off the support r - c is never used */
             double dh = fin ? d : -INFINITY, dl = fin ? d : INFINITY;
             hi[k] = dh > hi[k] ? dh : hi[k];
             lo[k] = dl < lo[k] ? dl : lo[k];
+            db[i + k] = dm;
+            ds[i + k] = dm * inv_scale;
         }
     double m = ml[0], h = hi[0], o = lo[0];
     for (int k = 1; k < TL_LANES; k++) {
@@ -49,82 +54,98 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
     int bad_r = 0;
     double t = tl__lanes_total(nf);
     if (t != t) {
-        /* r - c is not finite: r itself is (an error) or the difference overflowed */
-        bad_r = TL_FLAG_REWARD_RANGE;
-        for (ptrdiff_t i = 0; i < len; i++)
-            if (!(fabs((double)r[i]) <= DBL_MAX)) bad_r = TL_FLAG_BAD_REWARD;
+        /* r itself is not finite (an error anywhere), or r - c overflowed (an error on the
+         * support only: elsewhere the reward is never used) */
+        for (ptrdiff_t i = 0; i < len; i++) {
+            double ri = (double)r[i], li = (double)l[i];
+            if (!(fabs(ri) <= DBL_MAX)) bad_r |= TL_FLAG_BAD_REWARD;
+            else if (li > -INFINITY && !(fabs(ri - c) <= DBL_MAX)) bad_r |= TL_FLAG_REWARD_RANGE;
+        }
     }
     return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
 }
 
-ptrdiff_t TL_SFX(tl_first_support)(const TL_T *l, ptrdiff_t n) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        if ((double)l[i] > -INFINITY && (double)l[i] == (double)l[i]) return i;
-    return -1;
-}
-
-/* First index of the maximum of l + lam r over the support.  Blocks are scanned with a
- * vectorised maximum; only a block whose maximum beats the best so far is searched for
- * its first maximising index (a short scalar pass, rare on long rows). */
-ptrdiff_t TL_SFX(tl_argmax_tilted)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
-                                   double *best_x) {
-    double xb[TL_BLOCK];
+ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
+                             double *r_lo, double *r_hi) {
+    double yb[TL_BLOCK];
     ptrdiff_t best = -1;
-    double bx = -INFINITY;
+    double lbest = 0.0, rbest = 0.0;
+    double hi[TL_LANES], lo[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) {
+        hi[k] = -INFINITY;
+        lo[k] = INFINITY;
+    }
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         TL_PREFETCH_BLOCK(l + j0, n - j0);
         TL_PREFETCH_BLOCK(r + j0, n - j0);
-        if (lam == 0.0) {
-            for (ptrdiff_t i = 0; i < len; i++) {
-                double li = (double)l[j0 + i];
-                xb[i] = li > -INFINITY ? li : -INFINITY; /* NaN logits never win */
-            }
-        } else {
-            for (ptrdiff_t i = 0; i < len; i++) {
-                double li = (double)l[j0 + i];
-                double x = li + lam * (double)r[j0 + i];
-                xb[i] = li > -INFINITY ? x : -INFINITY;
-            }
+        double rb[TL_BLOCK], lb[TL_BLOCK];
+        for (ptrdiff_t i = 0; i < len; i++) {
+            lb[i] = (double)l[j0 + i];
+            rb[i] = (double)r[j0 + i];
         }
-        for (ptrdiff_t i = len; i < TL_BLOCK; i++) xb[i] = -INFINITY;
-        /* NaN values (lam r = inf - inf, NaN rewards) are ignored by the maximum; they
-         * never beat a best value, and a block is rescanned whenever no best exists yet */
+        for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
+            lb[i] = -INFINITY;
+            rb[i] = 0.0;
+        }
+        /* y: the gain over the best so far (-inf off the support; NaN logits are not
+         * support: v > -inf is false for NaN, and +inf logits are an error reported later) */
+        double nn[TL_LANES];
+        for (int k = 0; k < TL_LANES; k++) nn[k] = 0.0;
+        for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+            for (int k = 0; k < TL_LANES; k++) {
+                double v = lb[i + k], rv = rb[i + k];
+                int fin = (v > -INFINITY) & (v < INFINITY);
+                double dh = fin ? rv : -INFINITY, dl = fin ? rv : INFINITY;
+                hi[k] = dh > hi[k] ? dh : hi[k];
+                lo[k] = dl < lo[k] ? dl : lo[k];
+                double y = lam == 0.0 ? v - lbest : (v - lbest) + lam * (rv - rbest);
+                y = fin ? y : -INFINITY;
+                nn[k] += y == y ? 0.0 : 1.0;
+                yb[i + k] = y;
+            }
         double s[TL_LANES];
         for (int k = 0; k < TL_LANES; k++) s[k] = -INFINITY;
         for (int i = 0; i < TL_BLOCK; i += TL_LANES)
             for (int k = 0; k < TL_LANES; k++) {
-                double x = xb[i + k];
-                s[k] = x > s[k] ? x : s[k];
+                double y = yb[i + k];
+                s[k] = y > s[k] ? y : s[k];
             }
         double m = s[0];
         for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
-        if (best >= 0 && !(m > bx)) continue;
-        /* the first support index of the block that the scalar rule would pick */
+        /* nothing in the block beats the best so far (and no gain was ambiguous) */
+        if (best >= 0 && !(m > 0.0) && tl__lanes_total(nn) == 0.0) continue;
         for (ptrdiff_t i = 0; i < len; i++) {
-            double li = (double)l[j0 + i];
-            if (!(li > -INFINITY)) continue;
-            double x = li + (lam == 0.0 ? 0.0 : lam * (double)r[j0 + i]);
-            if (best < 0 || x > bx) {
+            double v = lb[i], rv = rb[i];
+            if (!(v > -INFINITY && v < INFINITY)) continue;
+            if (best < 0 || tl_tilted_diff(v, rv, lbest, rbest, lam) > 0.0) {
                 best = j0 + i;
-                bx = x;
+                lbest = v;
+                rbest = rv;
             }
         }
     }
-    *best_x = bx;
+    double h = hi[0], o = lo[0];
+    for (int k = 1; k < TL_LANES; k++) {
+        h = hi[k] > h ? hi[k] : h;
+        o = lo[k] < o ? lo[k] : o;
+    }
+    *r_hi = h;
+    *r_lo = o;
     return best;
 }
 
 void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
-                           double lam, double c, double lc, int mode, tl_tilt_acc *acc) {
-    double lb[TL_BLOCK], db[TL_BLOCK], xb[TL_BLOCK], wa[TL_BLOCK], wb[TL_BLOCK], we[TL_BLOCK];
-    double ws[TL_BLOCK], wt[TL_BLOCK], wx[TL_BLOCK];
+                           const tl_tilt_row *row, int mode, tl_tilt_acc *acc) {
+    double lb[TL_BLOCK], db[TL_BLOCK], ds[TL_BLOCK], xb[TL_BLOCK], wa[TL_BLOCK], wb[TL_BLOCK];
+    double we[TL_BLOCK], ws[TL_BLOCK], wt[TL_BLOCK], wx[TL_BLOCK];
+    const double lam = row->lam, c = row->c, lc = row->lc, inv_scale = row->inv_scale;
     tl__tilt_init(acc);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         double bm, dlo, dhi;
-        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, lb, db, &bm, &dlo,
-                                         &dhi);
+        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, inv_scale, lb, db, ds,
+                                         &bm, &dlo, &dhi);
         if (bad) {
             acc->flags |= bad;
             continue;
@@ -147,7 +168,7 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             acc->m_l = bm;
         }
         const double ml = acc->m_l;
-        double sb, sd; /* tilted weight sum and sum of weight * (r - c) of the block */
+        double sb, sd; /* tilted weight sum and sum of weight * d_s of the block */
         if (mode == TL_MODE_KL) {
             for (int i = 0; i < TL_BLOCK; i++) {
                 double a = tl_exp(lb[i] - ml);
@@ -167,8 +188,8 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 we[i] = a * em;
                 wx[i] = a * emx;
                 wb[i] = a * e;
-                ws[i] = a * db[i];
-                wt[i] = (a * em) * db[i];
+                ws[i] = a * ds[i];
+                wt[i] = (a * em) * ds[i];
             }
             double s1 = tl_block_sum(ws), t1 = tl_block_sum(wt);
             acc->s_l += tl_block_sum(wa);
@@ -177,20 +198,10 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             acc->s1 += s1;
             acc->t1 += t1;
             sb = tl_block_sum(wb);
-            sd = s1 + t1; /* sum a e d = sum a d + sum a expm1(u) d */
+            sd = s1 + t1; /* sum a e d_s = sum a d_s + sum a expm1(u) d_s */
         } else {
-            /* with c at the dominant outcome, lam (r - c) overflows only towards -inf
-             * (a weight of 0); +inf or NaN means lam * reward itself saturates */
-            int sat = 0;
-            for (int i = 0; i < TL_BLOCK; i++) {
-                double x = lb[i] > -INFINITY ? lb[i] + lam * db[i] : -INFINITY;
-                sat |= (lb[i] > -INFINITY) & ((x == INFINITY) | (x != x));
-                xb[i] = x;
-            }
-            if (sat) {
-                acc->flags |= TL_FLAG_SATURATED;
-                continue;
-            }
+            /* relative to the dominant outcome x <= 0 (up to rounding): no overflow */
+            tl__tilted_block(lb, db, row->anchor, lam, xb);
             double bx = tl_block_max(xb);
             if (bx > acc->m_x) {
                 double f = tl_rescale(acc->m_x, bx);
@@ -205,27 +216,27 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             }
             acc->s_l += tl_block_sum(wa);
             sb = tl_block_sum(wb);
-            sd = tl_block_dot(wb, db);
+            sd = tl_block_dot(wb, ds);
         }
         if (sb > 0.0) {
             /* corrected two-pass centred sums of the block around nu = sd / sb */
             double nu, q;
-            tl_block_centred_at(wb, db, sb, sd / sb, &nu, &q);
+            tl_block_centred_at(wb, ds, sb, sd / sb, &nu, &q);
             tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
         }
     }
 }
 
 void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
-                           double c, tl_info_acc *acc) {
-    double lb[TL_BLOCK], db[TL_BLOCK], rb[TL_BLOCK], wa[TL_BLOCK], hv[TL_BLOCK], lv[TL_BLOCK];
-    double mk[TL_BLOCK], ek[TL_BLOCK], in[TL_BLOCK], out[TL_BLOCK];
+                           const tl_tilt_row *row, tl_info_acc *acc) {
+    double lb[TL_BLOCK], db[TL_BLOCK], ds[TL_BLOCK], rb[TL_BLOCK], wa[TL_BLOCK];
+    double hv[TL_BLOCK], lv[TL_BLOCK], mk[TL_BLOCK], ek[TL_BLOCK], in[TL_BLOCK], out[TL_BLOCK];
     tl__info_init(acc);
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         double bm, dlo, dhi;
-        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, lb, db, &bm, &dlo,
-                                         &dhi);
+        int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, row->c, row->inv_scale,
+                                         lb, db, ds, &bm, &dlo, &dhi);
         if (bad) {
             acc->flags |= bad;
             continue;
@@ -248,7 +259,7 @@ void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
         double sa = tl_block_sum(wa);
         if (sa > 0.0) {
             double nu, q;
-            tl_block_centred(wa, db, sa, &nu, &q);
+            tl_block_centred(wa, ds, sa, &nu, &q);
             tl_chan_merge(&acc->s_l, &acc->mu, &acc->m2, 1.0, sa, nu, q, 1.0);
         }
         /* extreme reward sets of the block (raw rewards: ties are decided exactly) */
@@ -275,38 +286,57 @@ void TL_SFX(tl_info_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
 }
 
 void TL_SFX(tl_tilt_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
-                              double lam, double c, double log_norm, double lc,
-                              double *TL_RESTRICT out) {
-    for (ptrdiff_t i = 0; i < n; i++)
-        out[i] = ((double)l[i] - log_norm) + (lam * ((double)r[i] - c) - lc);
+                              const tl_phi_params *p, double *TL_RESTRICT out) {
+    const double lam = p->lam, c = p->c, anchor = p->anchor, z = p->z;
+    double nn = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double li = (double)l[i];
+        double x = (li - anchor) + (lam == 0.0 ? 0.0 : lam * ((double)r[i] - c));
+        double v = li > -INFINITY ? x - z : -INFINITY;
+        nn += v == v ? 0.0 : 1.0;
+        out[i] = v;
+    }
+    if (nn != 0.0) /* the two parts of x overflowed with opposite signs: half scale */
+        for (ptrdiff_t i = 0; i < n; i++)
+            if (out[i] != out[i]) {
+                double li = (double)l[i];
+                double h = (0.5 * li - 0.5 * anchor) + (0.5 * lam) * ((double)r[i] - c);
+                out[i] = 2.0 * h - z;
+            }
 }
 
 void TL_SFX(tl_limit_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
-                               ptrdiff_t n, double r_star, double log_mass_star,
+                               ptrdiff_t n, double r_star, double m_star, double ls_star,
                                double *TL_RESTRICT out) {
     for (ptrdiff_t i = 0; i < n; i++) {
         double li = (double)l[i];
-        out[i] = ((double)r[i] == r_star && li > -INFINITY) ? li - log_mass_star : -INFINITY;
+        out[i] = ((double)r[i] == r_star && li > -INFINITY) ? (li - m_star) - ls_star
+                                                             : -INFINITY;
     }
 }
 
 void TL_SFX(tl_moments_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
-                              double lam, double c, double log_norm, double lc, double mean,
-                              double inv_sd, int order, double *sums) {
-    double w[TL_BLOCK], z[TL_BLOCK];
+                              const tl_phi_params *p, int order, double *sums) {
+    double lb[TL_BLOCK], db[TL_BLOCK], w[TL_BLOCK], z[TL_BLOCK];
+    const double lam = p->lam, c = p->c, zn = p->z, inv_scale = p->inv_scale;
+    const double center = p->center, inv_spread = p->inv_spread;
     for (int j = 0; j <= order; j++) sums[j] = 0.0;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         for (ptrdiff_t i = 0; i < len; i++) {
-            double li = (double)l[j0 + i], ri = (double)r[j0 + i];
-            w[i] = (li - log_norm) + (lam * (ri - c) - lc);
-            z[i] = (ri - mean) * inv_sd;
+            double li = (double)l[j0 + i];
+            lb[i] = li;
+            db[i] = li > -INFINITY ? (double)r[j0 + i] - c : 0.0;
         }
         for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
-            w[i] = -INFINITY;
-            z[i] = 0.0;
+            lb[i] = -INFINITY;
+            db[i] = 0.0;
         }
-        for (int i = 0; i < TL_BLOCK; i++) w[i] = tl_exp(w[i]);
+        tl__tilted_block(lb, db, p->anchor, lam, w);
+        for (int i = 0; i < TL_BLOCK; i++) {
+            z[i] = (db[i] * inv_scale - center) * inv_spread;
+            w[i] = tl_exp(w[i] - zn);
+        }
         sums[0] += tl_block_sum(w);
         for (int j = 1; j <= order; j++) {
             for (int i = 0; i < TL_BLOCK; i++) w[i] *= z[i];

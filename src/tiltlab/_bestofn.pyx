@@ -119,10 +119,10 @@ cdef void _bon_row(const floating *l, const floating *r, Py_ssize_t V, Workspace
         if want_logprobs:
             if floating is double:
                 tl_bon_logprobs_f64(l, V, w.order, w.start, lv.n_levels, w.log_mass, w.log_w,
-                                    lv.log_norm, logprobs + e * V)
+                                    lv.norm_max, lv.norm_log, logprobs + e * V)
             else:
                 tl_bon_logprobs_f32(l, V, w.order, w.start, lv.n_levels, w.log_mass, w.log_w,
-                                    lv.log_norm, logprobs + e * V)
+                                    lv.norm_max, lv.norm_log, logprobs + e * V)
 
 
 def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] uloff,

@@ -13,7 +13,8 @@ and of the rewards ``rbase[roff[i] : roff[i] + V]``; offsets let broadcast rows 
 memory instead of being copied.
 """
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, fabs, sqrt, isnan
+from libc.float cimport DBL_MAX, DBL_MIN
+from libc.math cimport INFINITY, NAN, fabs, isnan, ldexp, sqrt
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -96,77 +97,98 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
 # shared passes
 # --------------------------------------------------------------------------------------
 
-cdef void _shifts(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                  const int64_t[::1] roff, Py_ssize_t V, const int64_t *rows, Py_ssize_t nrows,
-                  double *c, int n_threads) noexcept nogil:
-    """c[row] = reward of the most likely outcome of each listed row (0 for a row without
-    support): the shift of the row-information pass."""
-    cdef Py_ssize_t i, j, row
-    cdef double best
-    cdef const floating *lp = &lb[0]
-    cdef const floating *rp = &rb[0]
-    for i in prange(nrows, num_threads=n_threads, schedule='static'):
-        row = rows[i]
-        if floating is double:
-            j = tl_argmax_tilted_f64(lp + loff[row], rp + roff[row], V, 0.0, &best)
-        else:
-            j = tl_argmax_tilted_f32(lp + loff[row], rp + roff[row], V, 0.0, &best)
-        c[row] = <double> rp[roff[row] + j] if j >= 0 else 0.0
-
-
-cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                    const int64_t[::1] roff, Py_ssize_t V, const double *lam,
-                    const int64_t *rows, Py_ssize_t nrows, tl_tilt_result *res,
-                    int n_threads) except -1 nogil:
-    """Tilted statistics of rows[0:nrows] (finite lam); res and lam are indexed by row.
-
-    The chunks of all rows are parallel work items, merged per row in chunk order: the
-    shift is the reward of the dominant outcome (argmax of l + lam r, merged over chunks
-    in order); stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in
-    stage 0 (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward
-    range is too large for the product mode."""
+cdef int _prescan(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                  const int64_t[::1] roff, Py_ssize_t V, const double *lam,
+                  const int64_t *rows, Py_ssize_t nrows, tl_tilt_row *prm,
+                  int n_threads) except -1 nogil:
+    """The first pass over rows[0:nrows] (tl_prescan), filling prm[row]: the dominant
+    outcome at lam[row] (lam = NULL: at 0), whose logit and reward become the row's anchor
+    and shift, and the reward range of the support, which sets the power of two of the
+    moment sums (TL_FLAG_REWARD_RANGE in prm[row].flags if that range overflows).  Chunks
+    are parallel work items whose candidates merge in chunk order (a later one wins only if
+    strictly better), so the choice does not depend on the thread count."""
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
-    cdef Py_ssize_t w, i, k, row, start, pending, j
-    cdef int attempt, mode
-    cdef double bx
+    cdef Py_ssize_t w, i, k, row, start, j, jk
+    cdef double lo, hi, lam_row
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
-    cdef tl_tilt_acc *a
     if nrows == 0:
         return 0
-    # one block for all work arrays (freed below; _alloc raises MemoryError)
-    cdef char *block = <char *> _alloc(1, nitems * (sizeof(tl_tilt_acc) + sizeof(double)
-                                                    + sizeof(Py_ssize_t))
-                                       + nrows * (sizeof(int) + sizeof(double)))
-    cdef tl_tilt_acc *acc = <tl_tilt_acc *> block
-    cdef double *best = <double *> (block + nitems * sizeof(tl_tilt_acc))
-    cdef Py_ssize_t *arg = <Py_ssize_t *> (<char *> best + nitems * sizeof(double))
-    cdef double *cl = <double *> (<char *> arg + nitems * sizeof(Py_ssize_t))
-    cdef int *stage = <int *> (<char *> cl + nrows * sizeof(double))
-    # the dominant outcome of each row: chunk maxima, then "larger wins, earlier on ties"
+    cdef char *block = <char *> _alloc(1, nitems * (sizeof(Py_ssize_t) + 2 * sizeof(double)))
+    cdef Py_ssize_t *arg = <Py_ssize_t *> block
+    cdef double *rlo = <double *> (block + nitems * sizeof(Py_ssize_t))
+    cdef double *rhi = rlo + nitems
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
         i = w // nch
         k = w - i * nch
         row = rows[i]
         start = k * TL_CHUNK
         if floating is double:
-            arg[w] = tl_argmax_tilted_f64(lp + loff[row] + start, rp + roff[row] + start,
-                                          _chunk_len(V, k), lam[row], &best[w])
+            arg[w] = tl_prescan_f64(lp + loff[row] + start, rp + roff[row] + start,
+                                    _chunk_len(V, k), lam[row] if lam != NULL else 0.0,
+                                    &rlo[w], &rhi[w])
         else:
-            arg[w] = tl_argmax_tilted_f32(lp + loff[row] + start, rp + roff[row] + start,
-                                          _chunk_len(V, k), lam[row], &best[w])
+            arg[w] = tl_prescan_f32(lp + loff[row] + start, rp + roff[row] + start,
+                                    _chunk_len(V, k), lam[row] if lam != NULL else 0.0,
+                                    &rlo[w], &rhi[w])
+    for i in range(nrows):
+        row = rows[i]
+        lam_row = lam[row] if lam != NULL else 0.0
+        j = -1
+        lo = INFINITY
+        hi = -INFINITY
+        for k in range(nch):
+            if rlo[i * nch + k] < lo:
+                lo = rlo[i * nch + k]
+            if rhi[i * nch + k] > hi:
+                hi = rhi[i * nch + k]
+            jk = arg[i * nch + k]
+            if jk < 0:
+                continue
+            jk = jk + k * TL_CHUNK
+            if j < 0 or tl_tilted_diff(<double> lp[loff[row] + jk], <double> rp[roff[row] + jk],
+                                       <double> lp[loff[row] + j], <double> rp[roff[row] + j],
+                                       lam_row) > 0.0:
+                j = jk
+        if j >= 0:
+            tl_tilt_row_init(&prm[row], <double> lp[loff[row] + j], <double> rp[roff[row] + j],
+                             lo, hi)
+        else:  # no support: the main pass reports the empty row
+            tl_tilt_row_init(&prm[row], 0.0, 0.0, 0.0, 0.0)
+        prm[row].lam = lam_row
+        prm[row].lc = 0.0
+    free(block)
+    return 0
+
+
+cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+                    const int64_t[::1] roff, Py_ssize_t V, const double *lam,
+                    const int64_t *rows, Py_ssize_t nrows, tl_tilt_result *res,
+                    tl_tilt_row *prm, int n_threads) except -1 nogil:
+    """Tilted statistics of rows[0:nrows] (finite lam); res, prm and lam are indexed by row.
+
+    The chunks of all rows are parallel work items, merged per row in chunk order: the
+    first pass (_prescan) fixes each row's anchor, shift and scale; stage 0 is a
+    product-mode pass; stage 1 a KL pass when kl cancelled in stage 0
+    (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward range is too
+    large for the product mode."""
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef Py_ssize_t w, i, k, row, start, pending
+    cdef int attempt, mode
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef tl_tilt_acc *a
+    if nrows == 0:
+        return 0
+    _prescan(lb, rb, loff, roff, V, lam, rows, nrows, prm, n_threads)
+    # one block for all work arrays (freed below; _alloc raises MemoryError)
+    cdef char *block = <char *> _alloc(1, nitems * sizeof(tl_tilt_acc) + nrows * sizeof(int))
+    cdef tl_tilt_acc *acc = <tl_tilt_acc *> block
+    cdef int *stage = <int *> (block + nitems * sizeof(tl_tilt_acc))
     for i in range(nrows):
         stage[i] = 0
-        cl[i] = 0.0
-        bx = -INFINITY
-        j = -1
-        for k in range(nch):
-            if arg[i * nch + k] >= 0 and (best[i * nch + k] > bx or j < 0):
-                bx = best[i * nch + k]
-                j = k * TL_CHUNK + arg[i * nch + k]
-        if j >= 0:
-            cl[i] = <double> rp[roff[rows[i]] + j]
     for attempt in range(3):
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
             i = w // nch
@@ -178,12 +200,10 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
             mode = _stage_mode(stage[i])
             if floating is double:
                 tl_tilt_chunk_f64(lp + loff[row] + start, rp + roff[row] + start,
-                                  _chunk_len(V, k), lam[row], cl[i],
-                                  res[row].lc if mode == TL_MODE_KL else 0.0, mode, &acc[w])
+                                  _chunk_len(V, k), &prm[row], mode, &acc[w])
             else:
                 tl_tilt_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
-                                  _chunk_len(V, k), lam[row], cl[i],
-                                  res[row].lc if mode == TL_MODE_KL else 0.0, mode, &acc[w])
+                                  _chunk_len(V, k), &prm[row], mode, &acc[w])
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if stage[i] < 0:
                 continue
@@ -197,11 +217,12 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                 stage[i] = -1
                 continue
             if (stage[i] == 0 and (a.flags & TL_FLAGS_INPUT) == 0
-                    and not tl_tilt_product_ok(a, lam[row])):
+                    and not tl_tilt_product_ok(a, prm[row].lam)):
                 stage[i] = 2
                 continue
-            tl_tilt_finalize(a, lam[row], cl[i], mode, &res[row])
-            if stage[i] == 0 and tl_tilt_kl_pass_advised(&res[row], lam[row]):
+            tl_tilt_finalize(a, &prm[row], mode, &res[row])
+            if stage[i] == 0 and tl_tilt_kl_pass_advised(&res[row], prm[row].lam):
+                prm[row].lc = res[row].lc
                 stage[i] = 1
             else:
                 stage[i] = -1
@@ -224,10 +245,11 @@ cdef inline int _stage_mode(int stage) noexcept nogil:
 
 
 cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
-                    const int64_t[::1] roff, Py_ssize_t V, const double *c,
-                    const int64_t *rows, Py_ssize_t nrows, tl_info_result *res,
+                    const int64_t[::1] roff, Py_ssize_t V, const int64_t *rows,
+                    Py_ssize_t nrows, tl_info_result *res, tl_tilt_row *prm,
                     int n_threads) except -1 nogil:
-    """Normaliser, base mean/variance and extreme reward sets of rows[0:nrows]."""
+    """Normaliser, base mean/variance and extreme reward sets of rows[0:nrows] (res and
+    prm indexed by row; prm gets the first pass at lam = 0)."""
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t w, i, k, row, start
@@ -236,6 +258,7 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef tl_info_acc *acc
     if nrows == 0:
         return 0
+    _prescan(lb, rb, loff, roff, V, NULL, rows, nrows, prm, n_threads)
     acc = <tl_info_acc *> _alloc(nitems, sizeof(tl_info_acc))
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
         i = w // nch
@@ -244,36 +267,42 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
         start = k * TL_CHUNK
         if floating is double:
             tl_info_chunk_f64(lp + loff[row] + start, rp + roff[row] + start,
-                              _chunk_len(V, k), c[row], &acc[w])
+                              _chunk_len(V, k), &prm[row], &acc[w])
         else:
             tl_info_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
-                              _chunk_len(V, k), c[row], &acc[w])
+                              _chunk_len(V, k), &prm[row], &acc[w])
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
         row = rows[i]
         for k in range(1, nch):
             tl_info_merge(&acc[i * nch], &acc[i * nch + k])
-        tl_info_finalize(&acc[i * nch], c[row], &res[row])
+        tl_info_finalize(&acc[i * nch], &prm[row], &res[row])
     free(acc)
     return 0
 
 
 cdef void _limit_result(const tl_info_result *info, double lam, tl_tilt_result *out) noexcept nogil:
-    """Tilted statistics in the lam -> +-inf limit (or where lam * reward saturates):
-    phi is p restricted to the argmax (lam > 0) or argmin (lam < 0) reward set."""
+    """Tilted statistics in the lam -> +-inf limit: phi is p restricted to the argmax
+    (lam > 0) or argmin (lam < 0) reward set.  For the log-probabilities (tl_limit_logprobs)
+    the set's log-sum-exp of logits is carried as (anchor, z) = (its max, log of the sum
+    relative to it)."""
     cdef double r_star = info.r_max if lam > 0 else info.r_min
     cdef double log_p = info.log_p_max if lam > 0 else info.log_p_min
     out.flags = info.flags
     out.log_norm = info.log_norm
     out.mean = r_star
     out.variance = 0.0
+    out.mean_s = 0.0
+    out.var_s = 0.0
+    out.e = info.e
     out.kl = -log_p
     # Lambda(lam) = lam r_star + log p(star set) (exact in the limit)
     if r_star == 0.0:
         out.log_partition = log_p
     else:
         out.log_partition = lam * r_star + log_p
-    # for limit rows, lc carries log sum exp(l) over the extreme set (used by the writer)
-    out.lc = info.lse_max if lam > 0 else info.lse_min
+    out.lc = log_p
+    out.anchor = info.m_max if lam > 0 else info.m_min
+    out.z = info.ls_max if lam > 0 else info.ls_min
     out.shift = r_star
     out.r_min = info.r_min
     out.r_max = info.r_max
@@ -282,17 +311,17 @@ cdef void _limit_result(const tl_info_result *info, double lam, tl_tilt_result *
 cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                    const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam,
                    tl_tilt_result *res, int *limit, int n_threads) except -1 nogil:
-    """Tilted statistics for every row; rows with infinite lam (or saturated lam * r) get
-    the limit and limit[row] = 1."""
+    """Tilted statistics for every row; rows with infinite lam get the limit and
+    limit[row] = 1."""
     cdef Py_ssize_t nrows = loff.shape[0]
     cdef Py_ssize_t i, nfin = 0, ninf = 0
-    # fin, inf (row lists), then c and info (used only by the limit rows)
-    cdef char *block = <char *> _alloc(1, nrows * (2 * sizeof(int64_t) + sizeof(double)
+    # fin, inf (row lists), then the row constants and info (the limit rows)
+    cdef char *block = <char *> _alloc(1, nrows * (2 * sizeof(int64_t) + sizeof(tl_tilt_row)
                                                    + sizeof(tl_info_result)))
     cdef int64_t *fin = <int64_t *> block
     cdef int64_t *inf = fin + nrows
-    cdef double *c = <double *> (inf + nrows)
-    cdef tl_info_result *info = <tl_info_result *> (c + nrows)
+    cdef tl_tilt_row *prm = <tl_tilt_row *> (inf + nrows)
+    cdef tl_info_result *info = <tl_info_result *> (prm + nrows)
     for i in range(nrows):
         limit[i] = 0
         if lam[i] == INFINITY or lam[i] == -INFINITY:
@@ -302,14 +331,9 @@ cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t
             fin[nfin] = i
             nfin += 1
     try:
-        _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, n_threads)
-        for i in range(nfin):
-            if res[fin[i]].flags & TL_FLAG_SATURATED:
-                inf[ninf] = fin[i]
-                ninf += 1
+        _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, prm, n_threads)
         if ninf > 0:
-            _shifts(lb, rb, loff, roff, V, inf, ninf, c, n_threads)
-            _info_pass(lb, rb, loff, roff, V, c, inf, ninf, info, n_threads)
+            _info_pass(lb, rb, loff, roff, V, inf, ninf, info, prm, n_threads)
             for i in range(ninf):
                 _limit_result(&info[inf[i]], lam[inf[i]], &res[inf[i]])
                 limit[inf[i]] = 1
@@ -325,8 +349,13 @@ cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t
 def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
               const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, double[:, ::1] out,
               int32_t[::1] flags, int n_threads):
-    """out[i] = (log_partition, mean, variance, kl, log_norm) of row i at lam[i]."""
+    """out[i] = (log_partition, mean, variance, kl, log_norm) of row i at lam[i], and, if
+    out has 7 columns, (shift c, Lambda - lam c): the reward of the dominant outcome and
+    the log partition relative to it (what the closeness identity needs for huge lam)."""
     cdef Py_ssize_t nrows = loff.shape[0], i
+    cdef bint wide = out.shape[1] >= 7
+    if out.shape[1] < 5:
+        raise ValueError("out needs 5 or 7 columns")
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
@@ -340,7 +369,10 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
             out[i, 2] = res[i].variance
             out[i, 3] = res[i].kl
             out[i, 4] = res[i].log_norm
-            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+            if wide:
+                out[i, 5] = res[i].shift
+                out[i, 6] = res[i].lc
+            flags[i] = res[i].flags
 
 
 def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -351,16 +383,15 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_info_result))
-    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
+    cdef _Buffer prm_b = _Buffer(nrows, sizeof(tl_tilt_row))
     cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
     cdef tl_info_result *res = <tl_info_result *> res_b.ptr
-    cdef double *c = <double *> c_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
     with nogil:
         for i in range(nrows):
             rows[i] = i
-        _shifts(lb, rb, loff, roff, V, rows, nrows, c, n_threads)
-        _info_pass(lb, rb, loff, roff, V, c, rows, nrows, res, n_threads)
+        _info_pass(lb, rb, loff, roff, V, rows, nrows, res, <tl_tilt_row *> prm_b.ptr,
+                   n_threads)
         for i in range(nrows):
             out[i, 0] = res[i].log_norm
             out[i, 1] = res[i].mean
@@ -370,6 +401,23 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
             out[i, 5] = res[i].r_min
             out[i, 6] = res[i].log_p_min
             flags[i] = res[i].flags
+
+
+cdef inline void _phi_params(const tl_tilt_result *res, double lam,
+                             tl_phi_params *p) noexcept nogil:
+    """log phi = ((l - anchor) + lam (r - c)) - z, and the scaled moments' centre and
+    spread: the largest |d_s - mean_s| on the support, so that |z| <= 1."""
+    cdef double up, down, spread
+    p.lam = lam
+    p.c = res.shift
+    p.anchor = res.anchor
+    p.z = res.z
+    p.inv_scale = ldexp(1.0, -res.e)
+    p.center = res.mean_s
+    up = (res.r_max - res.shift) * p.inv_scale - res.mean_s
+    down = res.mean_s - (res.r_min - res.shift) * p.inv_scale
+    spread = up if up > down else down
+    p.inv_spread = 1.0 / spread if spread > 0 else 0.0
 
 
 def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -384,15 +432,18 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
+    cdef _Buffer phi_b = _Buffer(nrows, sizeof(tl_phi_params))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     cdef int *limit = <int *> limit_b.ptr
+    cdef tl_phi_params *phi = <tl_phi_params *> phi_b.ptr
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef double *op = &out[0, 0]
     with nogil:
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
-            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+            flags[i] = res[i].flags
+            _phi_params(&res[i], lam[i], &phi[i])
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
             i = w // nch
             k = w - i * nch
@@ -400,42 +451,39 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
             if flags[i] != 0:
                 continue
             if limit[i]:
-                # log p restricted to the extreme set: l - log sum exp(l over the set)
+                # log p restricted to the extreme set
                 if floating is double:
                     tl_limit_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                          _chunk_len(V, k), res[i].mean, res[i].lc,
-                                          op + i * V + start)
+                                          _chunk_len(V, k), res[i].mean, res[i].anchor,
+                                          res[i].z, op + i * V + start)
                 else:
                     tl_limit_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                          _chunk_len(V, k), res[i].mean, res[i].lc,
-                                          op + i * V + start)
+                                          _chunk_len(V, k), res[i].mean, res[i].anchor,
+                                          res[i].z, op + i * V + start)
             else:
                 if floating is double:
                     tl_tilt_logprobs_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                         _chunk_len(V, k), lam[i], res[i].shift,
-                                         res[i].log_norm, res[i].lc, op + i * V + start)
+                                         _chunk_len(V, k), &phi[i], op + i * V + start)
                 else:
                     tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                         _chunk_len(V, k), lam[i], res[i].shift,
-                                         res[i].log_norm, res[i].lc, op + i * V + start)
-
-
-cdef inline double _moment_scale(const tl_tilt_result *res) noexcept nogil:
-    """Largest |r - mean| on the support: the moments of (r - mean) / scale stay <= 1."""
-    cdef double up = res.r_max - res.mean, down = res.mean - res.r_min
-    return up if up > down else down
+                                         _chunk_len(V, k), &phi[i], op + i * V + start)
 
 
 def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, int order,
                   double[:, ::1] out, int32_t[::1] flags, int n_threads):
-    """out[i, k-1] = k-th cumulant of the reward under phi_lam[i] (k = 1..order)."""
+    """out[i, k-1] = k-th cumulant of the reward under phi_lam[i] (k = 1..order).
+
+    Moments are summed in the row's scaled units (rewards (r - c) 2^-e, centred on the
+    tilted mean and divided by the largest deviation on the support), so no power
+    overflows or underflows there; kappa_k is scaled back by 2^(k e) at the end, which
+    gives +-inf (0) exactly where the true value is beyond (below) the double range."""
     cdef Py_ssize_t nrows = loff.shape[0]
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
     cdef Py_ssize_t i, k, w, j, start
     cdef int stride = order + 1
-    cdef double scale
+    cdef double spread
     if order < 1 or order > TL_MAX_ORDER:
         raise ValueError(f"order must be between 1 and {TL_MAX_ORDER}; got {order}")
     if out.shape[1] < order:
@@ -444,33 +492,31 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
+    cdef _Buffer phi_b = _Buffer(nrows, sizeof(tl_phi_params))
     cdef _Buffer sums_b = _Buffer(nitems * stride, sizeof(double))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     cdef int *limit = <int *> limit_b.ptr
+    cdef tl_phi_params *phi = <tl_phi_params *> phi_b.ptr
     cdef double *sums = <double *> sums_b.ptr
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     with nogil:
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
-            flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+            flags[i] = res[i].flags
+            _phi_params(&res[i], lam[i], &phi[i])
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
             i = w // nch
             k = w - i * nch
             start = k * TL_CHUNK
             if flags[i] != 0 or limit[i]:
                 continue
-            scale = _moment_scale(&res[i])
             if floating is double:
                 tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                     _chunk_len(V, k), lam[i], res[i].shift,
-                                     res[i].log_norm, res[i].lc, res[i].mean,
-                                     1.0 / scale if scale > 0 else 0.0, order, sums + w * stride)
+                                     _chunk_len(V, k), &phi[i], order, sums + w * stride)
             else:
                 tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                     _chunk_len(V, k), lam[i], res[i].shift,
-                                     res[i].log_norm, res[i].lc, res[i].mean,
-                                     1.0 / scale if scale > 0 else 0.0, order, sums + w * stride)
+                                     _chunk_len(V, k), &phi[i], order, sums + w * stride)
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if flags[i] != 0:
                 for j in range(order):
@@ -483,8 +529,18 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                 for k in range(1, nch):
                     for j in range(stride):
                         sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
-                tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
-                                          _moment_scale(&res[i]), &out[i, 0])
+                spread = 1.0 / phi[i].inv_spread if phi[i].inv_spread > 0 else 0.0
+                # in scaled units into the output row, then scaled back in place
+                tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean_s,
+                                          spread, &out[i, 0])
+                out[i, 0] = res[i].shift + ldexp(out[i, 0], res[i].e)
+                for j in range(1, order):
+                    out[i, j] = ldexp(out[i, j], (j + 1) * res[i].e)
+
+
+cdef inline double _lam_of(double t, int e) noexcept nogil:
+    """The tilt of a scaled tilt t = lam 2^e (exact; inf stays inf)."""
+    return ldexp(t, -e)
 
 
 def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -493,79 +549,86 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                int32_t[::1] flags, int n_threads):
     """lam >= 0 with kl(lam) = target per row, or one lam for the summed kl (joint).
 
-    Per-row solves run in lockstep: every iteration is one parallel pass over the rows
-    still iterating.  out_iter counts the passes over each row's data (including the
-    first pass that finds kl_max and the base variance)."""
+    The iteration runs on the scaled tilt t = lam 2^e of each row (2^e its reward range;
+    joint: the largest range), so it is the same problem at every reward scale.  Per-row
+    solves run in lockstep: every iteration is one parallel pass over the rows still
+    iterating.  out_iter counts the passes over each row's data (including the first pass
+    that finds kl_max and the base variance); out_converged is the TL_NEWTON_* status."""
     cdef Py_ssize_t nrows = loff.shape[0], i, nact
     cdef tl_newton joint_st
-    cdef double kl_max_sum, var_sum, kl_sum
-    cdef int bad = 0
+    cdef double kl_max_sum, var_sum, kl_sum, t
+    cdef int bad = 0, E, have
     if nrows == 0:
         return
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer info_b = _Buffer(nrows, sizeof(tl_info_result))
     cdef _Buffer st_b = _Buffer(nrows, sizeof(tl_newton))
-    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
+    cdef _Buffer prm_b = _Buffer(nrows, sizeof(tl_tilt_row))
     cdef _Buffer lam_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
     cdef tl_info_result *info = <tl_info_result *> info_b.ptr
     cdef tl_newton *st = <tl_newton *> st_b.ptr
-    cdef double *c = <double *> c_b.ptr
+    cdef tl_tilt_row *prm = <tl_tilt_row *> prm_b.ptr
     cdef double *lam = <double *> lam_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
     with nogil:
         for i in range(nrows):
             rows[i] = i
-        _shifts(lb, rb, loff, roff, V, rows, nrows, c, n_threads)
-        _info_pass(lb, rb, loff, roff, V, c, rows, nrows, info, n_threads)
+        _info_pass(lb, rb, loff, roff, V, rows, nrows, info, prm, n_threads)
         for i in range(nrows):
             flags[i] = info[i].flags
             bad = bad | info[i].flags
         if bad == 0 and not joint:
             for i in range(nrows):
-                tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].variance)
+                tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].var_s,
+                               ldexp(DBL_MIN, info[i].e), ldexp(DBL_MAX, info[i].e))
             while True:
                 nact = 0
                 for i in range(nrows):
                     if not st[i].done:
                         rows[nact] = i
-                        lam[i] = st[i].lam
+                        lam[i] = _lam_of(st[i].lam, info[i].e)
                         nact += 1
                 if nact == 0:
                     break
-                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nact, res, n_threads)
+                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nact, res, prm, n_threads)
                 for i in range(nact):
-                    if res[rows[i]].flags & TL_FLAG_SATURATED:
-                        tl_newton_step(&st[rows[i]], -info[rows[i]].log_p_max, 0.0)
-                    else:
-                        tl_newton_step(&st[rows[i]], res[rows[i]].kl, res[rows[i]].variance)
+                    tl_newton_step(&st[rows[i]], res[rows[i]].kl,
+                                   ldexp(res[rows[i]].var_s, 2 * (res[rows[i]].e
+                                                                   - info[rows[i]].e)))
             for i in range(nrows):
-                out_lam[i] = st[i].lam
+                out_lam[i] = _lam_of(st[i].lam, info[i].e)
                 out_iter[i] = st[i].iter + 1
                 out_converged[i] = st[i].converged
         elif bad == 0:
+            # the joint scale: the largest reward range among the rows that have one
+            E = 0
+            have = 0
+            for i in range(nrows):
+                if info[i].r_max > info[i].r_min and (not have or info[i].e > E):
+                    E = info[i].e
+                    have = 1
             kl_max_sum = 0.0
             var_sum = 0.0
             for i in range(nrows):
                 kl_max_sum = kl_max_sum + (-info[i].log_p_max)
-                var_sum = var_sum + info[i].variance
-            tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum)
+                var_sum = var_sum + ldexp(info[i].var_s, 2 * (info[i].e - E))
+            tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum, ldexp(DBL_MIN, E),
+                           ldexp(DBL_MAX, E))
             while not joint_st.done:
+                t = _lam_of(joint_st.lam, E)
                 for i in range(nrows):
-                    lam[i] = joint_st.lam
-                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nrows, res, n_threads)
+                    lam[i] = t
+                _tilt_pass(lb, rb, loff, roff, V, lam, rows, nrows, res, prm, n_threads)
                 kl_sum = 0.0
                 var_sum = 0.0
                 for i in range(nrows):
-                    if res[i].flags & TL_FLAG_SATURATED:
-                        kl_sum = kl_sum + (-info[i].log_p_max)
-                    else:
-                        kl_sum = kl_sum + res[i].kl
-                        var_sum = var_sum + res[i].variance
+                    kl_sum = kl_sum + res[i].kl
+                    var_sum = var_sum + ldexp(res[i].var_s, 2 * (res[i].e - E))
                 tl_newton_step(&joint_st, kl_sum, var_sum)
             for i in range(nrows):
-                out_lam[i] = joint_st.lam
+                out_lam[i] = _lam_of(joint_st.lam, E)
                 out_iter[i] = joint_st.iter + 1
                 out_converged[i] = joint_st.converged
 

@@ -7,7 +7,6 @@ cdef extern from "tl_config.h" nogil:
         TL_FLAG_BAD_LOGIT
         TL_FLAG_BAD_REWARD
         TL_FLAG_EMPTY_ROW
-        TL_FLAG_SATURATED
         TL_FLAG_INF_KL
         TL_FLAG_REWARD_RANGE
         TL_FLAGS_INPUT
@@ -32,36 +31,52 @@ cdef extern from "tl_tilt.h" nogil:
         TL_MODE_STANDARD
         TL_MODE_KL
         TL_MAX_ORDER
+    ctypedef struct tl_tilt_row:
+        double lam
+        double c
+        double anchor
+        double inv_scale
+        int e
+        double lc
+        int flags
     ctypedef struct tl_tilt_acc:
         double m_l
         int flags
     ctypedef struct tl_tilt_result:
         double log_norm
+        double norm_max
+        double norm_log
         double log_partition
         double lc
+        double z
         double mean
         double variance
         double kl
+        double mean_s
+        double var_s
+        int e
         double shift
+        double anchor
         double r_min
         double r_max
         int flags
-    void tl_tilt_chunk_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                           double c, double lc, int mode, tl_tilt_acc *acc)
-    void tl_tilt_chunk_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                           double c, double lc, int mode, tl_tilt_acc *acc)
+    void tl_tilt_chunk_f64(const double *l, const double *r, Py_ssize_t n,
+                           const tl_tilt_row *row, int mode, tl_tilt_acc *acc)
+    void tl_tilt_chunk_f32(const float *l, const float *r, Py_ssize_t n,
+                           const tl_tilt_row *row, int mode, tl_tilt_acc *acc)
     void tl_tilt_merge(tl_tilt_acc *into, const tl_tilt_acc *other, int mode)
     int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam)
     int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam)
     double tl_tilt_kl_value(const tl_tilt_acc *acc)
-    void tl_tilt_finalize(const tl_tilt_acc *acc, double lam, double c, int mode,
+    void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
                           tl_tilt_result *out)
-    Py_ssize_t tl_argmax_tilted_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                                    double *best)
-    Py_ssize_t tl_argmax_tilted_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                                    double *best)
-    Py_ssize_t tl_first_support_f64(const double *l, Py_ssize_t n)
-    Py_ssize_t tl_first_support_f32(const float *l, Py_ssize_t n)
+    Py_ssize_t tl_prescan_f64(const double *l, const double *r, Py_ssize_t n, double lam,
+                              double *r_lo, double *r_hi)
+    Py_ssize_t tl_prescan_f32(const float *l, const float *r, Py_ssize_t n, double lam,
+                              double *r_lo, double *r_hi)
+    double tl_tilted_diff(double l_i, double r_i, double l_b, double r_b, double lam)
+    int tl_range_exponent(double range)
+    void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi)
 
     ctypedef struct tl_info_acc:
         double m_l
@@ -70,36 +85,46 @@ cdef extern from "tl_tilt.h" nogil:
         double log_norm
         double mean
         double variance
+        double var_s
+        int e
         double r_max
         double log_p_max
         double r_min
         double log_p_min
-        double lse_max
-        double lse_min
+        double m_max
+        double ls_max
+        double m_min
+        double ls_min
         int flags
-    void tl_info_chunk_f64(const double *l, const double *r, Py_ssize_t n, double c,
-                           tl_info_acc *acc)
-    void tl_info_chunk_f32(const float *l, const float *r, Py_ssize_t n, double c,
-                           tl_info_acc *acc)
+    void tl_info_chunk_f64(const double *l, const double *r, Py_ssize_t n,
+                           const tl_tilt_row *row, tl_info_acc *acc)
+    void tl_info_chunk_f32(const float *l, const float *r, Py_ssize_t n,
+                           const tl_tilt_row *row, tl_info_acc *acc)
     void tl_info_merge(tl_info_acc *into, const tl_info_acc *other)
-    void tl_info_finalize(const tl_info_acc *acc, double c, tl_info_result *out)
+    void tl_info_finalize(const tl_info_acc *acc, const tl_tilt_row *row, tl_info_result *out)
 
-    void tl_tilt_logprobs_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                              double c, double log_norm, double lc, double *out)
-    void tl_tilt_logprobs_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                              double c, double log_norm, double lc, double *out)
+    ctypedef struct tl_phi_params:
+        double lam
+        double c
+        double anchor
+        double z
+        double inv_scale
+        double center
+        double inv_spread
+    void tl_tilt_logprobs_f64(const double *l, const double *r, Py_ssize_t n,
+                              const tl_phi_params *p, double *out)
+    void tl_tilt_logprobs_f32(const float *l, const float *r, Py_ssize_t n,
+                              const tl_phi_params *p, double *out)
     void tl_limit_logprobs_f64(const double *l, const double *r, Py_ssize_t n, double r_star,
-                               double log_mass_star, double *out)
+                               double m_star, double ls_star, double *out)
     void tl_limit_logprobs_f32(const float *l, const float *r, Py_ssize_t n, double r_star,
-                               double log_mass_star, double *out)
-    void tl_moments_chunk_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                              double c, double log_norm, double lc, double mean, double inv_sd,
-                              int order, double *sums)
-    void tl_moments_chunk_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                              double c, double log_norm, double lc, double mean, double inv_sd,
-                              int order, double *sums)
-    void tl_cumulants_from_moments(const double *sums, int order, double mean, double scale,
-                                   double *kappa)
+                               double m_star, double ls_star, double *out)
+    void tl_moments_chunk_f64(const double *l, const double *r, Py_ssize_t n,
+                              const tl_phi_params *p, int order, double *sums)
+    void tl_moments_chunk_f32(const float *l, const float *r, Py_ssize_t n,
+                              const tl_phi_params *p, int order, double *sums)
+    void tl_cumulants_from_moments(const double *sums, int order, double center,
+                                   double spread, double *kappa)
 
 cdef extern from "tl_kl.h" nogil:
     double TL_KL_HUGE
@@ -128,7 +153,13 @@ cdef extern from "tl_solve.h" nogil:
         int iter
         int done
         int converged
-    void tl_newton_init(tl_newton *s, double target, double kl_max, double var0)
+    enum:
+        TL_NEWTON_CONVERGED
+        TL_NEWTON_ITER_LIMIT
+        TL_NEWTON_OVERFLOW
+        TL_NEWTON_UNDERFLOW
+    void tl_newton_init(tl_newton *s, double target, double kl_max, double var0, double t_min,
+                        double t_max)
     void tl_newton_step(tl_newton *s, double kl, double variance)
 
 cdef extern from "tl_bon.h" nogil:
@@ -138,6 +169,8 @@ cdef extern from "tl_bon.h" nogil:
         Py_ssize_t n_levels
         Py_ssize_t n_support
         double log_norm
+        double norm_max
+        double norm_log
     ctypedef struct tl_bon_metrics:
         double kl
         double expected_reward
@@ -154,10 +187,12 @@ cdef extern from "tl_bon.h" nogil:
                     int full, tl_bon_metrics *out)
     void tl_bon_logprobs_f64(const double *l, Py_ssize_t n, const int64_t *order,
                              const int64_t *start, Py_ssize_t L, const double *log_mass,
-                             const double *log_w, double log_norm, double *out)
+                             const double *log_w, double norm_max, double norm_log,
+                             double *out)
     void tl_bon_logprobs_f32(const float *l, Py_ssize_t n, const int64_t *order,
                              const int64_t *start, Py_ssize_t L, const double *log_mass,
-                             const double *log_w, double log_norm, double *out)
+                             const double *log_w, double norm_max, double norm_log,
+                             double *out)
     void tl_level_alias_f64(const double *l, const int64_t *order, const int64_t *start,
                             Py_ssize_t L, double *prob, int64_t *alias, double *scratch,
                             int64_t *small, int64_t *large)

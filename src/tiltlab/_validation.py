@@ -124,7 +124,7 @@ def threads_for_work(n_elements: int, n_threads: int) -> int:
     return 1 if n_elements < SMALL_WORK else n_threads
 
 
-def _index_str(idx) -> str:
+def index_str(idx) -> str:
     return "(" + ", ".join(str(int(i)) for i in idx) + ("," if len(idx) == 1 else "") + ")"
 
 
@@ -143,7 +143,7 @@ def param_array(x, name: str, *, allow_inf: bool = True) -> np.ndarray:
     if bad.any():
         where = _first_where(bad) if arr.ndim else ()
         what = "NaN" if np.isnan(arr[where]) else "an infinite value"
-        at = f" at index {_index_str(where)}" if arr.ndim else ""
+        at = f" at index {index_str(where)}" if arr.ndim else ""
         must = "a real number or +-inf" if allow_inf else "finite"
         raise ValueError(f"{name} contains {what}{at}; {name} must be {must}")
     return arr
@@ -162,7 +162,7 @@ def nonnegative_param(x, name: str) -> np.ndarray:
     neg = arr < 0
     if neg.any():
         where = _first_where(neg) if arr.ndim else ()
-        at = f" at index {_index_str(where)}" if arr.ndim else ""
+        at = f" at index {index_str(where)}" if arr.ndim else ""
         raise ValueError(f"{name} must be >= 0; got {arr[where]!r}{at}")
     return arr
 
@@ -272,13 +272,13 @@ def _check_logit_values(arr: np.ndarray, name: str) -> None:
     nan = np.isnan(a)
     if nan.any():
         raise ValueError(
-            f"{name} contains NaN at index {_index_str(_first_where(nan))}; "
+            f"{name} contains NaN at index {index_str(_first_where(nan))}; "
             f"{name} must be real numbers or -inf (an impossible outcome)"
         )
     pinf = a == np.inf
     if pinf.any():
         raise ValueError(
-            f"{name} contains +inf at index {_index_str(_first_where(pinf))}; "
+            f"{name} contains +inf at index {index_str(_first_where(pinf))}; "
             f"logits must be finite or -inf (use -inf for impossible outcomes)"
         )
 
@@ -290,7 +290,7 @@ def _check_reward_values(rewards: np.ndarray, logits: np.ndarray, name: str) -> 
         where = _first_where(bad)
         v = r[where]
         what = "NaN" if np.isnan(v) else ("+inf" if v > 0 else "-inf")
-        msg = (f"{name} contains {what} at index {_index_str(where)}; "
+        msg = (f"{name} contains {what} at index {index_str(where)}; "
                f"{name} must be finite")
         try:
             lg = np.broadcast_to(logits, np.broadcast_shapes(logits.shape, r.shape))
@@ -308,7 +308,7 @@ def _check_empty_rows(arr: np.ndarray, name: str) -> None:
     empty = np.all(a == -np.inf, axis=-1)
     if np.any(empty):
         where = _first_where(empty) if empty.ndim else ()
-        at = f" at batch index {_index_str(where)}" if empty.ndim else ""
+        at = f" at batch index {index_str(where)}" if empty.ndim else ""
         raise ValueError(
             f"{name} row{at} is all -inf; every distribution needs at least one outcome "
             f"with a finite logit"

@@ -193,6 +193,10 @@ def kl_max(logits: ArrayLike, rewards: ArrayLike, *, n_threads: int | None = Non
     return V.shaped(-out[:, 4], rows.batch_shape)
 
 
+# statuses of the compiled solver (csrc/tl_solve.h)
+_OVERFLOW, _UNDERFLOW = 2, 3
+
+
 def _solve(logits, rewards, kl, joint, n_threads):
     """Solve for lam; returns (rows, lam per row, passes over the data per row)."""
     kl_a = V.nonnegative_param(kl, "kl")
@@ -213,6 +217,18 @@ def _solve(logits, rewards, kl, joint, n_threads):
     converged = np.ones(rows.n_rows, dtype=np.int32)
     _kernel_call(_core.solve_rows, rows, rows.params["kl"], bool(joint), lam, passes,
                  converged, n_threads=nt)
+    for status, side, bound in ((_OVERFLOW, "above", "the largest float64, 1.8e308"),
+                                (_UNDERFLOW, "below", "the smallest normal float64, 2.2e-308")):
+        out = converged == status
+        if np.any(out):
+            at = int(np.flatnonzero(out)[0])
+            where = "" if joint or rows.batch_shape == () else \
+                f" at batch index {V.index_str(np.unravel_index(at, rows.batch_shape))}"
+            budget = float(rows.params["kl"][at])
+            raise ValueError(
+                f"solve_lambda: the tilt lam with kl(lam) = {budget!r}{where} is {side} "
+                f"{bound}, so it has no float64 value; lam scales as 1 / reward: rescale the "
+                f"rewards (e.g. divide them by their range) and scale the returned lam back")
     if not np.all(converged):
         warnings.warn(
             f"solve_lambda: {int(np.sum(converged == 0))} of {converged.size} solves stopped "
