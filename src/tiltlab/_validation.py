@@ -4,10 +4,31 @@ The compiled kernels detect bad values (NaN / +inf logits, non-finite rewards, r
 without a finite logit) during their own pass over the data and report per-row flags;
 the functions here turn those flags into exceptions that name the argument and the
 first offending index, so valid inputs are never scanned twice.
+
+Masked arrays (``numpy.ma``) are read here and nowhere else (SPEC section 1).  What a mask
+means depends on the argument:
+
+- log-probabilities over outcomes (``logits``, ``logits_p``, ``logits_q``, the laws ``log_pi``
+  and ``log_p`` of ``kl_estimators`` with samples): a masked outcome is impossible, exactly
+  as if its logit were ``-inf`` (:data:`MASK_IMPOSSIBLE`);
+- ``rewards`` (values paired with logits): a reward may be masked only where its outcome is
+  impossible (masked or ``-inf`` logit in every row it broadcasts to), and is then never
+  read; a masked reward of a possible outcome is ambiguous and a ValueError
+  (:func:`split_mask` + :func:`masked_values`);
+- every other argument (``lam``, ``kl``, ``n``, ``log_n``, ``eps``, grids, sample indices,
+  per-sample values, ``logsumexp``'s input, token names): a masked element is a ValueError
+  naming the argument (:data:`MASK_REFUSE`).
+
+A masked array without any masked element is read as its data.  Results never are masked
+arrays.
+
+Arrays that result objects keep are theirs and read-only (SPEC section 1):
+:func:`readonly`, :func:`freeze`, :func:`owned_rows` and :func:`owned_outcomes`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 import os
@@ -56,19 +77,82 @@ def check_memory(n_bytes: int, what: str) -> None:
                           f"{_bytes_str(limit)} of memory of this machine")
 
 
-def as_real_array(x, name: str) -> np.ndarray:
+# what a numpy.ma mask means for an argument (module docstring)
+MASK_IMPOSSIBLE = "impossible"
+MASK_REFUSE = "refuse"
+
+
+def _to_array(x, name: str) -> np.ndarray:
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+
+
+def split_mask(x, name: str):
+    """``(data, mask)``: ``x`` without its ``numpy.ma`` mask, and the boolean mask of its
+    masked elements (None when no element is masked; ``data`` is then ``x`` itself unless
+    ``x`` is a masked array).
+
+    A list or tuple is converted here (as by ``np.asarray``); its elements are read with
+    their masks when it holds masked arrays, which ``np.asarray`` reads as their data (rows
+    of a 2-d result), or ``np.ma.masked``, which it reads as NaN.  Only then are the elements
+    scanned, so long lists of numbers cost no more than before."""
+    if isinstance(x, (list, tuple)):
+        data = _to_array(x, name)
+        if not (data.ndim >= 2 or (data.dtype.kind == "f" and np.isnan(data).any())) or \
+                not any(isinstance(e, np.ma.MaskedArray) for e in x):
+            return data, None
+        data = _to_array([np.ma.getdata(e) for e in x], name)
+        mask = _to_array([np.ma.getmaskarray(e) if isinstance(e, np.ma.MaskedArray)
+                          else np.zeros(np.shape(e), dtype=bool) for e in x], name)
+        if mask.shape != data.shape:  # pragma: no cover - ragged input fails above
+            raise ValueError(f"{name} could not be converted to an array: its elements "
+                             f"have different shapes")
+        return data, (mask if mask.any() else None)
+    if not isinstance(x, np.ma.MaskedArray):
+        return x, None
+    mask = np.ma.getmaskarray(x)
+    return np.ma.getdata(x), (mask if mask.any() else None)
+
+
+def refuse_mask(x, name: str, hint: str = ""):
+    """``x`` without its mask; a ValueError naming ``name`` if any element is masked (the
+    rule for every argument that is not a log-probability or a reward)."""
+    data, mask = split_mask(x, name)
+    if mask is not None:
+        count = int(np.count_nonzero(mask))
+        at = f" (the first at index {_index_str(_first_where(mask))})" if mask.ndim else ""
+        raise ValueError(
+            f"{name} is a masked array with {count} masked element{'s' * (count > 1)}{at}; "
+            f"a mask has no meaning for {name}: "
+            + (hint or f"pass plain values (e.g. {name}.filled(value) with the value meant)"))
+    return data
+
+
+def as_real_array(x, name: str, *, masked: str = MASK_REFUSE, hint: str = "") -> np.ndarray:
     """``x`` as a NumPy array of a real dtype (float, int, uint or bool), not copied.
+
+    ``masked`` says what a ``numpy.ma`` mask on ``x`` means (module docstring):
+    :data:`MASK_REFUSE` (default) makes a masked element a ValueError naming ``name`` (with
+    ``hint`` as the advice), :data:`MASK_IMPOSSIBLE` reads it as ``-inf`` (a copy, float64,
+    or float32 for float32 data).
 
     A broadcast view too large to copy as float64 (e.g. ``np.broadcast_to(0.0, 10**12)``)
     is a MemoryError naming ``name``, raised before any copy is attempted; arrays that
     really hold their elements (a large memmap) are left to the caller."""
-    if isinstance(x, np.ndarray):
-        arr = x
-    else:
-        try:
-            arr = np.asarray(x)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    if masked == MASK_IMPOSSIBLE:
+        x, mask = split_mask(x, name)
+        if mask is not None:
+            data = as_real_array(x, name)
+            out = data.astype(np.float32 if data.dtype == np.float32 else np.float64)
+            out[mask] = -np.inf
+            return out
+    elif masked == MASK_REFUSE:
+        x = refuse_mask(x, name, hint)
+    else:  # pragma: no cover - a programming error
+        raise ValueError(f"unknown mask rule {masked!r}")
+    arr = x if isinstance(x, np.ndarray) else _to_array(x, name)
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real-valued; got complex dtype {arr.dtype}")
@@ -184,6 +268,7 @@ class Rows:
     params: dict
     names: tuple
     originals: tuple
+    owned: bool = False   # made by owned_rows: nothing shared with the caller, read-only
 
     @property
     def n_rows(self) -> int:
@@ -196,9 +281,39 @@ def _row_offsets(shape: tuple, n_outcomes: int, batch_shape: tuple) -> np.ndarra
     return np.ascontiguousarray(np.broadcast_to(off, batch_shape).reshape(-1))
 
 
+def masked_values(values: np.ndarray, mask: np.ndarray, logits: np.ndarray, name: str,
+                  logits_name: str = "logits") -> np.ndarray:
+    """``values`` (rewards) with their masked entries replaced by 0, after checking that
+    each masked entry belongs to an impossible outcome: ``-inf`` in ``logits`` (masks
+    already applied) in every row it broadcasts to.  A masked reward of a possible outcome
+    is a ValueError naming ``name`` and the first such index (of ``values``)."""
+    try:
+        shape = np.broadcast_shapes(values.shape, logits.shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {values.shape} does not broadcast with "
+                         f"{logits_name} of shape {logits.shape}") from None
+    impossible = np.isneginf(np.asarray(logits, dtype=np.float64))
+    bad = np.broadcast_to(mask, shape) & ~np.broadcast_to(impossible, shape)
+    if bad.any():
+        lead = bad.ndim - values.ndim
+        if lead:
+            bad = bad.any(axis=tuple(range(lead)))
+        spread = tuple(i for i, k in enumerate(values.shape) if k == 1 and bad.shape[i] != 1)
+        if spread:
+            bad = bad.any(axis=spread, keepdims=True)
+        raise ValueError(
+            f"{name} is masked at index {_index_str(_first_where(bad))} where the outcome is "
+            f"possible ({logits_name} is not -inf there); a masked value of a possible "
+            f"outcome is ambiguous: mask the outcome in {logits_name} too (or give it a -inf "
+            f"logit) to exclude it, or pass its value")
+    out = values.astype(np.float32 if values.dtype == np.float32 else np.float64)
+    out[mask] = 0.0
+    return out
+
+
 def prepare_rows(first, second, params: dict | None = None, *,
                  names: tuple = ("logits", "rewards"), row_bytes: int = 0,
-                 outcome_bytes: int = 0) -> Rows:
+                 outcome_bytes: int = 0, second_is_logits: bool = False) -> Rows:
     """Check two outcome arrays (and scalar parameters) and lay them out for the kernels.
 
     Checks done here: real dtypes, at least one dimension, equal and non-zero numbers of
@@ -206,10 +321,18 @@ def prepare_rows(first, second, params: dict | None = None, *,
     layout and results fit in memory (``row_bytes`` + ``outcome_bytes`` per outcome of
     results per row; a MemoryError naming the shapes otherwise).  Values (NaN, inf) are
     checked by the kernels and reported through :func:`raise_for_flags`.
+
+    Masks (module docstring): ``first`` is logits (masked = ``-inf``); ``second`` is rewards
+    (masked only where impossible), or logits too with ``second_is_logits``.  ``originals``
+    are the two arrays with their masks applied (else the caller's arrays, not copied).
     """
     n1, n2 = names
-    a = as_real_array(first, n1)
-    b = as_real_array(second, n2)
+    a = as_real_array(first, n1, masked=MASK_IMPOSSIBLE)
+    if second_is_logits:
+        b, b_mask = as_real_array(second, n2, masked=MASK_IMPOSSIBLE), None
+    else:
+        b, b_mask = split_mask(second, n2)
+        b = as_real_array(b, n2)
     for arr, nm in ((a, n1), (b, n2)):
         if arr.ndim == 0:
             raise ValueError(
@@ -243,6 +366,8 @@ def prepare_rows(first, second, params: dict | None = None, *,
         check_memory(n_rows * per_row,
                      f"the broadcast batch shape {tuple(batch_shape)} x {n_outcomes} outcomes "
                      f"(from the shapes " + ", ".join(parts) + ")")
+    if b_mask is not None:
+        b = masked_values(b, b_mask, a, n2, n1)
     dtype = work_dtype(a, b)
     a_c = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
     b_c = np.ascontiguousarray(b, dtype=dtype).reshape(-1)
@@ -383,11 +508,14 @@ def memoryless_inputs(logits, rewards, length):
     m = 1 for a stationary model (both inputs of shape (V,) or (1, V)), else m = length
     (either input may still be (V,) and is then repeated).  Values are checked here:
     NaN or +inf logits, rows without a finite logit and non-finite rewards are errors.
+    Masks as in :func:`prepare_rows`.  The arrays are the model's own (copies) and read-only.
     """
     n = length_value(length)
+    lg0 = as_real_array(logits, "logits", masked=MASK_IMPOSSIBLE)
+    rw0, rw_mask = split_mask(rewards, "rewards")
+    rw0 = as_real_array(rw0, "rewards")
     arrs = []
-    for x, nm in ((logits, "logits"), (rewards, "rewards")):
-        a = as_real_array(x, nm)
+    for a, nm in ((lg0, "logits"), (rw0, "rewards")):
         if a.ndim not in (1, 2):
             raise ValueError(f"{nm} must have shape (V,) (stationary) or (length, V) (one row "
                              f"per position); got shape {a.shape}")
@@ -403,6 +531,8 @@ def memoryless_inputs(logits, rewards, length):
                          f"{lg.shape[1]}")
     if lg.shape[1] == 0:
         raise ValueError("logits has no outcomes: its last axis has length 0")
+    if rw_mask is not None:
+        rw = masked_values(rw0, rw_mask, lg0, "rewards").astype(np.float64).reshape(rw.shape)
     m = max(lg.shape[0], rw.shape[0])
     if m > 1:
         lg = np.broadcast_to(lg, (m, lg.shape[1]))
@@ -410,4 +540,67 @@ def memoryless_inputs(logits, rewards, length):
     _check_logit_values(lg, "logits")
     _check_empty_rows(lg, "logits")
     _check_reward_values(rw, lg, "rewards")
-    return np.ascontiguousarray(lg), np.ascontiguousarray(rw), m == 1
+    return (readonly(np.array(lg, dtype=np.float64, order="C")),
+            readonly(np.array(rw, dtype=np.float64, order="C")), m == 1)
+
+
+# --------------------------------------------------------------------------------------
+# arrays kept by result objects (SPEC section 1): theirs, and read-only
+# --------------------------------------------------------------------------------------
+
+def readonly(arr):
+    """Mark ``arr`` read-only in place and return it (views taken later inherit it); values
+    that are not arrays (NumPy scalars, floats) are returned as they are.  Only for arrays
+    the caller owns: never the user's."""
+    if isinstance(arr, np.ndarray):
+        arr.flags.writeable = False
+    return arr
+
+
+def freeze(obj) -> None:
+    """Make the arrays a result dataclass keeps read-only (from its ``__post_init__``):
+    every ndarray field, and a :class:`Rows` field replaced by :func:`owned_rows`.  The
+    other array fields must hold arrays the object owns."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, Rows):
+            object.__setattr__(obj, f.name, owned_rows(value))
+        else:
+            readonly(value)
+
+
+def owned_rows(rows: Rows) -> Rows:
+    """``rows`` for an object to keep: data shared with the caller's arrays is copied,
+    every array is read-only, and ``originals`` become views of the kept data in the
+    caller's shapes (so a caller changing its arrays later changes nothing)."""
+    if rows.owned:
+        return rows
+    a, b = rows.originals
+
+    def own(data):
+        if any(np.may_share_memory(data, x) for x in (a, b)):
+            check_memory(data.nbytes, f"a copy of {' and '.join(rows.names)} of "
+                                      f"{data.size} elements (kept by the result)")
+            data = data.copy()
+        return readonly(data)
+
+    first, second = own(rows.first), own(rows.second)
+    return dataclasses.replace(
+        rows, first=first, second=second,
+        first_off=readonly(rows.first_off), second_off=readonly(rows.second_off),
+        params={k: readonly(v.copy()) for k, v in rows.params.items()},
+        originals=(first[:a.size].reshape(a.shape), second[:b.size].reshape(b.shape)),
+        owned=True)
+
+
+def owned_outcomes(logits, rewards, names: tuple = ("logits", "rewards")):
+    """float64 copies of ``logits`` and ``rewards`` with their masks applied (module
+    docstring), read-only: for an object that keeps them.  Values are not checked here."""
+    n1, n2 = names
+    lg = as_real_array(logits, n1, masked=MASK_IMPOSSIBLE)
+    rw, mask = split_mask(rewards, n2)
+    rw = as_real_array(rw, n2)
+    if mask is not None:
+        rw = masked_values(rw, mask, lg, n2, n1)
+    return (readonly(np.array(lg, dtype=np.float64, order="C")),
+            readonly(np.array(rw, dtype=np.float64, order="C")))

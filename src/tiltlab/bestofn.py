@@ -129,10 +129,13 @@ class BestOfN:
     _rows: V.Rows = field(repr=False)
     _n_threads: int | None = field(repr=False, default=None)
 
+    def __post_init__(self):
+        V.freeze(self)  # read-only arrays; its own copy of the inputs (SPEC section 1)
+
     @cached_property
     def log_probs(self) -> np.ndarray:
         _, lp = _run_law(self._rows, True, self._n_threads)
-        return lp.reshape(self._rows.batch_shape + (self._rows.n_outcomes,))
+        return V.readonly(lp).reshape(self._rows.batch_shape + (self._rows.n_outcomes,))
 
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi_N || phi_lam)`` by the closeness identity of SPEC section 2.

@@ -40,7 +40,8 @@ def kl_divergence(logits_p: ArrayLike, logits_q: ArrayLike, *, n_threads: int | 
     >>> float(tiltlab.kl_divergence([0.0, 0.0], [0.0, -np.inf]))
     inf
     """
-    rows = V.prepare_rows(logits_p, logits_q, names=("logits_p", "logits_q"))
+    rows = V.prepare_rows(logits_p, logits_q, names=("logits_p", "logits_q"),
+                          second_is_logits=True)
     nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, V.n_threads_value(n_threads))
     out = np.empty(rows.n_rows, dtype=np.float64)
     flags = np.zeros(rows.n_rows, dtype=np.int32)

@@ -90,10 +90,15 @@ def kl_estimators(samples, log_pi, log_p) -> KLEstimates:
     >>> print(f"exact {float(law.kl):.4f}  k1 {est.k1:.4f} +- {est.se_k1:.4f}")
     exact 0.5598  k1 0.5607 +- 0.0026
     """
-    lpi = V.as_real_array(log_pi, "log_pi").astype(np.float64)
-    lp = V.as_real_array(log_p, "log_p").astype(np.float64)
-    if samples is not None:
-        s = np.asarray(samples)
+    # masks: a law over outcomes has impossible outcomes; per-sample values have none
+    laws = samples is not None
+    rule = V.MASK_IMPOSSIBLE if laws else V.MASK_REFUSE
+    hint = "per-sample values have no outcome to exclude; drop masked samples from both arrays"
+    lpi = V.as_real_array(log_pi, "log_pi", masked=rule, hint=hint).astype(np.float64)
+    lp = V.as_real_array(log_p, "log_p", masked=rule, hint=hint).astype(np.float64)
+    if laws:
+        s = np.asarray(V.refuse_mask(samples, "samples", "drop the masked draws, e.g. "
+                                     "samples.compressed()"))
         if s.size < 2:
             raise ValueError(f"need at least 2 samples; got {s.size}")
         if s.dtype.kind not in "iu":
@@ -136,6 +141,9 @@ class EstimatorStudy:
     n_samples: int
     repeats: int
     policy: str
+
+    def __post_init__(self):
+        V.freeze(self)  # read-only arrays (SPEC section 1)
 
     def table(self) -> str:
         """The study as an aligned text table."""

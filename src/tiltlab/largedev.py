@@ -472,7 +472,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def _renyi_prepare(logits_p, logits_q, alpha):
     alpha_a = V.nonnegative_param(alpha, "alpha")
     rows = V.prepare_rows(logits_p, logits_q, {"alpha": alpha_a},
-                          names=("logits_p", "logits_q"))
+                          names=("logits_p", "logits_q"), second_is_logits=True)
     lp0, lq0 = rows.originals
     _check_distribution(lp0, "logits_p")
     _check_distribution(lq0, "logits_q")

@@ -973,6 +973,9 @@ class SequenceBestOfN:
     _er0: float = field(repr=False, default=0.0)
     _theta_k: float = field(repr=False, default=0.0)
 
+    def __post_init__(self):
+        V.freeze(self)  # read-only arrays (SPEC section 1)
+
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi_N || phi_lam^n) = KL(pi_N || p^n) - lam (E R - E_lam R) - KL_lam``
         (SPEC section 4; the centred form of the closeness identity)."""

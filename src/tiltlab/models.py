@@ -62,6 +62,10 @@ class Model:
         Reward lattice step to use for sequences (None: detect it).
     source : dict
         Provenance: package versions for real-data models, the path for user files.
+
+    The arrays are the model's own copies (float64 for ``logits`` and ``rewards``) and
+    read-only.  A masked logit is ``-inf``; a reward may be masked only where the logit is
+    masked or ``-inf``; masked ``names`` are refused (SPEC section 1).
     """
 
     name: str
@@ -71,6 +75,14 @@ class Model:
     description: str
     step: float | None = None
     source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from tiltlab import _validation as V
+
+        logits, rewards = V.owned_outcomes(self.logits, self.rewards)
+        names = V.readonly(np.array(V.refuse_mask(self.names, "names")))
+        for key, value in (("logits", logits), ("rewards", rewards), ("names", names)):
+            object.__setattr__(self, key, value)
 
     @property
     def vocab_size(self) -> int:

@@ -107,6 +107,9 @@ class PolicyLaw:
     _rewards: np.ndarray = field(repr=False)
     _log_mass: np.ndarray = field(repr=False)
 
+    def __post_init__(self):
+        V.freeze(self)  # read-only arrays (SPEC section 1)
+
     @cached_property
     def log_probs(self) -> np.ndarray:
         lp = self._logits - np.logaddexp.reduce(self._logits)
@@ -115,7 +118,7 @@ class PolicyLaw:
         with np.errstate(invalid="ignore"):
             out = lp - self._log_mass[j] + self.level_log_weights[j]
         out[~np.isfinite(lp)] = -np.inf
-        return np.where(np.isnan(out), -np.inf, out)
+        return V.readonly(np.where(np.isnan(out), -np.inf, out))
 
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi || phi_lam) = KL(pi || p) - lam E_pi r + Lambda(lam)`` (SPEC section 2)."""
@@ -159,8 +162,7 @@ def _finish(method: str, params: dict, logits, rewards, lv: _Levels,
             log_w: np.ndarray) -> PolicyLaw:
     log_w = np.asarray(log_w, dtype=np.float64)
     kl, er, win = _level_metrics(lv, log_w)
-    lg = np.asarray(logits, dtype=np.float64)
-    rw = np.asarray(rewards, dtype=np.float64)
+    lg, rw = V.owned_outcomes(logits, rewards)  # the law's own copies, masks applied
     return PolicyLaw(method, params, kl, er, win, lv.values, log_w, lg, rw, lv.log_mass)
 
 

@@ -53,6 +53,12 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     ndarray or float
         float64 result.
 
+    Raises
+    ------
+    ValueError
+        ``a`` is a masked array with masked elements: SciPy's logsumexp does not support
+        masked arrays either; ``a.filled(-np.inf)`` leaves the masked elements out of the sum.
+
     Examples
     --------
     >>> import numpy as np, tiltlab
@@ -61,7 +67,9 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     >>> tiltlab.logsumexp([[-np.inf, -np.inf], [0.0, np.inf]], axis=1)
     array([-inf,  inf])
     """
-    arr = V.as_real_array(a, "a")
+    arr = V.as_real_array(a, "a", hint="like scipy.special.logsumexp, logsumexp does not take "
+                          "masked arrays; to leave masked elements out of the sum pass "
+                          "a.filled(-np.inf)")
     nt = V.n_threads_value(n_threads)
     axes = _normalise_axes(axis, arr.ndim)
     keep = [d for d in range(arr.ndim) if d not in axes]
