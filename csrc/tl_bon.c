@@ -151,8 +151,13 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
              * difference of nearly equal numbers, so a level of tiny mass keeps the
              * relative accuracy of its weight (where m_j / F_j > 1/2, g = log F_j -
              * log F_{j-1} >= log 2 has no cancellation either) */
-            double d = exp(log_n + tl__log_g(log_mass[j] - lf, lf, lf_prev));
-            lw = d > 0.0 ? aj + tl__log1mexp(d) : -INFINITY;
+            double log_d = log_n + tl__log_g(log_mass[j] - lf, lf, lf_prev);
+            /* log(1 - e^-d) = log d - d/2 + O(d^2) for tiny d: a level whose weight is
+             * below the double range keeps its log weight (e.g. -1.7e308) */
+            if (log_d < -40.0)
+                lw = aj + (log_d - 0.5 * exp(log_d));
+            else
+                lw = aj + tl__log1mexp(exp(log_d));
         }
         log_w[j] = lw;
         if (lw > -INFINITY) {

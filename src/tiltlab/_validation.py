@@ -122,7 +122,7 @@ def refuse_mask(x, name: str, hint: str = ""):
     data, mask = split_mask(x, name)
     if mask is not None:
         count = int(np.count_nonzero(mask))
-        at = f" (the first at index {_index_str(_first_where(mask))})" if mask.ndim else ""
+        at = f" (the first at index {index_str(_first_where(mask))})" if mask.ndim else ""
         raise ValueError(
             f"{name} is a masked array with {count} masked element{'s' * (count > 1)}{at}; "
             f"a mask has no meaning for {name}: "
@@ -302,7 +302,7 @@ def masked_values(values: np.ndarray, mask: np.ndarray, logits: np.ndarray, name
         if spread:
             bad = bad.any(axis=spread, keepdims=True)
         raise ValueError(
-            f"{name} is masked at index {_index_str(_first_where(bad))} where the outcome is "
+            f"{name} is masked at index {index_str(_first_where(bad))} where the outcome is "
             f"possible ({logits_name} is not -inf there); a masked value of a possible "
             f"outcome is ambiguous: mask the outcome in {logits_name} too (or give it a -inf "
             f"logit) to exclude it, or pass its value")

@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 
 from tiltlab import _bestofn
 from tiltlab import _validation as V
-from tiltlab.tilting import tilt_stats
+from tiltlab._rowcalls import tilt_shift
 
 __all__ = [
     "BestOfN",
@@ -140,8 +140,13 @@ class BestOfN:
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi_N || phi_lam)`` by the closeness identity of SPEC section 2.
 
-        ``KL(pi || phi_lam) = KL(pi || p) - lam E_pi r + Lambda(lam)``; for ``lam = +inf``
-        it is computed directly (finite only where pi_N lives on the argmax set).
+        ``KL(pi || phi_lam) = KL(pi || p) - lam (E_pi r - c) + (Lambda(lam) - lam c)``, with
+        ``c`` the reward of the outcome that dominates ``phi_lam``, so that no term of the
+        size of ``lam r`` enters (``lam`` up to 1.8e308).  Where the metric ``E_pi r``
+        would not resolve ``E_pi r - c`` to the accuracy the result needs (large
+        ``|lam r|``), ``E_pi (r - c)`` is summed over the law ``log_probs`` itself.  For
+        ``lam = +-inf`` the KL is computed directly (finite only where pi_N lives on the
+        argmax set).
 
         Examples
         --------
@@ -158,10 +163,25 @@ class BestOfN:
         out_shape = np.broadcast_shapes(self._rows.batch_shape, lam_a.shape)
         lam_b = np.broadcast_to(lam_a, out_shape)
         finite = np.isfinite(lam_b)
-        stats = tilt_stats(logits, rewards, np.where(finite, lam_b, 0.0))
-        with np.errstate(invalid="ignore"):
-            value = np.broadcast_to(self.kl - lam_b * self.expected_reward, out_shape) \
-                + stats.log_partition
+        lam_f = np.where(finite, lam_b, 0.0)
+        c, lc = (np.broadcast_to(x, out_shape) for x in
+                 tilt_shift(logits, rewards, lam_f, n_threads=self._n_threads))
+        kl = np.broadcast_to(self.kl, out_shape)
+        er = np.broadcast_to(self.expected_reward, out_shape)
+        eps = np.finfo(np.float64).eps
+        with np.errstate(invalid="ignore", over="ignore"):
+            value = (kl - lam_f * (er - c)) + lc
+            # rounding of E_pi r (eps |E r|) and of the difference, times |lam|
+            err = 4 * eps * (np.abs(lam_f) * (np.abs(er) + np.abs(c)) + np.abs(kl)
+                             + np.abs(lc))
+        exact = finite & ~(err <= 1e-13 * np.maximum(np.abs(value), 1.0))
+        if np.any(exact):
+            lp = np.broadcast_to(self.log_probs, out_shape + (self._rows.n_outcomes,))
+            rw = np.broadcast_to(np.asarray(rewards, dtype=np.float64), lp.shape)
+            with np.errstate(invalid="ignore", over="ignore"):
+                gap = np.sum(np.where(lp > -np.inf, np.exp(lp) * (rw - c[..., None]), 0.0),
+                             axis=-1)
+                value = np.where(exact, (kl - lam_f * gap) + lc, value)
         value = np.where(finite, np.maximum(value, 0.0), np.nan)
         if not np.all(finite):
             lp = np.broadcast_to(self.log_probs, out_shape + (self._rows.n_outcomes,))

@@ -28,7 +28,8 @@ from numpy.typing import ArrayLike
 from tiltlab import _core
 from tiltlab import _validation as V
 from tiltlab.divergence import kl_divergence
-from tiltlab.tilting import _row_info, cumulants, tilt_stats
+from tiltlab._rowcalls import row_info
+from tiltlab.tilting import cumulants, tilt_stats
 
 __all__ = [
     "rate_function",
@@ -43,7 +44,7 @@ _MAX_ITER = 200
 # (truncation error ~ (|t| width)^(order - 1) relative)
 _SERIES_T = 1e-2
 _SERIES_ORDER = 8
-# columns of tilting._row_info: (log_norm, mean, variance, r_max, log_p_max, r_min, log_p_min)
+# columns of _rowcalls.row_info: (log_norm, mean, variance, r_max, log_p_max, r_min, log_p_min)
 _MEAN, _VAR, _RMAX, _LPMAX, _RMIN, _LPMIN = 1, 2, 3, 4, 5, 6
 
 
@@ -51,14 +52,30 @@ _MEAN, _VAR, _RMAX, _LPMAX, _RMIN, _LPMIN = 1, 2, 3, 4, 5, 6
 # shared helpers
 # --------------------------------------------------------------------------------------
 
-def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data_shape: tuple,
-                 lam: np.ndarray):
-    """Logits of ``phi_lam`` (unnormalised), rewards, and the batch shape of both.
+def _range_exponent(width: np.ndarray) -> np.ndarray:
+    """e with width / 2^e in [1, 2) (0 for a zero or non-finite width; at least -1020, so
+    that 2^-e is a double): rewards divided by 2^e neither underflow nor overflow in the
+    moments, for reward spreads from 5e-324 to 1.8e308 (SPEC section 2, exact scaling)."""
+    w = np.asarray(width, dtype=np.float64)
+    ok = np.isfinite(w) & (w > 0)
+    e = np.frexp(np.where(ok, w, 1.0))[1].astype(np.int64) - 1
+    return np.where(ok, np.maximum(e, -1020), 0)
 
-    ``base = logits + lam (r - c)`` with ``c = r_max`` for ``lam > 0`` and ``r_min`` for
-    ``lam < 0``, so that the outcomes that dominate ``phi_lam`` keep their logits exactly
-    and ``lam (r - c) <= 0`` cannot overflow to ``+inf``.  Infinite ``lam`` is replaced by 0
-    (callers override those elements).  Returns float64 arrays of shape ``batch + (V,)``.
+
+def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data_shape: tuple,
+                 lam: np.ndarray, common_scale: bool = False):
+    """The frame in which the large-deviation quantities are computed, exactly at any
+    logit offset and reward scale.
+
+    Returns ``(base, rw, c0, e, bshape)``: the logits of ``phi_lam`` (unnormalised)
+    ``base = (l - max l) + lam (r - c0)`` with ``c0 = r_max`` for ``lam > 0`` and ``r_min``
+    otherwise, so that the outcomes that dominate ``phi_lam`` keep their logits exactly,
+    ``lam (r - c0) <= 0`` cannot overflow to ``+inf`` and no logit offset enters; the
+    rewards (broadcast, 0 off the support, where they are never used); ``c0``; the power of
+    two ``2^e`` of the row's reward range (``common_scale``: one ``e`` for all rows, the
+    largest, as a common tilt needs), in whose units (:func:`_scaled`) no moment
+    underflows or overflows; and the batch shape.  Infinite ``lam`` is replaced by 0
+    (callers override those elements).
     """
     n_out = logits.shape[-1]
     bshape = np.broadcast_shapes(data_shape, lam.shape)
@@ -67,13 +84,30 @@ def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data
     r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), bshape)
     r_min = np.broadcast_to(info[:, _RMIN].reshape(data_shape), bshape)
     c0 = np.where(lam_f > 0, r_max, r_min)
+    e = _range_exponent(r_max - r_min)
+    if common_scale:
+        e = np.full(e.shape, int(np.max(e)) if e.size else 0)
     lg = np.asarray(logits, dtype=np.float64)
-    rw = np.broadcast_to(np.asarray(rewards, dtype=np.float64), bshape + (n_out,))
-    with np.errstate(over="ignore"):
+    with np.errstate(invalid="ignore"):
+        top = np.max(lg, axis=-1, keepdims=True)
+        lg = lg - np.where(np.isfinite(top), top, 0.0)
+    support = np.broadcast_to(lg > -np.inf, bshape + (n_out,))
+    rw = np.where(support, np.asarray(rewards, dtype=np.float64), 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
         # lam (r - c) <= 0 is finite or -inf (an outcome phi_lam cannot produce), never NaN
-        base = lg + lam_f[..., None] * (rw - c0[..., None])
-    base = np.broadcast_to(base, bshape + (n_out,))
-    return base, rw, bshape
+        base = np.where(support, lg + lam_f[..., None] * (rw - c0[..., None]), -np.inf)
+    return base, rw, c0, e, bshape
+
+
+def _scaled(x: np.ndarray, e: np.ndarray, shift=None) -> np.ndarray:
+    """``(x - shift) 2^-e`` (exact scaling; ``e`` broadcasts over the leading axes of
+    ``x``, which may have one more, trailing, axis)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.asarray(e)
+    if shift is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x - (np.asarray(shift)[..., None] if x.ndim > e.ndim else shift)
+    return np.ldexp(x, -(e[..., None] if x.ndim > e.ndim else e))
 
 
 def _flat_rows(arr: np.ndarray) -> np.ndarray:
@@ -136,7 +170,7 @@ def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, 
     out = np.full(m, np.nan)
     if m == 0:
         return out
-    _, info = _row_info(base2d, rewards2d, n_threads)
+    _, info = row_info(base2d, rewards2d, n_threads)
     r_hi = _group_mean(info[:, _RMAX], members)
     r_lo = _group_mean(info[:, _RMIN], members)
     mean0 = _group_mean(info[:, _MEAN], members)
@@ -316,15 +350,20 @@ def rate_function(logits: ArrayLike, rewards: ArrayLike, x: ArrayLike, lam: Arra
     rows = V.prepare_rows(logits, rewards, {"x": x_a, "lam": lam_a})
     nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, nt)
     first, second = rows.originals
-    data_rows, info = _row_info(first, second, nt)
+    data_rows, info = row_info(first, second, nt)
     data_shape = data_rows.batch_shape
-    base, rw, bshape = _tilted_base(first, second, info, data_shape, lam_a)
+    base, rw, _, e, bshape = _tilted_base(first, second, info, data_shape, lam_a)
+    # in units of the row's reward range: I is invariant under r -> r 2^-e, x -> x 2^-e
+    # (exact), and nothing under- or overflows (not shifted: x - mean keeps its digits)
+    rw_s = np.where(base > -np.inf, _scaled(rw, e), 0.0)
     eshape = rows.batch_shape
     n_data = int(np.prod(bshape, dtype=np.int64))
     members = np.broadcast_to(np.arange(n_data, dtype=np.int64).reshape(bshape),
                               eshape).reshape(-1, 1)
     xf = np.broadcast_to(x_a, eshape).reshape(-1)
-    out = _solve_rate(_flat_rows(base), _flat_rows(rw), members, xf, nt)
+    with np.errstate(over="ignore"):
+        x_s = _scaled(xf, np.broadcast_to(e, eshape).reshape(-1))
+    out = _solve_rate(_flat_rows(base), _flat_rows(rw_s), members, x_s, nt)
     lam_e = np.broadcast_to(lam_a, eshape).reshape(-1)
     if np.isinf(lam_e).any():
         r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), eshape).reshape(-1)
@@ -359,7 +398,7 @@ def _rate_function_sequence(logits2d: ArrayLike, rewards2d: ArrayLike, x: ArrayL
         )
     nt = V.threads_for_work(max(x_a.size, 1) * rows.n_rows * rows.n_outcomes, nt)
     first, second = rows.originals
-    data_rows, info = _row_info(first, second, nt)
+    data_rows, info = row_info(first, second, nt)
     n_pos = data_rows.n_rows
     if n_pos == 0:
         raise ValueError("logits2d has no rows (positions)")
@@ -368,9 +407,14 @@ def _rate_function_sequence(logits2d: ArrayLike, rewards2d: ArrayLike, x: ArrayL
     if np.isinf(lam_v):
         star = np.mean(info[:, _RMAX] if lam_v > 0 else info[:, _RMIN])
         return np.where(xf == star, 0.0, np.inf).reshape(x_a.shape)
-    base, rw, _ = _tilted_base(first, second, info, data_rows.batch_shape, lam_a)
+    base, rw, _, e, _ = _tilted_base(first, second, info, data_rows.batch_shape, lam_a,
+                                      common_scale=True)
+    # one scale for all positions (a common tilt)
+    rw_s = np.where(base > -np.inf, _scaled(rw, e), 0.0)
+    with np.errstate(over="ignore"):
+        x_s = _scaled(xf, e[:1])
     members = np.broadcast_to(np.arange(n_pos, dtype=np.int64), (xf.size, n_pos))
-    out = _solve_rate(_flat_rows(base), _flat_rows(rw), members, xf, nt)
+    out = _solve_rate(_flat_rows(base), _flat_rows(rw_s), members, x_s, nt)
     return out.reshape(x_a.shape)
 
 
@@ -423,21 +467,43 @@ def scaled_cgf(logits: ArrayLike, rewards: ArrayLike, t: ArrayLike, lam: ArrayLi
     rows = V.prepare_rows(logits, rewards, {"t": t_a, "lam": lam_a})
     nt = V.threads_for_work(rows.n_rows * rows.n_outcomes, nt)
     first, second = rows.originals
-    data_rows, info = _row_info(first, second, nt)
+    data_rows, info = row_info(first, second, nt)
     data_shape = data_rows.batch_shape
-    base, rw, _ = _tilted_base(first, second, info, data_shape, lam_a)
+    base, rw, _, e, _ = _tilted_base(first, second, info, data_shape, lam_a)
     eshape = rows.batch_shape
-    res = np.asarray(tilt_stats(base, rw, t_a, n_threads=nt).log_partition, dtype=np.float64)
+    # in units of the row's reward range (exact scaling): log E_phi e^{t r} is the log
+    # partition of phi tilted by t 2^e along r 2^-e, so a reward spread of 5e-324 or 1e300
+    # and t of 1e300 or 5e-324 give the same well-scaled problem
+    r_s = np.where(base > -np.inf, _scaled(rw, e), 0.0)
+    e_b = np.broadcast_to(e, eshape)
+    t_b = np.broadcast_to(t_a, eshape)
+    with np.errstate(over="ignore"):
+        t_s = np.ldexp(t_b, e_b)
+    fin_t = np.isfinite(t_b)
+    res = np.asarray(tilt_stats(base, r_s, np.where(fin_t, t_s, 0.0),
+                                n_threads=nt).log_partition, dtype=np.float64)
     res = np.array(np.broadcast_to(res, eshape), dtype=np.float64).reshape(-1)
     # tiny |t|: the cumulant series sum_k kappa_k t^k / k! (relative-accurate term by term)
-    width = np.broadcast_to((info[:, _RMAX] - info[:, _RMIN]).reshape(data_shape), eshape)
-    t_e = np.broadcast_to(t_a, eshape).reshape(-1)
-    small = np.isfinite(t_e)
+    span = np.broadcast_to((info[:, _RMAX] - info[:, _RMIN]).reshape(data_shape), e.shape)
+    width = np.broadcast_to(_scaled(span, e), eshape)
+    t_e = t_s.reshape(-1)
+    small = fin_t.reshape(-1).copy()
     small[small] = np.abs(t_e[small]) * width.reshape(-1)[small] <= _SERIES_T
     if small.any():
-        kap = np.asarray(cumulants(base, rw, _SERIES_ORDER, n_threads=nt))
+        kap = np.asarray(cumulants(base, r_s, _SERIES_ORDER, n_threads=nt))
         kap = np.broadcast_to(kap, eshape + (_SERIES_ORDER,)).reshape(-1, _SERIES_ORDER)
         res[small] = _series(kap[small], t_e[small], "cgf")
+    # t = +-inf: t r* + log phi_lam(r = r*) with r* = r_max (r_min), t 0 = 0
+    if not fin_t.all():
+        inf_t = ~fin_t.reshape(-1)
+        tv = t_b.reshape(-1)[inf_t]
+        r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), eshape).reshape(-1)
+        r_min = np.broadcast_to(info[:, _RMIN].reshape(data_shape), eshape).reshape(-1)
+        star = np.where(tv > 0, r_max[inf_t], r_min[inf_t])
+        kl_inf = np.broadcast_to(tilt_stats(base, r_s, np.where(t_b > 0, np.inf, -np.inf),
+                                            n_threads=nt).kl, eshape).reshape(-1)[inf_t]
+        with np.errstate(invalid="ignore"):
+            res[inf_t] = np.where(star == 0.0, -kl_inf, tv * star - kl_inf)
     lam_e = np.broadcast_to(lam_a, eshape).reshape(-1)
     if np.isinf(lam_e).any():
         r_max = np.broadcast_to(info[:, _RMAX].reshape(data_shape), eshape).reshape(-1)
@@ -445,7 +511,7 @@ def scaled_cgf(logits: ArrayLike, rewards: ArrayLike, t: ArrayLike, lam: ArrayLi
         lim = np.isinf(lam_e)
         star = np.where(lam_e > 0, r_max, r_min)[lim]
         with np.errstate(invalid="ignore"):
-            res[lim] = np.where(star == 0.0, 0.0, t_e[lim] * star)
+            res[lim] = np.where(star == 0.0, 0.0, t_b.reshape(-1)[lim] * star)
     return V.shaped(res, eshape)
 
 
@@ -500,6 +566,16 @@ def _renyi_core(lp: np.ndarray, w: np.ndarray, al: np.ndarray, n_threads: int):
     lp_s[empty] = 0.0
     w_s = np.where(keep, w, 0.0)
     eps = al - 1.0
+    # |eps| > 1 (alpha > 2): eps w may overflow (alpha = 1e308), so w is measured from its
+    # extreme w* on S in the direction of eps: (1/eps) log E e^{eps w} = w* + (1/eps)
+    # log E e^{eps (w - w*)}, whose exponent is <= 0
+    big = np.abs(eps) > 1.0
+    w_star = np.zeros(lp.shape[0])
+    if big.any():
+        hi = np.max(np.where(keep, w, -np.inf), axis=-1)
+        lo = np.min(np.where(keep, w, np.inf), axis=-1)
+        w_star = np.where(big & ~empty, np.where(eps > 0, hi, lo), 0.0)
+        w_s = np.where(keep, w_s - w_star[:, None], 0.0)
     st = tilt_stats(lp_s, w_s, eps, n_threads=n_threads)
     lpart = np.asarray(st.log_partition, dtype=np.float64).reshape(-1)
     mean = np.asarray(st.mean, dtype=np.float64).reshape(-1)
@@ -515,7 +591,7 @@ def _renyi_core(lp: np.ndarray, w: np.ndarray, al: np.ndarray, n_threads: int):
         log_ps[partial] = np.where(p_out < 0.5, np.log1p(-np.minimum(p_out, 0.5)), log_in)
     log_ps[empty] = -np.inf
     with np.errstate(divide="ignore", invalid="ignore"):
-        val = (log_ps + lpart) / eps
+        val = (log_ps + lpart) / eps + w_star
     zero = eps == 0.0
     val[zero] = mean[zero]
     return val, supp, keep, empty

@@ -38,7 +38,8 @@ from numpy.typing import ArrayLike
 from tiltlab import _lattice
 from tiltlab import _validation as V
 from tiltlab.bestofn import reward_levels, sample_best_of_n
-from tiltlab.tilting import tilt_stats
+from tiltlab._rowcalls import tilt_shift
+from tiltlab.tilting import tilt, tilt_stats
 
 __all__ = ["PolicyLaw", "Frontier", "METHODS", "policy_frontier", "soft_best_of_n",
            "worst_of_n", "best_of_poisson", "rewind_and_repeat", "calibrated_tilt"]
@@ -62,15 +63,23 @@ class _Levels:
 
 
 def _levels(logits, rewards) -> _Levels:
+    """The reward levels of p that carry mass in double precision.
+
+    A level whose log mass is -inf (logits so far below the maximum, e.g. -1.7e308 next to
+    1.7e308, that ``l - max l`` overflows) has probability 0 under p, so under every policy
+    here: it is left out, and so are the NaNs of ``-inf - -inf`` its weights would bring
+    into the level laws and the KL."""
     lv = reward_levels(logits, rewards)
     if isinstance(lv, list):
         raise ValueError("logits and rewards must be one distribution of shape (V,) here; "
                          "got a batch")
     lm = np.asarray(lv.log_masses, dtype=np.float64)
+    keep = lm > -np.inf
+    lm = lm[keep]
     m = np.exp(lm)
     below = np.concatenate([[0.0], np.cumsum(m)[:-1]])
     above = np.concatenate([np.cumsum(m[::-1])[::-1][1:], [0.0]])
-    return _Levels(np.asarray(lv.values, dtype=np.float64), lm, m, below, above,
+    return _Levels(np.asarray(lv.values, dtype=np.float64)[keep], lm, m, below, above,
                    np.logaddexp.accumulate(lm))
 
 
@@ -112,19 +121,29 @@ class PolicyLaw:
 
     @cached_property
     def log_probs(self) -> np.ndarray:
-        lp = self._logits - np.logaddexp.reduce(self._logits)
+        # log p from the compiled tilt at lam = 0: exact at any logit offset
+        lp = tilt(self._logits, np.zeros_like(self._logits), 0.0)
         j = np.clip(np.searchsorted(self.level_values, self._rewards), 0,
                     self.level_values.size - 1)
         with np.errstate(invalid="ignore"):
             out = lp - self._log_mass[j] + self.level_log_weights[j]
         out[~np.isfinite(lp)] = -np.inf
-        return V.readonly(np.where(np.isnan(out), -np.inf, out))
+        # (a level of one outcome gives its weight to rounding: never above log 1 = 0)
+        return V.readonly(np.minimum(np.where(np.isnan(out), -np.inf, out), 0.0))
 
     def kl_to_tilted(self, lam: ArrayLike):
-        """``KL(pi || phi_lam) = KL(pi || p) - lam E_pi r + Lambda(lam)`` (SPEC section 2)."""
+        """``KL(pi || phi_lam)`` by the closeness identity of SPEC section 2.
+
+        ``KL(pi || phi_lam) = KL(pi || p) - lam (E_pi r - c) + (Lambda(lam) - lam c)`` with
+        ``c`` the reward of the outcome that dominates ``phi_lam`` and ``E_pi (r - c)``
+        summed over the level law, so no term of the size of ``lam r`` enters (``lam`` up
+        to 1.8e308, finite)."""
         lam_a = V.param_array(lam, "lam", allow_inf=False)
-        lz = np.asarray(tilt_stats(self._logits, self._rewards, lam_a).log_partition)
-        out = self.kl - lam_a * self.expected_reward + lz
+        c, lc = tilt_shift(self._logits, self._rewards, lam_a)
+        w = np.exp(self.level_log_weights)
+        gap = np.sum(w * (self.level_values - np.asarray(c)[..., None]), axis=-1)
+        with np.errstate(over="ignore"):
+            out = np.maximum((self.kl - lam_a * gap) + lc, 0.0)
         return float(out) if out.ndim == 0 else out
 
     def sample(self, size: int | None = None, rng=None, n_threads: int | None = None):
@@ -636,6 +655,12 @@ def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
     return _finish("soft_best_of_n", params, logits, rewards, lv, log_w)
 
 
+def _normalised(log_p: np.ndarray, total: float) -> np.ndarray:
+    """The quadrature's level law renormalised; a level holding all the mass gets 0, not
+    a rounding error above it (log-probabilities are <= 0)."""
+    return np.minimum(log_p - math.log(total), 0.0)
+
+
 def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
     with np.errstate(over="ignore"):
         spread = float(lv.values[-1] - lv.values[0])
@@ -657,7 +682,7 @@ def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
     h = _H
     log_p, total = _soft_level_law(lv, nv, t, n_threads=n_threads, h=h)
     if nv == round(nv):
-        return log_p - math.log(total), total
+        return _normalised(log_p, total), total
     err = math.inf
     while h > _H_MIN:
         h /= 2
@@ -674,7 +699,7 @@ def _w_soft(lv: _Levels, nv: float, t: float, n_threads: int | None = None):
         warnings.warn(f"soft_best_of_n: the quadrature for n = {nv:g} changed the level "
                       f"probabilities by up to {err:.1e} (relative) at the finest step; they "
                       "are accurate to about that", RuntimeWarning, stacklevel=3)
-    return log_p - math.log(total), total
+    return _normalised(log_p, total), total
 
 
 # --------------------------------------------------------------------------------------

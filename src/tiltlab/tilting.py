@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike
 
 from tiltlab import _core
 from tiltlab import _validation as V
+from tiltlab._rowcalls import kernel_call, row_info
 
 __all__ = [
     "TiltStats",
@@ -54,16 +55,6 @@ class TiltStats(NamedTuple):
     mean: np.ndarray
     variance: np.ndarray
     kl: np.ndarray
-
-
-def _kernel_call(fn, rows: V.Rows, *args, n_threads):
-    """Run a Cython row driver; returns its flags after raising for bad input."""
-    n_threads = V.threads_for_work(rows.n_rows * rows.n_outcomes, n_threads)
-    flags = np.zeros(rows.n_rows, dtype=np.int32)
-    fn(rows.first, rows.second, rows.first_off, rows.second_off, rows.n_outcomes, *args,
-       flags, n_threads)
-    V.raise_for_flags(flags, rows)
-    return flags
 
 
 def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
@@ -111,7 +102,7 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, row_bytes=8 * 9)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, 5), dtype=np.float64)
-    _kernel_call(_core.tilt_rows, rows, rows.params["lam"], out, n_threads=nt)
+    kernel_call(_core.tilt_rows, rows, rows.params["lam"], out, n_threads=nt)
     bs = rows.batch_shape
     return TiltStats(
         V.shaped(out[:, 0].copy(), bs),
@@ -153,16 +144,8 @@ def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, outcome_bytes=8)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, rows.n_outcomes), dtype=np.float64)
-    _kernel_call(_core.tilt_logprobs_rows, rows, rows.params["lam"], out, n_threads=nt)
+    kernel_call(_core.tilt_logprobs_rows, rows, rows.params["lam"], out, n_threads=nt)
     return out.reshape(rows.batch_shape + (rows.n_outcomes,))
-
-
-def _row_info(logits, rewards, n_threads):
-    rows = V.prepare_rows(logits, rewards)
-    nt = V.n_threads_value(n_threads)
-    out = np.empty((rows.n_rows, 7), dtype=np.float64)
-    _kernel_call(_core.info_rows, rows, out, n_threads=nt)
-    return rows, out
 
 
 def kl_max(logits: ArrayLike, rewards: ArrayLike, *, n_threads: int | None = None):
@@ -189,7 +172,7 @@ def kl_max(logits: ArrayLike, rewards: ArrayLike, *, n_threads: int | None = Non
     >>> print(f"{tiltlab.kl_max(np.log([0.7, 0.3]), [0.0, 1.0]):.10f}")
     1.2039728043
     """
-    rows, out = _row_info(logits, rewards, n_threads)
+    rows, out = row_info(logits, rewards, n_threads)
     return V.shaped(-out[:, 4], rows.batch_shape)
 
 
@@ -215,7 +198,7 @@ def _solve(logits, rewards, kl, joint, n_threads):
     lam = np.empty(rows.n_rows, dtype=np.float64)
     passes = np.zeros(rows.n_rows, dtype=np.int32)
     converged = np.ones(rows.n_rows, dtype=np.int32)
-    _kernel_call(_core.solve_rows, rows, rows.params["kl"], bool(joint), lam, passes,
+    kernel_call(_core.solve_rows, rows, rows.params["kl"], bool(joint), lam, passes,
                  converged, n_threads=nt)
     for status, side, bound in ((_OVERFLOW, "above", "the largest float64, 1.8e308"),
                                 (_UNDERFLOW, "below", "the smallest normal float64, 2.2e-308")):
@@ -349,5 +332,5 @@ def cumulants(logits: ArrayLike, rewards: ArrayLike, order: int, lam: ArrayLike 
     rows = V.prepare_rows(logits, rewards, {"lam": lam_a}, row_bytes=8 * k)
     nt = V.n_threads_value(n_threads)
     out = np.empty((rows.n_rows, k), dtype=np.float64)
-    _kernel_call(_core.cumulant_rows, rows, rows.params["lam"], k, out, n_threads=nt)
+    kernel_call(_core.cumulant_rows, rows, rows.params["lam"], k, out, n_threads=nt)
     return out.reshape(rows.batch_shape + (k,))
