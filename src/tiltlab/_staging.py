@@ -269,7 +269,8 @@ def _recover(t: Target, say) -> None:
             say(f"restored the previous report in {t.shown} from {backups[-1][1].name} "
                 "(a run was killed while moving its report into place)")
     for _, p, _ in found:
-        _remove_tree(p)
+        with contextlib.suppress(OSError):     # best effort: a leftover never blocks a run
+            _remove_tree(p)
 
 
 def _fsync(path: Path, directory: bool = False) -> None:
