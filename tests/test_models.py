@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import malformed_models
 import numpy as np
 import pytest
 
@@ -100,6 +101,45 @@ def test_not_an_npz(tmp_path):
     np.save(single, np.zeros(3))
     with pytest.raises(ValueError, match="single array"):
         models.load_model(str(single))
+
+
+@pytest.mark.parametrize("kind", sorted(malformed_models.KINDS))
+def test_malformed_model_file_is_a_one_line_value_error(tmp_path, monkeypatch, kind):
+    """Issue 15 item 12: every kind of broken model file (a PK header and junk, a truncated
+    zip, a bad CRC, an empty file, a folder, an unreadable file, wrong or missing arrays)
+    is a ValueError naming the file and the problem, never BadZipFile, EOFError or
+    AttributeError from inside numpy."""
+    path = malformed_models.make(tmp_path, kind, monkeypatch)
+    with pytest.raises(ValueError) as info:
+        models.load_model(path)
+    msg = str(info.value)
+    assert f"model file {path!r}" in msg and malformed_models.KINDS[kind] in msg, msg
+    assert "\n" not in msg
+
+
+def test_model_names_the_os_refuses():
+    """A name too long for the OS is an unknown model, a path too long cannot be read:
+    ValueError both (it was OSError: File name too long)."""
+    with pytest.raises(ValueError, match="unknown model 'aaaa"):
+        models.load_model("a" * 5000)
+    path = "/" + "a" * 5000 + ".npz"
+    with pytest.raises(ValueError, match="cannot be read .File name too long"):
+        models.load_model(path)
+
+
+@needs_data
+def test_english_sentiment_damaged_cache_is_rebuilt(cache_dir):
+    """A cache file that is not a readable .npz (here a PK header and junk) is rebuilt, not a
+    BadZipFile traceback."""
+    m = models.english_sentiment(vocab=50)
+    (cached,) = cache_dir.glob("english-sentiment-V50-*.npz")
+    cached.write_bytes(b"PK\x03\x04" + bytes(range(200)))
+    models._english_arrays.cache_clear()
+    again = models.english_sentiment(vocab=50)
+    np.testing.assert_array_equal(again.logits, m.logits)
+    with np.load(cached) as f:                              # rewritten, readable again
+        np.testing.assert_array_equal(f["rewards"], m.rewards)
+    assert [p.name for p in cache_dir.iterdir()] == [cached.name]     # no temporary left
 
 
 @needs_data

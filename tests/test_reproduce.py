@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
+import malformed_models
 import numpy as np
 import pytest
 
@@ -32,15 +34,13 @@ TABLES = ["frontier_tilted", "frontier_best_of_n", "kl_to_tilt", "large_deviatio
           "win_rate_bound", "policies"]
 
 
-def _run_cli(*args, env_extra=None, tmp_path=None):
-    import os
-
+def _run_cli(*args, env_extra=None, tmp_path=None, timeout=600):
     env = dict(os.environ)
     if tmp_path is not None:
         env["TILTLAB_CACHE_DIR"] = str(tmp_path / "cache")
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "tiltlab", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+                          text=True, env=env, timeout=timeout)
 
 
 def _check_png(path):
@@ -215,7 +215,6 @@ def test_reproduce_quick_english_sentiment_end_to_end(tmp_path):
     assert res.stdout == ""                                  # --quiet
     monkey_cache = tmp_path / "cache"
     assert list(monkey_cache.glob("english-sentiment-*.npz"))
-    import os
     old = os.environ.get("TILTLAB_CACHE_DIR")
     os.environ["TILTLAB_CACHE_DIR"] = str(monkey_cache)
     try:
@@ -303,6 +302,51 @@ def test_cli_malformed_npz(tmp_path, content, needle):
     _one_line_error(res, needle)
     res = _run_cli("bon", "--model", str(path))
     _one_line_error(res, needle)
+
+
+# every subcommand that takes --model (reproduce, bon, frontier and its --method table)
+MODEL_COMMANDS = {
+    "reproduce": ["reproduce", "--quiet"],
+    "bon": ["bon"],
+    "frontier": ["frontier"],
+    "frontier-method": ["frontier", "--method", "best_of_n"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(malformed_models.KINDS))
+@pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
+def test_cli_malformed_model_file_every_subcommand(tmp_path, monkeypatch, capsys, command,
+                                                   kind):
+    """Issue 15 item 12: each kind of broken model file is one line on stderr naming the
+    file, exit status 2, for every subcommand that takes a model (it was a BadZipFile,
+    EOFError or AttributeError traceback with status 1)."""
+    path = malformed_models.make(tmp_path, kind, monkeypatch)
+    out = tmp_path / "report"
+    argv = [*MODEL_COMMANDS[command], "--model", path]
+    if command == "reproduce":
+        argv += ["--out", str(out)]
+    assert main(argv) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in cap.err, cap.err
+    cmd = MODEL_COMMANDS[command][0]
+    assert lines[0].startswith(f"tiltlab {cmd}: error: model file {path!r}"), lines[0]
+    assert malformed_models.KINDS[kind] in lines[0], lines[0]
+    assert cap.out == "" and not out.exists()
+
+
+def test_cli_malformed_model_file_exit_status_in_a_process(tmp_path):
+    """The same through a real process: a PK header and junk for each subcommand, and a
+    FIFO named like a model (it used to block for ever in open)."""
+    junk = malformed_models.make(tmp_path, "pk-junk")
+    for argv in (["reproduce", "--out", str(tmp_path / "o")], ["bon"], ["frontier"]):
+        res = _run_cli(*argv, "--model", junk)
+        _one_line_error(res, f"model file {junk!r} is not a readable .npz file")
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "pipe.npz"
+        os.mkfifo(fifo)
+        res = _run_cli("bon", "--model", str(fifo), timeout=60)
+        _one_line_error(res, "is not a regular file")
 
 
 def test_cli_non_lattice_npz_model(tmp_path):

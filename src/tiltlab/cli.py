@@ -262,7 +262,7 @@ def _reproduce(args) -> int:
     from tiltlab.report import reproduce
 
     reproduce(args.model, args.out, full=args.full, seed=args.seed, jobs=args.jobs,
-              delta=args.delta, quiet=args.quiet, vocab=args.vocab)
+              delta=args.delta, quiet=args.quiet, vocab=args.vocab, force=args.force)
     return 0
 
 
@@ -317,7 +317,12 @@ def _parser() -> argparse.ArgumentParser:
                        "report.md, report.html, PNG figures, CSV tables and run.json.")
     common(r, "ternary")
     r.add_argument("--out", default="tiltlab-report",
-                   help="output directory (default ./tiltlab-report)")
+                   help="output folder (default ./tiltlab-report): new, empty or a report "
+                   "written by tiltlab reproduce; the report is written aside and moved "
+                   "into place whole when complete")
+    r.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a non-empty folder tiltlab reproduce "
+                   "did not write (everything in it is removed)")
     size = r.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="full", action="store_false",
                       help="small sizes, under a minute (default)")
@@ -371,7 +376,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS.get(args.command, _demo)(args)
-    except (ValueError, TypeError, MissingDependency) as exc:
+    except BrokenPipeError:  # e.g. `tiltlab bon | head` (an OSError: caught before those)
+        return 0
+    except (ValueError, TypeError, MissingDependency, OSError) as exc:
+        # bad input (a malformed model file included: tiltlab.models raises ValueError),
+        # a missing extra or an I/O error: one line on stderr, exit status 2
         if os.environ.get("TILTLAB_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -382,8 +391,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("tiltlab: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `tiltlab bon | head`
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

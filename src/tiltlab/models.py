@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,16 +197,22 @@ def _english_arrays(vocab: int):
            f"-vader{versions['vaderSentiment']}")
     path = _cache_dir() / f"{key}.npz"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return f["names"], f["logits"], f["rewards"], versions, str(path)
-    except (OSError, KeyError, ValueError):
+        arrays, _ = _read_npz(path, ("names", "logits", "rewards"))
+        names, logits, rewards = arrays["names"], arrays["logits"], arrays["rewards"]
+        if names.shape == logits.shape == rewards.shape == (vocab,):
+            return names, logits, rewards, versions, str(path)
+    except (KeyError, ValueError):   # absent, damaged or foreign cache file: rebuild it
         pass
     names, logits, rewards = _build_english_sentiment(vocab)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, names=names, logits=logits, rewards=rewards)
-        os.replace(tmp, path)
+        try:
+            np.savez(tmp, names=names, logits=logits, rewards=rewards)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
         where = str(path)
     except OSError:
         where = "(not cached: cache directory not writable)"
@@ -227,29 +235,84 @@ def english_sentiment(vocab: int = 20_000) -> Model:
 # user models
 # --------------------------------------------------------------------------------------
 
-def from_npz(path: str | os.PathLike) -> Model:
-    """A user model from an ``.npz`` file with ``logits``, ``rewards`` [, ``names``, ``step``]."""
-    p = Path(path)
+def _load_error(exc: BaseException) -> str:
+    """Why an .npz file could not be read, in a few words (for one-line error messages)."""
+    if isinstance(exc, MemoryError):
+        return "it declares more data than fits in memory"
+    if isinstance(exc, zipfile.BadZipFile):
+        return f"damaged zip archive: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "pickled data" in text:
+        return "neither a zip archive of .npy arrays nor an .npy array"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _read_npz(p: Path, keys: tuple[str, ...]) -> tuple[dict, list]:
+    """The arrays ``keys`` of the .npz file ``p`` (those present, read now) and every name.
+
+    Any failure to read the file (missing, a folder, unreadable, empty, a damaged or
+    truncated zip, a member that is not an ``.npy`` array or needs pickle) is a ValueError
+    naming the file and the problem.
+    """
+    where = f"model file {str(p)!r}"
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where} cannot be read ({_load_error(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{where} is a folder, not an .npz file")
+    if not stat.S_ISREG(st.st_mode):      # a FIFO or a device would block or never end
+        raise ValueError(f"{where} is not a regular file")
+    if st.st_size == 0:
+        raise ValueError(f"{where} is empty, not an .npz file")
     try:
         f = np.load(p, allow_pickle=False)
-    except FileNotFoundError:
-        raise ValueError(f"model file {str(p)!r} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"model file {str(p)!r} is not a readable .npz file ({exc})") from None
+    except OSError as exc:        # e.g. permission denied (BadZipFile is no OSError)
+        raise ValueError(f"{where} cannot be read ({_load_error(exc)})") from None
+    except Exception as exc:      # np.load raises many types: BadZipFile, EOFError, ...
+        raise ValueError(f"{where} is not a readable .npz file ({_load_error(exc)})") from None
     if not hasattr(f, "files"):
-        raise ValueError(f"model file {str(p)!r} holds a single array, not an .npz archive "
+        raise ValueError(f"{where} holds a single array, not an .npz archive "
                          "with 'logits' and 'rewards'")
+    arrays = {}
     with f:
-        missing = [k for k in ("logits", "rewards") if k not in f.files]
-        if missing:
-            raise ValueError(f"model file {str(p)!r} lacks the array(s) {', '.join(missing)}; "
-                             f"it has {', '.join(f.files) or 'none'}")
-        try:
-            logits, rewards = f["logits"], f["rewards"]
-            names = f["names"] if "names" in f.files else None
-            step = f["step"] if "step" in f.files else None
-        except ValueError as exc:     # object arrays need pickle
-            raise ValueError(f"model file {str(p)!r}: {exc}") from None
+        files = list(f.files)
+        for key in keys:
+            if key not in files:
+                continue
+            try:
+                arr = f[key]
+            except Exception as exc:  # damaged member (bad CRC, truncated), object array
+                raise ValueError(f"{where}: array {key!r} cannot be read "
+                                 f"({_load_error(exc)})") from None
+            if not isinstance(arr, np.ndarray):   # a member that is not in .npy format
+                raise ValueError(f"{where}: member {key}.npy is not an .npy array")
+            arrays[key] = arr
+    return arrays, files
+
+
+def from_npz(path: str | os.PathLike) -> Model:
+    """A user model from an ``.npz`` file with ``logits``, ``rewards`` [, ``names``, ``step``].
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not a readable ``.npz`` archive (empty, a folder, unreadable,
+        damaged or truncated), or its arrays are missing or malformed; the message names
+        the file and the problem.
+    """
+    p = Path(path)
+    arrays, files = _read_npz(p, ("logits", "rewards", "names", "step"))
+    missing = [k for k in ("logits", "rewards") if k not in files]
+    if missing:
+        raise ValueError(f"model file {str(p)!r} lacks the array(s) {', '.join(missing)}; "
+                         f"it has {', '.join(files) or 'none'}")
+    logits, rewards = arrays["logits"], arrays["rewards"]
+    names, step = arrays.get("names"), arrays.get("step")
     for arr, what in ((logits, "logits"), (rewards, "rewards")):
         if arr.dtype.kind not in "fiu":
             raise ValueError(f"model file {str(p)!r}: {what} must be real numbers; "
@@ -273,6 +336,9 @@ def from_npz(path: str | os.PathLike) -> Model:
     elif names.shape != logits.shape:
         raise ValueError(f"model file {str(p)!r}: names has shape {names.shape}, "
                          f"expected {logits.shape}")
+    elif names.dtype.kind not in "USiufb":
+        raise ValueError(f"model file {str(p)!r}: names must be strings; "
+                         f"got dtype {names.dtype}")
     else:
         names = names.astype(str)
     if step is not None:
@@ -315,7 +381,9 @@ def load_model(name: str, **options) -> Model:
     Raises
     ------
     ValueError
-        Unknown name, missing or malformed file (the message says what is wrong).
+        Unknown name, or a model file that is missing, empty, a folder, unreadable, not a
+        zip archive or a damaged or truncated one, or whose arrays are missing or malformed
+        (the message names the file and says what is wrong).
     MissingDependency
         ``english-sentiment`` without ``wordfreq`` / ``vaderSentiment`` installed.
 
@@ -334,7 +402,8 @@ def load_model(name: str, **options) -> Model:
     key = str(name)
     if key in MODELS:
         return MODELS[key](**options)
-    if key.endswith(".npz") or os.sep in key or Path(key).exists():
+    # os.path.exists is False (not an error) for names the OS refuses, e.g. too long
+    if key.endswith(".npz") or os.sep in key or os.path.exists(key):
         return from_npz(key)
     raise ValueError(f"unknown model {key!r}; choose one of {', '.join(MODELS)} "
                      "or give the path of an .npz file with arrays logits and rewards")

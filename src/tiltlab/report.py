@@ -1,9 +1,12 @@
 """``tiltlab reproduce``: run the experiments, draw the figures, write the report.
 
 Output directory layout: ``report.md`` and ``report.html`` (images embedded), one PNG per
-figure, every plotted number as CSV (one file per table, named in the report) and
-``run.json`` (versions, seed, model, sizes, timings).  Figures use matplotlib's Agg canvas
-directly (no pyplot state, no display needed).
+figure, every plotted number as CSV (one file per table, named in the report),
+``run.json`` (versions, seed, model, sizes, timings) and the stamp ``.tiltlab-report``
+(signature and list of files: how a later run recognises a folder it wrote).  The folder is
+written aside and swapped in whole (``tiltlab._staging``): a killed or failed run never
+leaves a partial or mixed report.  Figures use matplotlib's Agg canvas directly (no pyplot
+state, no display needed).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import csv
 import html
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import tiltlab
+from tiltlab import _staging
 from tiltlab.experiments import EXPERIMENTS, Context, Experiment, Sizes
 from tiltlab.models import MissingDependency, Model, load_model
 
@@ -327,18 +332,6 @@ def _md_to_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
 
 
-def _writable_dir(out: Path) -> Path:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".tiltlab-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write the report to --out {str(out)!r}: "
-                         f"{exc.strerror or exc}") from None
-    return out
-
-
 def _progress_factory(quiet: bool):
     if quiet:
         return lambda it, desc: it
@@ -357,7 +350,7 @@ def _progress_factory(quiet: bool):
 def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report", *,
               full: bool = False, seed: int = 0, jobs: int | None = None,
               delta: float | None = None, quiet: bool = False, vocab: int | None = None,
-              experiments=None, echo=print) -> Path:
+              force: bool = False, experiments=None, echo=print) -> Path:
     """Run the seven experiments of ``tiltlab reproduce`` on a model and write the report.
 
     The experiments (:mod:`tiltlab.experiments`) check the claims of SPEC section 4 (after
@@ -371,8 +364,15 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     model : str, path or Model, default "ternary"
         A name or ``.npz`` path for :func:`tiltlab.load_model`, or a loaded model.
     out : str or path, default "tiltlab-report"
-        Output directory (created): ``report.md``, ``report.html``, ``fig*.png``, ``*.csv``
-        and ``run.json``.
+        Output folder: ``report.md``, ``report.html``, ``fig*.png``, ``*.csv``, ``run.json``
+        and the stamp ``.tiltlab-report`` (the signature and the list of files, which is how
+        a later run recognises a folder it wrote).  The report is written into a staging
+        folder next to ``out`` (``<out>.tiltlab-staging-<pid>-<hex>``) and moved into place
+        whole at the end, so ``out`` holds the previous report, byte for byte, until the new
+        one is complete, even if the run is killed; an exception removes the staging folder.
+        A run killed while swapping leaves the previous report in
+        ``<out>.tiltlab-backup-<pid>-<hex>``; the next run puts it back and removes every
+        leftover of killed runs.  ``out`` may be new, empty or a report written here.
     full : bool, default False
         The large sizes (n up to 10^5, 10^6 samples) instead of the quick ones.
     seed : int, default 0
@@ -385,6 +385,11 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
         No progress bars and no summary lines.
     vocab : int, optional
         Vocabulary size of ``english-sentiment``.
+    force : bool, default False
+        Replace ``out`` even if it is a non-empty folder this function did not write (no
+        stamp, or files the stamp does not list): everything in it is removed once the new
+        report is complete.  Without it such a folder is refused and left untouched.  The
+        current folder, its parents, the home folder and mount points are always refused.
     experiments : list of str, optional
         A subset of ``tiltlab.experiments.EXPERIMENTS`` (default: all seven, in order).
     echo : callable, default print
@@ -394,6 +399,15 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     -------
     pathlib.Path
         The path of ``report.md``.
+
+    Raises
+    ------
+    ValueError
+        Bad model or option; ``out`` refused (a file, a foreign non-empty folder without
+        ``force``, the current or home folder, a mount point), not writable, or being
+        written by another run at the same time.
+    MissingDependency
+        matplotlib (or the data extra for ``english-sentiment``) is not installed.
 
     Examples
     --------
@@ -411,7 +425,11 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
                                 'pip install "tiltlab[plot]"') from None
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    out = _writable_dir(Path(out))
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be True or False; got {force!r}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out must be a path; got {out!r}")
+    _staging.check(_staging.resolve(out), force)    # refuse early, before the model loads
     if isinstance(model, Model):
         m = model
     else:
@@ -424,44 +442,52 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     say(f"tiltlab reproduce: model {m.name} ({m.description}), "
         f"{'full' if full else 'quick'} sizes, Δ = {ctx.delta:.4g}, λ = {ctx.lam:.6g}")
     keys = list(experiments) if experiments is not None else list(_FIGURE_ORDER)
+    unknown = [k for k in keys if k not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(EXPERIMENTS)}")
     results, timings, files = [], {}, {}
-    for i, key in enumerate(keys, 1):
-        t0 = time.perf_counter()
-        e = EXPERIMENTS[key](ctx)
-        for stem, cols in e.tables.items():
-            write_csv(out / f"{stem}.csv", cols)
-        fig = _PLOTS[key](e, m)
-        png = out / f"fig{i}_{key}.png"
-        fig.savefig(png, dpi=110)
-        files[key] = (png.name, [f"{stem}.csv" for stem in e.tables])
-        timings[key] = round(time.perf_counter() - t0, 3)
-        results.append(e)
-        say(f"  [{i}/{len(keys)}] {e.summary}  ({timings[key]:.1f} s)")
-    total = time.perf_counter() - t_start
-    run = {
-        "tiltlab": tiltlab.__version__,
-        "command": "tiltlab reproduce",
-        "argv": sys.argv[1:],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "numpy": np.__version__,
-        "matplotlib": matplotlib.__version__,
-        "build": tiltlab.build_info(),
-        "seed": int(seed),
-        "jobs": jobs,
-        "mode": "full" if full else "quick",
-        "model": {"name": m.name, "description": m.description, "vocab_size": m.vocab_size,
-                  "step": m.step, "source": m.source},
-        "delta": ctx.delta,
-        "lam": ctx.lam,
-        "sizes": asdict(sizes),
-        "timings_seconds": timings,
-        "total_seconds": round(total, 3),
-        "files": {k: {"figure": v[0], "tables": v[1]} for k, v in files.items()},
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n",
-                                  encoding="utf-8")
-    _write_reports(out, m, ctx, results, files, run)
+    with _staging.staged_folder(out, force=force, say=say,
+                                stamp={"tiltlab": tiltlab.__version__}) as stage:
+        for i, key in enumerate(keys, 1):
+            t0 = time.perf_counter()
+            e = EXPERIMENTS[key](ctx)
+            for stem, cols in e.tables.items():
+                write_csv(stage / f"{stem}.csv", cols)
+            fig = _PLOTS[key](e, m)
+            png = stage / f"fig{i}_{key}.png"
+            fig.savefig(png, dpi=110)
+            files[key] = (png.name, [f"{stem}.csv" for stem in e.tables])
+            timings[key] = round(time.perf_counter() - t0, 3)
+            results.append(e)
+            say(f"  [{i}/{len(keys)}] {e.summary}  ({timings[key]:.1f} s)")
+            _staging.checkpoint("experiment")
+        total = time.perf_counter() - t_start
+        run = {
+            "tiltlab": tiltlab.__version__,
+            "command": "tiltlab reproduce",
+            "argv": sys.argv[1:],
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "numpy": np.__version__,
+            "matplotlib": matplotlib.__version__,
+            "build": tiltlab.build_info(),
+            "seed": int(seed),
+            "jobs": jobs,
+            "mode": "full" if full else "quick",
+            "model": {"name": m.name, "description": m.description,
+                      "vocab_size": m.vocab_size, "step": m.step, "source": m.source},
+            "delta": ctx.delta,
+            "lam": ctx.lam,
+            "sizes": asdict(sizes),
+            "timings_seconds": timings,
+            "total_seconds": round(total, 3),
+            "files": {k: {"figure": v[0], "tables": v[1]} for k, v in files.items()},
+        }
+        (stage / "run.json").write_text(json.dumps(run, indent=2, default=str) + "\n",
+                                        encoding="utf-8")
+        _write_reports(stage, m, ctx, results, files, run)
+    out = Path(out)
     say(f"report: {out / 'report.md'}  (also report.html, {len(files)} figures, "
         f"CSV tables, run.json) in {total:.1f} s")
     return out / "report.md"
