@@ -33,11 +33,12 @@ typedef struct {
  * terms, and first-order insensitive to the error of ltot.  Used when the one-pass value
  * cancelled (q close to p). */
 /* The chunk reads the logits shifted by (p_ref, q_ref) and uses d - c =
- * ((lq - q_ref) - (lp - p_ref)) - c.  Rows of moderate logits pass p_ref = q_ref = 0 and
- * c = q* - p* at the first maximum of p (tl_kl_shift): d - c = (lq - lp) - c, exact for
- * nearby p and q (small KLs keep their relative accuracy).  Rows with huge logits
- * (|p*| or |q*| > TL_KL_HUGE) pass p_ref = p*, q_ref = q* and c = 0, so nothing of the
- * size of the logits cancels; the finaliser gets the same c. */
+ * ((lq - q_ref) - (lp - p_ref)) - c.  Rows whose p and q sit at nearly the same offset
+ * (|q* - p*| <= 1 at the first maximum of p, tl_kl_shift) pass p_ref = q_ref = 0 and
+ * c = q* - p*: d - c = (lq - lp) - c, exact for nearby p and q (small KLs keep their
+ * relative accuracy).  Other rows (offsets apart, e.g. q = p - 1e5, or huge logits, |p*|
+ * or |q*| > TL_KL_HUGE) pass p_ref = p*, q_ref = q* and c = 0, so nothing of the size of
+ * the offsets cancels; the finaliser gets the same c. */
 #define TL_KL_HUGE 1048576.0
 void tl_kl_chunk_f64(const double *lp, const double *lq, ptrdiff_t n, double p_ref,
                      double q_ref, double c, double ltot, int mode, tl_kl_acc *acc);

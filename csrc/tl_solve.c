@@ -2,14 +2,11 @@
 #include <float.h>
 #include "tl_solve.h"
 
-void tl_newton_init(tl_newton *s, double target, double kl_max, double var0, double t_min,
-                    double t_max) {
+void tl_newton_init(tl_newton *s, double target, double kl_max, double lam0) {
     s->target = target;
     s->kl_max = kl_max;
     s->lo = 0.0;
     s->hi = INFINITY;
-    s->t_min = t_min;
-    s->t_max = t_max;
     s->iter = 0;
     s->done = 0;
     s->converged = TL_NEWTON_CONVERGED;
@@ -23,10 +20,9 @@ void tl_newton_init(tl_newton *s, double target, double kl_max, double var0, dou
         s->lam = 0.0;
         s->done = 1;
     } else {
-        double lam = sqrt(2.0 * target / var0);
-        lam = (lam > 0.0 && lam < INFINITY) ? lam : 1.0;
-        lam = lam < t_min ? t_min : lam;
-        s->lam = lam > t_max ? t_max : lam;
+        double lam = (lam0 > 0.0 && lam0 < INFINITY) ? lam0 : 1.0;
+        lam = lam < DBL_MIN ? DBL_MIN : lam;
+        s->lam = lam > DBL_MAX ? DBL_MAX : lam;
     }
 }
 
@@ -36,12 +32,20 @@ static double tl__width(double lo, double hi) {
     return hi > 4.0 * lo ? log(hi / lo) : (hi - lo) / hi;
 }
 
+/* The midpoint: geometric where hi / lo > 4, else arithmetic.  The geometric mean is
+ * sqrt(m_lo m_hi 2^(a + b)) taken on the significands, with the exponent's parity folded
+ * into them: no overflow or underflow of lo * hi, and exactly 2^k times the midpoint of
+ * (lo, hi) for (2^k lo, 2^k hi), so the whole iteration is bitwise the same for rewards
+ * scaled by a power of two. */
 static double tl__bisect(double lo, double hi) {
-    if (hi > 4.0 * lo) return sqrt(lo) * sqrt(hi); /* geometric; no overflow of lo * hi */
-    return 0.5 * lo + 0.5 * hi;
+    if (!(hi > 4.0 * lo)) return 0.5 * lo + 0.5 * hi;
+    int a, b;
+    double m = frexp(lo, &a) * frexp(hi, &b);
+    int s = a + b, odd = s & 1; /* (two's complement: also right for negative s) */
+    return ldexp(sqrt(odd ? 2.0 * m : m), (s - odd) / 2);
 }
 
-void tl_newton_step(tl_newton *s, double kl, double variance) {
+void tl_newton_step(tl_newton *s, double kl, double d) {
     const double lam = s->lam;
     const double f = kl - s->target;
     s->iter++;
@@ -53,12 +57,12 @@ void tl_newton_step(tl_newton *s, double kl, double variance) {
     if (f < 0.0) s->lo = lam;
     else s->hi = lam;
     /* the root lies beyond the representable tilts */
-    if (f < 0.0 && lam >= s->t_max) {
+    if (f < 0.0 && lam >= DBL_MAX) {
         s->done = 1;
         s->converged = TL_NEWTON_OVERFLOW;
         return;
     }
-    if (f > 0.0 && lam <= s->t_min) {
+    if (f > 0.0 && lam <= DBL_MIN) {
         s->done = 1;
         s->converged = TL_NEWTON_UNDERFLOW;
         return;
@@ -76,14 +80,14 @@ void tl_newton_step(tl_newton *s, double kl, double variance) {
     } else {
         s->stall++;
     }
-    double dkl = lam * variance; /* d kl / d t */
+    /* Newton steps as relative changes of lam: d kl / d lam = d / lam */
     double next = NAN;
-    if (dkl > 0.0 && dkl < INFINITY) {
+    if (d > 0.0 && d < INFINITY) {
         double gap = s->kl_max - kl, gap_t = s->kl_max - s->target;
         if (kl > 0.5 * s->kl_max && gap > 0.0)
-            next = lam + log(gap / gap_t) * (gap / dkl);
+            next = lam * (1.0 + log(gap / gap_t) * (gap / d));
         else if (kl > 0.0)
-            next = lam - log(kl / s->target) * (kl / dkl);
+            next = lam * (1.0 - log(kl / s->target) * (kl / d));
     }
     int inside = next > lo && next < hi;
     if (inside && fabs(next - lam) <= 1e-15 * lam) {
@@ -96,11 +100,11 @@ void tl_newton_step(tl_newton *s, double kl, double variance) {
     } else if (hi == INFINITY) { /* expand: x4, x16, x256, ... */
         s->grow = s->grow < 10 ? s->grow + 1 : 10;
         next = ldexp(lam > 0.0 ? lam : 1.0, 1 << s->grow);
-        next = next < s->t_max ? next : s->t_max;
+        next = next < DBL_MAX ? next : DBL_MAX;
     } else if (lo == 0.0) { /* contract likewise */
         s->grow = s->grow < 10 ? s->grow + 1 : 10;
         next = ldexp(hi, -(1 << s->grow));
-        next = next > s->t_min ? next : s->t_min;
+        next = next > DBL_MIN ? next : DBL_MIN;
     } else {
         s->grow = 0;
         next = tl__bisect(lo, hi);

@@ -538,9 +538,13 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                     out[i, j] = ldexp(out[i, j], (j + 1) * res[i].e)
 
 
-cdef inline double _lam_of(double t, int e) noexcept nogil:
-    """The tilt of a scaled tilt t = lam 2^e (exact; inf stays inf)."""
-    return ldexp(t, -e)
+cdef inline double _lam_sq_var(double lam, int e, double var_s) noexcept nogil:
+    """lam^2 variance = (lam 2^e)^2 (variance 2^-2e): d kl / d log lam, dimensionless (no
+    variance underflow for a subnormal reward spread, none overflow for 1e300)."""
+    cdef double t = ldexp(lam, e)
+    if var_s == 0.0:
+        return 0.0
+    return (t * var_s) * t
 
 
 def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -549,14 +553,14 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                int32_t[::1] flags, int n_threads):
     """lam >= 0 with kl(lam) = target per row, or one lam for the summed kl (joint).
 
-    The iteration runs on the scaled tilt t = lam 2^e of each row (2^e its reward range;
-    joint: the largest range), so it is the same problem at every reward scale.  Per-row
-    solves run in lockstep: every iteration is one parallel pass over the rows still
-    iterating.  out_iter counts the passes over each row's data (including the first pass
-    that finds kl_max and the base variance); out_converged is the TL_NEWTON_* status."""
+    The iteration sees the derivative only as lam^2 variance, formed in each row's units of
+    its reward range (tl_solve.h), so it is the same at every reward scale.  Per-row solves
+    run in lockstep: every iteration is one parallel pass over the rows still iterating.
+    out_iter counts the passes over each row's data (including the first pass that finds
+    kl_max and the base variance); out_converged is the TL_NEWTON_* status."""
     cdef Py_ssize_t nrows = loff.shape[0], i, nact
     cdef tl_newton joint_st
-    cdef double kl_max_sum, var_sum, kl_sum, t
+    cdef double kl_max_sum, var_sum, kl_sum, d_sum, t
     cdef int bad = 0, E, have
     if nrows == 0:
         return
@@ -581,28 +585,30 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
             bad = bad | info[i].flags
         if bad == 0 and not joint:
             for i in range(nrows):
-                tl_newton_init(&st[i], target[i], -info[i].log_p_max, info[i].var_s,
-                               ldexp(DBL_MIN, info[i].e), ldexp(DBL_MAX, info[i].e))
+                # start: kl ~ lam^2 var / 2 (scaled units, then back)
+                t = sqrt(2.0 * target[i] / info[i].var_s) if info[i].var_s > 0 else 1.0
+                tl_newton_init(&st[i], target[i], -info[i].log_p_max,
+                               ldexp(t, -info[i].e))
             while True:
                 nact = 0
                 for i in range(nrows):
                     if not st[i].done:
                         rows[nact] = i
-                        lam[i] = _lam_of(st[i].lam, info[i].e)
+                        lam[i] = st[i].lam
                         nact += 1
                 if nact == 0:
                     break
                 _tilt_pass(lb, rb, loff, roff, V, lam, rows, nact, res, prm, n_threads)
                 for i in range(nact):
                     tl_newton_step(&st[rows[i]], res[rows[i]].kl,
-                                   ldexp(res[rows[i]].var_s, 2 * (res[rows[i]].e
-                                                                   - info[rows[i]].e)))
+                                   _lam_sq_var(lam[rows[i]], res[rows[i]].e,
+                                               res[rows[i]].var_s))
             for i in range(nrows):
-                out_lam[i] = _lam_of(st[i].lam, info[i].e)
+                out_lam[i] = st[i].lam
                 out_iter[i] = st[i].iter + 1
                 out_converged[i] = st[i].converged
         elif bad == 0:
-            # the joint scale: the largest reward range among the rows that have one
+            # the start in the units of the largest reward range among the rows
             E = 0
             have = 0
             for i in range(nrows):
@@ -614,21 +620,20 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
             for i in range(nrows):
                 kl_max_sum = kl_max_sum + (-info[i].log_p_max)
                 var_sum = var_sum + ldexp(info[i].var_s, 2 * (info[i].e - E))
-            tl_newton_init(&joint_st, target[0], kl_max_sum, var_sum, ldexp(DBL_MIN, E),
-                           ldexp(DBL_MAX, E))
+            t = sqrt(2.0 * target[0] / var_sum) if var_sum > 0 else 1.0
+            tl_newton_init(&joint_st, target[0], kl_max_sum, ldexp(t, -E))
             while not joint_st.done:
-                t = _lam_of(joint_st.lam, E)
                 for i in range(nrows):
-                    lam[i] = t
+                    lam[i] = joint_st.lam
                 _tilt_pass(lb, rb, loff, roff, V, lam, rows, nrows, res, prm, n_threads)
                 kl_sum = 0.0
-                var_sum = 0.0
+                d_sum = 0.0
                 for i in range(nrows):
                     kl_sum = kl_sum + res[i].kl
-                    var_sum = var_sum + ldexp(res[i].var_s, 2 * (res[i].e - E))
-                tl_newton_step(&joint_st, kl_sum, var_sum)
+                    d_sum = d_sum + _lam_sq_var(lam[i], res[i].e, res[i].var_s)
+                tl_newton_step(&joint_st, kl_sum, d_sum)
             for i in range(nrows):
-                out_lam[i] = _lam_of(joint_st.lam, E)
+                out_lam[i] = joint_st.lam
                 out_iter[i] = joint_st.iter + 1
                 out_converged[i] = joint_st.converged
 
@@ -670,9 +675,12 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                 tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
             else:
                 tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
-            # moderate logits: no shift, c = q* - p* (exact small KLs); huge ones: shift
-            # by the pair and c = 0 (nothing of the size of the logits cancels)
-            if fabs(c[3 * i]) > TL_KL_HUGE or fabs(c[3 * i + 1]) > TL_KL_HUGE:
+            # p and q at nearly the same offset (|q* - p*| <= 1): no shift, c = q* - p*,
+            # so d - c = (lq - lp) - c is exact for nearby rows (small KLs keep their
+            # relative accuracy); otherwise (offsets apart, or huge logits) shift each by
+            # its own reference and c = 0: nothing of the size of the offsets cancels
+            if (fabs(c[3 * i + 1] - c[3 * i]) > 1.0 or fabs(c[3 * i]) > TL_KL_HUGE
+                    or fabs(c[3 * i + 1]) > TL_KL_HUGE):
                 c[3 * i + 2] = 0.0
             else:
                 c[3 * i + 2] = c[3 * i + 1] - c[3 * i]

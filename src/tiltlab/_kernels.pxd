@@ -158,9 +158,8 @@ cdef extern from "tl_solve.h" nogil:
         TL_NEWTON_ITER_LIMIT
         TL_NEWTON_OVERFLOW
         TL_NEWTON_UNDERFLOW
-    void tl_newton_init(tl_newton *s, double target, double kl_max, double var0, double t_min,
-                        double t_max)
-    void tl_newton_step(tl_newton *s, double kl, double variance)
+    void tl_newton_init(tl_newton *s, double target, double kl_max, double lam0)
+    void tl_newton_step(tl_newton *s, double kl, double d)
 
 cdef extern from "tl_bon.h" nogil:
     ctypedef struct bitgen_t:

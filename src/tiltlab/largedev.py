@@ -211,6 +211,9 @@ def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, 
     result = np.full(inner.size, np.nan)
     active = np.arange(inner.size)
     stats = np.empty((inner.size * n, 5), dtype=np.float64)
+    grow = np.zeros(inner.size, dtype=np.int64)    # consecutive expansions
+    stall = np.zeros(inner.size, dtype=np.int64)   # steps since the bracket last halved
+    last_w = np.full(inner.size, np.inf)          # bracket size at the last halving
     for _ in range(_MAX_ITER):
         k = active.size
         lam_rows = np.repeat(t[active], n)
@@ -230,10 +233,27 @@ def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, 
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             t_new = ta - ms * np.log1p(res / xa) / var
         inside = np.isfinite(t_new) & (t_new > la) & (t_new < ha)
-        # fall-backs: expand an open bracket, else bisect geometrically across decades
-        # (between the ends, or between 1/width and the far end when the other end is 0)
+        # a Newton step counts only while the bracket keeps halving (in ratio across
+        # decades, else in width); after three steps without, a bisection is forced
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            a_lo, a_hi = np.minimum(np.abs(la), np.abs(ha)), np.maximum(np.abs(la), np.abs(ha))
+            w_now = np.where((la * ha > 0) & (a_hi > 4 * a_lo), np.log(a_hi / a_lo),
+                             (ha - la) / a_hi)
+            w_now = np.where(np.isfinite(w_now), w_now, np.inf)
+        halved = w_now <= 0.5 * last_w[active]
+        last_w[active] = np.where(halved, w_now, last_w[active])
+        stall[active] = np.where(halved, 0, stall[active] + 1)
+        inside &= stall[active] < 3
+        # fall-backs: expand an open bracket (by 8, 16, 256, ...: doubly exponential, so a
+        # theta of 1e300 is bracketed in ~10 steps), else bisect geometrically across
+        # decades (between the ends, or between 1/width and the far end when the other end
+        # is 0)
         grow_up = np.isposinf(ha)
         grow_dn = np.isneginf(la)
+        expand = (grow_up | grow_dn) & ~inside
+        grow[active] = np.where(expand, np.minimum(grow[active] + 1, 10), 0)
+        factor = np.ldexp(1.0, np.left_shift(1, grow[active]).astype(np.int64))
+        factor = np.maximum(factor, 8.0)
         s0 = 1.0 / width[active]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             far = np.where(np.abs(ha) > np.abs(la), ha, la)
@@ -243,9 +263,12 @@ def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, 
             spread = (np.abs(far) > 4.0 * near) & (np.abs(geo) > np.minimum(np.abs(la),
                                                                            np.abs(ha)))
             mid = np.where(spread, geo, 0.5 * la + 0.5 * ha)
-            fallback = np.where(grow_up, 8.0 * la + s0,
-                                np.where(grow_dn, 8.0 * ha - s0, mid))
+            fallback = np.where(grow_up, factor * la + s0,
+                                np.where(grow_dn, factor * ha - s0, mid))
         t_next = np.where(inside, t_new, fallback)
+        bisected = ~inside & ~grow_up & ~grow_dn
+        stall[active] = np.where(bisected, 0, stall[active])
+        last_w[active] = np.where(bisected, w_now, last_w[active])
         t_next = np.clip(t_next, -np.finfo(np.float64).max, np.finfo(np.float64).max)
         collapsed = ha - la <= 4 * _EPS * np.maximum(np.abs(la), np.abs(ha))
         done = ((res == 0) | (np.abs(res) <= 8 * _EPS * np.abs(xa))

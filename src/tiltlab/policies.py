@@ -157,8 +157,8 @@ def _kl_phi(d: np.ndarray) -> np.ndarray:
     d = np.asarray(d, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         direct = d * np.exp(d) - np.expm1(d)
-    # sum_{k >= 2} (k - 1) d^k / k!
-    series = d * d * (0.5 + d * (1 / 3 + d * (1 / 8 + d * (1 / 30 + d / 144))))
+        # sum_{k >= 2} (k - 1) d^k / k!
+        series = d * d * (0.5 + d * (1 / 3 + d * (1 / 8 + d * (1 / 30 + d / 144))))
     out = np.where(np.abs(d) < 1e-2, series, direct)
     return np.where(np.isneginf(d), 1.0, out)
 

@@ -100,7 +100,11 @@ def _log_tilted(logits, rewards, lam):
     # shift rewards by the reward of the dominant outcome (argmax of log p + lam r): for
     # large lam the KL then involves no cancellation of terms of size lam * r
     with np.errstate(invalid="ignore", over="ignore"):
-        dominant = np.argmax(np.where(support, log_p + lam[..., None] * rewards, -np.inf), -1)
+        # (for |lam| > 1 compared as log p / |lam| + sign(lam) r: lam r may overflow)
+        big = np.abs(lam[..., None]) > 1.0
+        score = np.where(big, log_p / np.where(big, np.abs(lam[..., None]), 1.0)
+                         + np.sign(lam[..., None]) * rewards, log_p + lam[..., None] * rewards)
+        dominant = np.argmax(np.where(support, score, -np.inf), -1)
         c = np.take_along_axis(rewards, dominant[..., None], axis=-1)[..., 0]
         u = lam[..., None] * (rewards - c[..., None])
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -298,7 +302,14 @@ def _group_logsumexp(keys, log_p):
 
 
 def _bon_level_law(log_mass, log_n):
-    """log w_j of the level of the maximum of N draws, from a_j = N log F_j."""
+    """log w_j of the level of the maximum of N draws, from a_j = N log F_j:
+    ``w_j = F_j^N (1 - (F_{j-1} / F_j)^N)`` with ``N log(F_j / F_{j-1}) = -N log1p(-m_j / F_j)``
+    taken in log space, so a level of tiny mass keeps its relative accuracy; N = 1 is p."""
+    log_mass = np.asarray(log_mass, dtype=np.float64)
+    if log_n == 0.0:
+        log_f = np.logaddexp.accumulate(log_mass)
+        log_f[-1] = 0.0
+        return log_mass.copy(), log_f, log_f.copy()
     log_f = np.logaddexp.accumulate(log_mass)
     log_f[-1] = 0.0
     log_s = np.append(np.logaddexp.accumulate(log_mass[::-1])[::-1][1:], -np.inf)
@@ -306,10 +317,18 @@ def _bon_level_law(log_mass, log_n):
         s = np.exp(log_s)
         # log(-log F): from the survival when F is close to 1, else from the CDF
         near_one = np.where(s < 1e-8, log_s + s / 2, np.log(-np.log1p(-s)))
-        ell = np.where(log_s < np.log(0.5), near_one, np.log(-log_f))
+        tail = log_s < np.log(0.5)
+        ell = np.where(tail, near_one, np.log(-log_f))
         a = np.where(np.isneginf(ell), 0.0, -np.exp(log_n + ell))
-        a_prev = np.append(-np.inf, a[:-1])
-        log_w = a + np.log(-np.expm1(a_prev - a))
+        lf = np.where(tail, np.log1p(-s), log_f)              # log F_j
+        lf_prev = np.append(-np.inf, lf[:-1])
+        log_q = log_mass - lf                                # log(m_j / F_j)
+        q = np.exp(log_q)
+        log_g = np.where(q < 1e-8, log_q + q / 2,
+                         np.where(q <= 0.5, np.log(-np.log1p(-q)), np.log(lf - lf_prev)))
+        log_d = log_n + log_g                                # log(a_j - a_{j-1})
+        log_w = np.where(log_d < -30.0, a + log_d, a + np.log(-np.expm1(-np.exp(log_d))))
+    log_w[0] = a[0]
     return np.where(np.isnan(log_w), -np.inf, log_w), log_f, a
 
 
