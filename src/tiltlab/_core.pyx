@@ -31,8 +31,21 @@ def openmp_enabled():
 
 
 def max_threads():
-    """Threads OpenMP would use by default (honours OMP_NUM_THREADS)."""
-    return tl_max_threads()
+    """Threads a kernel uses by default: OpenMP's default (honours OMP_NUM_THREADS), or 1 in
+    a process forked from one that had imported tiltlab (see forked_child)."""
+    return tl_team_size(tl_max_threads())
+
+
+def forked_child():
+    """True in a process forked (os.fork, multiprocessing's fork start method) from one
+    that had imported tiltlab: the parent's OpenMP thread pool does not exist there, so every
+    kernel runs on one thread (results do not depend on the thread count)."""
+    return bool(tl_forked_child())
+
+
+def effective_threads(int n):
+    """The threads a kernel asked for n threads uses: n, or 1 in a forked child."""
+    return tl_team_size(n)
 
 
 def chunk_size():
@@ -54,6 +67,7 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
 
 
 include "_buffer.pxi"
+include "_guard.pxi"
 include "_isa.pxi"
 
 
@@ -69,6 +83,7 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
     cdef Py_ssize_t w, i, k
     cdef tl_lse_acc *acc
     cdef const floating *base
+    cdef const tl_stop_flag *stop
     if nrows == 0:
         return
     if n == 0:
@@ -76,9 +91,14 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
             out[i] = -INFINITY
         return
     base = &x[0]
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * n)
     with nogil:
+        stop = tl_stop_flag_here()
         acc = <tl_lse_acc *> _alloc(nitems, sizeof(tl_lse_acc))
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             if floating is double:
@@ -86,10 +106,13 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
             else:
                 tl_lse_chunk_f32(base + i * n + k * TL_CHUNK, _chunk_len(n, k), &acc[w])
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             for k in range(1, nch):
                 tl_lse_merge(&acc[i * nch], &acc[i * nch + k])
             out[i] = tl_lse_finalize(&acc[i * nch])
         free(acc)
+    guard.finish()
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +128,10 @@ cdef void _shifts(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef double best
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         row = rows[i]
         if floating is double:
             j = tl_argmax_tilted_f64(lp + loff[row], rp + roff[row], V, 0.0, &best)
@@ -133,6 +159,7 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef tl_tilt_acc *a
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
     # one block for all work arrays (freed below; _alloc raises MemoryError)
@@ -146,6 +173,8 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef int *stage = <int *> (<char *> cl + nrows * sizeof(double))
     # the dominant outcome of each row: chunk maxima, then "larger wins, earlier on ties"
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         i = w // nch
         k = w - i * nch
         row = rows[i]
@@ -156,6 +185,9 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
         else:
             arg[w] = tl_argmax_tilted_f32(lp + loff[row] + start, rp + roff[row] + start,
                                           _chunk_len(V, k), lam[row], &best[w])
+    if tl_stop_requested(stop):  # arg and best are incomplete: the results are discarded
+        free(block)
+        return 0
     for i in range(nrows):
         stage[i] = 0
         cl[i] = 0.0
@@ -169,6 +201,8 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
             cl[i] = <double> rp[roff[rows[i]] + j]
     for attempt in range(3):
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             if stage[i] < 0:
                 continue
@@ -184,6 +218,8 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                 tl_tilt_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
                                   _chunk_len(V, k), lam[row], cl[i],
                                   res[row].lc if mode == TL_MODE_KL else 0.0, mode, &acc[w])
+        if tl_stop_requested(stop):
+            break
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if stage[i] < 0:
                 continue
@@ -234,10 +270,13 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef tl_info_acc *acc
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
     acc = <tl_info_acc *> _alloc(nitems, sizeof(tl_info_acc))
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         i = w // nch
         k = w - i * nch
         row = rows[i]
@@ -249,6 +288,8 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
             tl_info_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
                               _chunk_len(V, k), c[row], &acc[w])
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         row = rows[i]
         for k in range(1, nch):
             tl_info_merge(&acc[i * nch], &acc[i * nch + k])
@@ -303,6 +344,8 @@ cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t
             nfin += 1
     try:
         _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, n_threads)
+        if tl_stop_requested(tl_stop_flag_here()):
+            return 0
         for i in range(nfin):
             if res[fin[i]].flags & TL_FLAG_SATURATED:
                 inf[ninf] = fin[i]
@@ -332,6 +375,8 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         _tilt_all(lb, rb, loff, roff, V, lam, res, <int *> limit_b.ptr, n_threads)
         for i in range(nrows):
@@ -341,6 +386,7 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
             out[i, 3] = res[i].kl
             out[i, 4] = res[i].log_norm
             flags[i] = res[i].flags & ~TL_FLAG_SATURATED
+    guard.finish()
 
 
 def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -356,6 +402,8 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef tl_info_result *res = <tl_info_result *> res_b.ptr
     cdef double *c = <double *> c_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         for i in range(nrows):
             rows[i] = i
@@ -370,6 +418,7 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
             out[i, 5] = res[i].r_min
             out[i, 6] = res[i].log_p_min
             flags[i] = res[i].flags
+    guard.finish()
 
 
 def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -389,11 +438,17 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef double *op = &out[0, 0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags & ~TL_FLAG_SATURATED
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             start = k * TL_CHUNK
@@ -418,6 +473,7 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
                     tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
                                          _chunk_len(V, k), lam[i], res[i].shift,
                                          res[i].log_norm, res[i].lc, op + i * V + start)
+    guard.finish()
 
 
 cdef inline double _moment_scale(const tl_tilt_result *res) noexcept nogil:
@@ -450,11 +506,17 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef double *sums = <double *> sums_b.ptr
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags & ~TL_FLAG_SATURATED
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             start = k * TL_CHUNK
@@ -472,6 +534,8 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                                      res[i].log_norm, res[i].lc, res[i].mean,
                                      1.0 / scale if scale > 0 else 0.0, order, sums + w * stride)
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             if flags[i] != 0:
                 for j in range(order):
                     out[i, j] = NAN
@@ -485,6 +549,7 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                         sums[i * nch * stride + j] += sums[(i * nch + k) * stride + j]
                 tl_cumulants_from_moments(sums + i * nch * stride, order, res[i].mean,
                                           _moment_scale(&res[i]), &out[i, 0])
+    guard.finish()
 
 
 def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -514,6 +579,10 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     cdef double *c = <double *> c_b.ptr
     cdef double *lam = <double *> lam_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
+    # once SIGINT stops the passes, every pass returns at once and the loops below end
+    # within their iteration limit; the results are discarded (guard.finish raises)
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         for i in range(nrows):
             rows[i] = i
@@ -568,6 +637,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                 out_lam[i] = joint_st.lam
                 out_iter[i] = joint_st.iter + 1
                 out_converged[i] = joint_st.converged
+    guard.finish()
 
 
 def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,
@@ -598,9 +668,15 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
     cdef double *q_out = <double *> q_out_b.ptr
     cdef const floating *pp = &pb[0]
     cdef const floating *qp = &qb[0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             stage[i] = 0
+            if tl_stop_requested(stop):
+                continue
             ltot[i] = 0.0
             q_out[i] = 0.0
             if floating is double:
@@ -617,6 +693,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                 c[3 * i + 1] = 0.0
         for attempt in range(3):
             for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
                 i = w // nch
                 if stage[i] < 0:
                     continue
@@ -631,6 +709,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
                                     _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
                                     ltot[i], mode, &acc[w])
+            if tl_stop_requested(stop):
+                break
             for i in prange(nrows, num_threads=n_threads, schedule='static'):
                 if stage[i] < 0:
                     continue
@@ -656,3 +736,4 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     pending += 1
             if pending == 0:
                 break
+    guard.finish()
