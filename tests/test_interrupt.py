@@ -294,12 +294,13 @@ CHILD = textwrap.dedent(r'''
                  lambda: tiltlab.best_of_n(big_l, big_r, np.arange(2, 66)[:, None])]
         ref = tiltlab.tilt_stats(ll, rr, lam[:1000]).kl
 
-        def rss():
+        def vm():
+            """Virtual size: a leaked work block counts in full, touched or not."""
             with open("/proc/self/statm") as fh:
-                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
         threading.Thread(target=watch, args=(c_handler(), 1.5), daemon=True).start()
-        rounds, sizes = 10, []
+        rounds, sizes = 12, []
         for k in range(rounds):
             try:
                 while True:
@@ -310,12 +311,13 @@ CHILD = textwrap.dedent(r'''
                     done.set()
                 say("interrupted", "inside" if ok else "outside", where)
                 handled.set()
-            sizes.append(rss())
-        # after two calls of each kind the allocator has settled (no growth without a
-        # leak); a leaked work block would add >= 27 MiB per call
-        grow = (sizes[-1] - sizes[3]) / 2**20
-        say(f"rss growth over {rounds - 4} interrupted calls: {grow:.1f} MiB")
-        ok = grow < 40 and np.array_equal(tiltlab.tilt_stats(ll, rr, lam[:1000]).kl, ref)
+            sizes.append(vm())
+        # after three interrupted calls of each kind the allocator has settled (glibc
+        # raises its mmap threshold once, by at most 32 MiB); a leaked work block of the
+        # tilt_stats call adds >= 27 MiB per call, three calls here
+        grow = (sizes[-1] - sizes[5]) / 2**20
+        say(f"virtual memory growth over {rounds - 6} interrupted calls: {grow:.1f} MiB")
+        ok = grow < 48 and np.array_equal(tiltlab.tilt_stats(ll, rr, lam[:1000]).kl, ref)
         say("next call", "ok" if ok else "WRONG")
         sys.exit(0 if ok else 4)
 
@@ -417,8 +419,11 @@ def test_ignored_sigint_lets_the_call_finish():
     assert "finished handler unchanged" in log and log[-1] == "next call ok", log
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="ASan keeps freed memory in quarantine: sizes say nothing there")
 def test_repeated_interrupts_leak_no_memory():
     status, log, latencies, err = _drive("leak")
-    print("leak: " + "; ".join(line for line in log if line.startswith("rss")))
+    print("leak: " + "; ".join(line for line in log if line.startswith("virtual")))
     assert status == 0, f"exit status {status}\n{log}\n{err}"
-    assert sum(line.startswith("interrupted inside") for line, _ in latencies) >= 8, log
+    assert sum(line.startswith("interrupted inside") for line, _ in latencies) >= 10, log
