@@ -179,3 +179,42 @@ def test_parent_process_keeps_its_threads():
     assert info["forked_child"] is False
     assert _validation.n_threads_value(2) == 2
     assert info["max_threads"] == _validation.n_threads_value(None) >= 1
+
+
+def _parallel_drivers():
+    """(module, driver, source) of every Python-visible driver of the installed .pyx files
+    that runs an OpenMP region, directly or through cdef helpers."""
+    import pathlib
+    import re
+
+    pkg = pathlib.Path(tiltlab.__file__).parent
+    found = []
+    for pyx in sorted(pkg.glob("_*.pyx")):
+        blocks = {}
+        for block in re.split(r"\n(?=(?:def|cdef|cpdef) )", pyx.read_text()):
+            m = re.match(r"(def|cdef|cpdef) (?:[\w\s\*]+? )?\**(\w+)\(", block)
+            if m:
+                blocks[m.group(2)] = (m.group(1), block)
+        parallel = {n for n, (_, b) in blocks.items() if "prange(" in b}
+        grew = True
+        while grew:
+            grew = False
+            for n, (_, b) in blocks.items():
+                if n not in parallel and any(re.search(rf"\b{h}\(", b) for h in parallel):
+                    parallel.add(n)
+                    grew = True
+        found += [(pyx.name, n, blocks[n][1]) for n in sorted(parallel) if blocks[n][0] == "def"]
+    return found
+
+
+def test_every_parallel_driver_limits_its_team_and_is_interruptible():
+    """Structural guard for new kernels: a driver that reaches a prange takes its thread
+    count through tl_team_size (one thread in a forked child) and runs under an
+    _Interruptible (Ctrl-C).  Needs the .pyx sources, installed next to the modules."""
+    drivers = _parallel_drivers()
+    if not drivers:
+        pytest.skip("the .pyx sources are not installed next to the modules")
+    assert len(drivers) >= 12, [d[:2] for d in drivers]
+    for module, name, body in drivers:
+        assert "tl_team_size(" in body, f"{module}:{name} does not limit its team in a fork child"
+        assert "_Interruptible(" in body, f"{module}:{name} does not stop on SIGINT"
