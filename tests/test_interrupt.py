@@ -219,7 +219,7 @@ CHILD = textwrap.dedent(r'''
         f = lambda lam=LAM: tuple(tiltlab.tilt_stats(l, r, lam, n_threads=1))
         ref = f(LAM[:64])
         initial = c_handler()
-        threading.Thread(target=watch, args=(initial, 0.3), daemon=True).start()
+        threading.Thread(target=watch, args=(initial, 0.1), daemon=True).start()
         res = f()
         done.set()
         say("finished", "handler unchanged" if c_handler() == initial else "handler CHANGED")
