@@ -282,7 +282,7 @@ void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *a
 
 void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
                      const tl_alias_slot *level_slots, const int32_t *outcome_here,
-                     const int32_t *outcome_alias, int64_t *out) {
+                     const int32_t *outcome_alias, int64_t *out, const tl_stop_flag *stop) {
     /* candidates of consecutive draws form one stream, processed in batches: uniforms
      * first, then the slots prefetched, then the comparisons */
     const double scale = (double)n_support;
@@ -293,6 +293,7 @@ void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff
     int64_t best_slot = 0; /* 2 * slot + (1 if the alias was taken) */
     if (count <= 0 || n_candidates <= 0) return;
     while (d < count) {
+        if (tl_stop_requested(stop)) return;
         /* how many candidates are left in the stream (capped to the batch) */
         int64_t left_here = n_candidates - c;
         int nb = TL_DRAW_BATCH;

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 #include "tl_config.h"
+#include "tl_guard.h"
 #include "numpy/random/bitgen.h"
 
 /* Reward levels of one row.  Workspace arrays have length n; on return the first
@@ -106,9 +107,11 @@ void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *a
 
 /* Naive best-of-N: per sample, N candidates from p (alias table over the support whose
  * slots carry levels; outcome_here/outcome_alias give the outcome of slot i and of its
- * alias), keeps the first candidate of maximal level. */
+ * alias), keeps the first candidate of maximal level.  `stop` (tl_guard.h; may be NULL) is
+ * polled once per batch of candidates: once it is raised the call returns with out
+ * incomplete (one sample may be 2^62 candidates). */
 void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
                      const tl_alias_slot *level_slots, const int32_t *outcome_here,
-                     const int32_t *outcome_alias, int64_t *out);
+                     const int32_t *outcome_alias, int64_t *out, const tl_stop_flag *stop);
 
 #endif

@@ -92,13 +92,19 @@ __all__ = [
 
 def build_info() -> dict:
     """Facts about the compiled core: OpenMP, default thread count, chunk size, and the
-    instruction-set variant in use (see :mod:`tiltlab.simd`)."""
+    instruction-set variant in use (see :mod:`tiltlab.simd`).
+
+    ``max_threads`` is the number of threads a kernel uses by default; it is 1 in a
+    process forked from one that had imported tiltlab (``forked_child`` is then True),
+    where every kernel runs on one thread (the parent's OpenMP thread pool does not survive
+    fork)."""
     from tiltlab import _core
 
     return {
         "version": __version__,
         "openmp": _core.openmp_enabled(),
         "max_threads": _core.max_threads(),
+        "forked_child": _core.forked_child(),
         "chunk_size": _core.chunk_size(),
         "simd": simd.active(),
         "simd_compiled": list(simd.compiled()),

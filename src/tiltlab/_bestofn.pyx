@@ -96,14 +96,18 @@ def reward_levels_row(const floating[::1] lb, const floating[::1] rb, Py_ssize_t
 cdef void _bon_row(const floating *l, const floating *r, Py_ssize_t V, Workspace *w,
                    const int64_t *elems, Py_ssize_t n_elems, const double *log_n,
                    double *metrics, double *logprobs, bint want_logprobs,
-                   int32_t *flags) noexcept nogil:
+                   int32_t *flags, const tl_stop_flag *stop) noexcept nogil:
     """Levels of one row, then the law for each of its batch elements (locals are
-    per call, hence per thread)."""
+    per call, hence per thread); returns early once `stop` is raised."""
     cdef tl_levels lv
     cdef tl_bon_metrics m
     cdef Py_ssize_t k, e, q
+    if tl_stop_requested(stop):
+        return
     cdef int fl = _levels(l, r, V, w, &lv)
     for k in range(n_elems):
+        if tl_stop_requested(stop):
+            return
         e = elems[k]
         flags[e] = fl
         if fl != 0:
@@ -137,6 +141,8 @@ def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] 
     (if wanted; logprobs must then have one row per batch element)."""
     cdef Py_ssize_t n_rows = uloff.shape[0]
     cdef Py_ssize_t u, t
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
     cdef int nt = n_threads if n_threads < n_rows else <int> n_rows
     if n_rows == 0:
         return
@@ -149,15 +155,18 @@ def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] 
     cdef double *lpo = &logprobs[0, 0] if want_logprobs else NULL
     for t in range(nt):
         ws[t].keys = NULL
+    cdef _Interruptible guard = _Interruptible(<double> (n_rows + gelem.shape[0]) * V)
     try:
         for t in range(nt):
             if _ws_alloc(&ws[t], V) != 0:
                 raise MemoryError("tiltlab: could not allocate work buffers")
         with nogil:
+            stop = tl_stop_flag_here()
             for u in prange(n_rows, num_threads=nt, schedule='dynamic'):
                 _bon_row(lp + uloff[u], rp + uroff[u], V, &ws[threadid()], &gelem[gstart[u]],
                          gstart[u + 1] - gstart[u], &log_n[0], &metrics[0, 0], lpo,
-                         want_logprobs, &flags[0])
+                         want_logprobs, &flags[0], stop)
+        guard.finish()
     finally:
         for t in range(nt):
             if ws[t].keys != NULL:
@@ -165,6 +174,7 @@ def bon_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] 
 
 
 include "_buffer.pxi"
+include "_guard.pxi"
 include "_isa.pxi"
 
 
@@ -189,6 +199,8 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
     cdef tl_bon_metrics m
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
+    cdef const tl_stop_flag *stop
+    cdef double work = 0.0
     if n_el == 0 or n_blocks == 0:
         return
     if len(bit_generators) != n_el * n_blocks:
@@ -219,11 +231,18 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
     cdef tl_alias_slot *slots = <tl_alias_slot *> slots_b.ptr
     cdef int32_t *out_here = <int32_t *> out_here_b.ptr
     cdef int32_t *out_alias = <int32_t *> out_alias_b.ptr
+    n_threads = tl_team_size(n_threads)
+    for e in range(n_el):  # draws (naive: candidates) plus the tables of each row
+        work += <double> size * (<double> n_candidates[e] if naive else 1.0) + V
+    cdef _Interruptible guard = _Interruptible(work)
     if _ws_alloc(&w, V) != 0:
         raise MemoryError("tiltlab: could not allocate work buffers")
     try:
         with nogil:
+            stop = tl_stop_flag_here()
             for e in range(n_el):
+                if tl_stop_requested(stop):
+                    break
                 fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv)
                 flags[e] = fl
                 if fl != 0:
@@ -244,9 +263,11 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                         out_here[b] = <int32_t> w.order[b]
                         out_alias[b] = <int32_t> w.order[alias[b]]
                     for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+                        if tl_stop_requested(stop):
+                            continue
                         count = size - b * block if size - b * block < block else block
                         tl_bon_simulate(gens[e * n_blocks + b], count, n_candidates[e], ns,
-                                        slots, out_here, out_alias, &out[e, b * block])
+                                        slots, out_here, out_alias, &out[e, b * block], stop)
                 else:
                     tl_bon_law(w.values, w.log_mass, L, log_n[e], w.log_cdf, w.log_sf, w.ell,
                                w.a, w.log_w, 0, &m)
@@ -259,9 +280,12 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                                            scratch, small, large)
                     tl_pack_outcomes(prob, alias, w.order, ns, slots)
                     for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+                        if tl_stop_requested(stop):
+                            continue
                         count = size - b * block if size - b * block < block else block
                         tl_bon_sample(gens[e * n_blocks + b], count, cdf, guide, L, w.start,
                                       slots, &out[e, b * block])
+        guard.finish()
     finally:
         _ws_free(&w)
 

@@ -32,8 +32,21 @@ def openmp_enabled():
 
 
 def max_threads():
-    """Threads OpenMP would use by default (honours OMP_NUM_THREADS)."""
-    return tl_max_threads()
+    """Threads a kernel uses by default: OpenMP's default (honours OMP_NUM_THREADS), or 1 in
+    a process forked from one that had imported tiltlab (see forked_child)."""
+    return tl_team_size(tl_max_threads())
+
+
+def forked_child():
+    """True in a process forked (os.fork, multiprocessing's fork start method) from one
+    that had imported tiltlab: the parent's OpenMP thread pool does not exist there, so every
+    kernel runs on one thread (results do not depend on the thread count)."""
+    return bool(tl_forked_child())
+
+
+def effective_threads(int n):
+    """The threads a kernel asked for n threads uses: n, or 1 in a forked child."""
+    return tl_team_size(n)
 
 
 def chunk_size():
@@ -55,6 +68,7 @@ cdef void *_alloc(Py_ssize_t count, size_t size) except NULL nogil:
 
 
 include "_buffer.pxi"
+include "_guard.pxi"
 include "_isa.pxi"
 
 
@@ -70,6 +84,7 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
     cdef Py_ssize_t w, i, k
     cdef tl_lse_acc *acc
     cdef const floating *base
+    cdef const tl_stop_flag *stop
     if nrows == 0:
         return
     if n == 0:
@@ -77,9 +92,14 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
             out[i] = -INFINITY
         return
     base = &x[0]
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * n)
     with nogil:
+        stop = tl_stop_flag_here()
         acc = <tl_lse_acc *> _alloc(nitems, sizeof(tl_lse_acc))
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             if floating is double:
@@ -87,10 +107,13 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
             else:
                 tl_lse_chunk_f32(base + i * n + k * TL_CHUNK, _chunk_len(n, k), &acc[w])
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             for k in range(1, nch):
                 tl_lse_merge(&acc[i * nch], &acc[i * nch + k])
             out[i] = tl_lse_finalize(&acc[i * nch])
         free(acc)
+    guard.finish()
 
 
 # --------------------------------------------------------------------------------------
@@ -113,6 +136,7 @@ cdef int _prescan(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef double lo, hi, lam_row
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
     cdef char *block = <char *> _alloc(1, nitems * (sizeof(Py_ssize_t) + 2 * sizeof(double)))
@@ -120,6 +144,8 @@ cdef int _prescan(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef double *rlo = <double *> (block + nitems * sizeof(Py_ssize_t))
     cdef double *rhi = rlo + nitems
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         i = w // nch
         k = w - i * nch
         row = rows[i]
@@ -132,6 +158,9 @@ cdef int _prescan(const floating[::1] lb, const floating[::1] rb, const int64_t[
             arg[w] = tl_prescan_f32(lp + loff[row] + start, rp + roff[row] + start,
                                     _chunk_len(V, k), lam[row] if lam != NULL else 0.0,
                                     &rlo[w], &rhi[w])
+    if tl_stop_requested(stop):  # arg, rlo, rhi are incomplete: the results are discarded
+        free(block)
+        return 0
     for i in range(nrows):
         row = rows[i]
         lam_row = lam[row] if lam != NULL else 0.0
@@ -180,9 +209,12 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef tl_tilt_acc *a
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
     _prescan(lb, rb, loff, roff, V, lam, rows, nrows, prm, n_threads)
+    if tl_stop_requested(stop):
+        return 0
     # one block for all work arrays (freed below; _alloc raises MemoryError)
     cdef char *block = <char *> _alloc(1, nitems * sizeof(tl_tilt_acc) + nrows * sizeof(int))
     cdef tl_tilt_acc *acc = <tl_tilt_acc *> block
@@ -191,6 +223,8 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
         stage[i] = 0
     for attempt in range(3):
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             if stage[i] < 0:
                 continue
@@ -204,6 +238,8 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
             else:
                 tl_tilt_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
                                   _chunk_len(V, k), &prm[row], mode, &acc[w])
+        if tl_stop_requested(stop):
+            break
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if stage[i] < 0:
                 continue
@@ -256,11 +292,16 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef tl_info_acc *acc
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
     _prescan(lb, rb, loff, roff, V, NULL, rows, nrows, prm, n_threads)
+    if tl_stop_requested(stop):
+        return 0
     acc = <tl_info_acc *> _alloc(nitems, sizeof(tl_info_acc))
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         i = w // nch
         k = w - i * nch
         row = rows[i]
@@ -272,6 +313,8 @@ cdef int _info_pass(const floating[::1] lb, const floating[::1] rb, const int64_
             tl_info_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
                               _chunk_len(V, k), &prm[row], &acc[w])
     for i in prange(nrows, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         row = rows[i]
         for k in range(1, nch):
             tl_info_merge(&acc[i * nch], &acc[i * nch + k])
@@ -332,6 +375,8 @@ cdef int _tilt_all(const floating[::1] lb, const floating[::1] rb, const int64_t
             nfin += 1
     try:
         _tilt_pass(lb, rb, loff, roff, V, &lam[0], fin, nfin, res, prm, n_threads)
+        if tl_stop_requested(tl_stop_flag_here()):
+            return 0
         if ninf > 0:
             _info_pass(lb, rb, loff, roff, V, inf, ninf, info, prm, n_threads)
             for i in range(ninf):
@@ -361,6 +406,8 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef _Buffer res_b = _Buffer(nrows, sizeof(tl_tilt_result))
     cdef _Buffer limit_b = _Buffer(nrows, sizeof(int))
     cdef tl_tilt_result *res = <tl_tilt_result *> res_b.ptr
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         _tilt_all(lb, rb, loff, roff, V, lam, res, <int *> limit_b.ptr, n_threads)
         for i in range(nrows):
@@ -373,6 +420,7 @@ def tilt_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
                 out[i, 5] = res[i].shift
                 out[i, 6] = res[i].lc
             flags[i] = res[i].flags
+    guard.finish()
 
 
 def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -387,6 +435,8 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef _Buffer rows_b = _Buffer(nrows, sizeof(int64_t))
     cdef tl_info_result *res = <tl_info_result *> res_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         for i in range(nrows):
             rows[i] = i
@@ -401,6 +451,7 @@ def info_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
             out[i, 5] = res[i].r_min
             out[i, 6] = res[i].log_p_min
             flags[i] = res[i].flags
+    guard.finish()
 
 
 cdef inline void _phi_params(const tl_tilt_result *res, double lam,
@@ -439,12 +490,18 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef double *op = &out[0, 0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags
             _phi_params(&res[i], lam[i], &phi[i])
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             start = k * TL_CHUNK
@@ -467,6 +524,7 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
                 else:
                     tl_tilt_logprobs_f32(lp + loff[i] + start, rp + roff[i] + start,
                                          _chunk_len(V, k), &phi[i], op + i * V + start)
+    guard.finish()
 
 
 def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -500,12 +558,18 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef double *sums = <double *> sums_b.ptr
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
         for i in range(nrows):
             flags[i] = res[i].flags
             _phi_params(&res[i], lam[i], &phi[i])
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             i = w // nch
             k = w - i * nch
             start = k * TL_CHUNK
@@ -518,6 +582,8 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                 tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
                                      _chunk_len(V, k), &phi[i], order, sums + w * stride)
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
             if flags[i] != 0:
                 for j in range(order):
                     out[i, j] = NAN
@@ -536,6 +602,7 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
                 out[i, 0] = res[i].shift + ldexp(out[i, 0], res[i].e)
                 for j in range(1, order):
                     out[i, j] = ldexp(out[i, j], (j + 1) * res[i].e)
+    guard.finish()
 
 
 cdef inline double _lam_sq_var(double lam, int e, double var_s) noexcept nogil:
@@ -576,10 +643,18 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     cdef tl_tilt_row *prm = <tl_tilt_row *> prm_b.ptr
     cdef double *lam = <double *> lam_b.ptr
     cdef int64_t *rows = <int64_t *> rows_b.ptr
+    cdef const tl_stop_flag *stop
+    # once SIGINT stops the passes the loops below end at once; the results are discarded
+    # (guard.finish raises)
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         for i in range(nrows):
             rows[i] = i
         _info_pass(lb, rb, loff, roff, V, rows, nrows, info, prm, n_threads)
+        if tl_stop_requested(stop):
+            bad = 1
         for i in range(nrows):
             flags[i] = info[i].flags
             bad = bad | info[i].flags
@@ -599,6 +674,8 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                 if nact == 0:
                     break
                 _tilt_pass(lb, rb, loff, roff, V, lam, rows, nact, res, prm, n_threads)
+                if tl_stop_requested(stop):
+                    break
                 for i in range(nact):
                     tl_newton_step(&st[rows[i]], res[rows[i]].kl,
                                    _lam_sq_var(lam[rows[i]], res[rows[i]].e,
@@ -626,6 +703,8 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                 for i in range(nrows):
                     lam[i] = joint_st.lam
                 _tilt_pass(lb, rb, loff, roff, V, lam, rows, nrows, res, prm, n_threads)
+                if tl_stop_requested(stop):
+                    break
                 kl_sum = 0.0
                 d_sum = 0.0
                 for i in range(nrows):
@@ -636,6 +715,7 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
                 out_lam[i] = joint_st.lam
                 out_iter[i] = joint_st.iter + 1
                 out_converged[i] = joint_st.converged
+    guard.finish()
 
 
 def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,
@@ -666,9 +746,15 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
     cdef double *q_out = <double *> q_out_b.ptr
     cdef const floating *pp = &pb[0]
     cdef const floating *qp = &qb[0]
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
+        stop = tl_stop_flag_here()
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             stage[i] = 0
+            if tl_stop_requested(stop):
+                continue
             ltot[i] = 0.0
             q_out[i] = 0.0
             if floating is double:
@@ -688,6 +774,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                 c[3 * i + 1] = 0.0
         for attempt in range(3):
             for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
                 i = w // nch
                 if stage[i] < 0:
                     continue
@@ -702,6 +790,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
                                     _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
                                     ltot[i], mode, &acc[w])
+            if tl_stop_requested(stop):
+                break
             for i in prange(nrows, num_threads=n_threads, schedule='static'):
                 if stage[i] < 0:
                     continue
@@ -727,3 +817,4 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     pending += 1
             if pending == 0:
                 break
+    guard.finish()

@@ -16,6 +16,16 @@ cdef extern from "tl_parallel.h" nogil:
     int tl_openmp_enabled()
     int tl_max_threads()
 
+cdef extern from "tl_guard.h" nogil:
+    ctypedef int tl_stop_flag  # volatile sig_atomic_t
+    int tl_stop_requested(const tl_stop_flag *stop)
+    int tl_sigint_guard_begin()
+    int tl_sigint_guard_end()
+    const tl_stop_flag *tl_stop_flag_here()
+    void tl_fork_guard_init()
+    int tl_forked_child()
+    int tl_team_size(int n)
+
 cdef extern from "tl_lse.h" nogil:
     ctypedef struct tl_lse_acc:
         double m
@@ -213,7 +223,7 @@ cdef extern from "tl_bon.h" nogil:
     void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates,
                          Py_ssize_t n_support, const tl_alias_slot *level_slots,
                          const int32_t *outcome_here, const int32_t *outcome_alias,
-                         int64_t *out)
+                         int64_t *out, const tl_stop_flag *stop)
 
 cdef extern from "tl_lattice.h" nogil:
     ctypedef struct tl_seg_node:

@@ -18,6 +18,7 @@ import numpy as np
 from tiltlab._kernels cimport *
 
 include "_buffer.pxi"
+include "_guard.pxi"
 include "_isa.pxi"
 
 SEG_NODE_DTYPE = np.dtype([
@@ -104,18 +105,25 @@ def sample_sums(const double[::1] cdf, const int64_t[::1] guide, const int64_t[:
     cdef int64_t count, d
     cdef int64_t failures = 0
     cdef Py_ssize_t K = cdf.shape[0]
+    cdef const tl_stop_flag *stop
     if n_blocks == 0:
         return 0
     if len(bit_generators) != n_blocks:
         raise ValueError("internal: wrong number of bit generators")
     cdef _Buffer holder = _Buffer(n_blocks, sizeof(bitgen_t *))
     cdef bitgen_t **gens = _bitgens(bit_generators, holder)
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> size)
+    stop = tl_stop_flag_here()
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='static'):
+        if tl_stop_requested(stop):
+            continue
         count = size - b * block if size - b * block < block else block
         for d in range(b * block, b * block + count):
             out[d] = _draw_sum(gens[b], &cdf[0], &guide[0], K, &level_sum[0])
             if out[d] < 0:
                 failures += 1
+    guard.finish()
     return failures
 
 
@@ -149,7 +157,13 @@ def sample_sequences(nodes, int64_t root, const double[::1] vals,
     cdef const tl_seg_node *np_ = <const tl_seg_node *> &nb[0]
     cdef _Buffer holder = _Buffer(n_blocks, sizeof(bitgen_t *))
     cdef bitgen_t **gens = _bitgens(bit_generators, holder)
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> size * out.shape[1])
+    stop = tl_stop_flag_here()
     for b in prange(n_blocks, nogil=True, num_threads=n_threads, schedule='dynamic'):
+        if tl_stop_requested(stop):  # a block is a bounded number of tokens
+            continue
         count = size - b * block if size - b * block < block else block
         for d in range(b * block, b * block + count):
             k = _draw_sum(gens[b], &cdf[0], &guide[0], K, &level_sum[0])
@@ -160,6 +174,7 @@ def sample_sequences(nodes, int64_t root, const double[::1] vals,
             st = tl_seg_sample(gens[b], np_, root, &vals[0], k, &tt, &out[d, 0])
             if st != 0:
                 failures += 1
+    guard.finish()
     return failures
 
 
@@ -189,9 +204,16 @@ def soft_nodes(const double[::1] u, const int64_t[::1] bon, const int64_t[::1] b
         ec = ec_arr
         ec_p = &ec[0]
     nchunk = (G + CH - 1) // CH
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> G * c.shape[0])
+    stop = tl_stop_flag_here()
     for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
+        if tl_stop_requested(stop):
+            continue
         tl_soft_nodes(&u[0], &bon[0], &boff[0], ch * CH, min((ch + 1) * CH, G), &c[0], ec_p,
                       &m0[0], &P[0], &d[0], &md[0])
+    guard.finish()
 
 
 def soft_bins(const double[::1] u, const double[::1] logA, const int64_t[::1] wlo,
@@ -213,6 +235,13 @@ def soft_bins(const double[::1] u, const double[::1] logA, const int64_t[::1] wl
         ec_p = &ec[0]
         eu_p = &eu[0]
     nchunk = (B + CH - 1) // CH
+    cdef const tl_stop_flag *stop
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> B * u.shape[0])
+    stop = tl_stop_flag_here()
     for ch in prange(nchunk, nogil=True, num_threads=n_threads, schedule="dynamic"):
+        if tl_stop_requested(stop):
+            continue
         tl_soft_bins(&u[0], eu_p, &logA[0], &wlo[0], &whi[0], &c[0], ec_p, ch * CH,
                      min((ch + 1) * CH, B), &mx[0], &U[0])
+    guard.finish()

@@ -186,7 +186,13 @@ MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
 
 
 def n_threads_value(n_threads) -> int:
-    """Resolve ``n_threads`` (None = all cores as OpenMP reports) to a positive int."""
+    """Resolve ``n_threads`` (None = all cores as OpenMP reports) to a positive int.
+
+    In a process forked (``os.fork``, :mod:`multiprocessing` with the fork start method)
+    from one that had imported tiltlab this is 1 whatever is asked (an explicit value is
+    still checked): the parent's OpenMP thread pool does not survive fork, and a parallel
+    region with more than one thread would wait for it forever.  Results are bitwise the
+    same for any thread count.  The compiled drivers apply the same limit themselves."""
     if n_threads is None:
         return int(_core.max_threads())
     if isinstance(n_threads, bool) or not isinstance(n_threads, numbers.Integral):
@@ -195,7 +201,7 @@ def n_threads_value(n_threads) -> int:
         raise ValueError(f"n_threads must be >= 1; got {n_threads}")
     if n_threads > MAX_THREADS:
         raise ValueError(f"n_threads must be at most {MAX_THREADS}; got {n_threads}")
-    return int(n_threads)
+    return int(_core.effective_threads(int(n_threads)))
 
 
 # Below this many elements a kernel runs on one thread: waking a team costs more than the

@@ -80,8 +80,13 @@ def _info(args) -> int:
                      for v in tiltlab.simd.info())
     print(f"variants: {rows}")
     print(f"openmp: {info['openmp']}")
-    print(f"threads: {info['max_threads']} (OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; pass n_threads= or --jobs to change)")
+    if info["forked_child"]:
+        print(f"threads: {info['max_threads']} (a forked child: the parent's OpenMP pool does "
+              f"not survive fork, so every kernel runs on one thread)")
+    else:
+        print(f"threads: {info['max_threads']} (OMP_NUM_THREADS="
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; pass n_threads= or --jobs to "
+              f"change)")
     print(f"chunk_size: {info['chunk_size']}")
     return 0
 
