@@ -67,19 +67,13 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
 
 ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
                              double *r_lo, double *r_hi) {
-    double yb[TL_BLOCK];
+    double lb[TL_BLOCK], rb[TL_BLOCK];
     ptrdiff_t best = -1;
-    double lbest = 0.0, rbest = 0.0;
-    double hi[TL_LANES], lo[TL_LANES];
-    for (int k = 0; k < TL_LANES; k++) {
-        hi[k] = -INFINITY;
-        lo[k] = INFINITY;
-    }
+    double lbest = 0.0, rbest = 0.0, h = -INFINITY, o = INFINITY;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         TL_PREFETCH_BLOCK(l + j0, n - j0);
         TL_PREFETCH_BLOCK(r + j0, n - j0);
-        double rb[TL_BLOCK], lb[TL_BLOCK];
         for (ptrdiff_t i = 0; i < len; i++) {
             lb[i] = (double)l[j0 + i];
             rb[i] = (double)r[j0 + i];
@@ -88,33 +82,10 @@ ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double l
             lb[i] = -INFINITY;
             rb[i] = 0.0;
         }
-        /* y: the gain over the best so far (-inf off the support; NaN logits are not
-         * support: v > -inf is false for NaN, and +inf logits are an error reported later) */
-        double nn[TL_LANES];
-        for (int k = 0; k < TL_LANES; k++) nn[k] = 0.0;
-        for (int i = 0; i < TL_BLOCK; i += TL_LANES)
-            for (int k = 0; k < TL_LANES; k++) {
-                double v = lb[i + k], rv = rb[i + k];
-                int fin = (v > -INFINITY) & (v < INFINITY);
-                double dh = fin ? rv : -INFINITY, dl = fin ? rv : INFINITY;
-                hi[k] = dh > hi[k] ? dh : hi[k];
-                lo[k] = dl < lo[k] ? dl : lo[k];
-                double y = lam == 0.0 ? v - lbest : (v - lbest) + lam * (rv - rbest);
-                y = fin ? y : -INFINITY;
-                nn[k] += y == y ? 0.0 : 1.0;
-                yb[i + k] = y;
-            }
-        double s[TL_LANES];
-        for (int k = 0; k < TL_LANES; k++) s[k] = -INFINITY;
-        for (int i = 0; i < TL_BLOCK; i += TL_LANES)
-            for (int k = 0; k < TL_LANES; k++) {
-                double y = yb[i + k];
-                s[k] = y > s[k] ? y : s[k];
-            }
-        double m = s[0];
-        for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
+        double m;
+        int ambiguous = tl__prescan_block(lb, rb, lbest, rbest, lam, &h, &o, &m);
         /* nothing in the block beats the best so far (and no gain was ambiguous) */
-        if (best >= 0 && !(m > 0.0) && tl__lanes_total(nn) == 0.0) continue;
+        if (best >= 0 && !(m > 0.0) && !ambiguous) continue;
         for (ptrdiff_t i = 0; i < len; i++) {
             double v = lb[i], rv = rb[i];
             if (!(v > -INFINITY && v < INFINITY)) continue;
@@ -124,11 +95,6 @@ ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double l
                 rbest = rv;
             }
         }
-    }
-    double h = hi[0], o = lo[0];
-    for (int k = 1; k < TL_LANES; k++) {
-        h = hi[k] > h ? hi[k] : h;
-        o = lo[k] < o ? lo[k] : o;
     }
     *r_hi = h;
     *r_lo = o;

@@ -17,10 +17,10 @@ import warnings
 
 import mpmath as mp
 import numpy as np
+import oracle
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-import oracle
 import tiltlab
 from tiltlab import reference as ref
 

@@ -211,10 +211,17 @@ def _no_nan_calls(prob, lam, log_n, rng):
         "beirami_kl_estimate": lambda: tiltlab.beirami_kl_estimate(
             rng.choice([1e-300, 1e-9, 0.5, 1.0]), np.exp(min(float(np.ravel(log_n)[0]), 700.0))),
     }
+    support = np.isfinite(lg1)
+    if lg1.size <= 9 and np.all(rw1[support] == np.round(rw1[support])) and \
+            np.ptp(rw1[support]) <= 8:
+        calls["Memoryless"] = lambda: _sequence(lg1, rw1, lam_f, log_n)
+    calls["kl_estimators"] = lambda: (lambda b: tiltlab.kl_estimators(
+        tiltlab.sample_best_of_n(lg1, rw1, 8, size=32, rng=1), b.log_probs,
+        tiltlab.tilt(lg1, rw1, 0.0)))(tiltlab.best_of_n(lg1, rw1, 8))
     if lg1.size <= 9:
         calls.update({
-            "worst_of_n": lambda: _law(tiltlab.worst_of_n(lg1, rw1, log_n=float(np.ravel(log_n)[0])),
-                                       lam_f),
+            "worst_of_n": lambda: _law(
+                tiltlab.worst_of_n(lg1, rw1, log_n=float(np.ravel(log_n)[0])), lam_f),
             "best_of_poisson": lambda: _law(tiltlab.best_of_poisson(lg1, rw1, 2.5), lam_f),
             "rewind_and_repeat": lambda: _law(tiltlab.rewind_and_repeat(lg1, rw1, 0.3),
                                               lam_f),
@@ -225,6 +232,20 @@ def _no_nan_calls(prob, lam, log_n, rng):
                                           "calibrated_tilt"])), [1.0, 4.0]),
         })
     return calls
+
+
+def _sequence(lg1, rw1, lam_f, log_n):
+    """A memoryless sequence of 16 tokens: its tilt, law, best-of-N and large deviations.
+    The lattice law is NaN exactly where no tilt resolves it (documented, with the mask
+    ``resolved``): only its resolved values count."""
+    m = tiltlab.Memoryless(lg1, rw1, 16)
+    lam = float(np.clip(lam_f.flat[0], -50, 50))
+    b = m.best_of_n(log_n=float(np.ravel(log_n)[0]))
+    law = m.reward_log_pmf(lam)
+    return (m.kl_max, m.solve_lambda(0.3 * m.kl_max / 16), tuple(m.tilt_stats(lam)),
+            m.cumulants(3, lam), b.kl, b.expected_reward, b.win_rate, b.kl_to_tilted(lam),
+            b.log_probs, law.log_pmf[law.resolved], m.rate_function([m.r_min, m.r_max], lam),
+            m.scaled_cgf([0.5, -2.0], lam))
 
 
 def _law(law, lam_f):
@@ -251,7 +272,7 @@ NO_NAN_NAMES = ["tilt_stats", "tilt", "cumulants", "kl_max", "solve_lambda", "fr
                 "best_of_n", "reward_levels", "kl_divergence", "logsumexp", "rate_function",
                 "scaled_cgf", "renyi_divergence", "renyi_cross_entropy", "beirami_kl_estimate",
                 "worst_of_n", "best_of_poisson", "rewind_and_repeat", "calibrated_tilt",
-                "soft_best_of_n", "policy_frontier"]
+                "soft_best_of_n", "policy_frontier", "Memoryless", "kl_estimators"]
 
 
 @fuzz

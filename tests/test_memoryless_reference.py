@@ -211,7 +211,9 @@ def test_sequence_best_of_n_large_n_bounds():
     got = ref.sequence_best_of_n(logits, rewards, length, length * delta)
     big_n = math.exp(length * delta)
     assert got["kl"] <= length * delta - (big_n - 1) / big_n
-    assert got["win_rate"] <= 1.0 + 1e-15
+    # (each of the ~2000 level weights is relative-accurate, to ~200 eps here, N = e^200:
+    # their sum is 1 to ~1e-14, not telescoped exactly)
+    assert got["win_rate"] <= 1.0 + 1e-14
     assert_allclose(got["total_mass"], 1.0, rtol=1e-12)
     lam = ref.solve_lambda(logits, rewards, delta)
     mean = ref.tilt_stats(logits, rewards, lam)[1]

@@ -141,18 +141,21 @@ def as_real_array(x, name: str, *, masked: str = MASK_REFUSE, hint: str = "") ->
     A broadcast view too large to copy as float64 (e.g. ``np.broadcast_to(0.0, 10**12)``)
     is a MemoryError naming ``name``, raised before any copy is attempted; arrays that
     really hold their elements (a large memmap) are left to the caller."""
-    if masked == MASK_IMPOSSIBLE:
-        x, mask = split_mask(x, name)
-        if mask is not None:
-            data = as_real_array(x, name)
-            out = data.astype(np.float32 if data.dtype == np.float32 else np.float64)
-            out[mask] = -np.inf
-            return out
-    elif masked == MASK_REFUSE:
-        x = refuse_mask(x, name, hint)
-    else:  # pragma: no cover - a programming error
-        raise ValueError(f"unknown mask rule {masked!r}")
-    arr = x if isinstance(x, np.ndarray) else _to_array(x, name)
+    if type(x) is np.ndarray:  # the common case: a plain array carries no mask
+        arr = x
+    else:
+        if masked == MASK_IMPOSSIBLE:
+            x, mask = split_mask(x, name)
+            if mask is not None:
+                data = as_real_array(x, name)
+                out = data.astype(np.float32 if data.dtype == np.float32 else np.float64)
+                out[mask] = -np.inf
+                return out
+        elif masked == MASK_REFUSE:
+            x = refuse_mask(x, name, hint)
+        else:  # pragma: no cover - a programming error
+            raise ValueError(f"unknown mask rule {masked!r}")
+        arr = x if isinstance(x, np.ndarray) else _to_array(x, name)
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real-valued; got complex dtype {arr.dtype}")

@@ -27,8 +27,8 @@ from numpy.typing import ArrayLike
 
 from tiltlab import _core
 from tiltlab import _validation as V
-from tiltlab.divergence import kl_divergence
 from tiltlab._rowcalls import row_info
+from tiltlab.divergence import kl_divergence
 from tiltlab.tilting import cumulants, tilt_stats
 
 __all__ = [

@@ -37,8 +37,8 @@ from numpy.typing import ArrayLike
 
 from tiltlab import _lattice
 from tiltlab import _validation as V
-from tiltlab.bestofn import reward_levels, sample_best_of_n
 from tiltlab._rowcalls import tilt_shift
+from tiltlab.bestofn import reward_levels, sample_best_of_n
 from tiltlab.tilting import tilt, tilt_stats
 
 __all__ = ["PolicyLaw", "Frontier", "METHODS", "policy_frontier", "soft_best_of_n",
