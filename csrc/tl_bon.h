@@ -32,12 +32,15 @@ typedef struct {
                                 * are (l - norm_max) - norm_log, exact at any offset */
 } tl_levels;
 
+/* `stop` (tl_guard.h; may be NULL) is polled between the steps (and the passes of the
+ * sort, ~20 ms each at 10^7 outcomes): once raised, TL_FLAG_STOPPED is returned and the
+ * outputs are incomplete. */
 int tl_levels_f64(const double *l, const double *r, ptrdiff_t n, uint64_t *keys,
                   uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
-                  double *log_mass, int64_t *start, tl_levels *out);
+                  double *log_mass, int64_t *start, tl_levels *out, const tl_stop_flag *stop);
 int tl_levels_f32(const float *l, const float *r, ptrdiff_t n, uint64_t *keys,
                   uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
-                  double *log_mass, int64_t *start, tl_levels *out);
+                  double *log_mass, int64_t *start, tl_levels *out, const tl_stop_flag *stop);
 
 typedef struct {
     double kl;              /* KL(pi_N || p) */

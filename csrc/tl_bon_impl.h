@@ -2,7 +2,7 @@
 
 int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys, uint64_t *kbuf,
                       int64_t *order, int64_t *obuf, double *values, double *log_mass,
-                      int64_t *start, tl_levels *out) {
+                      int64_t *start, tl_levels *out, const tl_stop_flag *stop) {
     int flags = 0;
     ptrdiff_t ns = 0;
     double m = -INFINITY;
@@ -34,7 +34,9 @@ int TL_SFX(tl_levels)(const TL_T *l, const TL_T *r, ptrdiff_t n, uint64_t *keys,
     out->norm_max = m;
     out->norm_log = log_s;
     out->log_norm = m + log_s;
-    tl_radix_sort(keys, order, ns, kbuf, obuf);
+    if (tl_stop_requested(stop)) return TL_FLAG_STOPPED;
+    tl_radix_sort(keys, order, ns, kbuf, obuf, stop);
+    if (tl_stop_requested(stop)) return TL_FLAG_STOPPED;
     ptrdiff_t L = 0, k = 0;
     while (k < ns) {
         ptrdiff_t k0 = k;

@@ -37,6 +37,7 @@
 #define TL_FLAG_SATURATED 8   /* lam * reward overflowed: the lam = +-inf limit applies */
 #define TL_FLAG_INF_KL 16     /* KL(p||q) is +inf: q is zero where p is not */
 #define TL_FLAG_REWARD_RANGE 256 /* finite rewards whose differences overflow double */
+#define TL_FLAG_STOPPED 512   /* the work was abandoned on a stop request (tl_guard.h) */
 /* flags that mean "bad input" (the result is not computed) */
 #define TL_FLAGS_INPUT (TL_FLAG_BAD_LOGIT | TL_FLAG_BAD_REWARD | TL_FLAG_REWARD_RANGE)
 

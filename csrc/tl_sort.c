@@ -5,7 +5,8 @@
 #define TL_RADIX_SIZE (1 << TL_RADIX_BITS)
 #define TL_RADIX_PASSES 8
 
-void tl_radix_sort(uint64_t *keys, int64_t *vals, ptrdiff_t n, uint64_t *kbuf, int64_t *vbuf) {
+void tl_radix_sort(uint64_t *keys, int64_t *vals, ptrdiff_t n, uint64_t *kbuf, int64_t *vbuf,
+                   const tl_stop_flag *stop) {
     if (n < 2) return;
     static const uint64_t mask = TL_RADIX_SIZE - 1;
     /* histograms of all digits in one read */
@@ -20,6 +21,7 @@ void tl_radix_sort(uint64_t *keys, int64_t *vals, ptrdiff_t n, uint64_t *kbuf, i
     uint64_t *src_k = keys, *dst_k = kbuf;
     int64_t *src_v = vals, *dst_v = vbuf;
     for (int p = 0; p < TL_RADIX_PASSES; p++) {
+        if (tl_stop_requested(stop)) return;
         ptrdiff_t *h = hist[p];
         /* skip a digit shared by every key */
         if (h[(src_k[0] >> (p * TL_RADIX_BITS)) & mask] == n) continue;

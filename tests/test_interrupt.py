@@ -145,6 +145,12 @@ CHILD = textwrap.dedent(r'''
             tiltlab.best_of_n(x, r, 16))
         return pair(f, (x[:4],))
 
+    def case_reward_levels():     # one row of 10^7 outcomes: the level sort (~1.6 s)
+        lb = rng.normal(size=10_000_000)
+        rb = rng.normal(size=10_000_000)
+        f = lambda lb=lb, rb=rb: tuple(tiltlab.reward_levels(lb, rb))
+        return pair(f, (lb[:1000], rb[:1000]))
+
     MB = None
 
     def _memoryless():
@@ -381,6 +387,7 @@ CASES = [
     ("kl_divergence", 0.0),
     ("best_of_n_elements", 0.3),
     ("best_of_n_rows", 0.0),
+    ("reward_levels", 0.3),
     ("memoryless_rewards", 0.0),
     ("memoryless_sample", 0.0),
     ("soft_best_of_n", 0.0),

@@ -64,13 +64,13 @@ cdef void _ws_free(Workspace *w) noexcept nogil:
 
 
 cdef inline int _levels(const floating *l, const floating *r, Py_ssize_t V, Workspace *w,
-                        tl_levels *lv) noexcept nogil:
+                        tl_levels *lv, const tl_stop_flag *stop) noexcept nogil:
     if floating is double:
         return tl_levels_f64(l, r, V, w.keys, w.kbuf, w.order, w.obuf, w.values, w.log_mass,
-                             w.start, lv)
+                             w.start, lv, stop)
     else:
         return tl_levels_f32(l, r, V, w.keys, w.kbuf, w.order, w.obuf, w.values, w.log_mass,
-                             w.start, lv)
+                             w.start, lv, stop)
 
 
 def reward_levels_row(const floating[::1] lb, const floating[::1] rb, Py_ssize_t loff,
@@ -79,11 +79,15 @@ def reward_levels_row(const floating[::1] lb, const floating[::1] rb, Py_ssize_t
     cdef Workspace w
     cdef tl_levels lv
     cdef int fl
+    cdef const tl_stop_flag *stop
+    cdef _Interruptible guard = _Interruptible(<double> V)
     if _ws_alloc(&w, V) != 0:
         raise MemoryError("tiltlab: could not allocate work buffers")
     try:
         with nogil:
-            fl = _levels(&lb[loff], &rb[roff], V, &w, &lv)
+            stop = tl_stop_flag_here()
+            fl = _levels(&lb[loff], &rb[roff], V, &w, &lv, stop)
+        guard.finish()
         if fl:
             return fl, None, None
         values = np.array(<double[:lv.n_levels]> w.values, dtype=np.float64)
@@ -104,7 +108,7 @@ cdef void _bon_row(const floating *l, const floating *r, Py_ssize_t V, Workspace
     cdef Py_ssize_t k, e, q
     if tl_stop_requested(stop):
         return
-    cdef int fl = _levels(l, r, V, w, &lv)
+    cdef int fl = _levels(l, r, V, w, &lv, stop)
     for k in range(n_elems):
         if tl_stop_requested(stop):
             return
@@ -243,7 +247,7 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
             for e in range(n_el):
                 if tl_stop_requested(stop):
                     break
-                fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv)
+                fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv, stop)
                 flags[e] = fl
                 if fl != 0:
                     continue

@@ -187,10 +187,12 @@ cdef extern from "tl_bon.h" nogil:
         double total_mass
     int tl_levels_f64(const double *l, const double *r, Py_ssize_t n, uint64_t *keys,
                       uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
-                      double *log_mass, int64_t *start, tl_levels *out)
+                      double *log_mass, int64_t *start, tl_levels *out,
+                      const tl_stop_flag *stop)
     int tl_levels_f32(const float *l, const float *r, Py_ssize_t n, uint64_t *keys,
                       uint64_t *kbuf, int64_t *order, int64_t *obuf, double *values,
-                      double *log_mass, int64_t *start, tl_levels *out)
+                      double *log_mass, int64_t *start, tl_levels *out,
+                      const tl_stop_flag *stop)
     void tl_bon_law(const double *values, const double *log_mass, Py_ssize_t L, double log_n,
                     double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
                     int full, tl_bon_metrics *out)
