@@ -79,13 +79,15 @@ static double tl__lse_value(const tl__lse_run *a) {
 
 void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, double log_n,
                 double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
-                int full, tl_bon_metrics *out) {
+                int full, tl_bon_metrics *out, const tl_stop_flag *stop) {
+    out->kl = out->expected_reward = out->win_rate = out->total_mass = NAN;
     /* 1. survival from the top, stopping at the first level whose weight (and that of
      *    every level below) is exactly zero */
     tl__lse_run run = {-INFINITY, 0.0, 0.0};
     ptrdiff_t first = 0; /* lowest level with a possibly non-zero weight */
     log_sf[L - 1] = -INFINITY;
     for (ptrdiff_t j = L - 2; j >= 0; j--) {
+        if ((j & (TL_LAW_POLL - 1)) == 0 && tl_stop_requested(stop)) return;
         tl__lse_add(&run, log_mass[j + 1]);
         log_sf[j] = tl__lse_value(&run);
         int dead = log_sf[j] < TL_LOG_HALF ? (log_n + log_sf[j] > TL_DEAD_S) : (log_n > TL_DEAD_F);
@@ -102,6 +104,7 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
         run.m = -INFINITY;
         run.s = run.c = 0.0;
         for (ptrdiff_t j = 0; j < mid; j++) {
+            if ((j & (TL_LAW_POLL - 1)) == 0 && tl_stop_requested(stop)) return;
             tl__lse_add(&run, log_mass[j]);
             log_cdf[j] = tl__lse_value(&run);
         }
@@ -118,6 +121,7 @@ void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, doubl
     double f_prev = first > 0 ? -expm1(log_sf[first - 1]) : 0.0;
     double lf_prev = first > 0 ? log1p(-exp(log_sf[first - 1])) : -INFINITY;
     for (ptrdiff_t j = first; j < L; j++) {
+        if ((j & (TL_LAW_POLL - 1)) == 0 && tl_stop_requested(stop)) return;
         /* ell_j = log(-log F_j) and lf = log F_j */
         int tail = log_sf[j] < TL_LOG_HALF; /* S_j < 1/2: work from the survival */
         double f_cur, lf;

@@ -55,10 +55,13 @@ typedef struct {
  * `full`, the levels below the first one whose weight is non-zero in double (F^N <
  * e^-800) are skipped: a = log_w = -inf there, which changes no metric and no sample,
  * and makes large N cost only the top levels.  With `full`, log_w is exact in log space
- * for every level (e.g. -2106 rather than -inf). */
+ * for every level (e.g. -2106 rather than -inf).  `stop` (tl_guard.h; may be NULL) is
+ * polled every TL_LAW_POLL levels (~5 ms): once raised the law returns with its outputs
+ * incomplete (10^7 levels take ~1.5 s). */
+#define TL_LAW_POLL 65536
 void tl_bon_law(const double *values, const double *log_mass, ptrdiff_t L, double log_n,
                 double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
-                int full, tl_bon_metrics *out);
+                int full, tl_bon_metrics *out, const tl_stop_flag *stop);
 
 /* log pi_N(y) = log p_y + log_w_j - log_mass_j for y in level j (log_w_j itself for a
  * level of one outcome), with log p_y = (l_y - norm_max) - norm_log; -inf off the support.

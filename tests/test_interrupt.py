@@ -151,6 +151,12 @@ CHILD = textwrap.dedent(r'''
         f = lambda lb=lb, rb=rb: tuple(tiltlab.reward_levels(lb, rb))
         return pair(f, (lb[:1000], rb[:1000]))
 
+    def case_level_law():         # one call: the sort of 10^7 levels, then their law
+        lb = rng.normal(size=10_000_000)  # (~1.7 s each; SIGINT lands in the law)
+        rb = rng.normal(size=10_000_000)
+        f = lambda lb=lb, rb=rb: tiltlab.best_of_n(lb, rb, 4.0).kl
+        return pair(f, (lb[:1000], rb[:1000]))
+
     MB = None
 
     def _memoryless():
@@ -388,6 +394,7 @@ CASES = [
     ("best_of_n_elements", 0.3),
     ("best_of_n_rows", 0.0),
     ("reward_levels", 0.3),
+    ("level_law", 2.2),
     ("memoryless_rewards", 0.0),
     ("memoryless_sample", 0.0),
     ("soft_best_of_n", 0.0),

@@ -119,7 +119,7 @@ cdef void _bon_row(const floating *l, const floating *r, Py_ssize_t V, Workspace
                 metrics[4 * e + q] = NAN
             continue
         tl_bon_law(w.values, w.log_mass, lv.n_levels, log_n[e], w.log_cdf, w.log_sf, w.ell,
-                   w.a, w.log_w, want_logprobs, &m)
+                   w.a, w.log_w, want_logprobs, &m, stop)
         metrics[4 * e + 0] = m.kl
         metrics[4 * e + 1] = m.expected_reward
         metrics[4 * e + 2] = m.win_rate
@@ -274,7 +274,7 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                                         slots, out_here, out_alias, &out[e, b * block], stop)
                 else:
                     tl_bon_law(w.values, w.log_mass, L, log_n[e], w.log_cdf, w.log_sf, w.ell,
-                               w.a, w.log_w, 0, &m)
+                               w.a, w.log_w, 0, &m, stop)
                     tl_bon_guide(w.a, L, cdf, guide, L)
                     if floating is double:
                         tl_level_alias_f64(lp + loff[e], w.order, w.start, L, prob, alias,

@@ -195,7 +195,7 @@ cdef extern from "tl_bon.h" nogil:
                       const tl_stop_flag *stop)
     void tl_bon_law(const double *values, const double *log_mass, Py_ssize_t L, double log_n,
                     double *log_cdf, double *log_sf, double *ell, double *a, double *log_w,
-                    int full, tl_bon_metrics *out)
+                    int full, tl_bon_metrics *out, const tl_stop_flag *stop)
     void tl_bon_logprobs_f64(const double *l, Py_ssize_t n, const int64_t *order,
                              const int64_t *start, Py_ssize_t L, const double *log_mass,
                              const double *log_w, double norm_max, double norm_log,

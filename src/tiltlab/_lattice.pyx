@@ -38,9 +38,13 @@ def level_law(const double[::1] values, const double[::1] log_mass, double log_n
     cdef tl_bon_metrics m
     cdef _Buffer work = _Buffer(3 * L, sizeof(double))
     cdef double *w = <double *> work.ptr
+    cdef const tl_stop_flag *stop
+    cdef _Interruptible guard = _Interruptible(<double> L * 16)  # ~150 ns per level
     with nogil:
+        stop = tl_stop_flag_here()
         tl_bon_law(&values[0], &log_mass[0], L, log_n, w, w + L, w + 2 * L, &a[0], &log_w[0],
-                   full, &m)
+                   full, &m, stop)
+    guard.finish()
     return m.kl, m.expected_reward, m.win_rate, m.total_mass
 
 
