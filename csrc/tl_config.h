@@ -34,7 +34,6 @@
 #define TL_FLAG_BAD_LOGIT 1   /* a logit is NaN or +inf */
 #define TL_FLAG_BAD_REWARD 2  /* a reward is NaN or +-inf */
 #define TL_FLAG_EMPTY_ROW 4   /* every logit of the row is -inf */
-#define TL_FLAG_SATURATED 8   /* lam * reward overflowed: the lam = +-inf limit applies */
 #define TL_FLAG_INF_KL 16     /* KL(p||q) is +inf: q is zero where p is not */
 #define TL_FLAG_REWARD_RANGE 256 /* finite rewards whose differences overflow double */
 #define TL_FLAG_STOPPED 512   /* the work was abandoned on a stop request (tl_guard.h) */

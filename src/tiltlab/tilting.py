@@ -65,6 +65,10 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     ``phi_lam = p exp(lam r - Lambda(lam))``, ``p = softmax(logits)``, in one fused pass
     over each row (running maximum, weighted centred sums).  As ``lam -> 0`` the KL keeps
     its relative accuracy (the partition function is accumulated as ``1 + sum p expm1(...)``).
+    Exact at any logit offset and reward scale (SPEC section 1): logits are read relative to
+    the dominant outcome, rewards in units of a power of two of their range, and ``lam``
+    may be any double (a value beyond the double range, such as the variance of rewards
+    spread over 1e300, is ``inf``).
 
     Parameters
     ----------
@@ -227,7 +231,11 @@ def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint:
     For ``0 <= kl < kl_max`` the maximiser of ``E_phi r`` subject to
     ``KL(phi || p) <= kl`` is ``phi_lam`` with ``KL(phi_lam || p) = kl``; this returns
     that unique ``lam`` (safeguarded Newton with derivative ``lam * variance``, typically
-    fewer than 10 passes over the data).  For ``kl >= kl_max`` it returns ``inf``.
+    fewer than 10 passes over the data, bounded for any input).  For ``kl >= kl_max`` it
+    returns ``inf``.  The iteration sees the rewards in units of their range, so the root
+    is found to 1e-12 relative in KL at any reward scale (1e-300 .. 1e300, subnormal
+    spreads included) -- or, where ``lam`` itself has no float64 value (above 1.8e308, or
+    below the smallest normal double, 2.2e-308), a ValueError says so.
 
     Parameters
     ----------
@@ -249,8 +257,9 @@ def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint:
     Raises
     ------
     ValueError
-        Negative or NaN ``kl``, non-scalar ``kl`` with ``joint=True``, and the input
-        errors of :func:`tilt_stats`.
+        Negative or NaN ``kl``, non-scalar ``kl`` with ``joint=True``, a root ``lam``
+        outside the float64 range (rescale the rewards: ``lam`` scales as 1 / reward), and
+        the input errors of :func:`tilt_stats`.
 
     Examples
     --------
