@@ -358,6 +358,19 @@ def test_policy_laws_at_extreme_logits(top):
     assert tiltlab.worst_of_n(lg, r, 4).kl_to_tilted(1e308) == 0.0
 
 
+def test_sequence_kl_to_tilted_when_lam_step_overflows():
+    # best-of-N with N = e^1e4 over 10 tokens lives on the top value 10 * step; phi_lam^n
+    # too once lam * step is beyond the double range (the limit, exactly): KL 0, not inf
+    for step in (1.0, 2.0, 0.5):
+        b = tiltlab.Memoryless(np.log([0.7, 0.3]), [0.0, step], 10).best_of_n(log_n=1e4)
+        assert np.isfinite(b.log_probs).sum() == 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = b.kl_to_tilted([1e308, DBL_MAX, np.inf])
+        # (KL(pi || p^n) = 10 log(1 / 0.3) less the tilt's KL: zero to rounding)
+        assert_allclose(got, [0.0, 0.0, 0.0], rtol=0, atol=1e-13)
+
+
 def test_logits_beyond_the_double_range_are_refused():
     with pytest.raises(ValueError, match=r"logits contains \+inf"):
         tiltlab.soft_best_of_n([1.8e308, 0.0, -1.8e308], [0.0, 1.0, 3.0], 4, 1.0)

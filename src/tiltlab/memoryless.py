@@ -378,9 +378,11 @@ class Memoryless:
         if self.stationary:
             s = tilt_stats(self._logits[0], rw[0], lam_a, n_threads=self._n_threads)
             n = self.length
-            return TiltStats(n * s.log_partition, n * s.mean, n * s.variance, n * s.kl)
+            with np.errstate(over="ignore"):  # a sum beyond the double range is +-inf
+                return TiltStats(n * s.log_partition, n * s.mean, n * s.variance, n * s.kl)
         s = tilt_stats(self._logits, rw, lam_a[..., None], n_threads=self._n_threads)
-        with np.errstate(invalid="ignore"):  # lam = +-inf: Lambda_i of mixed signs
+        # (lam = +-inf: Lambda_i of mixed signs; sums beyond the double range are +-inf)
+        with np.errstate(invalid="ignore", over="ignore"):
             return TiltStats(*(np.sum(x, axis=-1) for x in s))
 
     def tilt_stats(self, lam: ArrayLike) -> TiltStats:
@@ -982,20 +984,20 @@ class SequenceBestOfN:
         lam_a = V.param_array(lam, "lam")
         with np.errstate(over="ignore", invalid="ignore"):
             th = lam_a * self._model.step  # lattice units
+        # th = +-inf (lam = +-inf, or lam * step beyond the double range): the lattice gap is
+        # at least 1 in these units, so phi^n is exactly the limit there
         fin = np.isfinite(th)
         st = self._model._kstats(np.where(fin, th, 0.0))
-        with np.errstate(invalid="ignore"):
-            val = self.kl - th * (self._er0 - st.mean) - st.kl
-        val = np.where(fin, val, np.where(np.isfinite(lam_a), np.inf, val))
-        val = np.where(np.isfinite(lam_a), np.maximum(val, 0.0), np.nan)
-        if np.any(np.isinf(lam_a)):
+        with np.errstate(invalid="ignore", over="ignore"):
+            val = np.maximum(self.kl - th * (self._er0 - st.mean) - st.kl, 0.0)
+        if not np.all(fin):
             # phi_{+-inf}^n is p^n on the top (bottom) value only: the KL is finite only
             # if pi_N lives there too, and then it is log(1 / 1) = 0
             on = np.isfinite(self.log_probs)
             top = on.sum() == 1 and on[-1] and self.values[-1] == self._model.r_max
             bottom = on.sum() == 1 and on[0] and self.values[0] == self._model.r_min
-            val = np.where(np.isinf(lam_a), np.where(lam_a > 0, 0.0 if top else np.inf,
-                                                     0.0 if bottom else np.inf), val)
+            val = np.where(fin, val, np.where(th > 0, 0.0 if top else np.inf,
+                                              0.0 if bottom else np.inf))
         return val[()] if val.ndim == 0 else val
 
     @cached_property
