@@ -179,7 +179,7 @@ void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
     out->r_min = c + acc->r_lo;
     out->r_max = c + acc->r_hi;
     if (flags) {
-        out->log_norm = out->norm_max = out->norm_log = NAN;
+        out->log_norm = NAN;
         out->log_partition = out->lc = out->z = NAN;
         out->mean = out->variance = out->kl = out->mean_s = out->var_s = NAN;
         return;
@@ -200,8 +200,6 @@ void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
     double var = acc->m2 / acc->s_b;
     var = var < 0.0 ? 0.0 : var; /* (NaN stays visible) */
     double kl = tl__lam_times(lam, mu, row->e) - lc;
-    out->norm_max = acc->m_l;
-    out->norm_log = norm_log;
     out->log_norm = acc->m_l + norm_log;
     out->lc = lc;
     out->z = z;

@@ -82,8 +82,7 @@ typedef struct {
 } tl_tilt_acc;
 
 typedef struct {
-    double log_norm;      /* A (for display: norm_max + norm_log) */
-    double norm_max, norm_log; /* A = norm_max + norm_log, kept apart */
+    double log_norm;      /* A (for display only: log-probabilities use z) */
     double log_partition; /* Lambda(lam) */
     double lc;            /* Lambda(lam) - lam c, the shifted log partition */
     double z;             /* log sum exp((l - anchor) + lam (r - c)): log phi = x - z */

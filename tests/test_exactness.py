@@ -393,7 +393,7 @@ def test_best_of_n_with_log_n_zero_is_p():
 
 
 # --------------------------------------------------------------------------------------
-# the cases that were xfail-marked known bugs, now ordinary regression tests
+# the cases that were parked as known bugs before issue 15, now ordinary regression tests
 # --------------------------------------------------------------------------------------
 
 def _huge_tie_cases():

@@ -28,6 +28,7 @@ from test_fuzz import (
     problems,
     quiet,
     relevant_scale,
+    shifted,
 )
 
 import tiltlab
@@ -42,15 +43,6 @@ OFFSETS = st.one_of(
                      8.98846567431158e307]),
     st.integers(20, 1022).map(lambda k: float(2.0**k)),
 )
-
-
-def _row_shift(x, off):
-    """(x + off, (x + off) - max): the doubles passed, and the same doubles shifted by their
-    row maximum (exact for every outcome within a factor 2 of it)."""
-    y = np.asarray(x, dtype=np.float64) + off
-    with np.errstate(invalid="ignore"):
-        m = np.max(np.where(np.isfinite(y), y, -np.inf), axis=-1, keepdims=True)
-        return y, y - np.where(np.isfinite(m), m, 0.0)
 
 
 SHIFT_CALLS = ("tilt_stats", "tilt", "cumulants", "kl_max", "solve_lambda", "best_of_n",
@@ -108,7 +100,8 @@ def test_fuzz_shift_invariance(data, variant, off, name):
     log_n = _flat(data.draw(params(LOG_N_SPACE, prob), label="log_n"))
     log_n = np.broadcast_to(log_n, (prob.n_rows,)).copy()
     lg, rw = prob.raw, prob.rw
-    y, y0 = _row_shift(lg, off)
+    y = lg + off                 # the doubles passed, and the same doubles shifted by
+    y0 = shifted(y)              # their row maximum (exact where the mass is)
     with tiltlab.simd.use(variant), warnings.catch_warnings():
         warnings.simplefilter("error")
         got, want = _call(name, y, rw, lam, log_n), _call(name, y0, rw, lam, log_n)

@@ -54,8 +54,6 @@ cdef extern from "tl_tilt.h" nogil:
         int flags
     ctypedef struct tl_tilt_result:
         double log_norm
-        double norm_max
-        double norm_log
         double log_partition
         double lc
         double z

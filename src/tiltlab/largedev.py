@@ -67,11 +67,11 @@ def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data
     """The frame in which the large-deviation quantities are computed, exactly at any
     logit offset and reward scale.
 
-    Returns ``(base, rw, c0, e, bshape)``: the logits of ``phi_lam`` (unnormalised)
+    Returns ``(base, rw, e, bshape)``: the logits of ``phi_lam`` (unnormalised)
     ``base = (l - max l) + lam (r - c0)`` with ``c0 = r_max`` for ``lam > 0`` and ``r_min``
     otherwise, so that the outcomes that dominate ``phi_lam`` keep their logits exactly,
     ``lam (r - c0) <= 0`` cannot overflow to ``+inf`` and no logit offset enters; the
-    rewards (broadcast, 0 off the support, where they are never used); ``c0``; the power of
+    rewards (broadcast, 0 off the support, where they are never used); the power of
     two ``2^e`` of the row's reward range (``common_scale``: one ``e`` for all rows, the
     largest, as a common tilt needs), in whose units (:func:`_scaled`) no moment
     underflows or overflows; and the batch shape.  Infinite ``lam`` is replaced by 0
@@ -96,17 +96,14 @@ def _tilted_base(logits: np.ndarray, rewards: np.ndarray, info: np.ndarray, data
     with np.errstate(over="ignore", invalid="ignore"):
         # lam (r - c) <= 0 is finite or -inf (an outcome phi_lam cannot produce), never NaN
         base = np.where(support, lg + lam_f[..., None] * (rw - c0[..., None]), -np.inf)
-    return base, rw, c0, e, bshape
+    return base, rw, e, bshape
 
 
-def _scaled(x: np.ndarray, e: np.ndarray, shift=None) -> np.ndarray:
-    """``(x - shift) 2^-e`` (exact scaling; ``e`` broadcasts over the leading axes of
-    ``x``, which may have one more, trailing, axis)."""
+def _scaled(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``x 2^-e`` (exact scaling; ``e`` broadcasts over the leading axes of ``x``, which may
+    have one more, trailing, axis)."""
     x = np.asarray(x, dtype=np.float64)
     e = np.asarray(e)
-    if shift is not None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            x = x - (np.asarray(shift)[..., None] if x.ndim > e.ndim else shift)
     return np.ldexp(x, -(e[..., None] if x.ndim > e.ndim else e))
 
 
@@ -375,7 +372,7 @@ def rate_function(logits: ArrayLike, rewards: ArrayLike, x: ArrayLike, lam: Arra
     first, second = rows.originals
     data_rows, info = row_info(first, second, nt)
     data_shape = data_rows.batch_shape
-    base, rw, _, e, bshape = _tilted_base(first, second, info, data_shape, lam_a)
+    base, rw, e, bshape = _tilted_base(first, second, info, data_shape, lam_a)
     # in units of the row's reward range: I is invariant under r -> r 2^-e, x -> x 2^-e
     # (exact), and nothing under- or overflows (not shifted: x - mean keeps its digits)
     rw_s = np.where(base > -np.inf, _scaled(rw, e), 0.0)
@@ -430,7 +427,7 @@ def _rate_function_sequence(logits2d: ArrayLike, rewards2d: ArrayLike, x: ArrayL
     if np.isinf(lam_v):
         star = np.mean(info[:, _RMAX] if lam_v > 0 else info[:, _RMIN])
         return np.where(xf == star, 0.0, np.inf).reshape(x_a.shape)
-    base, rw, _, e, _ = _tilted_base(first, second, info, data_rows.batch_shape, lam_a,
+    base, rw, e, _ = _tilted_base(first, second, info, data_rows.batch_shape, lam_a,
                                       common_scale=True)
     # one scale for all positions (a common tilt)
     rw_s = np.where(base > -np.inf, _scaled(rw, e), 0.0)
@@ -492,7 +489,7 @@ def scaled_cgf(logits: ArrayLike, rewards: ArrayLike, t: ArrayLike, lam: ArrayLi
     first, second = rows.originals
     data_rows, info = row_info(first, second, nt)
     data_shape = data_rows.batch_shape
-    base, rw, _, e, _ = _tilted_base(first, second, info, data_shape, lam_a)
+    base, rw, e, _ = _tilted_base(first, second, info, data_shape, lam_a)
     eshape = rows.batch_shape
     # in units of the row's reward range (exact scaling): log E_phi e^{t r} is the log
     # partition of phi tilted by t 2^e along r 2^-e, so a reward spread of 5e-324 or 1e300

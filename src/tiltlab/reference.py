@@ -306,12 +306,10 @@ def _bon_level_law(log_mass, log_n):
     ``w_j = F_j^N (1 - (F_{j-1} / F_j)^N)`` with ``N log(F_j / F_{j-1}) = -N log1p(-m_j / F_j)``
     taken in log space, so a level of tiny mass keeps its relative accuracy; N = 1 is p."""
     log_mass = np.asarray(log_mass, dtype=np.float64)
-    if log_n == 0.0:
-        log_f = np.logaddexp.accumulate(log_mass)
-        log_f[-1] = 0.0
-        return log_mass.copy(), log_f, log_f.copy()
     log_f = np.logaddexp.accumulate(log_mass)
     log_f[-1] = 0.0
+    if log_n == 0.0:
+        return log_mass.copy(), log_f, log_f.copy()
     log_s = np.append(np.logaddexp.accumulate(log_mass[::-1])[::-1][1:], -np.inf)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         s = np.exp(log_s)
