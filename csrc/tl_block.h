@@ -14,6 +14,11 @@
 #include "tl_config.h"
 
 #define TL_LANES 8
+/* Lanes of the fused single-loop kernels (many accumulators live at once): one vector
+ * register per accumulator on AVX2 (4 doubles), one on AVX-512 (8). */
+#ifndef TL_FLANES
+#define TL_FLANES 8
+#endif
 
 TL_INLINE double tl__lanes_total(const double *s) {
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));

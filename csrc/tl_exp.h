@@ -2,13 +2,16 @@
  *
  * Written for the weights of log-sum-exp style sums: arguments of interest are <= ~700.
  * Subnormal results are produced (e^-745 = 5e-324); exactly zero below that and for
- * -inf.  Arguments above 709 are clamped (callers never pass them).  No libm call, no branch:
- * GCC vectorises loops that call these.  Accuracy: about 1 ulp for exp and for expm1
- * (expm1 keeps full relative accuracy near 0).
+ * -inf.  Arguments above 709 are clamped (callers never pass them).  No libm call, no
+ * branch and no select in the arithmetic (max/min clamps only): GCC vectorises loops that
+ * call these into straight-line SIMD code on every variant (tests/test_vectorised.py
+ * checks the compiled kernels).  Accuracy: about 1 ulp for exp and for expm1 (expm1 keeps
+ * full relative accuracy near 0).
  *
  * Method: k = round(x / ln 2), r = x - k ln 2 (Cody-Waite, two constants),
  * expm1(r) by its Taylor polynomial of degree 13 on |r| <= 0.35 (truncation < 5e-18),
- * then e^x = 2^k (1 + p) and expm1(x) = 2^k p + (2^k - 1).
+ * then e^x = 2^k1 (1 + p) 2^k2 with k1 + k2 = k (both powers normal) and
+ * expm1(x) = 2^k p + (2^k - 1).
  */
 #ifndef TL_EXP_H
 #define TL_EXP_H
@@ -22,9 +25,8 @@
 #define TL_LN2_HI 6.93147180369123816490e-01 /* ln 2 rounded to 32 bits: k*hi exact */
 #define TL_LN2_LO 1.90821492927058770002e-10
 #define TL_ROUND_SHIFT 6755399441055744.0    /* 1.5 * 2^52 */
-#define TL_EXP_LO (-745.2) /* below: e^x < DBL_TRUE_MIN / 2, the result is 0 */
+#define TL_EXP_LO (-746.0) /* e^x < DBL_TRUE_MIN / 2 below -745.14: the result rounds to 0 */
 #define TL_EXP_HI 709.0
-#define TL_EXP_SUBNORMAL (-708.0) /* below: 2^k is built as 2^(k+64) * 2^-64 */
 
 /* a * b + c: one fused multiply-add where the variant has them in hardware (tl_isa.h),
  * two roundings otherwise (a software fma would be a slow library call) */
@@ -34,27 +36,35 @@
 #define TL_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 
-/* Reduction shared by exp and expm1: e^x = 2^k e^r = scale * tail * e^r, with tail = 1
- * except for subnormal results (tail = 2^-64, applied last so nothing underflows early).
+/* 2^k for an integer-valued t - TL_ROUND_SHIFT = k in [-1022, 1023] given as t */
+TL_INLINE double tl__pow2_from_shifted(double t) {
+    int64_t ti, si;
+    memcpy(&ti, &t, sizeof ti);
+    const double shift = TL_ROUND_SHIFT;
+    memcpy(&si, &shift, sizeof si);
+    uint64_t bits = (uint64_t)(ti - si + 1023) << 52; /* unsigned: no UB for any k */
+    double v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* Reduction shared by exp and expm1: e^x = 2^k e^r = s1 s2 e^r with 2^k split into two
+ * normal powers of two s1 = 2^k1, s2 = 2^(k - k1), k1 = round(k / 2), so that results in
+ * the subnormal range (and 0 below it) come out of the same arithmetic as normal ones:
+ * (s1 e^r) is exact scaling, and the one rounding is the final multiplication by s2.
+ * No branch and no select: the clamps are max/min (NaN propagates through them).
  * Writes r and q with expm1(r) = r + r^2 q (for |x| < 0.34, k = 0 and r = x exactly). */
-TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, double *tail) {
-    double xc = x < TL_EXP_LO ? TL_EXP_LO : x;
-    xc = xc > TL_EXP_HI ? TL_EXP_HI : xc;
+TL_INLINE void tl__exp_reduce_rq(double x, double *r_out, double *q_out, double *s1_out,
+                                 double *s2_out) {
+    double xc = TL_EXP_LO > x ? TL_EXP_LO : x; /* NaN stays NaN */
+    xc = TL_EXP_HI < xc ? TL_EXP_HI : xc;
     double t = TL_FMA(xc, TL_LOG2E, TL_ROUND_SHIFT);
     double kd = t - TL_ROUND_SHIFT;
     double r = (xc - kd * TL_LN2_HI) - kd * TL_LN2_LO;
-    /* subnormal results: take 2^(k+64) (a normal number) and multiply by 2^-64 below */
-    int sub = xc < TL_EXP_SUBNORMAL;
-    double tk = sub ? t + 64.0 : t;
-    int64_t ti, si;
-    memcpy(&ti, &tk, sizeof ti);
-    const double shift = TL_ROUND_SHIFT;
-    memcpy(&si, &shift, sizeof si);
-    int64_t k = ti - si;
-    uint64_t bits = (uint64_t)(k + 1023) << 52; /* unsigned: no UB for any k */
-    double scale;
-    memcpy(&scale, &bits, sizeof scale);
-    *tail = sub ? 0x1p-64 : 1.0;
+    double th = TL_FMA(kd, 0.5, TL_ROUND_SHIFT); /* k1 + shift, |k1| <= 538 */
+    double k2 = kd - (th - TL_ROUND_SHIFT);        /* exact */
+    *s1_out = tl__pow2_from_shifted(th);
+    *s2_out = tl__pow2_from_shifted(k2 + TL_ROUND_SHIFT);
     /* expm1(r) = r + r^2 q(r), q = 1/2! + r/3! + ... + r^11/13! (Taylor; truncation
      * < 7e-17 relative on |r| <= 0.35), evaluated by Estrin's scheme: dependency depth 4
      * instead of 11, so vectorised loops are not latency-bound */
@@ -68,31 +78,29 @@ TL_INLINE double tl__exp_reduce_rq(double x, double *r_out, double *q_out, doubl
     double q03 = TL_FMA(r2, p23, p01);
     double q47 = TL_FMA(r2, p67, p45);
     double q8b = TL_FMA(r2, pab, p89);
-    double q = TL_FMA(r8, q8b, TL_FMA(r4, q47, q03));
+    *q_out = TL_FMA(r8, q8b, TL_FMA(r4, q47, q03));
     *r_out = r;
-    *q_out = q;
-    return scale;
 }
 
-/* e^x and e^x - 1 from a reduction's outputs (both with full relative accuracy). */
-TL_INLINE void tl__exp_finish(double x, double scale, double r, double q, double tail,
-                              double *e, double *em) {
+/* e^x and e^x - 1 from a reduction's outputs (both with full relative accuracy; e^x - 1
+ * is -1 to double precision wherever 2^k is subnormal or 0). */
+TL_INLINE void tl__exp_finish(double s1, double s2, double r, double q, double *e,
+                              double *em) {
     double p = TL_FMA(r * r, q, r);
-    double ev = (scale + scale * p) * tail;
-    /* for subnormal results e^x - 1 is -1 to double precision */
-    double emv = tail < 1.0 ? -1.0 : scale * p + (scale - 1.0);
-    *e = x < TL_EXP_LO ? 0.0 : ev;
-    *em = x < TL_EXP_LO ? -1.0 : emv;
+    double s = s1 * s2; /* 2^k exactly (or a subnormal power of two, or 0) */
+    *e = (s1 + s1 * p) * s2;
+    *em = s * p + (s - 1.0);
 }
 
 /* Writes e^x and e^x - 1 (both with full relative accuracy). */
 TL_INLINE void tl__exp_pair(double x, double *e, double *em) {
-    double r, q, tail;
-    double scale = tl__exp_reduce_rq(x, &r, &q, &tail);
-    tl__exp_finish(x, scale, r, q, tail, e, em);
+    double r, q, s1, s2;
+    tl__exp_reduce_rq(x, &r, &q, &s1, &s2);
+    tl__exp_finish(s1, s2, r, q, e, em);
 }
 
-/* e^x; 0 below e^-745.2 (including -inf); e^709 for x > 709 (callers keep x <= 709). */
+/* e^x (subnormal results rounded once; 0 below -745.14, including -inf); e^709 for
+ * x > 709 (callers keep x <= 709); NaN for NaN. */
 TL_INLINE double tl_exp(double x) {
     double e, em;
     tl__exp_pair(x, &e, &em);
@@ -113,9 +121,9 @@ TL_INLINE void tl_exp_expm1(double x, double *e, double *em) { tl__exp_pair(x, e
 /* e^x, e^x - 1 and e^x - 1 - x >= 0 from one reduction, each with full relative accuracy
  * (the last as x^2 q for |x| < 0.34, where expm1(x) = x + x^2 q). */
 TL_INLINE void tl_exp_expm1_emx(double x, double *e, double *em, double *emx) {
-    double r, q, tail;
-    double scale = tl__exp_reduce_rq(x, &r, &q, &tail);
-    tl__exp_finish(x, scale, r, q, tail, e, em);
+    double r, q, s1, s2;
+    tl__exp_reduce_rq(x, &r, &q, &s1, &s2);
+    tl__exp_finish(s1, s2, r, q, e, em);
     *emx = fabs(x) < 0.34 ? (x * x) * q : *em - x;
 }
 
@@ -124,9 +132,9 @@ TL_INLINE void tl_exp_expm1_emx(double x, double *e, double *em, double *emx) {
  * where v e^v - expm1(v) cancels mildly); for |v| < 0.34 it is evaluated as
  * v^2 ((1 - q) + v q) with expm1(v) = v + v^2 q, exact to a few ulp. */
 TL_INLINE double tl_kl_term(double v) {
-    double r, q, tail, e, em;
-    double scale = tl__exp_reduce_rq(v, &r, &q, &tail);
-    tl__exp_finish(v, scale, r, q, tail, &e, &em);
+    double r, q, s1, s2, e, em;
+    tl__exp_reduce_rq(v, &r, &q, &s1, &s2);
+    tl__exp_finish(s1, s2, r, q, &e, &em);
     double small = (v * v) * ((1.0 - q) + v * q);
     double large = v * e - em;
     return fabs(v) < 0.34 ? small : large;
@@ -134,9 +142,9 @@ TL_INLINE double tl_kl_term(double v) {
 
 /* h(w) = e^w - 1 - w >= 0 with full relative accuracy (w^2 q for |w| < 0.34). */
 TL_INLINE double tl_expm1_minus_x(double w) {
-    double r, q, tail, e, em;
-    double scale = tl__exp_reduce_rq(w, &r, &q, &tail);
-    tl__exp_finish(w, scale, r, q, tail, &e, &em);
+    double r, q, s1, s2, e, em;
+    tl__exp_reduce_rq(w, &r, &q, &s1, &s2);
+    tl__exp_finish(s1, s2, r, q, &e, &em);
     return fabs(w) < 0.34 ? (w * w) * q : em - w;
 }
 

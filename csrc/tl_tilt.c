@@ -91,43 +91,6 @@ static inline void tl__tilted_block(const double *TL_RESTRICT lb, const double *
             }
 }
 
-/* The vectorised scan of tl_prescan over one block: folds the reward range of the support
- * into [*lo, *hi] and writes the largest gain y = (l - l_b) + lam (r - r_b) over the best
- * so far to *m (-inf off the support; NaN logits are not support, +inf ones are an error
- * the main pass reports); returns 1 if some gain was NaN (ambiguous: inf - inf). */
-TL_NOINLINE int tl__prescan_block(const double *TL_RESTRICT lb, const double *TL_RESTRICT rb,
-                                  double l_b, double r_b, double lam, double *hi_out,
-                                  double *lo_out, double *m_out) {
-    double hi[TL_LANES], lo[TL_LANES], nn[TL_LANES], mx[TL_LANES];
-    for (int k = 0; k < TL_LANES; k++) {
-        hi[k] = mx[k] = -INFINITY;
-        lo[k] = INFINITY;
-        nn[k] = 0.0;
-    }
-    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
-        for (int k = 0; k < TL_LANES; k++) {
-            double v = lb[i + k], rv = rb[i + k];
-            int fin = v - v == 0.0; /* finite: not NaN, not +-inf */
-            double dh = fin ? rv : -INFINITY, dl = fin ? rv : INFINITY;
-            hi[k] = dh > hi[k] ? dh : hi[k];
-            lo[k] = dl < lo[k] ? dl : lo[k];
-            double y = (v - l_b) + lam * (rv - r_b);
-            y = fin ? y : -INFINITY;
-            nn[k] += y == y ? 0.0 : 1.0;
-            mx[k] = y > mx[k] ? y : mx[k];
-        }
-    double h = *hi_out, o = *lo_out, m = mx[0];
-    for (int k = 0; k < TL_LANES; k++) {
-        h = hi[k] > h ? hi[k] : h;
-        o = lo[k] < o ? lo[k] : o;
-        m = mx[k] > m ? mx[k] : m;
-    }
-    *hi_out = h;
-    *lo_out = o;
-    *m_out = m;
-    return tl__lanes_total(nn) != 0.0;
-}
-
 #define TL_IMPL "tl_tilt_impl.h"
 #include "tl_template.h"
 
@@ -238,8 +201,12 @@ int tl_range_exponent(double range) {
     return e < -1020 ? -1020 : e;
 }
 
-void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi) {
+void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi,
+                      double l_max) {
     row->anchor = anchor;
+    row->r_lo = r_lo;
+    row->r_hi = r_hi;
+    row->l_max = l_max;
     row->c = c;
     row->e = tl_range_exponent(r_hi - r_lo);
     row->inv_scale = ldexp(1.0, -row->e);

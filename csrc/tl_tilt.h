@@ -63,6 +63,9 @@ typedef struct {
     int e;
     double lc;        /* TL_MODE_KL only: Lambda - lam c from the product pass */
     int flags;        /* TL_FLAG_REWARD_RANGE from the first pass */
+    /* from the first pass: the largest finite logit and the raw reward range of the
+     * support (the chunk kernels' fast path uses them as fixed references) */
+    double l_max, r_lo, r_hi;
 } tl_tilt_row;
 
 typedef struct {
@@ -112,21 +115,24 @@ double tl_tilt_kl_value(const tl_tilt_acc *acc);
 
 /* ---- the first pass of a row ----
  * Index of the dominant outcome (the maximum of l + lam r over the support, first one on
- * ties; -1 if the row has no finite logit), compared as tl_tilted_diff does, and the
- * reward range [*r_lo, *r_hi] over the support.  Chunks merge by "the later chunk's
- * candidate wins if tl_tilted_diff(candidate, best) > 0". */
+ * ties; -1 if the row has no finite logit), compared as tl_tilted_diff does, the
+ * reward range [*r_lo, *r_hi] over the support and the largest finite logit *l_max (-inf
+ * if none).  Chunks merge by "the later chunk's candidate wins if
+ * tl_tilted_diff(candidate, best) > 0" (ranges and maxima by min/max). */
 ptrdiff_t tl_prescan_f64(const double *l, const double *r, ptrdiff_t n, double lam,
-                         double *r_lo, double *r_hi);
+                         double *r_lo, double *r_hi, double *l_max);
 ptrdiff_t tl_prescan_f32(const float *l, const float *r, ptrdiff_t n, double lam,
-                         double *r_lo, double *r_hi);
+                         double *r_lo, double *r_hi, double *l_max);
 /* (l_i + lam r_i) - (l_b + lam r_b) without forming either sum, evaluated at half scale
  * where the two parts overflow with opposite signs (no NaN for finite inputs). */
 double tl_tilted_diff(double l_i, double r_i, double l_b, double r_b, double lam);
 /* The power of two of the moment sums for a reward range (tl_tilt_row.e). */
 int tl_range_exponent(double range);
-/* Fills row->c, anchor, e, inv_scale from the dominant outcome's (logit, reward) and the
- * support's reward range (lam and lc are left to the caller). */
-void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi);
+/* Fills row->c, anchor, e, inv_scale, r_lo, r_hi, l_max from the dominant outcome's
+ * (logit, reward), the support's reward range and its largest logit (lam and lc are left
+ * to the caller). */
+void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi,
+                      double l_max);
 
 /* ---- row information: normaliser, base mean/variance, and the extreme reward sets ---- */
 typedef struct {

@@ -65,29 +65,71 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
     return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
 }
 
+/* The vectorised scan of tl_prescan over one block: folds the reward range of the support
+ * into [*lo, *hi] and writes the largest gain y = (l - l_b) + lam (r - r_b) over the best
+ * so far to *m (-inf off the support; NaN logits are not support, +inf ones are an error
+ * the main pass reports); returns 1 if some gain was NaN (ambiguous: inf - inf). */
+TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T *TL_RESTRICT rb,
+                                  double l_b, double r_b, double lam, double *hi_out,
+                                  double *lo_out, double *lmax_out, double *m_out) {
+    double hi[TL_FLANES], lo[TL_FLANES], nn[TL_FLANES], mx[TL_FLANES], ml[TL_FLANES];
+    for (int k = 0; k < TL_FLANES; k++) {
+        hi[k] = mx[k] = ml[k] = -INFINITY;
+        lo[k] = INFINITY;
+        nn[k] = 0.0;
+    }
+    for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
+        for (int k = 0; k < TL_FLANES; k++) {
+            double v = (double)lb[i + k], rv = (double)rb[i + k];
+            int fin = v - v == 0.0; /* finite: not NaN, not +-inf */
+            double dh = fin ? rv : -INFINITY, dl = fin ? rv : INFINITY;
+            hi[k] = dh > hi[k] ? dh : hi[k];
+            lo[k] = dl < lo[k] ? dl : lo[k];
+            double vf = fin ? v : -INFINITY;
+            ml[k] = vf > ml[k] ? vf : ml[k];
+            double y = (v - l_b) + lam * (rv - r_b);
+            y = fin ? y : -INFINITY;
+            nn[k] += y == y ? 0.0 : 1.0;
+            mx[k] = y > mx[k] ? y : mx[k];
+        }
+    double h = *hi_out, o = *lo_out, m = mx[0], g = *lmax_out;
+    for (int k = 0; k < TL_FLANES; k++) {
+        h = hi[k] > h ? hi[k] : h;
+        o = lo[k] < o ? lo[k] : o;
+        m = mx[k] > m ? mx[k] : m;
+        g = ml[k] > g ? ml[k] : g;
+    }
+    *hi_out = h;
+    *lo_out = o;
+    *lmax_out = g;
+    *m_out = m;
+    double t = 0.0;
+    for (int k = 0; k < TL_FLANES; k++) t += nn[k];
+    return t != 0.0;
+}
+
 ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
-                             double *r_lo, double *r_hi) {
-    double lb[TL_BLOCK], rb[TL_BLOCK];
+                             double *r_lo, double *r_hi, double *l_max) {
+    TL_T lpad[TL_BLOCK], rpad[TL_BLOCK];
     ptrdiff_t best = -1;
-    double lbest = 0.0, rbest = 0.0, h = -INFINITY, o = INFINITY;
+    double lbest = 0.0, rbest = 0.0, h = -INFINITY, o = INFINITY, g = -INFINITY;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
-        TL_PREFETCH_BLOCK(l + j0, n - j0);
-        TL_PREFETCH_BLOCK(r + j0, n - j0);
-        for (ptrdiff_t i = 0; i < len; i++) {
-            lb[i] = (double)l[j0 + i];
-            rb[i] = (double)r[j0 + i];
-        }
-        for (ptrdiff_t i = len; i < TL_BLOCK; i++) {
-            lb[i] = -INFINITY;
-            rb[i] = 0.0;
+        const TL_T *lp = l + j0, *rp = r + j0;
+        if (len < TL_BLOCK) { /* the tail, padded with non-support */
+            for (ptrdiff_t i = 0; i < TL_BLOCK; i++) {
+                lpad[i] = i < len ? lp[i] : (TL_T)-INFINITY;
+                rpad[i] = i < len ? rp[i] : (TL_T)0;
+            }
+            lp = lpad;
+            rp = rpad;
         }
         double m;
-        int ambiguous = tl__prescan_block(lb, rb, lbest, rbest, lam, &h, &o, &m);
+        int ambiguous = TL_SFX(tl__prescan_block)(lp, rp, lbest, rbest, lam, &h, &o, &g, &m);
         /* nothing in the block beats the best so far (and no gain was ambiguous) */
         if (best >= 0 && !(m > 0.0) && !ambiguous) continue;
         for (ptrdiff_t i = 0; i < len; i++) {
-            double v = lb[i], rv = rb[i];
+            double v = (double)lp[i], rv = (double)rp[i];
             if (!(v > -INFINITY && v < INFINITY)) continue;
             if (best < 0 || tl_tilted_diff(v, rv, lbest, rbest, lam) > 0.0) {
                 best = j0 + i;
@@ -98,25 +140,128 @@ ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double l
     }
     *r_hi = h;
     *r_lo = o;
+    *l_max = g;
     return best;
 }
 
-void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
-                           const tl_tilt_row *row, int mode, tl_tilt_acc *acc) {
+/* ---- the fast path of tl_tilt_chunk: one fused loop per block ----
+ * With the row's largest logit l_max and (standard mode) the dominant outcome's x = 0 known
+ * from the first pass, a block needs no running maxima: one loop reads l and r once,
+ * checks them (NaN logits, +inf logits, non-finite rewards or r - c: any of these sends
+ * the block to the general path, which reports it), forms the weights and adds them into
+ * TL_FLANES fixed lanes.  The tilted weights and d_s are left in wb, dsb for the centred
+ * second sum (from L1).  Returns 1 if the block was accepted, 0 if the general path must
+ * redo it (the sums are then not touched). */
+static inline double TL_SFX(tl__ftot)(const double *s) {
+#if TL_FLANES == 8
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+#else
+    return (s[0] + s[1]) + (s[2] + s[3]);
+#endif
+}
+
+static inline double TL_SFX(tl__fmax)(const double *s) {
+    double m = s[0];
+    for (int k = 1; k < TL_FLANES; k++) m = s[k] > m ? s[k] : m;
+    return m;
+}
+
+TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                                       const tl_tilt_row *row, int mode,
+                                       double *TL_RESTRICT wb, double *TL_RESTRICT dsb,
+                                       double *TL_RESTRICT out) {
+    const double lam = row->lam, c = row->c, ml = row->l_max, inv_scale = row->inv_scale;
+    const double anchor = row->anchor, lc = row->lc;
+    double s0[TL_FLANES], s1[TL_FLANES], s2[TL_FLANES], s3[TL_FLANES], s4[TL_FLANES];
+    double s5[TL_FLANES], mx[TL_FLANES], bx[TL_FLANES], nn[TL_FLANES], nf[TL_FLANES];
+    for (int k = 0; k < TL_FLANES; k++) {
+        s0[k] = s1[k] = s2[k] = s3[k] = s4[k] = s5[k] = nn[k] = nf[k] = 0.0;
+        mx[k] = bx[k] = -INFINITY;
+    }
+    if (mode == TL_MODE_PRODUCT) {
+        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
+            for (int k = 0; k < TL_FLANES; k++) {
+                double li = (double)l[i + k], d = (double)r[i + k] - c;
+                nf[k] += d * 0.0; /* NaN exactly for NaN and +-inf */
+                nn[k] += li == li ? 0.0 : 1.0;
+                mx[k] = li > mx[k] ? li : mx[k];
+                double dm = li > -INFINITY ? d : 0.0;
+                double ds = dm * inv_scale;
+                double a = tl_exp(li - ml), e, em, emx;
+                tl_exp_expm1_emx(lam * dm, &e, &em, &emx);
+                double aem = a * em, b = a * e;
+                s0[k] += a;
+                s1[k] += aem;
+                s2[k] += a * emx;
+                s3[k] += a * ds;
+                s4[k] += aem * ds;
+                s5[k] += b;
+                wb[i + k] = b;
+                dsb[i + k] = ds;
+            }
+    } else if (mode == TL_MODE_STANDARD) {
+        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
+            for (int k = 0; k < TL_FLANES; k++) {
+                double li = (double)l[i + k], d = (double)r[i + k] - c;
+                nf[k] += d * 0.0;
+                nn[k] += li == li ? 0.0 : 1.0;
+                mx[k] = li > mx[k] ? li : mx[k];
+                double dm = li > -INFINITY ? d : 0.0;
+                double ds = dm * inv_scale;
+                /* off the support l = -inf, dm = 0: x = -inf; x <= 0 up to rounding */
+                double x = (li - anchor) + lam * dm;
+                nn[k] += x == x ? 0.0 : 1.0;
+                bx[k] = x > bx[k] ? x : bx[k];
+                double a = tl_exp(li - ml), b = tl_exp(x);
+                s0[k] += a;
+                s3[k] += b * ds;
+                s5[k] += b;
+                wb[i + k] = b;
+                dsb[i + k] = ds;
+            }
+    } else {
+        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
+            for (int k = 0; k < TL_FLANES; k++) {
+                double li = (double)l[i + k], d = (double)r[i + k] - c;
+                nf[k] += d * 0.0;
+                nn[k] += li == li ? 0.0 : 1.0;
+                mx[k] = li > mx[k] ? li : mx[k];
+                double v = li > -INFINITY ? lam * d - lc : 0.0;
+                double a = tl_exp(li - ml);
+                s0[k] += a;
+                s1[k] += a * tl_kl_term(v);
+            }
+    }
+    double t = TL_SFX(tl__ftot)(nf) + TL_SFX(tl__ftot)(nn);
+    /* a logit above l_max is +inf; x above 1 (standard mode) is a rounding excess the
+     * fixed reference 0 does not absorb safely: the general path rescales */
+    if (t != 0.0 || TL_SFX(tl__fmax)(mx) > ml || TL_SFX(tl__fmax)(bx) > 1.0) return 0;
+    out[0] = TL_SFX(tl__ftot)(s0);
+    out[1] = TL_SFX(tl__ftot)(s1);
+    out[2] = TL_SFX(tl__ftot)(s2);
+    out[3] = TL_SFX(tl__ftot)(s3);
+    out[4] = TL_SFX(tl__ftot)(s4);
+    out[5] = TL_SFX(tl__ftot)(s5);
+    return 1;
+}
+
+/* The general path of one block (running maxima, half-scale x, input flags). */
+static void TL_SFX(tl__tilt_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                                   ptrdiff_t n, ptrdiff_t j0, const tl_tilt_row *row,
+                                   int mode, tl_tilt_acc *acc) {
     double lb[TL_BLOCK], db[TL_BLOCK], ds[TL_BLOCK], xb[TL_BLOCK], wa[TL_BLOCK], wb[TL_BLOCK];
     double we[TL_BLOCK], ws[TL_BLOCK], wt[TL_BLOCK], wx[TL_BLOCK];
     const double lam = row->lam, c = row->c, lc = row->lc, inv_scale = row->inv_scale;
-    tl__tilt_init(acc);
-    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+    do {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         double bm, dlo, dhi;
         int bad = TL_SFX(tl__scan_block)(l + j0, r + j0, len, n - j0, c, inv_scale, lb, db, ds,
                                          &bm, &dlo, &dhi);
         if (bad) {
             acc->flags |= bad;
-            continue;
+            break;
         }
-        if (bm == -INFINITY) continue;
+        if (bm == -INFINITY) break;
         /* reward range of the support (in units of r - c) */
         acc->r_hi = dhi > acc->r_hi ? dhi : acc->r_hi;
         acc->r_lo = dlo < acc->r_lo ? dlo : acc->r_lo;
@@ -144,7 +289,7 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             }
             acc->s_l += tl_block_sum(wa);
             acc->e += tl_block_sum(we);
-            continue;
+            break;
         }
         if (mode == TL_MODE_PRODUCT) {
             for (int i = 0; i < TL_BLOCK; i++) {
@@ -190,6 +335,59 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
             tl_block_centred_at(wb, ds, sb, sd / sb, &nu, &q);
             tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
         }
+    } while (0);
+}
+
+void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
+                           const tl_tilt_row *row, int mode, tl_tilt_acc *acc) {
+    double wb[TL_BLOCK], dsb[TL_BLOCK], sums[6];
+    TL_T lpad[TL_BLOCK], rpad[TL_BLOCK];
+    tl__tilt_init(acc);
+    /* the fast path's fixed references (a row without support, or with flagged input,
+     * takes the general path, which reports it) */
+    const int fast = row->l_max > -INFINITY && row->l_max <= DBL_MAX && row->flags == 0;
+    if (fast) {
+        acc->m_l = row->l_max;
+        if (mode == TL_MODE_STANDARD) acc->m_x = 0.0;
+        /* rounding is monotonic: max of r - c over the support is r_hi - c */
+        acc->r_lo = row->r_lo - row->c;
+        acc->r_hi = row->r_hi - row->c;
+    }
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+        ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+        if (fast) {
+            const TL_T *lp = l + j0, *rp = r + j0;
+            if (len < TL_BLOCK) { /* the tail: padded with neutral values */
+                for (ptrdiff_t i = 0; i < TL_BLOCK; i++) {
+                    lpad[i] = i < len ? l[j0 + i] : (TL_T)-INFINITY;
+                    rpad[i] = i < len ? r[j0 + i] : (TL_T)row->c;
+                }
+                lp = lpad;
+                rp = rpad;
+            }
+            if (TL_SFX(tl__fast_block)(lp, rp, row, mode, wb, dsb, sums)) {
+                acc->s_l += sums[0];
+                if (mode == TL_MODE_KL) {
+                    acc->e += sums[1];
+                    continue;
+                }
+                double sb = sums[5], sd = sums[3];
+                if (mode == TL_MODE_PRODUCT) {
+                    acc->e += sums[1];
+                    acc->e2 += sums[2];
+                    acc->s1 += sums[3];
+                    acc->t1 += sums[4];
+                    sd = sums[3] + sums[4];
+                }
+                if (sb > 0.0) {
+                    double nu, q;
+                    tl_block_centred_at(wb, dsb, sb, sd / sb, &nu, &q);
+                    tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
+                }
+                continue;
+            }
+        }
+        TL_SFX(tl__tilt_block)(l, r, n, j0, row, mode, acc);
     }
 }
 

@@ -120,75 +120,144 @@ def logsumexp_rows(const floating[::1] x, Py_ssize_t nrows, Py_ssize_t n, double
 # shared passes
 # --------------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _prescan_chunk(const floating *lp, const floating *rp, Py_ssize_t V,
+                                      Py_ssize_t k, double lam, double *lo, double *hi,
+                                      double *lmax) noexcept nogil:
+    """tl_prescan over chunk k of the row at lp, rp."""
+    cdef Py_ssize_t start = k * TL_CHUNK
+    if floating is double:
+        return tl_prescan_f64(lp + start, rp + start, _chunk_len(V, k), lam, lo, hi, lmax)
+    else:
+        return tl_prescan_f32(lp + start, rp + start, _chunk_len(V, k), lam, lo, hi, lmax)
+
+
+cdef void _prescan_merge(const floating *lp, const floating *rp, Py_ssize_t nch, double lam,
+                         const Py_ssize_t *arg, const double *rlo, const double *rhi,
+                         const double *lmx, tl_tilt_row *prm) noexcept nogil:
+    """Merges the chunk results of one row's first pass in chunk order (a later candidate
+    wins only if strictly better) and fills prm."""
+    cdef Py_ssize_t j = -1, jk, k
+    cdef double lo = INFINITY, hi = -INFINITY, lmax = -INFINITY
+    for k in range(nch):
+        if rlo[k] < lo:
+            lo = rlo[k]
+        if rhi[k] > hi:
+            hi = rhi[k]
+        if lmx[k] > lmax:
+            lmax = lmx[k]
+        jk = arg[k]
+        if jk < 0:
+            continue
+        jk = jk + k * TL_CHUNK
+        if j < 0 or tl_tilted_diff(<double> lp[jk], <double> rp[jk], <double> lp[j],
+                                   <double> rp[j], lam) > 0.0:
+            j = jk
+    if j >= 0:
+        tl_tilt_row_init(prm, <double> lp[j], <double> rp[j], lo, hi, lmax)
+    else:  # no support: the main pass reports the empty row
+        tl_tilt_row_init(prm, 0.0, 0.0, 0.0, 0.0, -INFINITY)
+    prm.lam = lam
+    prm.lc = 0.0
+
+
 cdef int _prescan(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                   const int64_t[::1] roff, Py_ssize_t V, const double *lam,
                   const int64_t *rows, Py_ssize_t nrows, tl_tilt_row *prm,
                   int n_threads) except -1 nogil:
     """The first pass over rows[0:nrows] (tl_prescan), filling prm[row]: the dominant
     outcome at lam[row] (lam = NULL: at 0), whose logit and reward become the row's anchor
-    and shift, and the reward range of the support, which sets the power of two of the
-    moment sums (TL_FLAG_REWARD_RANGE in prm[row].flags if that range overflows).  Chunks
-    are parallel work items whose candidates merge in chunk order (a later one wins only if
-    strictly better), so the choice does not depend on the thread count."""
+    and shift, the reward range of the support, which sets the power of two of the moment
+    sums (TL_FLAG_REWARD_RANGE in prm[row].flags if that range overflows), and the largest
+    logit.  Chunks are parallel work items whose candidates merge in chunk order (a later
+    one wins only if strictly better), so the choice does not depend on the thread count."""
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
-    cdef Py_ssize_t w, i, k, row, start, j, jk
-    cdef double lo, hi, lam_row
+    cdef Py_ssize_t w, i, k, row
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
         return 0
-    cdef char *block = <char *> _alloc(1, nitems * (sizeof(Py_ssize_t) + 2 * sizeof(double)))
+    cdef char *block = <char *> _alloc(1, nitems * (sizeof(Py_ssize_t) + 3 * sizeof(double)))
     cdef Py_ssize_t *arg = <Py_ssize_t *> block
     cdef double *rlo = <double *> (block + nitems * sizeof(Py_ssize_t))
     cdef double *rhi = rlo + nitems
+    cdef double *lmx = rhi + nitems
     for w in prange(nitems, num_threads=n_threads, schedule='static'):
         if tl_stop_requested(stop):
             continue
         i = w // nch
         k = w - i * nch
         row = rows[i]
-        start = k * TL_CHUNK
-        if floating is double:
-            arg[w] = tl_prescan_f64(lp + loff[row] + start, rp + roff[row] + start,
-                                    _chunk_len(V, k), lam[row] if lam != NULL else 0.0,
-                                    &rlo[w], &rhi[w])
-        else:
-            arg[w] = tl_prescan_f32(lp + loff[row] + start, rp + roff[row] + start,
-                                    _chunk_len(V, k), lam[row] if lam != NULL else 0.0,
-                                    &rlo[w], &rhi[w])
-    if tl_stop_requested(stop):  # arg, rlo, rhi are incomplete: the results are discarded
+        arg[w] = _prescan_chunk(lp + loff[row], rp + roff[row], V, k,
+                                lam[row] if lam != NULL else 0.0, &rlo[w], &rhi[w], &lmx[w])
+    if tl_stop_requested(stop):  # the chunk results are incomplete: discarded
         free(block)
         return 0
     for i in range(nrows):
         row = rows[i]
-        lam_row = lam[row] if lam != NULL else 0.0
-        j = -1
-        lo = INFINITY
-        hi = -INFINITY
-        for k in range(nch):
-            if rlo[i * nch + k] < lo:
-                lo = rlo[i * nch + k]
-            if rhi[i * nch + k] > hi:
-                hi = rhi[i * nch + k]
-            jk = arg[i * nch + k]
-            if jk < 0:
-                continue
-            jk = jk + k * TL_CHUNK
-            if j < 0 or tl_tilted_diff(<double> lp[loff[row] + jk], <double> rp[roff[row] + jk],
-                                       <double> lp[loff[row] + j], <double> rp[roff[row] + j],
-                                       lam_row) > 0.0:
-                j = jk
-        if j >= 0:
-            tl_tilt_row_init(&prm[row], <double> lp[loff[row] + j], <double> rp[roff[row] + j],
-                             lo, hi)
-        else:  # no support: the main pass reports the empty row
-            tl_tilt_row_init(&prm[row], 0.0, 0.0, 0.0, 0.0)
-        prm[row].lam = lam_row
-        prm[row].lc = 0.0
+        _prescan_merge(lp + loff[row], rp + roff[row], nch, lam[row] if lam != NULL else 0.0,
+                       &arg[i * nch], &rlo[i * nch], &rhi[i * nch], &lmx[i * nch], &prm[row])
     free(block)
     return 0
+
+
+cdef inline void _tilt_chunk_call(const floating *lp, const floating *rp, Py_ssize_t V,
+                                  Py_ssize_t k, const tl_tilt_row *prm, int mode,
+                                  tl_tilt_acc *acc) noexcept nogil:
+    cdef Py_ssize_t start = k * TL_CHUNK
+    if floating is double:
+        tl_tilt_chunk_f64(lp + start, rp + start, _chunk_len(V, k), prm, mode, acc)
+    else:
+        tl_tilt_chunk_f32(lp + start, rp + start, _chunk_len(V, k), prm, mode, acc)
+
+
+cdef inline int _tilt_stage_step(tl_tilt_acc *a, tl_tilt_row *prm, int stage,
+                                 tl_tilt_result *res) noexcept nogil:
+    """After the chunks of one stage are merged into a: the row's next stage (-1: done).
+    Stage 0 is a product-mode pass; stage 1 a KL pass when kl cancelled in stage 0
+    (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward range is too
+    large for the product mode."""
+    cdef int mode = _stage_mode(stage)
+    if stage == 1:
+        res.kl = tl_tilt_kl_value(a)
+        return -1
+    if stage == 0 and (a.flags & TL_FLAGS_INPUT) == 0 and not tl_tilt_product_ok(a, prm.lam):
+        return 2
+    tl_tilt_finalize(a, prm, mode, res)
+    if stage == 0 and tl_tilt_kl_pass_advised(res, prm.lam):
+        prm.lc = res.lc
+        return 1
+    return -1
+
+
+cdef void _tilt_row(const floating *lp, const floating *rp, Py_ssize_t V, double lam,
+                    tl_tilt_row *prm, tl_tilt_result *res, tl_tilt_acc *acc,
+                    Py_ssize_t *arg, double *rlo, double *rhi, double *lmx,
+                    const tl_stop_flag *stop) noexcept nogil:
+    """One whole row on the calling thread: first pass, then the stages, with the same
+    chunk results merged in the same order as the chunk-parallel schedule (bitwise the
+    same result).  The second pass reads the row back from cache, not from memory."""
+    cdef Py_ssize_t nch = tl_num_chunks(V), k
+    cdef int stage = 0, mode
+    for k in range(nch):
+        arg[k] = _prescan_chunk(lp, rp, V, k, lam, &rlo[k], &rhi[k], &lmx[k])
+    _prescan_merge(lp, rp, nch, lam, arg, rlo, rhi, lmx, prm)
+    while stage >= 0:
+        if tl_stop_requested(stop):
+            return
+        mode = _stage_mode(stage)
+        for k in range(nch):
+            _tilt_chunk_call(lp, rp, V, k, prm, mode, &acc[k])
+        for k in range(1, nch):
+            tl_tilt_merge(acc, &acc[k], mode)
+        stage = _tilt_stage_step(acc, prm, stage, res)
+
+
+# Rows per thread from which _tilt_pass gives each thread whole rows (the second pass then
+# reads each row from cache); below it the chunks of all rows are the parallel items.
+cdef enum:
+    ROWS_PER_THREAD = 4
 
 
 cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
@@ -197,28 +266,47 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                     tl_tilt_row *prm, int n_threads) except -1 nogil:
     """Tilted statistics of rows[0:nrows] (finite lam); res, prm and lam are indexed by row.
 
-    The chunks of all rows are parallel work items, merged per row in chunk order: the
-    first pass (_prescan) fixes each row's anchor, shift and scale; stage 0 is a
-    product-mode pass; stage 1 a KL pass when kl cancelled in stage 0
-    (tl_tilt_kl_pass_advised); stage 2 the standard mode when |lam| * reward range is too
-    large for the product mode."""
+    With at least ROWS_PER_THREAD rows per thread every thread takes whole rows
+    (_tilt_row); otherwise the chunks of all rows are parallel work items, merged per row in
+    chunk order: the first pass (_prescan) fixes each row's anchor, shift and scale, then
+    the stages of _tilt_stage_step.  Both schedules compute the same chunk results and merge
+    them in the same order, so the result does not depend on the thread count."""
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
-    cdef Py_ssize_t w, i, k, row, start, pending
+    cdef Py_ssize_t w, i, k, row, pending
     cdef int attempt, mode
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
-    cdef tl_tilt_acc *a
     cdef const tl_stop_flag *stop = tl_stop_flag_here()
     if nrows == 0:
+        return 0
+    cdef char *block
+    cdef Py_ssize_t *arg
+    cdef double *rlo
+    cdef tl_tilt_acc *acc
+    cdef int *stage
+    if n_threads == 1 or nrows >= ROWS_PER_THREAD * n_threads:
+        block = <char *> _alloc(1, nitems * (sizeof(tl_tilt_acc) + sizeof(Py_ssize_t)
+                                             + 3 * sizeof(double)))
+        acc = <tl_tilt_acc *> block
+        arg = <Py_ssize_t *> (block + nitems * sizeof(tl_tilt_acc))
+        rlo = <double *> (block + nitems * (sizeof(tl_tilt_acc) + sizeof(Py_ssize_t)))
+        for i in prange(nrows, num_threads=n_threads, schedule='static'):
+            if tl_stop_requested(stop):
+                continue
+            row = rows[i]
+            _tilt_row(lp + loff[row], rp + roff[row], V, lam[row], &prm[row], &res[row],
+                      &acc[i * nch], &arg[i * nch], &rlo[i * nch], &rlo[nitems + i * nch],
+                      &rlo[2 * nitems + i * nch], stop)
+        free(block)
         return 0
     _prescan(lb, rb, loff, roff, V, lam, rows, nrows, prm, n_threads)
     if tl_stop_requested(stop):
         return 0
     # one block for all work arrays (freed below; _alloc raises MemoryError)
-    cdef char *block = <char *> _alloc(1, nitems * sizeof(tl_tilt_acc) + nrows * sizeof(int))
-    cdef tl_tilt_acc *acc = <tl_tilt_acc *> block
-    cdef int *stage = <int *> (block + nitems * sizeof(tl_tilt_acc))
+    block = <char *> _alloc(1, nitems * sizeof(tl_tilt_acc) + nrows * sizeof(int))
+    acc = <tl_tilt_acc *> block
+    stage = <int *> (block + nitems * sizeof(tl_tilt_acc))
     for i in range(nrows):
         stage[i] = 0
     for attempt in range(3):
@@ -230,38 +318,18 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
                 continue
             k = w - i * nch
             row = rows[i]
-            start = k * TL_CHUNK
-            mode = _stage_mode(stage[i])
-            if floating is double:
-                tl_tilt_chunk_f64(lp + loff[row] + start, rp + roff[row] + start,
-                                  _chunk_len(V, k), &prm[row], mode, &acc[w])
-            else:
-                tl_tilt_chunk_f32(lp + loff[row] + start, rp + roff[row] + start,
-                                  _chunk_len(V, k), &prm[row], mode, &acc[w])
+            _tilt_chunk_call(lp + loff[row], rp + roff[row], V, k, &prm[row],
+                             _stage_mode(stage[i]), &acc[w])
         if tl_stop_requested(stop):
             break
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if stage[i] < 0:
                 continue
             row = rows[i]
-            a = &acc[i * nch]
             mode = _stage_mode(stage[i])
             for k in range(1, nch):
-                tl_tilt_merge(a, &acc[i * nch + k], mode)
-            if stage[i] == 1:
-                res[row].kl = tl_tilt_kl_value(a)
-                stage[i] = -1
-                continue
-            if (stage[i] == 0 and (a.flags & TL_FLAGS_INPUT) == 0
-                    and not tl_tilt_product_ok(a, prm[row].lam)):
-                stage[i] = 2
-                continue
-            tl_tilt_finalize(a, &prm[row], mode, &res[row])
-            if stage[i] == 0 and tl_tilt_kl_pass_advised(&res[row], prm[row].lam):
-                prm[row].lc = res[row].lc
-                stage[i] = 1
-            else:
-                stage[i] = -1
+                tl_tilt_merge(&acc[i * nch], &acc[i * nch + k], mode)
+            stage[i] = _tilt_stage_step(&acc[i * nch], &prm[row], stage[i], &res[row])
         pending = 0
         for i in range(nrows):
             if stage[i] >= 0:

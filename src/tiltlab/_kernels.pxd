@@ -49,6 +49,9 @@ cdef extern from "tl_tilt.h" nogil:
         int e
         double lc
         int flags
+        double l_max
+        double r_lo
+        double r_hi
     ctypedef struct tl_tilt_acc:
         double m_l
         int flags
@@ -79,12 +82,13 @@ cdef extern from "tl_tilt.h" nogil:
     void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
                           tl_tilt_result *out)
     Py_ssize_t tl_prescan_f64(const double *l, const double *r, Py_ssize_t n, double lam,
-                              double *r_lo, double *r_hi)
+                              double *r_lo, double *r_hi, double *l_max)
     Py_ssize_t tl_prescan_f32(const float *l, const float *r, Py_ssize_t n, double lam,
-                              double *r_lo, double *r_hi)
+                              double *r_lo, double *r_hi, double *l_max)
     double tl_tilted_diff(double l_i, double r_i, double l_b, double r_b, double lam)
     int tl_range_exponent(double range)
-    void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi)
+    void tl_tilt_row_init(tl_tilt_row *row, double anchor, double c, double r_lo, double r_hi,
+                          double l_max)
 
     ctypedef struct tl_info_acc:
         double m_l
