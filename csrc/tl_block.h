@@ -13,15 +13,23 @@
 #include <float.h>
 #include "tl_config.h"
 
+/* Lanes: one vector register per accumulator (4 doubles on AVX2, 8 on AVX-512), so that
+ * GCC maps each lane loop onto one vector operation (with more lanes than the vector
+ * width it vectorises across blocks instead, through shuffles).  TL_FLANES: the same for
+ * the fused single-loop kernels. */
+#if defined(__AVX512F__)
 #define TL_LANES 8
-/* Lanes of the fused single-loop kernels (many accumulators live at once): one vector
- * register per accumulator on AVX2 (4 doubles), one on AVX-512 (8). */
-#ifndef TL_FLANES
-#define TL_FLANES 8
+#else
+#define TL_LANES 4
 #endif
+#define TL_FLANES TL_LANES
 
 TL_INLINE double tl__lanes_total(const double *s) {
+#if TL_LANES == 8
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+#else
+    return (s[0] + s[1]) + (s[2] + s[3]);
+#endif
 }
 
 /* Software prefetch of the data TL_PREFETCH_AHEAD elements ahead of a block (one hint per
@@ -117,7 +125,7 @@ TL_INLINE int tl_block_has_nan(const double *TL_RESTRICT x) {
 /* Weighted centred sums of a block around a first estimate nu of the weighted mean
  * (sum_w = sum of w > 0): returns the corrected mean in *mean and sum w (d - mean)^2 in *m2
  * (the correction term of the corrected two-pass algorithm). */
-TL_INLINE void tl_block_centred_at(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
+TL_OUTLINE void tl_block_centred_at(const double *TL_RESTRICT w, const double *TL_RESTRICT d,
                                    double sum_w, double nu, double *mean, double *m2) {
     double q[TL_LANES] = {0}, z[TL_LANES] = {0};
     for (int i = 0; i < TL_BLOCK; i += TL_LANES)

@@ -16,11 +16,14 @@
 /* a helper kept out of line: its loops vectorise in isolation where, inlined into a caller
  * with branches around them, GCC 12 gives up ("control flow in loop") */
 #define TL_NOINLINE static __attribute__((noinline))
+/* the same for header helpers (no unused-function warning where a file does not call it) */
+#define TL_OUTLINE static inline __attribute__((noinline))
 #define TL_RESTRICT __restrict__
 #define TL_PREFETCH(p) __builtin_prefetch(p)
 #else
 #define TL_INLINE static inline
 #define TL_NOINLINE static
+#define TL_OUTLINE static inline
 #define TL_RESTRICT
 #define TL_PREFETCH(p) ((void)0)
 #endif

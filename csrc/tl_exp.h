@@ -114,6 +114,35 @@ TL_INLINE double tl_expm1(double x) {
     return em;
 }
 
+/* A summation weight e^x for x <= 1 (x - max of a row, plus rounding): e^x wherever it is
+ * a normal number, 0 below e^-708 (and for -inf), NaN for NaN; garbage, not a trap, for
+ * x > 709 (callers check their arguments).  Same reduction and polynomial as tl_exp, so
+ * the same accuracy (about 1 ulp), without the subnormal split and the upper clamp: a
+ * weight below 2^-1021 of the largest changes no sum of weights by more than
+ * n 2^-1021 relative (the largest weight is about 1), far below one ulp. */
+#define TL_EXP_W_LO (-708.0)
+TL_INLINE double tl_exp_w(double x) {
+    double xc = TL_EXP_W_LO > x ? TL_EXP_W_LO : x; /* NaN stays NaN */
+    double t = TL_FMA(xc, TL_LOG2E, TL_ROUND_SHIFT);
+    double kd = t - TL_ROUND_SHIFT;
+    double r = (xc - kd * TL_LN2_HI) - kd * TL_LN2_LO;
+    double s = tl__pow2_from_shifted(t);
+    double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    double p01 = TL_FMA(r, 1.6666666666666666e-01, 0.5);
+    double p23 = TL_FMA(r, 8.333333333333333e-03, 4.1666666666666664e-02);
+    double p45 = TL_FMA(r, 1.984126984126984e-04, 1.388888888888889e-03);
+    double p67 = TL_FMA(r, 2.7557319223985893e-06, 2.48015873015873e-05);
+    double p89 = TL_FMA(r, 2.505210838544172e-08, 2.755731922398589e-07);
+    double pab = TL_FMA(r, 1.6059043836821613e-10, 2.08767569878681e-09);
+    double q03 = TL_FMA(r2, p23, p01);
+    double q47 = TL_FMA(r2, p67, p45);
+    double q8b = TL_FMA(r2, pab, p89);
+    double q = TL_FMA(r8, q8b, TL_FMA(r4, q47, q03));
+    double p = TL_FMA(r2, q, r);
+    double e = TL_FMA(s, p, s);
+    return x < TL_EXP_W_LO ? 0.0 : e;
+}
+
 /* Both e^x and e^x - 1 from one reduction, each with full relative accuracy
  * (forming e^x as 1 + expm1(x) would lose digits where e^x is small). */
 TL_INLINE void tl_exp_expm1(double x, double *e, double *em) { tl__exp_pair(x, e, em); }

@@ -61,6 +61,7 @@
 #define tl_lse_finalize TL_ISA_NAME(tl_lse_finalize)
 #define tl_tilt_merge TL_ISA_NAME(tl_tilt_merge)
 #define tl_tilt_product_ok TL_ISA_NAME(tl_tilt_product_ok)
+#define tl_tilt_row_product_ok TL_ISA_NAME(tl_tilt_row_product_ok)
 #define tl_tilt_finalize TL_ISA_NAME(tl_tilt_finalize)
 #define tl_tilt_kl_pass_advised TL_ISA_NAME(tl_tilt_kl_pass_advised)
 #define tl_tilt_kl_value TL_ISA_NAME(tl_tilt_kl_value)

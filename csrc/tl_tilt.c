@@ -125,6 +125,13 @@ int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam) {
     return span <= TL_PRODUCT_RANGE;
 }
 
+int tl_tilt_row_product_ok(const tl_tilt_row *row) {
+    if (!(row->l_max > -INFINITY) || row->lam == 0.0) return 1;
+    /* the same expression as tl_tilt_product_ok on the merged accumulator */
+    double span = fabs(row->lam) * ((row->r_hi - row->c) - (row->r_lo - row->c));
+    return span <= TL_PRODUCT_RANGE;
+}
+
 /* lam * (x 2^e) without a spurious overflow of lam 2^e or underflow of x 2^e */
 static double tl__lam_times(double lam, double x_s, int e) {
     return e >= 0 ? lam * ldexp(x_s, e) : ldexp(lam, e) * x_s;

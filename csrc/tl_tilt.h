@@ -105,6 +105,9 @@ void tl_tilt_chunk_f32(const float *l, const float *r, ptrdiff_t n, const tl_til
 void tl_tilt_merge(tl_tilt_acc *into, const tl_tilt_acc *other, int mode);
 /* 1 if a product-mode accumulation of this row is valid for this lam */
 int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam);
+/* The same decision before the pass, from the first pass's reward range (a row whose
+ * product pass would be wasted starts in the standard mode). */
+int tl_tilt_row_product_ok(const tl_tilt_row *row);
 void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
                       tl_tilt_result *out);
 /* After a product-mode pass: 1 if kl = lam (mean - c) - lc cancelled enough that the

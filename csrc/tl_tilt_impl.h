@@ -187,7 +187,7 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
                 mx[k] = li > mx[k] ? li : mx[k];
                 double dm = li > -INFINITY ? d : 0.0;
                 double ds = dm * inv_scale;
-                double a = tl_exp(li - ml), e, em, emx;
+                double a = tl_exp_w(li - ml), e, em, emx;
                 tl_exp_expm1_emx(lam * dm, &e, &em, &emx);
                 double aem = a * em, b = a * e;
                 s0[k] += a;
@@ -212,7 +212,7 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
                 double x = (li - anchor) + lam * dm;
                 nn[k] += x == x ? 0.0 : 1.0;
                 bx[k] = x > bx[k] ? x : bx[k];
-                double a = tl_exp(li - ml), b = tl_exp(x);
+                double a = tl_exp_w(li - ml), b = tl_exp_w(x);
                 s0[k] += a;
                 s3[k] += b * ds;
                 s5[k] += b;
@@ -227,7 +227,7 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
                 nn[k] += li == li ? 0.0 : 1.0;
                 mx[k] = li > mx[k] ? li : mx[k];
                 double v = li > -INFINITY ? lam * d - lc : 0.0;
-                double a = tl_exp(li - ml);
+                double a = tl_exp_w(li - ml);
                 s0[k] += a;
                 s1[k] += a * tl_kl_term(v);
             }

@@ -243,6 +243,8 @@ cdef void _tilt_row(const floating *lp, const floating *rp, Py_ssize_t V, double
     for k in range(nch):
         arg[k] = _prescan_chunk(lp, rp, V, k, lam, &rlo[k], &rhi[k], &lmx[k])
     _prescan_merge(lp, rp, nch, lam, arg, rlo, rhi, lmx, prm)
+    if not tl_tilt_row_product_ok(prm):
+        stage = 2
     while stage >= 0:
         if tl_stop_requested(stop):
             return
@@ -308,7 +310,7 @@ cdef int _tilt_pass(const floating[::1] lb, const floating[::1] rb, const int64_
     acc = <tl_tilt_acc *> block
     stage = <int *> (block + nitems * sizeof(tl_tilt_acc))
     for i in range(nrows):
-        stage[i] = 0
+        stage[i] = 0 if tl_tilt_row_product_ok(&prm[rows[i]]) else 2
     for attempt in range(3):
         for w in prange(nitems, num_threads=n_threads, schedule='static'):
             if tl_stop_requested(stop):

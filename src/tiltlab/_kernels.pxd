@@ -77,6 +77,7 @@ cdef extern from "tl_tilt.h" nogil:
                            const tl_tilt_row *row, int mode, tl_tilt_acc *acc)
     void tl_tilt_merge(tl_tilt_acc *into, const tl_tilt_acc *other, int mode)
     int tl_tilt_product_ok(const tl_tilt_acc *acc, double lam)
+    int tl_tilt_row_product_ok(const tl_tilt_row *row)
     int tl_tilt_kl_pass_advised(const tl_tilt_result *res, double lam)
     double tl_tilt_kl_value(const tl_tilt_acc *acc)
     void tl_tilt_finalize(const tl_tilt_acc *acc, const tl_tilt_row *row, int mode,
