@@ -32,8 +32,10 @@
  * two roundings otherwise (a software fma would be a slow library call) */
 #if defined(__FMA__) && (defined(__GNUC__) || defined(__clang__))
 #define TL_FMA(a, b, c) __builtin_fma((a), (b), (c))
+#define TL_FMAF(a, b, c) __builtin_fmaf((a), (b), (c))
 #else
 #define TL_FMA(a, b, c) ((a) * (b) + (c))
+#define TL_FMAF(a, b, c) ((a) * (b) + (c))
 #endif
 
 /* 2^k for an integer-valued t - TL_ROUND_SHIFT = k in [-1022, 1023] given as t */
@@ -141,6 +143,34 @@ TL_INLINE double tl_exp_w(double x) {
     double p = TL_FMA(r2, q, r);
     double e = TL_FMA(s, p, s);
     return x < TL_EXP_W_LO ? 0.0 : e;
+}
+
+/* The float32 twin of tl_exp_w, for float lanes (8 per AVX2 register): e^x for x <= 1,
+ * 0 below e^-87 (and for -inf), NaN for NaN.  k = round(x / ln 2), r = x - k ln 2 (two
+ * float constants, k*hi exact), e^r by its Taylor polynomial of degree 7 on |r| <= 0.35
+ * (truncation < 5e-9, below half a float ulp): within 2 float ulp of e^x for the float
+ * argument x. */
+#define TL_EXPF_W_LO (-87.0f)
+TL_INLINE float tl_expf_w(float x) {
+    float xc = TL_EXPF_W_LO > x ? TL_EXPF_W_LO : x; /* NaN stays NaN */
+    const float shift = 12582912.0f; /* 1.5 * 2^23 */
+    float t = TL_FMAF(xc, 1.44269504f, shift);
+    float kd = t - shift;
+    float r = (xc - kd * 0.693145751953125f) - kd * 1.428606765330187e-06f;
+    int32_t ti, si;
+    memcpy(&ti, &t, sizeof ti);
+    memcpy(&si, &shift, sizeof si);
+    uint32_t bits = (uint32_t)(ti - si + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    float r2 = r * r;
+    float p01 = TL_FMAF(r, 0.16666667f, 0.5f);
+    float p23 = TL_FMAF(r, 8.3333338e-03f, 4.1666668e-02f);
+    float p45 = TL_FMAF(r, 1.9841270e-04f, 1.3888889e-03f);
+    float q = TL_FMAF(TL_FMAF(p45, r2, p23), r2, p01);
+    float p = TL_FMAF(r2, q, r);
+    float e = TL_FMAF(s, p, s);
+    return x < TL_EXPF_W_LO ? 0.0f : e;
 }
 
 /* Both e^x and e^x - 1 from one reduction, each with full relative accuracy

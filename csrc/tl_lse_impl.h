@@ -27,7 +27,34 @@ TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
     return t != 0.0;
 }
 
-/* Sum of exp(x - m) over the entries below m, and the count of entries equal to m. */
+/* Sum of exp(x - m) over the entries below m, and the count of entries equal to m.
+ * float32 input: the exponentials in float lanes (tl_expf_w: 8 per AVX2 register; the
+ * difference x - m of two floats rounded to float), summed in double lanes. */
+#if TL_T_IS_F32
+#define TL_FL32 (2 * TL_LANES)
+TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
+                                    double *count) {
+    double w[TL_FL32], c[TL_FL32];
+    const float mf = (float)m;
+    for (int k = 0; k < TL_FL32; k++) w[k] = c[k] = 0.0;
+    for (int i = 0; i < TL_BLOCK; i += TL_FL32)
+        for (int k = 0; k < TL_FL32; k++) {
+            float v = x[i + k];
+            int is_top = v == mf;
+            float e = tl_expf_w(v - mf);
+            w[k] += is_top ? 0.0 : (double)e;
+            c[k] += is_top ? 1.0 : 0.0;
+        }
+    double tw = 0.0, tc = 0.0;
+    for (int k = 0; k < TL_FL32; k++) {
+        tw += w[k];
+        tc += c[k];
+    }
+    *rest += tw;
+    *count += tc;
+}
+#undef TL_FL32
+#else
 TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
                                     double *count) {
     double w[TL_FLANES], c[TL_FLANES];
@@ -47,6 +74,7 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
     *rest += tw;
     *count += tc;
 }
+#endif
 
 void TL_SFX(tl_lse_chunk)(const TL_T *TL_RESTRICT x, ptrdiff_t n, tl_lse_acc *acc) {
     TL_T pad[TL_BLOCK];

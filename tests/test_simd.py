@@ -79,8 +79,9 @@ def test_variant_matches_reference(battery, variant):
         got = tiltlab.logsumexp(logits)
         assert_allclose(got, reference.logsumexp(logits), rtol=1e-13)
         f32 = logits.astype(np.float32)
+        # float32 input: exponentials in float32 lanes, float64 sums (a few float32 ulp)
         assert_allclose(tiltlab.logsumexp(f32), reference.logsumexp(f32.astype(float)),
-                        rtol=1e-13)
+                        rtol=2.0**-21)
         st = tiltlab.tilt_stats(logits, rewards, lam)
         ref = reference.tilt_stats(logits, rewards, lam)
         for a, b in zip(st, ref, strict=True):
