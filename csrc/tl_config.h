@@ -17,7 +17,7 @@
  * with branches around them, GCC 12 gives up ("control flow in loop") */
 #define TL_NOINLINE static __attribute__((noinline))
 /* the same for header helpers (no unused-function warning where a file does not call it) */
-#define TL_OUTLINE static inline __attribute__((noinline))
+#define TL_OUTLINE static __attribute__((noinline, unused))
 #define TL_RESTRICT __restrict__
 #define TL_PREFETCH(p) __builtin_prefetch(p)
 #else

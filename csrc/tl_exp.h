@@ -142,7 +142,9 @@ TL_INLINE double tl_exp_w(double x) {
     double q = TL_FMA(r8, q8b, TL_FMA(r4, q47, q03));
     double p = TL_FMA(r2, q, r);
     double e = TL_FMA(s, p, s);
-    return x < TL_EXP_W_LO ? 0.0 : e;
+    /* a multiplication by a 0/1 mask, not a select: GCC 12 turns a select around this
+     * much arithmetic into branches on the vector mask */
+    return e * (x < TL_EXP_W_LO ? 0.0 : 1.0);
 }
 
 /* The float32 twin of tl_exp_w, for float lanes (8 per AVX2 register): e^x for x <= 1,
@@ -170,7 +172,7 @@ TL_INLINE float tl_expf_w(float x) {
     float q = TL_FMAF(TL_FMAF(p45, r2, p23), r2, p01);
     float p = TL_FMAF(r2, q, r);
     float e = TL_FMAF(s, p, s);
-    return x < TL_EXPF_W_LO ? 0.0f : e;
+    return e * (x < TL_EXPF_W_LO ? 0.0f : 1.0f);
 }
 
 /* Both e^x and e^x - 1 from one reduction, each with full relative accuracy

@@ -2,6 +2,7 @@
 #include "tl_lse.h"
 #include "tl_exp.h"
 #include "tl_block.h"
+#include "tl_simd.h"
 
 #define TL_IMPL "tl_lse_impl.h"
 #include "tl_template.h"

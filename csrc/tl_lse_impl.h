@@ -6,6 +6,70 @@
  * L1); sums run in TL_FLANES fixed lanes (vectorised without reassociation: bitwise the
  * same for any thread count).  Both loops are out-of-line helpers, which GCC vectorises
  * in isolation. */
+#if TL_HAVE_VEC
+/* one vector of TL_VW inputs at p, widened to double */
+#if TL_T_IS_F32
+#define TL_VLOADT(p) tl_vload_f(p)
+#else
+#define TL_VLOADT(p) tl_vload(p)
+#endif
+
+/* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
+ * is NaN. */
+TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
+    tl_vd s = tl_vset(-INFINITY), nn = tl_vset(0.0);
+    for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        tl_vd v = TL_VLOADT(x + i);
+        s = tl_vmax(v, s);
+        nn += tl_vmask01(v != v);
+    }
+    *mx = tl_vhmax(s);
+    return tl_vsum(nn) != 0.0;
+}
+
+#if TL_T_IS_F32
+/* Sum of exp(x - m) over the entries below m, and the count of entries equal to m:
+ * float32 input has its exponentials in float lanes (tl_vexpf_w, 2 TL_VW per vector; the
+ * difference x - m of two floats rounded to float), summed in double lanes. */
+TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
+                                    double *count) {
+    tl_vd w0 = tl_vset(0.0), w1 = w0, c0 = w0, c1 = w0;
+    tl_vf2 mf;
+    for (int k = 0; k < 2 * TL_VW; k++) mf[k] = (float)m;
+    for (int i = 0; i < TL_BLOCK; i += 2 * TL_VW) {
+        tl_vf2 v = tl_vf2_load(x + i);
+        tl_vi2 top = v == mf;
+        tl_vf2 e = (tl_vf2)(~top & (tl_vi2)tl_vexpf_w(v - mf));
+        tl_vd e0, e1, t0, t1;
+        tl_vf2_widen(e, &e0, &e1);
+        tl_vf2_widen((tl_vf2)(top & (tl_vi2)(mf * 0.0f + 1.0f)), &t0, &t1);
+        w0 += e0;
+        w1 += e1;
+        c0 += t0;
+        c1 += t1;
+    }
+    *rest += tl_vsum(w0) + tl_vsum(w1);
+    *count += tl_vsum(c0) + tl_vsum(c1);
+}
+#else
+/* Sum of exp(x - m) over the entries below m, and the count of entries equal to m. */
+TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
+                                    double *count) {
+    tl_vd w0 = tl_vset(0.0), w1 = w0, c = w0;
+    const tl_vd mv = tl_vset(m);
+    for (int i = 0; i < TL_BLOCK; i += 2 * TL_VW) {
+        tl_vd v0 = tl_vload(x + i), v1 = tl_vload(x + i + TL_VW);
+        tl_vi t0 = v0 == mv, t1 = v1 == mv;
+        w0 += (tl_vd)(~t0 & (tl_vi)tl_vexp_w(v0 - mv));
+        w1 += (tl_vd)(~t1 & (tl_vi)tl_vexp_w(v1 - mv));
+        c += tl_vmask01(t0) + tl_vmask01(t1);
+    }
+    *rest += tl_vsum(w0) + tl_vsum(w1);
+    *count += tl_vsum(c);
+}
+#endif
+#undef TL_VLOADT
+#else /* no vector extensions: scalar lanes */
 /* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
  * is NaN. */
 TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
@@ -40,10 +104,9 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
     for (int i = 0; i < TL_BLOCK; i += TL_FL32)
         for (int k = 0; k < TL_FL32; k++) {
             float v = x[i + k];
-            int is_top = v == mf;
-            float e = tl_expf_w(v - mf);
-            w[k] += is_top ? 0.0 : (double)e;
-            c[k] += is_top ? 1.0 : 0.0;
+            float top = v == mf ? 1.0f : 0.0f;
+            w[k] += (double)(tl_expf_w(v - mf) * (1.0f - top));
+            c[k] += (double)top;
         }
     double tw = 0.0, tc = 0.0;
     for (int k = 0; k < TL_FL32; k++) {
@@ -62,9 +125,9 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
     for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
         for (int k = 0; k < TL_FLANES; k++) {
             double v = (double)x[i + k];
-            int is_top = v == m;
-            w[k] += is_top ? 0.0 : tl_exp_w(v - m);
-            c[k] += is_top ? 1.0 : 0.0;
+            double top = v == m ? 1.0 : 0.0;
+            w[k] += tl_exp_w(v - m) * (1.0 - top);
+            c[k] += top;
         }
     double tw = 0.0, tc = 0.0;
     for (int k = 0; k < TL_FLANES; k++) {
@@ -75,6 +138,7 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
     *count += tc;
 }
 #endif
+#endif /* TL_HAVE_VEC */
 
 void TL_SFX(tl_lse_chunk)(const TL_T *TL_RESTRICT x, ptrdiff_t n, tl_lse_acc *acc) {
     TL_T pad[TL_BLOCK];

@@ -5,6 +5,7 @@
 #include "tl_tilt.h"
 #include "tl_exp.h"
 #include "tl_block.h"
+#include "tl_simd.h"
 
 static void tl__tilt_init(tl_tilt_acc *a) {
     a->m_l = -INFINITY;

@@ -65,6 +65,42 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
     return (bad_l ? TL_FLAG_BAD_LOGIT : 0) | bad_r;
 }
 
+#if TL_HAVE_VEC
+#if TL_T_IS_F32
+#define TL_VLOADT(p) tl_vload_f(p)
+#else
+#define TL_VLOADT(p) tl_vload(p)
+#endif
+/* The vectorised scan of tl_prescan over one block: folds the reward range of the support
+ * into [*lo, *hi] and the largest finite logit into *lmax, and writes the largest gain
+ * y = (l - l_b) + lam (r - r_b) over the best so far to *m (-inf off the support; NaN
+ * logits are not support, +inf ones are an error the main pass reports); returns 1 if
+ * some gain was NaN (ambiguous: inf - inf). */
+TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T *TL_RESTRICT rb,
+                                          double l_b, double r_b, double lam, double *hi_out,
+                                          double *lo_out, double *lmax_out, double *m_out) {
+    const tl_vd ninf = tl_vset(-INFINITY), pinf = tl_vset(INFINITY);
+    const tl_vd vlb = tl_vset(l_b), vrb = tl_vset(r_b), vlam = tl_vset(lam), zero = tl_vset(0.0);
+    tl_vd hi = ninf, lo = pinf, ml = ninf, mx = ninf, nn = zero;
+    for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        tl_vd v = TL_VLOADT(lb + i), rv = TL_VLOADT(rb + i);
+        tl_vi fin = (v - v) == zero; /* finite: not NaN, not +-inf */
+        hi = tl_vmax(tl_vsel(fin, rv, ninf), hi);
+        lo = tl_vmin(tl_vsel(fin, rv, pinf), lo);
+        ml = tl_vmax(tl_vsel(fin, v, ninf), ml);
+        tl_vd y = tl_vsel(fin, (v - vlb) + vlam * (rv - vrb), ninf);
+        nn += tl_vmask01(y != y);
+        mx = tl_vmax(y, mx);
+    }
+    double h = tl_vhmax(hi), o = tl_vhmin(lo), g = tl_vhmax(ml);
+    *hi_out = h > *hi_out ? h : *hi_out;
+    *lo_out = o < *lo_out ? o : *lo_out;
+    *lmax_out = g > *lmax_out ? g : *lmax_out;
+    *m_out = tl_vhmax(mx);
+    return tl_vsum(nn) != 0.0;
+}
+#undef TL_VLOADT
+#else
 /* The vectorised scan of tl_prescan over one block: folds the reward range of the support
  * into [*lo, *hi] and writes the largest gain y = (l - l_b) + lam (r - r_b) over the best
  * so far to *m (-inf off the support; NaN logits are not support, +inf ones are an error
@@ -107,6 +143,7 @@ TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T
     for (int k = 0; k < TL_FLANES; k++) t += nn[k];
     return t != 0.0;
 }
+#endif
 
 ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double lam,
                              double *r_lo, double *r_hi, double *l_max) {
@@ -148,102 +185,86 @@ ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double l
  * With the row's largest logit l_max and (standard mode) the dominant outcome's x = 0 known
  * from the first pass, a block needs no running maxima: one loop reads l and r once,
  * checks them (NaN logits, +inf logits, non-finite rewards or r - c: any of these sends
- * the block to the general path, which reports it), forms the weights and adds them into
- * TL_FLANES fixed lanes.  The tilted weights and d_s are left in wb, dsb for the centred
- * second sum (from L1).  Returns 1 if the block was accepted, 0 if the general path must
- * redo it (the sums are then not touched). */
-static inline double TL_SFX(tl__ftot)(const double *s) {
-#if TL_FLANES == 8
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+ * the block to the general path, which reports it), forms the weights and sums them in
+ * vector lanes (tl_simd.h).  The tilted weights and d_s are left in wb, dsb for the
+ * centred second sum (from L1).  Returns 1 if the block was accepted, 0 if the general
+ * path must redo it (the sums are then not touched).  Without vector extensions every
+ * block takes the general path. */
+#if TL_HAVE_VEC
+#if TL_T_IS_F32
+#define TL_VLOADT(p) tl_vload_f(p)
 #else
-    return (s[0] + s[1]) + (s[2] + s[3]);
+#define TL_VLOADT(p) tl_vload(p)
 #endif
-}
-
-static inline double TL_SFX(tl__fmax)(const double *s) {
-    double m = s[0];
-    for (int k = 1; k < TL_FLANES; k++) m = s[k] > m ? s[k] : m;
-    return m;
-}
-
 TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                                        const tl_tilt_row *row, int mode,
                                        double *TL_RESTRICT wb, double *TL_RESTRICT dsb,
                                        double *TL_RESTRICT out) {
-    const double lam = row->lam, c = row->c, ml = row->l_max, inv_scale = row->inv_scale;
-    const double anchor = row->anchor, lc = row->lc;
-    double s0[TL_FLANES], s1[TL_FLANES], s2[TL_FLANES], s3[TL_FLANES], s4[TL_FLANES];
-    double s5[TL_FLANES], mx[TL_FLANES], bx[TL_FLANES], nn[TL_FLANES], nf[TL_FLANES];
-    for (int k = 0; k < TL_FLANES; k++) {
-        s0[k] = s1[k] = s2[k] = s3[k] = s4[k] = s5[k] = nn[k] = nf[k] = 0.0;
-        mx[k] = bx[k] = -INFINITY;
-    }
+    const tl_vd lam = tl_vset(row->lam), c = tl_vset(row->c), ml = tl_vset(row->l_max);
+    const tl_vd inv_scale = tl_vset(row->inv_scale), anchor = tl_vset(row->anchor);
+    const tl_vd lc = tl_vset(row->lc), zero = tl_vset(0.0), ninf = tl_vset(-INFINITY);
+    tl_vd s0 = zero, s1 = zero, s2 = zero, s3 = zero, s4 = zero, s5 = zero;
+    tl_vd mx = ninf, bx = ninf, bad = zero;
     if (mode == TL_MODE_PRODUCT) {
-        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-            for (int k = 0; k < TL_FLANES; k++) {
-                double li = (double)l[i + k], d = (double)r[i + k] - c;
-                nf[k] += d * 0.0; /* NaN exactly for NaN and +-inf */
-                nn[k] += li == li ? 0.0 : 1.0;
-                mx[k] = li > mx[k] ? li : mx[k];
-                double dm = li > -INFINITY ? d : 0.0;
-                double ds = dm * inv_scale;
-                double a = tl_exp_w(li - ml), e, em, emx;
-                tl_exp_expm1_emx(lam * dm, &e, &em, &emx);
-                double aem = a * em, b = a * e;
-                s0[k] += a;
-                s1[k] += aem;
-                s2[k] += a * emx;
-                s3[k] += a * ds;
-                s4[k] += aem * ds;
-                s5[k] += b;
-                wb[i + k] = b;
-                dsb[i + k] = ds;
-            }
+        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+            tl_vd li = TL_VLOADT(l + i), d = TL_VLOADT(r + i) - c;
+            bad += d * zero + tl_vmask01(li != li); /* NaN for non-finite d; 1 for NaN l */
+            mx = tl_vmax(li, mx);
+            tl_vd dm = tl_vsel(li > ninf, d, zero);
+            tl_vd ds = dm * inv_scale;
+            tl_vd a = tl_vexp_w(li - ml), e, em, emx;
+            tl_vexp3(lam * dm, &e, &em, &emx);
+            tl_vd aem = a * em, b = a * e;
+            s0 += a;
+            s1 += aem;
+            s2 += a * emx;
+            s3 += a * ds;
+            s4 += aem * ds;
+            s5 += b;
+            tl_vstore(wb + i, b);
+            tl_vstore(dsb + i, ds);
+        }
     } else if (mode == TL_MODE_STANDARD) {
-        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-            for (int k = 0; k < TL_FLANES; k++) {
-                double li = (double)l[i + k], d = (double)r[i + k] - c;
-                nf[k] += d * 0.0;
-                nn[k] += li == li ? 0.0 : 1.0;
-                mx[k] = li > mx[k] ? li : mx[k];
-                double dm = li > -INFINITY ? d : 0.0;
-                double ds = dm * inv_scale;
-                /* off the support l = -inf, dm = 0: x = -inf; x <= 0 up to rounding */
-                double x = (li - anchor) + lam * dm;
-                nn[k] += x == x ? 0.0 : 1.0;
-                bx[k] = x > bx[k] ? x : bx[k];
-                double a = tl_exp_w(li - ml), b = tl_exp_w(x);
-                s0[k] += a;
-                s3[k] += b * ds;
-                s5[k] += b;
-                wb[i + k] = b;
-                dsb[i + k] = ds;
-            }
+        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+            tl_vd li = TL_VLOADT(l + i), d = TL_VLOADT(r + i) - c;
+            bad += d * zero + tl_vmask01(li != li);
+            mx = tl_vmax(li, mx);
+            tl_vd dm = tl_vsel(li > ninf, d, zero);
+            tl_vd ds = dm * inv_scale;
+            /* off the support l = -inf, dm = 0: x = -inf; x <= 0 up to rounding */
+            tl_vd x = (li - anchor) + lam * dm;
+            bad += tl_vmask01(x != x);
+            bx = tl_vmax(x, bx);
+            tl_vd a = tl_vexp_w(li - ml), b = tl_vexp_w(x);
+            s0 += a;
+            s3 += b * ds;
+            s5 += b;
+            tl_vstore(wb + i, b);
+            tl_vstore(dsb + i, ds);
+        }
     } else {
-        for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-            for (int k = 0; k < TL_FLANES; k++) {
-                double li = (double)l[i + k], d = (double)r[i + k] - c;
-                nf[k] += d * 0.0;
-                nn[k] += li == li ? 0.0 : 1.0;
-                mx[k] = li > mx[k] ? li : mx[k];
-                double v = li > -INFINITY ? lam * d - lc : 0.0;
-                double a = tl_exp_w(li - ml);
-                s0[k] += a;
-                s1[k] += a * tl_kl_term(v);
-            }
+        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+            tl_vd li = TL_VLOADT(l + i), d = TL_VLOADT(r + i) - c;
+            bad += d * zero + tl_vmask01(li != li);
+            mx = tl_vmax(li, mx);
+            tl_vd a = tl_vexp_w(li - ml);
+            s0 += a;
+            s1 += a * tl_vkl_term(tl_vsel(li > ninf, lam * d - lc, zero));
+        }
     }
-    double t = TL_SFX(tl__ftot)(nf) + TL_SFX(tl__ftot)(nn);
     /* a logit above l_max is +inf; x above 1 (standard mode) is a rounding excess the
      * fixed reference 0 does not absorb safely: the general path rescales */
-    if (t != 0.0 || TL_SFX(tl__fmax)(mx) > ml || TL_SFX(tl__fmax)(bx) > 1.0) return 0;
-    out[0] = TL_SFX(tl__ftot)(s0);
-    out[1] = TL_SFX(tl__ftot)(s1);
-    out[2] = TL_SFX(tl__ftot)(s2);
-    out[3] = TL_SFX(tl__ftot)(s3);
-    out[4] = TL_SFX(tl__ftot)(s4);
-    out[5] = TL_SFX(tl__ftot)(s5);
+    if (tl_vsum(bad) != 0.0 || tl_vhmax(mx) > row->l_max || tl_vhmax(bx) > 1.0) return 0;
+    out[0] = tl_vsum(s0);
+    out[1] = tl_vsum(s1);
+    out[2] = tl_vsum(s2);
+    out[3] = tl_vsum(s3);
+    out[4] = tl_vsum(s4);
+    out[5] = tl_vsum(s5);
     return 1;
 }
+#undef TL_VLOADT
+#endif
 
 /* The general path of one block (running maxima, half-scale x, input flags). */
 static void TL_SFX(tl__tilt_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
@@ -345,7 +366,8 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
     tl__tilt_init(acc);
     /* the fast path's fixed references (a row without support, or with flagged input,
      * takes the general path, which reports it) */
-    const int fast = row->l_max > -INFINITY && row->l_max <= DBL_MAX && row->flags == 0;
+    const int fast = TL_HAVE_VEC && row->l_max > -INFINITY && row->l_max <= DBL_MAX &&
+                     row->flags == 0;
     if (fast) {
         acc->m_l = row->l_max;
         if (mode == TL_MODE_STANDARD) acc->m_x = 0.0;
@@ -365,6 +387,7 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 lp = lpad;
                 rp = rpad;
             }
+#if TL_HAVE_VEC
             if (TL_SFX(tl__fast_block)(lp, rp, row, mode, wb, dsb, sums)) {
                 acc->s_l += sums[0];
                 if (mode == TL_MODE_KL) {
@@ -381,11 +404,12 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 }
                 if (sb > 0.0) {
                     double nu, q;
-                    tl_block_centred_at(wb, dsb, sb, sd / sb, &nu, &q);
+                    tl_vcentred(wb, dsb, sb, sd / sb, &nu, &q);
                     tl_chan_merge(&acc->s_b, &acc->mu, &acc->m2, 1.0, sb, nu, q, 1.0);
                 }
                 continue;
             }
+#endif
         }
         TL_SFX(tl__tilt_block)(l, r, n, j0, row, mode, acc);
     }
