@@ -147,9 +147,28 @@ TL_VINLINE tl_vd tl_vexp_w(tl_vd x) {
     return (tl_vd)(~(x < lo) & (tl_vi)e);
 }
 
+/* The vector tl_exp (tl_exp.h) for x <= 709: e^x rounded once also where it is subnormal
+ * (2^k split into two normal powers of two), 0 below -745.14 and for -inf, NaN for NaN.
+ * For weights that enter moments (a tilted mean can be made of weights below 2^-1022 of
+ * the largest one, times a reward range near the top of the double range). */
+TL_VINLINE tl_vd tl_vexp(tl_vd x) {
+    const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-746.0);
+    tl_vd xc = tl_vsel(lo > x, lo, x); /* NaN stays NaN */
+    tl_vd t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
+    tl_vd kd = t - shift;
+    tl_vd r = (xc - kd * tl_vset(6.93147180369123816490e-01)) -
+              kd * tl_vset(1.90821492927058770002e-10);
+    tl_vd th = tl_vfma(kd, tl_vset(0.5), shift); /* k1 + shift */
+    tl_vd k2 = kd - (th - shift);
+    tl_vd s1 = tl_vpow2_shifted(th), s2 = tl_vpow2_shifted(k2 + shift);
+    tl_vd r2 = r * r;
+    tl_vd p = tl_vfma(r2, tl_vexpm1_q(r, r2), r);
+    return tl_vfma(s1, p, s1) * s2;
+}
+
 /* The vector tl_exp_expm1_emx (tl_exp.h) for |x| <= 709: e^x, e^x - 1 and e^x - 1 - x,
- * each with full relative accuracy (results below 2^-1022 are flushed to 0: the callers
- * use them as weights relative to a largest one of about 1). */
+ * each with full relative accuracy (e^x flushed to 0 below e^-708: the caller, the
+ * product mode, keeps |x| <= 600). */
 TL_VINLINE void tl_vexp3(tl_vd x, tl_vd *e, tl_vd *em, tl_vd *emx) {
     const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-708.0);
     tl_vd xc = tl_vsel(lo > x, lo, x);

@@ -212,7 +212,9 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
             mx = tl_vmax(li, mx);
             tl_vd dm = tl_vsel(li > ninf, d, zero);
             tl_vd ds = dm * inv_scale;
-            tl_vd a = tl_vexp_w(li - ml), e, em, emx;
+            /* full exp for weights that enter moments; tl_vexp_w (flushed below
+             * e^-708) where only a log of their sum is taken */
+            tl_vd a = tl_vexp(li - ml), e, em, emx;
             tl_vexp3(lam * dm, &e, &em, &emx);
             tl_vd aem = a * em, b = a * e;
             s0 += a;
@@ -235,7 +237,7 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
             tl_vd x = (li - anchor) + lam * dm;
             bad += tl_vmask01(x != x);
             bx = tl_vmax(x, bx);
-            tl_vd a = tl_vexp_w(li - ml), b = tl_vexp_w(x);
+            tl_vd a = tl_vexp_w(li - ml), b = tl_vexp(x);
             s0 += a;
             s3 += b * ds;
             s5 += b;
@@ -247,7 +249,7 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
             tl_vd li = TL_VLOADT(l + i), d = TL_VLOADT(r + i) - c;
             bad += d * zero + tl_vmask01(li != li);
             mx = tl_vmax(li, mx);
-            tl_vd a = tl_vexp_w(li - ml);
+            tl_vd a = tl_vexp(li - ml);
             s0 += a;
             s1 += a * tl_vkl_term(tl_vsel(li > ninf, lam * d - lc, zero));
         }

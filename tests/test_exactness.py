@@ -427,3 +427,21 @@ def test_huge_tied_logits(case, variant):
     with tiltlab.simd.use(variant):
         got = call()
     assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("variant", tiltlab.simd.available())
+@pytest.mark.parametrize("lam", [0.0, 1e-300])
+def test_moments_made_of_subnormal_relative_weights(variant, lam):
+    """A tilted mean made only of a weight below 2^-1022 of the largest (e^-720), times a
+    reward range near the top of the double range: a normal number (~1e-13), which a
+    weight flushed to zero would make 0.  The hot loops' fast exponentials keep
+    subnormal results wherever weights enter moments."""
+    mp.mp.dps = 50
+    logits = np.array([0.0, -720.0])
+    rewards = np.array([0.0, 1e300])
+    with tiltlab.simd.use(variant):
+        st = tiltlab.tilt_stats(logits, rewards, lam)
+    w = [mp.e ** (mp.mpf(a) + mp.mpf(lam) * mp.mpf(b)) for a, b in zip(logits, rewards)]
+    mean = sum(wi * mp.mpf(b) for wi, b in zip(w, rewards)) / sum(w)
+    # the weight e^-720 is subnormal: about 42 significant bits
+    assert float(st.mean) == pytest.approx(float(mean), rel=1e-10)
