@@ -4,6 +4,7 @@
 #include "tl_kl.h"
 #include "tl_exp.h"
 #include "tl_block.h"
+#include "tl_simd.h"
 
 static void tl__kl_init(tl_kl_acc *a) {
     a->m_p = -INFINITY;

@@ -38,12 +38,16 @@ typedef struct {
  * c = q* - p*: d - c = (lq - lp) - c, exact for nearby p and q (small KLs keep their
  * relative accuracy).  Other rows (offsets apart, e.g. q = p - 1e5, or huge logits, |p*|
  * or |q*| > TL_KL_HUGE) pass p_ref = p*, q_ref = q* and c = 0, so nothing of the size of
- * the offsets cancels; the finaliser gets the same c. */
+ * the offsets cancels; the finaliser gets the same c.  p_max is the row's largest finite
+ * logit of p (the p* of tl_kl_shift; -inf if none): the chunk's fast path uses
+ * p_max - p_ref as a fixed reference instead of a running maximum. */
 #define TL_KL_HUGE 1048576.0
 void tl_kl_chunk_f64(const double *lp, const double *lq, ptrdiff_t n, double p_ref,
-                     double q_ref, double c, double ltot, int mode, tl_kl_acc *acc);
+                     double q_ref, double p_max, double c, double ltot, int mode,
+                     tl_kl_acc *acc);
 void tl_kl_chunk_f32(const float *lp, const float *lq, ptrdiff_t n, double p_ref,
-                     double q_ref, double c, double ltot, int mode, tl_kl_acc *acc);
+                     double q_ref, double p_max, double c, double ltot, int mode,
+                     tl_kl_acc *acc);
 void tl_kl_merge(tl_kl_acc *into, const tl_kl_acc *other, int mode);
 int tl_kl_product_ok(const tl_kl_acc *acc);
 /* returns KL (NaN with flags set on bad input, +inf with TL_FLAG_INF_KL); for the

@@ -2,9 +2,38 @@
 
 void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_ref,
                          double *q_ref) {
-    ptrdiff_t best = -1;
+    ptrdiff_t best = -1, j0 = 0;
     double bp = -INFINITY;
-    for (ptrdiff_t i = 0; i < n; i++) {
+#if TL_HAVE_VEC
+    /* the largest finite logit by blocks in vector lanes, then its first position */
+    {
+        const tl_vd ninf = tl_vset(-INFINITY), big = tl_vset(DBL_MAX);
+        ptrdiff_t bblock = -1;
+        for (; j0 + TL_BLOCK <= n; j0 += TL_BLOCK) {
+            tl_vd m = ninf;
+            for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+#if TL_T_IS_F32
+                tl_vd a = tl_vload_f(lp + j0 + i);
+#else
+                tl_vd a = tl_vload(lp + j0 + i);
+#endif
+                m = tl_vmax(tl_vsel(a <= big, a, ninf), m); /* finite (NaN, +inf never win) */
+            }
+            double bm = tl_vhmax(m);
+            if (bm > bp) {
+                bp = bm;
+                bblock = j0;
+            }
+        }
+        if (bblock >= 0)
+            for (ptrdiff_t i = bblock; i < bblock + TL_BLOCK; i++)
+                if ((double)lp[i] == bp) {
+                    best = i;
+                    break;
+                }
+    }
+#endif
+    for (ptrdiff_t i = j0; i < n; i++) {
         double a = (double)lp[i];
         if (a > bp && a <= DBL_MAX) { /* finite, first maximum; NaN never wins */
             bp = a;
@@ -20,14 +49,104 @@ void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_
     *q_ref = fabs(b) <= DBL_MAX ? b : 0.0;
 }
 
+#if TL_HAVE_VEC
+#if TL_T_IS_F32
+#define TL_VLOADT(p) tl_vload_f(p)
+#else
+#define TL_VLOADT(p) tl_vload(p)
+#endif
+/* The fast path of one full block in vector lanes (product and KL modes), with the fixed
+ * reference mp = p_max - p_ref for the weights of p.  Sends the block to the general path
+ * (returns 0, sums untouched) on anything but the plain case: a bad logit, q = 0 < p,
+ * mass of q outside the support of p, no support of p, or a p logit above p_max.
+ * out: sum a, sum a d, the mode's two sums, max and min of d over the support, q seen. */
+TL_NOINLINE int TL_SFX(tl__kl_fast_block)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq,
+                                          double p_ref, double q_ref, double mp, double c,
+                                          double ltot, int mode, double *TL_RESTRICT out) {
+    const tl_vd ninf = tl_vset(-INFINITY), pinf = tl_vset(INFINITY), zero = tl_vset(0.0);
+    const tl_vd vpref = tl_vset(p_ref), vqref = tl_vset(q_ref), vmp = tl_vset(mp);
+    const tl_vd vc = tl_vset(c), vltot = tl_vset(ltot);
+    tl_vd bad = zero, qseen = zero, dhi = ninf, dlo = pinf, bpm = ninf;
+    tl_vd sa = zero, sd = zero, s1 = zero, s2 = zero;
+    for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        tl_vd x = TL_VLOADT(lp + i), y = TL_VLOADT(lq + i);
+        tl_vi inp = x > ninf, inq = y > ninf;
+        bad += tl_vmask01((x != x) | (x == pinf) | (y != y) | (y == pinf) | (inp & ~inq) |
+                          (~inp & inq));
+        qseen += tl_vmask01(inq);
+        tl_vd pb = tl_vsel(inp, x - vpref, ninf);
+        tl_vd d = tl_vsel(inp, ((y - vqref) - (x - vpref)) - vc, zero);
+        dhi = tl_vmax(tl_vsel(inp, d, ninf), dhi);
+        dlo = tl_vmin(tl_vsel(inp, d, pinf), dlo);
+        bpm = tl_vmax(pb, bpm);
+        tl_vd a = tl_vexp(pb - vmp), e, em, emx;
+        sa += a;
+        if (mode == TL_MODE_PRODUCT) {
+            tl_vexp3(d, &e, &em, &emx);
+            s1 += a * em;
+            s2 += a * e;
+            sd += a * d;
+        } else {
+            tl_vexp3(d - vltot, &e, &em, &emx);
+            s1 += a * emx;
+        }
+    }
+    double b = tl_vhmax(bpm);
+    if (tl_vsum(bad) != 0.0 || !(b > -INFINITY) || b > mp) return 0;
+    out[0] = tl_vsum(sa);
+    out[1] = tl_vsum(sd);
+    out[2] = tl_vsum(s1);
+    out[3] = tl_vsum(s2);
+    out[4] = tl_vhmax(dhi);
+    out[5] = tl_vhmin(dlo);
+    out[6] = tl_vsum(qseen);
+    return 1;
+}
+#undef TL_VLOADT
+#endif
+
 void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,
-                         double p_ref, double q_ref, double c, double ltot, int mode,
-                         tl_kl_acc *acc) {
+                         double p_ref, double q_ref, double p_max, double c, double ltot,
+                         int mode, tl_kl_acc *acc) {
     double pb[TL_BLOCK], qb[TL_BLOCK], db[TL_BLOCK], ob[TL_BLOCK];
     double wa[TL_BLOCK], we[TL_BLOCK], wi[TL_BLOCK], hi[TL_BLOCK], lo[TL_BLOCK];
     tl__kl_init(acc);
+    const double mp_fixed = p_max - p_ref;
+#if TL_HAVE_VEC
+    double fs[7];
+    const int fast = mode != TL_MODE_STANDARD && mp_fixed > -INFINITY && mp_fixed <= DBL_MAX;
+#endif
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+#if TL_HAVE_VEC
+        if (fast && len == TL_BLOCK && !(acc->flags & TL_FLAG_INF_KL) &&
+            TL_SFX(tl__kl_fast_block)(lp + j0, lq + j0, p_ref, q_ref, mp_fixed, c, ltot, mode,
+                                      fs)) {
+            if (fs[6] != 0.0) acc->flags |= TL__FLAG_Q_SEEN;
+            acc->d_hi = fs[4] > acc->d_hi ? fs[4] : acc->d_hi;
+            acc->d_lo = fs[5] < acc->d_lo ? fs[5] : acc->d_lo;
+            if (mp_fixed > acc->m_p) { /* (earlier general blocks had a smaller maximum) */
+                double f = tl_rescale(acc->m_p, mp_fixed);
+                acc->s_p *= f;
+                acc->e *= f;
+                acc->s_in *= f;
+                acc->m_p = mp_fixed;
+            }
+            if (mode == TL_MODE_KL) {
+                acc->s_p += fs[0];
+                acc->e += fs[2];
+                continue;
+            }
+            acc->e += fs[2];
+            acc->s_in += fs[3];
+            if (fs[0] > 0.0) {
+                double s = acc->s_p + fs[0];
+                acc->mu += (fs[1] / fs[0] - acc->mu) * (fs[0] / s);
+                acc->s_p = s;
+            }
+            continue;
+        }
+#endif
         int bad_p = 0, bad_q = 0, inf_kl = 0, any_out = 0, q_seen = 0;
         for (ptrdiff_t i = 0; i < len; i++) {
             double a = (double)lp[j0 + i], b = (double)lq[j0 + i];

@@ -505,6 +505,45 @@ void TL_SFX(tl_limit_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRIC
     }
 }
 
+#if TL_HAVE_VEC
+#if TL_T_IS_F32
+#define TL_VLOADT(p) tl_vload_f(p)
+#else
+#define TL_VLOADT(p) tl_vload(p)
+#endif
+/* One block of tl_moments_chunk in vector lanes: sums[j] += sum phi z^j.  Returns 0 (sums
+ * untouched) if some x = (l - anchor) + lam (r - c) is NaN (the two parts overflowed with
+ * opposite signs): the scalar path evaluates those at half scale. */
+TL_NOINLINE int TL_SFX(tl__moments_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
+                                          const tl_phi_params *p, int order,
+                                          double *TL_RESTRICT sums) {
+    tl_vd acc[TL_MAX_ORDER + 1];
+    const tl_vd zero = tl_vset(0.0), ninf = tl_vset(-INFINITY), lam = tl_vset(p->lam);
+    const tl_vd c = tl_vset(p->c), anchor = tl_vset(p->anchor), zn = tl_vset(p->z);
+    const tl_vd inv_scale = tl_vset(p->inv_scale), center = tl_vset(p->center);
+    const tl_vd inv_spread = tl_vset(p->inv_spread);
+    tl_vd nn = zero;
+    for (int j = 0; j <= order; j++) acc[j] = zero;
+    for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        tl_vd li = TL_VLOADT(l + i);
+        tl_vd d = tl_vsel(li > ninf, TL_VLOADT(r + i) - c, zero);
+        tl_vd x = (li - anchor) + lam * d; /* off the support: -inf */
+        nn += tl_vmask01(x != x);
+        tl_vd z = (d * inv_scale - center) * inv_spread;
+        tl_vd w = tl_vexp(x - zn);
+        acc[0] += w;
+        for (int j = 1; j <= order; j++) {
+            w *= z;
+            acc[j] += w;
+        }
+    }
+    if (tl_vsum(nn) != 0.0) return 0;
+    for (int j = 0; j <= order; j++) sums[j] += tl_vsum(acc[j]);
+    return 1;
+}
+#undef TL_VLOADT
+#endif
+
 void TL_SFX(tl_moments_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
                               const tl_phi_params *p, int order, double *sums) {
     double lb[TL_BLOCK], db[TL_BLOCK], w[TL_BLOCK], z[TL_BLOCK];
@@ -513,6 +552,10 @@ void TL_SFX(tl_moments_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT
     for (int j = 0; j <= order; j++) sums[j] = 0.0;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
+#if TL_HAVE_VEC
+        if (len == TL_BLOCK && TL_SFX(tl__moments_block)(l + j0, r + j0, p, order, sums))
+            continue;
+#endif
         for (ptrdiff_t i = 0; i < len; i++) {
             double li = (double)l[j0 + i];
             lb[i] = li;

@@ -806,7 +806,7 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
         return
     cdef _Buffer acc_b = _Buffer(nitems, sizeof(tl_kl_acc))
     cdef _Buffer stage_b = _Buffer(nrows, sizeof(int))
-    cdef _Buffer c_b = _Buffer(3 * nrows, sizeof(double))  # (p_ref, q_ref, c) per row
+    cdef _Buffer c_b = _Buffer(4 * nrows, sizeof(double))  # (p_ref, q_ref, c, p_max) per row
     cdef _Buffer ltot_b = _Buffer(nrows, sizeof(double))
     cdef _Buffer q_out_b = _Buffer(nrows, sizeof(double))
     cdef tl_kl_acc *acc = <tl_kl_acc *> acc_b.ptr
@@ -828,20 +828,23 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
             ltot[i] = 0.0
             q_out[i] = 0.0
             if floating is double:
-                tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
+                tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[4 * i], &c[4 * i + 1])
             else:
-                tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[3 * i], &c[3 * i + 1])
+                tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[4 * i], &c[4 * i + 1])
+            # the first maximum of p (tl_kl_shift's p*; 0 without support, then the
+            # chunks' fast path is off: they see no finite logit of p)
+            c[4 * i + 3] = c[4 * i]
             # p and q at nearly the same offset (|q* - p*| <= 1): no shift, c = q* - p*,
             # so d - c = (lq - lp) - c is exact for nearby rows (small KLs keep their
             # relative accuracy); otherwise (offsets apart, or huge logits) shift each by
             # its own reference and c = 0: nothing of the size of the offsets cancels
-            if (fabs(c[3 * i + 1] - c[3 * i]) > 1.0 or fabs(c[3 * i]) > TL_KL_HUGE
-                    or fabs(c[3 * i + 1]) > TL_KL_HUGE):
-                c[3 * i + 2] = 0.0
+            if (fabs(c[4 * i + 1] - c[4 * i]) > 1.0 or fabs(c[4 * i]) > TL_KL_HUGE
+                    or fabs(c[4 * i + 1]) > TL_KL_HUGE):
+                c[4 * i + 2] = 0.0
             else:
-                c[3 * i + 2] = c[3 * i + 1] - c[3 * i]
-                c[3 * i] = 0.0
-                c[3 * i + 1] = 0.0
+                c[4 * i + 2] = c[4 * i + 1] - c[4 * i]
+                c[4 * i] = 0.0
+                c[4 * i + 1] = 0.0
         for attempt in range(3):
             for w in prange(nitems, num_threads=n_threads, schedule='static'):
                 if tl_stop_requested(stop):
@@ -854,11 +857,13 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                 mode = _stage_mode(stage[i])
                 if floating is double:
                     tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
+                                    _chunk_len(V, k), c[4 * i], c[4 * i + 1], c[4 * i + 3],
+                                    c[4 * i + 2],
                                     ltot[i], mode, &acc[w])
                 else:
                     tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[3 * i], c[3 * i + 1], c[3 * i + 2],
+                                    _chunk_len(V, k), c[4 * i], c[4 * i + 1], c[4 * i + 3],
+                                    c[4 * i + 2],
                                     ltot[i], mode, &acc[w])
             if tl_stop_requested(stop):
                 break
@@ -874,7 +879,7 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
                     continue
                 fl = 0
                 advise = 0
-                out[i] = tl_kl_finalize(a, c[3 * i + 2], mode, &fl, &ltot[i], &q_out[i],
+                out[i] = tl_kl_finalize(a, c[4 * i + 2], mode, &fl, &ltot[i], &q_out[i],
                                         &advise)
                 flags[i] = fl
                 if stage[i] == 0 and advise and fl == 0:
