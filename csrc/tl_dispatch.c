@@ -13,6 +13,7 @@
 #include "tl_kl.h"
 #include "tl_bon.h"
 #include "tl_soft.h"
+#include "tl_mathcheck.h"
 
 /* prototypes of every compiled variant */
 #define TL_KERNEL(ret, name, params, args) ret name##_portable params;
@@ -145,3 +146,11 @@ static const tl_kernel_table *tl__get(void) {
     ret name params { TL_RETURN_##ret tl__get()->name args; }
 #include "tl_dispatch.def"
 #undef TL_KERNEL
+
+int tl_mathcheck_isa(int isa, const double *x, ptrdiff_t n, int func, double *out) {
+    if (func < 0 || func >= TL_MC_COUNT) return -1;
+    if (!tl_isa_compiled(isa)) return -2;
+    if (!tl_isa_cpu_supports(isa)) return -3;
+    tl__table(isa)->tl_mathcheck(x, n, func, out);
+    return 0;
+}

@@ -893,3 +893,43 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
             if pending == 0:
                 break
     guard.finish()
+
+
+# --------------------------------------------------------------------------------------
+# test hook: the exponential family of csrc/tl_exp.h as one named variant compiled it
+# --------------------------------------------------------------------------------------
+
+cdef extern from "tl_mathcheck.h" nogil:
+    int tl_mathcheck_isa(int isa, const double *x, Py_ssize_t n, int func, double *out)
+
+# in the order of the TL_MC_* codes of tl_mathcheck.h
+_MATHCHECK_FUNCTIONS = ("exp", "expm1", "emx_e", "emx_em", "emx_emx", "kl_term",
+                        "expm1_minus_x")
+
+
+def _mathcheck(str variant, str function, const double[::1] x, double[::1] out):
+    """Private test hook: ``out[i] = f(x[i])`` for a function of csrc/tl_exp.h ("exp",
+    "expm1", "emx_e"/"emx_em"/"emx_emx" for the three outputs of tl_exp_expm1_emx,
+    "kl_term", "expm1_minus_x") as compiled for `variant` ("portable", "avx2", "avx512"),
+    whichever variant the kernels use.  Raises ValueError for an unknown name, a variant
+    this build or CPU lacks, or arrays of different lengths."""
+    cdef int isa = -1, func, rc, k
+    for k in range(TL_ISA_COUNT):
+        if tl_isa_name(k).decode("ascii") == variant:
+            isa = k
+    if isa < 0:
+        raise ValueError(f"unknown variant {variant!r}")
+    if function not in _MATHCHECK_FUNCTIONS:
+        raise ValueError(f"unknown function {function!r}")
+    if x.shape[0] != out.shape[0]:
+        raise ValueError("x and out differ in length")
+    func = _MATHCHECK_FUNCTIONS.index(function)
+    with nogil:
+        rc = tl_mathcheck_isa(isa, &x[0] if x.shape[0] else NULL, x.shape[0], func,
+                              &out[0] if out.shape[0] else NULL)
+    if rc == -2:
+        raise ValueError(f"variant {variant!r} is not compiled into this build")
+    if rc == -3:
+        raise ValueError(f"this CPU cannot run the {variant!r} variant")
+    if rc != 0:
+        raise ValueError(f"tl_mathcheck_isa failed ({rc})")
