@@ -19,7 +19,16 @@ enum {
     TL_MC_EMX_EMX = 4,       /* emx of the same */
     TL_MC_KL_TERM = 5,       /* tl_kl_term(x) */
     TL_MC_EXPM1_MINUS_X = 6, /* tl_expm1_minus_x(x) */
-    TL_MC_COUNT = 7
+    /* the vector functions of tl_simd.h that the hot loops use (vector extensions only;
+     * without them these codes fall back to the scalar functions of the same contract) */
+    TL_MC_VEXP = 7,          /* tl_vexp(x), x <= 709 */
+    TL_MC_VEXP_W = 8,        /* tl_vexp_w(x), x <= 709: 0 below -708 */
+    TL_MC_VEXP3_E = 9,       /* e of tl_vexp3(x), |x| <= 709: 0 below -708 */
+    TL_MC_VEXP3_EM = 10,     /* em of the same */
+    TL_MC_VEXP3_EMX = 11,    /* emx of the same */
+    TL_MC_VKL_TERM = 12,     /* tl_vkl_term(x) */
+    TL_MC_VEXPF_W = 13,      /* tl_vexpf_w((float)x), widened: 0 below -87 */
+    TL_MC_COUNT = 14
 };
 
 /* dispatched (tl_dispatch.def): the active variant; `func` must be in [0, TL_MC_COUNT) */

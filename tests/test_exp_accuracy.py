@@ -49,6 +49,18 @@ FUNCTIONS = {
     "emx_emx": ("h", 10.0),
     "expm1_minus_x": ("h", 10.0),
     "kl_term": ("g", 16.0),
+    # the vector functions of csrc/tl_simd.h that the hot loops run (same contract; the
+    # fused multiply-add in e^x - 1 makes expm1 slightly better)
+    "vexp": ("exp", 1.0),
+    "vexp3_em": ("expm1", 2.0),
+    "vexp3_emx": ("h", 10.0),
+    "vkl_term": ("g", 16.0),
+}
+# vector functions that flush results below 2^-1021 to 0 (weights whose sum only enters a
+# log; x below the threshold -> exactly 0): name -> (reference, bound, threshold)
+FLUSHING = {
+    "vexp_w": ("exp", 1.0, -708.0),
+    "vexp3_e": ("exp", 1.0, -708.0),
 }
 SUBNORMAL_BOUND = 1.0  # absolute error of subnormal (and zero) results, in 2^-1074
 DBL_MIN = np.finfo(np.float64).tiny  # 2^-1022
@@ -154,7 +166,7 @@ def test_reference_is_exact_enough(references):
 def test_exp_family_accuracy(references, variant, function):
     x, ref = references
     kind, bound = FUNCTIONS[function]
-    if function == "kl_term":
+    if function in ("kl_term", "vkl_term"):
         # callers pass finite v only (v = lam (r - c) - lc); at v = -inf the integrand's
         # limit 1 would need a special case that the kernels never reach
         keep = np.isfinite(x)
@@ -176,6 +188,45 @@ def test_exp_family_accuracy(references, variant, function):
         assert err[sub].max() <= SUBNORMAL_BOUND, (
             f"{function} [{variant}] subnormal result: {err[sub].max():.3g} x 2^-1074 at "
             f"x = {xs[ws]!r} (got {got[ws]!r}, exact {hi[ws]!r})")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("function", list(FLUSHING))
+def test_flushing_vector_exp_accuracy(references, variant, function):
+    """tl_vexp_w and the e^x of tl_vexp3: about 1 ulp where e^x >= e^-708, exactly 0 below
+    (x <= 709: the callers' arguments)."""
+    x, ref = references
+    kind, bound, lo = FLUSHING[function]
+    keep = x <= 709.0
+    xs = np.ascontiguousarray(x[keep])
+    hi, off, e = (a[keep] for a in ref[kind])
+    got = np.empty_like(xs)
+    _core._mathcheck(variant, function, xs, got)
+    above = xs >= lo
+    err = _ulp_errors(got[above], hi[above], off[above], e[above])
+    assert err.max() <= bound, f"{function} [{variant}]: {err.max():.3g} ulp"
+    assert np.all(got[xs < lo] == 0.0), f"{function} [{variant}]: not flushed below {lo}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_float32_lane_exp_accuracy(variant):
+    """tl_vexpf_w (float32 lanes of float32 log-sum-exp): within 2 float32 ulp of e^x for
+    the float32 argument x in [-87, 1] (against float64 exp), exactly 0 below -87, 1 at 0,
+    NaN for NaN."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-87.0, 1.0, 200_000), np.linspace(-1.0, 1.0, 2001),
+                        [0.0, -87.0, 1.0]]).astype(np.float32).astype(np.float64)
+    got = np.empty_like(x)
+    _core._mathcheck(variant, "vexpf_w", x, got)
+    want = np.exp(x)
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    err = np.abs(got - want) / ulp
+    assert err.max() <= 2.0, f"vexpf_w [{variant}]: {err.max():.3g} float32 ulp"
+    assert got[-3] == 1.0
+    special = np.array([-87.5, -100.0, -np.inf, np.nan])
+    out = np.empty_like(special)
+    _core._mathcheck(variant, "vexpf_w", special, out)
+    assert np.array_equal(out[:3], [0.0, 0.0, 0.0]) and np.isnan(out[3])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
