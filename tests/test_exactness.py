@@ -441,7 +441,8 @@ def test_moments_made_of_subnormal_relative_weights(variant, lam):
     rewards = np.array([0.0, 1e300])
     with tiltlab.simd.use(variant):
         st = tiltlab.tilt_stats(logits, rewards, lam)
-    w = [mp.e ** (mp.mpf(a) + mp.mpf(lam) * mp.mpf(b)) for a, b in zip(logits, rewards)]
-    mean = sum(wi * mp.mpf(b) for wi, b in zip(w, rewards)) / sum(w)
+    w = [mp.e ** (mp.mpf(a) + mp.mpf(lam) * mp.mpf(b))
+         for a, b in zip(logits, rewards, strict=True)]
+    mean = sum(wi * mp.mpf(b) for wi, b in zip(w, rewards, strict=True)) / sum(w)
     # the weight e^-720 is subnormal: about 42 significant bits
     assert float(st.mean) == pytest.approx(float(mean), rel=1e-10)
