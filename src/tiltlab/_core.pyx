@@ -788,20 +788,71 @@ def solve_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1
     guard.finish()
 
 
+cdef inline void _kl_shift_row(const floating *pp, const floating *qp, Py_ssize_t V,
+                               double *c) noexcept nogil:
+    """c[0:4] = (p_ref, q_ref, c, p_max) of one row (see tl_kl.h)."""
+    if floating is double:
+        tl_kl_shift_f64(pp, qp, V, &c[0], &c[1])
+    else:
+        tl_kl_shift_f32(pp, qp, V, &c[0], &c[1])
+    # the first maximum of p (tl_kl_shift's p*; 0 without support, then the chunks' fast
+    # path never applies: they see no finite logit of p)
+    c[3] = c[0]
+    # p and q at nearly the same offset (|q* - p*| <= 1): no shift, c = q* - p*, so
+    # d - c = (lq - lp) - c is exact for nearby rows (small KLs keep their relative
+    # accuracy); otherwise (offsets apart, or huge logits) shift each by its own reference
+    # and c = 0: nothing of the size of the offsets cancels
+    if fabs(c[1] - c[0]) > 1.0 or fabs(c[0]) > TL_KL_HUGE or fabs(c[1]) > TL_KL_HUGE:
+        c[2] = 0.0
+    else:
+        c[2] = c[1] - c[0]
+        c[0] = 0.0
+        c[1] = 0.0
+
+
+cdef inline void _kl_chunk_call(const floating *pp, const floating *qp, Py_ssize_t V,
+                                Py_ssize_t k, const double *c, double ltot, int mode,
+                                tl_kl_acc *acc) noexcept nogil:
+    cdef Py_ssize_t start = k * TL_CHUNK
+    if floating is double:
+        tl_kl_chunk_f64(pp + start, qp + start, _chunk_len(V, k), c[0], c[1], c[3], c[2],
+                        ltot, mode, acc)
+    else:
+        tl_kl_chunk_f32(pp + start, qp + start, _chunk_len(V, k), c[0], c[1], c[3], c[2],
+                        ltot, mode, acc)
+
+
+cdef inline int _kl_stage_step(tl_kl_acc *a, const double *c, int stage, double *out,
+                               int32_t *flags, double *ltot, double *q_out) noexcept nogil:
+    """After the chunks of one stage are merged into a: the row's next stage (-1: done).
+    Stage 0 is a product-mode pass; stage 1 a KL pass (sum of non-negative terms) when
+    stage 0 cancelled; stage 2 the standard mode when log(q/p) spreads over more than the
+    product mode allows."""
+    cdef int fl = 0, advise = 0
+    if stage == 0 and not tl_kl_product_ok(a):
+        return 2
+    out[0] = tl_kl_finalize(a, c[2], _stage_mode(stage), &fl, ltot, q_out, &advise)
+    flags[0] = fl
+    if stage == 0 and advise and fl == 0:
+        return 1
+    return -1
+
+
 def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] poff,
             const int64_t[::1] qoff, Py_ssize_t V, double[::1] out, int32_t[::1] flags,
             int n_threads):
     """out[i] = KL(p_i || q_i) for logits rows p_i, q_i.
 
-    Stage 0 is a product-mode pass; stage 1 a KL pass (sum of non-negative terms) when
-    stage 0 cancelled; stage 2 the standard mode when log(q/p) spreads over more than
-    the product mode allows."""
+    Stages as in _kl_stage_step.  With at least ROWS_PER_THREAD rows per thread every
+    thread takes whole rows (the chunk pass then reads p back from cache); otherwise the
+    chunks of all rows are the parallel items.  Both schedules compute the same chunk
+    results and merge them in the same order: the result does not depend on the thread
+    count."""
     cdef Py_ssize_t nrows = poff.shape[0]
     cdef Py_ssize_t nch = tl_num_chunks(V)
     cdef Py_ssize_t nitems = nrows * nch
-    cdef Py_ssize_t i, k, w, start, pending
-    cdef int attempt, fl, advise, mode
-    cdef tl_kl_acc *a
+    cdef Py_ssize_t i, k, w, pending
+    cdef int attempt, mode, st
     if nrows == 0:
         return
     cdef _Buffer acc_b = _Buffer(nitems, sizeof(tl_kl_acc))
@@ -821,77 +872,57 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
     cdef _Interruptible guard = _Interruptible(<double> nrows * V)
     with nogil:
         stop = tl_stop_flag_here()
-        for i in prange(nrows, num_threads=n_threads, schedule='static'):
-            stage[i] = 0
-            if tl_stop_requested(stop):
-                continue
-            ltot[i] = 0.0
-            q_out[i] = 0.0
-            if floating is double:
-                tl_kl_shift_f64(pp + poff[i], qp + qoff[i], V, &c[4 * i], &c[4 * i + 1])
-            else:
-                tl_kl_shift_f32(pp + poff[i], qp + qoff[i], V, &c[4 * i], &c[4 * i + 1])
-            # the first maximum of p (tl_kl_shift's p*; 0 without support, then the
-            # chunks' fast path is off: they see no finite logit of p)
-            c[4 * i + 3] = c[4 * i]
-            # p and q at nearly the same offset (|q* - p*| <= 1): no shift, c = q* - p*,
-            # so d - c = (lq - lp) - c is exact for nearby rows (small KLs keep their
-            # relative accuracy); otherwise (offsets apart, or huge logits) shift each by
-            # its own reference and c = 0: nothing of the size of the offsets cancels
-            if (fabs(c[4 * i + 1] - c[4 * i]) > 1.0 or fabs(c[4 * i]) > TL_KL_HUGE
-                    or fabs(c[4 * i + 1]) > TL_KL_HUGE):
-                c[4 * i + 2] = 0.0
-            else:
-                c[4 * i + 2] = c[4 * i + 1] - c[4 * i]
-                c[4 * i] = 0.0
-                c[4 * i + 1] = 0.0
-        for attempt in range(3):
-            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+        if n_threads == 1 or nrows >= ROWS_PER_THREAD * n_threads:
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
                 if tl_stop_requested(stop):
                     continue
-                i = w // nch
-                if stage[i] < 0:
-                    continue
-                k = w - i * nch
-                start = k * TL_CHUNK
-                mode = _stage_mode(stage[i])
-                if floating is double:
-                    tl_kl_chunk_f64(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[4 * i], c[4 * i + 1], c[4 * i + 3],
-                                    c[4 * i + 2],
-                                    ltot[i], mode, &acc[w])
-                else:
-                    tl_kl_chunk_f32(pp + poff[i] + start, qp + qoff[i] + start,
-                                    _chunk_len(V, k), c[4 * i], c[4 * i + 1], c[4 * i + 3],
-                                    c[4 * i + 2],
-                                    ltot[i], mode, &acc[w])
-            if tl_stop_requested(stop):
-                break
+                ltot[i] = 0.0
+                q_out[i] = 0.0
+                _kl_shift_row(pp + poff[i], qp + qoff[i], V, &c[4 * i])
+                st = 0
+                while st >= 0 and not tl_stop_requested(stop):
+                    mode = _stage_mode(st)
+                    for k in range(nch):
+                        _kl_chunk_call(pp + poff[i], qp + qoff[i], V, k, &c[4 * i], ltot[i],
+                                       mode, &acc[i * nch + k])
+                    for k in range(1, nch):
+                        tl_kl_merge(&acc[i * nch], &acc[i * nch + k], mode)
+                    st = _kl_stage_step(&acc[i * nch], &c[4 * i], st, &out[i], &flags[i],
+                                        &ltot[i], &q_out[i])
+        else:
             for i in prange(nrows, num_threads=n_threads, schedule='static'):
-                if stage[i] < 0:
+                stage[i] = 0
+                if tl_stop_requested(stop):
                     continue
-                a = &acc[i * nch]
-                mode = _stage_mode(stage[i])
-                for k in range(1, nch):
-                    tl_kl_merge(a, &acc[i * nch + k], mode)
-                if stage[i] == 0 and not tl_kl_product_ok(a):
-                    stage[i] = 2
-                    continue
-                fl = 0
-                advise = 0
-                out[i] = tl_kl_finalize(a, c[4 * i + 2], mode, &fl, &ltot[i], &q_out[i],
-                                        &advise)
-                flags[i] = fl
-                if stage[i] == 0 and advise and fl == 0:
-                    stage[i] = 1
-                else:
-                    stage[i] = -1
-            pending = 0
-            for i in range(nrows):
-                if stage[i] >= 0:
-                    pending += 1
-            if pending == 0:
-                break
+                ltot[i] = 0.0
+                q_out[i] = 0.0
+                _kl_shift_row(pp + poff[i], qp + qoff[i], V, &c[4 * i])
+            for attempt in range(3):
+                for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                    if tl_stop_requested(stop):
+                        continue
+                    i = w // nch
+                    if stage[i] < 0:
+                        continue
+                    k = w - i * nch
+                    _kl_chunk_call(pp + poff[i], qp + qoff[i], V, k, &c[4 * i], ltot[i],
+                                   _stage_mode(stage[i]), &acc[w])
+                if tl_stop_requested(stop):
+                    break
+                for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                    if stage[i] < 0:
+                        continue
+                    mode = _stage_mode(stage[i])
+                    for k in range(1, nch):
+                        tl_kl_merge(&acc[i * nch], &acc[i * nch + k], mode)
+                    stage[i] = _kl_stage_step(&acc[i * nch], &c[4 * i], stage[i], &out[i],
+                                              &flags[i], &ltot[i], &q_out[i])
+                pending = 0
+                for i in range(nrows):
+                    if stage[i] >= 0:
+                        pending += 1
+                if pending == 0:
+                    break
     guard.finish()
 
 
