@@ -597,6 +597,16 @@ def tilt_logprobs_rows(const floating[::1] lb, const floating[::1] rb, const int
     guard.finish()
 
 
+cdef inline void _moments_chunk_call(const floating *lp, const floating *rp, Py_ssize_t V,
+                                     Py_ssize_t k, const tl_phi_params *phi, int order,
+                                     double *sums) noexcept nogil:
+    cdef Py_ssize_t start = k * TL_CHUNK
+    if floating is double:
+        tl_moments_chunk_f64(lp + start, rp + start, _chunk_len(V, k), phi, order, sums)
+    else:
+        tl_moments_chunk_f32(lp + start, rp + start, _chunk_len(V, k), phi, order, sums)
+
+
 def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                   const int64_t[::1] roff, Py_ssize_t V, const double[::1] lam, int order,
                   double[:, ::1] out, int32_t[::1] flags, int n_threads):
@@ -631,26 +641,57 @@ def cumulant_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[
     cdef const tl_stop_flag *stop
     n_threads = tl_team_size(n_threads)
     cdef _Interruptible guard = _Interruptible(<double> nrows * V)
+    cdef bint whole_rows = n_threads == 1 or nrows >= ROWS_PER_THREAD * n_threads
+    for i in range(nrows):
+        if lam[i] == INFINITY or lam[i] == -INFINITY:
+            whole_rows = False  # the limit rows take the general path
+    cdef _Buffer prm_b, tacc_b, scan_b
+    cdef tl_tilt_row *prm = NULL
+    cdef tl_tilt_acc *tacc = NULL
+    cdef Py_ssize_t *arg = NULL
+    cdef double *rlo = NULL
+    if whole_rows:
+        # every thread takes whole rows: first pass, tilt stages, then the moment chunks
+        # (the later passes read the row back from cache); the same chunk results merged
+        # in the same order as the chunk-parallel schedule below
+        prm_b = _Buffer(nrows, sizeof(tl_tilt_row))
+        tacc_b = _Buffer(nitems, sizeof(tl_tilt_acc))
+        scan_b = _Buffer(nitems, sizeof(Py_ssize_t) + 3 * sizeof(double))
+        prm = <tl_tilt_row *> prm_b.ptr
+        tacc = <tl_tilt_acc *> tacc_b.ptr
+        arg = <Py_ssize_t *> scan_b.ptr
+        rlo = <double *> (arg + nitems)
     with nogil:
         stop = tl_stop_flag_here()
-        _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
-        for i in range(nrows):
-            flags[i] = res[i].flags
-            _phi_params(&res[i], lam[i], &phi[i])
-        for w in prange(nitems, num_threads=n_threads, schedule='static'):
-            if tl_stop_requested(stop):
-                continue
-            i = w // nch
-            k = w - i * nch
-            start = k * TL_CHUNK
-            if flags[i] != 0 or limit[i]:
-                continue
-            if floating is double:
-                tl_moments_chunk_f64(lp + loff[i] + start, rp + roff[i] + start,
-                                     _chunk_len(V, k), &phi[i], order, sums + w * stride)
-            else:
-                tl_moments_chunk_f32(lp + loff[i] + start, rp + roff[i] + start,
-                                     _chunk_len(V, k), &phi[i], order, sums + w * stride)
+        if whole_rows:
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
+                limit[i] = 0
+                _tilt_row(lp + loff[i], rp + roff[i], V, lam[i], &prm[i], &res[i],
+                          &tacc[i * nch], &arg[i * nch], &rlo[i * nch],
+                          &rlo[nitems + i * nch], &rlo[2 * nitems + i * nch], stop)
+                flags[i] = res[i].flags
+                _phi_params(&res[i], lam[i], &phi[i])
+                if flags[i] != 0:
+                    continue
+                for k in range(nch):
+                    _moments_chunk_call(lp + loff[i], rp + roff[i], V, k, &phi[i], order,
+                                        sums + (i * nch + k) * stride)
+        else:
+            _tilt_all(lb, rb, loff, roff, V, lam, res, limit, n_threads)
+            for i in range(nrows):
+                flags[i] = res[i].flags
+                _phi_params(&res[i], lam[i], &phi[i])
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
+                i = w // nch
+                k = w - i * nch
+                if flags[i] != 0 or limit[i]:
+                    continue
+                _moments_chunk_call(lp + loff[i], rp + roff[i], V, k, &phi[i], order,
+                                    sums + w * stride)
         for i in prange(nrows, num_threads=n_threads, schedule='static'):
             if tl_stop_requested(stop):
                 continue
