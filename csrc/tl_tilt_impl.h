@@ -479,7 +479,28 @@ void TL_SFX(tl_tilt_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT
                               const tl_phi_params *p, double *TL_RESTRICT out) {
     const double lam = p->lam, c = p->c, anchor = p->anchor, z = p->z;
     double nn = 0.0;
-    for (ptrdiff_t i = 0; i < n; i++) {
+    ptrdiff_t i0 = 0;
+#if TL_HAVE_VEC
+    {
+        const tl_vd va = tl_vset(anchor), vz = tl_vset(z), vc = tl_vset(c);
+        const tl_vd vlam = tl_vset(lam), ninf = tl_vset(-INFINITY);
+        tl_vd vnn = tl_vset(0.0);
+        for (; i0 + TL_VW <= n; i0 += TL_VW) {
+#if TL_T_IS_F32
+            tl_vd li = tl_vload_f(l + i0), ri = tl_vload_f(r + i0);
+#else
+            tl_vd li = tl_vload(l + i0), ri = tl_vload(r + i0);
+#endif
+            /* lam = 0: no reward term (an infinite reward off the support is never read) */
+            tl_vd x = lam == 0.0 ? li - va : (li - va) + vlam * (ri - vc);
+            tl_vd v = tl_vsel(li > ninf, x - vz, ninf);
+            vnn += tl_vmask01(v != v);
+            tl_vstore(out + i0, v);
+        }
+        nn = tl_vsum(vnn);
+    }
+#endif
+    for (ptrdiff_t i = i0; i < n; i++) {
         double li = (double)l[i];
         double x = (li - anchor) + (lam == 0.0 ? 0.0 : lam * ((double)r[i] - c));
         double v = li > -INFINITY ? x - z : -INFINITY;
