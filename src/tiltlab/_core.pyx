@@ -818,3 +818,131 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
             if pending == 0:
                 break
     guard.finish()
+
+
+# --------------------------------------------------------------------------------------
+# small calls: one thread, no OpenMP region
+# --------------------------------------------------------------------------------------
+#
+# The drivers above open OpenMP parallel regions even on one thread, and every region
+# costs a team set-up and a futex wake-up: microseconds, far more than the work of a row
+# of a few hundred outcomes.  The serial drivers below run the same C calls in the same
+# order for rows of dense (nrows, V) arrays (row i at i * V): the chunks of a row one after
+# the other, each merged into the row's first chunk as soon as it is done, which is the
+# left-to-right merge of the parallel drivers, so the results are bitwise the same.  They
+# are meant for small work: they keep the GIL (as NumPy does for small arrays) and have
+# no Ctrl-C guard, since they return within microseconds.
+
+cdef inline void _tilt_row_serial(const floating *lp, const floating *rp, Py_ssize_t V,
+                                  double lam, tl_tilt_result *res) noexcept nogil:
+    """Tilted statistics of one row at a finite lam: _prescan and _tilt_pass of one row."""
+    cdef Py_ssize_t nch = tl_num_chunks(V)
+    cdef Py_ssize_t k, start, j = -1, jk
+    cdef double lo = INFINITY, hi = -INFINITY, rlo, rhi
+    cdef tl_tilt_row prm
+    cdef tl_tilt_acc a, b
+    cdef int attempt, mode, stage = 0
+    for k in range(nch):
+        start = k * TL_CHUNK
+        if floating is double:
+            jk = tl_prescan_f64(lp + start, rp + start, _chunk_len(V, k), lam, &rlo, &rhi)
+        else:
+            jk = tl_prescan_f32(lp + start, rp + start, _chunk_len(V, k), lam, &rlo, &rhi)
+        if rlo < lo:
+            lo = rlo
+        if rhi > hi:
+            hi = rhi
+        if jk < 0:
+            continue
+        jk = jk + start
+        if j < 0 or tl_tilted_diff(<double> lp[jk], <double> rp[jk], <double> lp[j],
+                                   <double> rp[j], lam) > 0.0:
+            j = jk
+    if j >= 0:
+        tl_tilt_row_init(&prm, <double> lp[j], <double> rp[j], lo, hi)
+    else:  # no support: the main pass reports the empty row
+        tl_tilt_row_init(&prm, 0.0, 0.0, 0.0, 0.0)
+    prm.lam = lam
+    prm.lc = 0.0
+    for attempt in range(3):
+        mode = _stage_mode(stage)
+        for k in range(nch):
+            start = k * TL_CHUNK
+            if floating is double:
+                tl_tilt_chunk_f64(lp + start, rp + start, _chunk_len(V, k), &prm, mode,
+                                  &a if k == 0 else &b)
+            else:
+                tl_tilt_chunk_f32(lp + start, rp + start, _chunk_len(V, k), &prm, mode,
+                                  &a if k == 0 else &b)
+            if k > 0:
+                tl_tilt_merge(&a, &b, mode)
+        if stage == 1:
+            res.kl = tl_tilt_kl_value(&a)
+            return
+        if (stage == 0 and (a.flags & TL_FLAGS_INPUT) == 0
+                and not tl_tilt_product_ok(&a, prm.lam)):
+            stage = 2
+            continue
+        tl_tilt_finalize(&a, &prm, mode, res)
+        if stage == 0 and tl_tilt_kl_pass_advised(res, prm.lam):
+            prm.lc = res.lc
+            stage = 1
+        else:
+            return
+
+
+cdef int _tilt_serial(const floating[::1] lb, const floating[::1] rb, Py_ssize_t nrows,
+                      Py_ssize_t V, double lam, double[:, ::1] out) noexcept:
+    cdef Py_ssize_t i
+    cdef int flags = 0
+    cdef tl_tilt_result res
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    for i in range(nrows):
+        _tilt_row_serial(lp + i * V, rp + i * V, V, lam, &res)
+        out[0, i] = res.log_partition
+        out[1, i] = res.mean
+        out[2, i] = res.variance
+        out[3, i] = res.kl
+        flags = flags | res.flags
+    return flags
+
+
+def tilt_small_f64(const double[::1] lb, const double[::1] rb, Py_ssize_t nrows,
+                   Py_ssize_t V, double lam, double[:, ::1] out):
+    """out[:, i] = (log_partition, mean, variance, kl) of row i (at i * V) at the finite lam,
+    on this thread without an OpenMP region; returns the rows' flags or-ed together.
+    The caller guarantees nrows * V <= the sizes of lb and rb and out of shape (4, nrows)."""
+    return _tilt_serial(lb, rb, nrows, V, lam, out)
+
+
+def tilt_small_f32(const float[::1] lb, const float[::1] rb, Py_ssize_t nrows,
+                   Py_ssize_t V, double lam, double[:, ::1] out):
+    """float32 rows: as tilt_small_f64."""
+    return _tilt_serial(lb, rb, nrows, V, lam, out)
+
+
+cdef void _lse_serial(const floating *x, Py_ssize_t nrows, Py_ssize_t n,
+                      double *out) noexcept nogil:
+    cdef Py_ssize_t i, k
+    cdef tl_lse_acc a, b
+    for i in range(nrows):
+        for k in range(tl_num_chunks(n)):
+            if floating is double:
+                tl_lse_chunk_f64(x + i * n + k * TL_CHUNK, _chunk_len(n, k), &a if k == 0 else &b)
+            else:
+                tl_lse_chunk_f32(x + i * n + k * TL_CHUNK, _chunk_len(n, k), &a if k == 0 else &b)
+            if k > 0:
+                tl_lse_merge(&a, &b)
+        out[i] = tl_lse_finalize(&a)
+
+
+def logsumexp_small_f64(const double[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
+    """out[i] = logsumexp(x[i*n:(i+1)*n]) (n >= 1) as logsumexp_rows, on this thread without
+    an OpenMP region."""
+    _lse_serial(&x[0], nrows, n, &out[0])
+
+
+def logsumexp_small_f32(const float[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
+    """float32 rows: as logsumexp_small_f64."""
+    _lse_serial(&x[0], nrows, n, &out[0])
