@@ -319,14 +319,17 @@ cdef int _bon_serial(const floating[::1] lb, const floating[::1] rb, Py_ssize_t 
     cdef int32_t fl
     cdef int flags = 0
     cdef const tl_stop_flag *stop = tl_stop_flag_here()
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
     if _ws_alloc(&w, V) != 0:
         raise MemoryError("tiltlab: could not allocate work buffers")
-    for i in range(nrows):
-        # the row is its own group of one element (distinct rows in a dense batch)
-        _bon_row(&lb[i * V], &rb[i * V], V, &w, &elem, 1, &log_n, &metrics[i, 0], NULL, 0,
-                 &fl, stop)
-        flags = flags | fl
-    _ws_free(&w)
+    with nogil:
+        for i in range(nrows):
+            # the row is its own group of one element (distinct rows in a dense batch)
+            _bon_row(lp + i * V, rp + i * V, V, &w, &elem, 1, &log_n, &metrics[i, 0], NULL,
+                     0, &fl, stop)
+            flags = flags | fl
+        _ws_free(&w)
     return flags
 
 

@@ -830,8 +830,8 @@ def kl_rows(const floating[::1] pb, const floating[::1] qb, const int64_t[::1] p
 # order for rows of dense (nrows, V) arrays (row i at i * V): the chunks of a row one after
 # the other, each merged into the row's first chunk as soon as it is done, which is the
 # left-to-right merge of the parallel drivers, so the results are bitwise the same.  They
-# are meant for small work: they keep the GIL (as NumPy does for small arrays) and have
-# no Ctrl-C guard, since they return within microseconds.
+# are meant for small work (below _validation.SMALL_WORK elements): they have no Ctrl-C
+# guard, since they return within a millisecond.
 
 cdef inline void _tilt_row_serial(const floating *lp, const floating *rp, Py_ssize_t V,
                                   double lam, tl_tilt_result *res) noexcept nogil:
@@ -898,13 +898,14 @@ cdef int _tilt_serial(const floating[::1] lb, const floating[::1] rb, Py_ssize_t
     cdef tl_tilt_result res
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
-    for i in range(nrows):
-        _tilt_row_serial(lp + i * V, rp + i * V, V, lam, &res)
-        out[0, i] = res.log_partition
-        out[1, i] = res.mean
-        out[2, i] = res.variance
-        out[3, i] = res.kl
-        flags = flags | res.flags
+    with nogil:
+        for i in range(nrows):
+            _tilt_row_serial(lp + i * V, rp + i * V, V, lam, &res)
+            out[0, i] = res.log_partition
+            out[1, i] = res.mean
+            out[2, i] = res.variance
+            out[3, i] = res.kl
+            flags = flags | res.flags
     return flags
 
 
@@ -940,9 +941,11 @@ cdef void _lse_serial(const floating *x, Py_ssize_t nrows, Py_ssize_t n,
 def logsumexp_small_f64(const double[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
     """out[i] = logsumexp(x[i*n:(i+1)*n]) (n >= 1) as logsumexp_rows, on this thread without
     an OpenMP region."""
-    _lse_serial(&x[0], nrows, n, &out[0])
+    with nogil:
+        _lse_serial(&x[0], nrows, n, &out[0])
 
 
 def logsumexp_small_f32(const float[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
     """float32 rows: as logsumexp_small_f64."""
-    _lse_serial(&x[0], nrows, n, &out[0])
+    with nogil:
+        _lse_serial(&x[0], nrows, n, &out[0])

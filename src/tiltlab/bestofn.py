@@ -228,7 +228,9 @@ def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None,
     log_n : array_like, optional
         ``log N >= 0`` (for N beyond float range, e.g. ``log_n = 1e5``).
     n_threads : int, optional
-        Threads (one per distinct row).
+        Threads (one per distinct row; default: all cores, honouring OMP_NUM_THREADS and
+        threadpoolctl limits).  Small plain arrays with a scalar N take a fast path on the
+        calling thread, with the same results.
 
     Returns
     -------
@@ -418,7 +420,8 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     rng : None, int or numpy.random.Generator
         Source of randomness (NumPy convention).
     n_threads : int, optional
-        Threads for drawing.
+        Threads for drawing: the draws of a row are split into blocks of 65536, so at most
+        one thread per block (a single block runs on the calling thread).
 
     Returns
     -------
