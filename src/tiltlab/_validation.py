@@ -209,7 +209,14 @@ def n_threads_value(n_threads) -> int:
 
 # Below this many elements a kernel runs on one thread: waking a team costs more than the
 # work, and far more when another process holds a core.  Results do not depend on it.
-SMALL_WORK = 1 << 15
+# Measured (2 cores, AVX2 kernels, passive waiting: a sleeping OpenMP thread takes ~30 us
+# to wake on this virtual machine, several times per call): 2 threads against 1 at 2^16,
+# 2^17 and 2^18 elements (one row / 16 rows) gave tilt_stats 1.29/0.77, 1.35/1.34,
+# 1.68/0.99; logsumexp 0.63/0.71, 0.97/0.97, 1.52/0.99; kl_divergence 0.80/0.83,
+# 1.16/0.96, 1.41/0.99.  The samplers split draws in blocks of 65536 (threads_for_blocks):
+# 2 blocks on 2 threads gave 1.23.  Faster kernels move the crossover up: measure again
+# (bench/ and the thread-scaling runs) when the per-element cost changes.
+SMALL_WORK = 1 << 17
 
 
 def threads_for_work(n_elements: int, n_threads: int) -> int:

@@ -80,8 +80,8 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
         Tilt, any real or ``+-inf``; broadcasts with the batch axes.
     n_threads : int, optional
         Threads for the compiled kernel (default: all cores, honouring OMP_NUM_THREADS and
-        threadpoolctl limits).  Inputs of fewer than 32768 elements run on the calling
-        thread whatever it says; small plain arrays (one float64/float32 dtype, 1-d or 2-d,
+        threadpoolctl limits).  Inputs of fewer than 2^17 elements run on the calling thread
+        whatever it says; small plain arrays (one float64/float32 dtype, 1-d or 2-d,
         C-contiguous) take a fast path of a few microseconds with the same results.
 
     Returns
