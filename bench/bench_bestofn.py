@@ -79,3 +79,37 @@ def test_simulate_best_of_n(benchmark, rounds, request, impl):
     run(benchmark, fn, rounds=rounds,
         group=f"simulate_best_of_n V=50257 N=16 samples={samples}", impl=impl,
         kernel="simulate_best_of_n", n_elements=samples * n)
+
+
+# --------------------------------------------------------------------------------------
+# small calls: one row of 8 outcomes, N = 4 (bench_tilting.py has the tilting ones)
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_small_best_of_n_kl(benchmark, request, impl):
+    from bench_tilting import SMALL_V, run_small, small_data
+
+    logits, rewards = small_data()
+    if impl == "reference":
+        fn = lambda: reference.best_of_n(logits, rewards, np.log(4.0))["kl"]  # noqa: E731
+    else:
+        nt = _threads(impl)
+        fn = lambda: tiltlab.best_of_n(logits, rewards, 4, n_threads=nt).kl  # noqa: E731
+    run_small(benchmark, request, fn, group=f"best_of_n 1x{SMALL_V} N=4 .kl (small call)",
+              impl=impl, kernel="best_of_n")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_small_sample_best_of_n(benchmark, request, impl):
+    from bench_tilting import SMALL_V, run_small, small_data
+
+    logits, rewards = small_data()
+    if impl == "reference":
+        fn = lambda: reference.sample_best_of_n(logits, rewards, np.log(4.0), 16, None)  # noqa: E731
+    else:
+        nt = _threads(impl)
+        fn = lambda: tiltlab.sample_best_of_n(logits, rewards, 4, size=16,  # noqa: E731
+                                              n_threads=nt)
+    run_small(benchmark, request, fn,
+              group=f"sample_best_of_n V={SMALL_V} N=4 draws=16 (small call)", impl=impl,
+              kernel="sample_best_of_n")

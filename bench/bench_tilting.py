@@ -99,3 +99,66 @@ def test_solve_joint(benchmark, rounds, shape, impl):
         passes = int(fn()[2][0])
     run(benchmark, fn, rounds=max(1, rounds - 2), group=f"solve_joint {shape[0]}x{shape[1]} "
         f"float64", impl=impl, kernel="solve_joint", n_elements=np.prod(shape), passes=passes)
+
+
+# --------------------------------------------------------------------------------------
+# small calls: one row of 8 outcomes, the size of a research loop over prompts
+# --------------------------------------------------------------------------------------
+
+SMALL_V = 8
+
+
+def small_data(dtype=np.float64):
+    """One row of SMALL_V logits and rewards."""
+    rng = np.random.default_rng(0)
+    return ((rng.standard_normal(SMALL_V) * 2).astype(dtype),
+            rng.random(SMALL_V).astype(dtype))
+
+
+def run_small(benchmark, request, fn, *, group, impl, kernel):
+    """Time a call of microseconds: many calls per round (a round of one call would mostly
+    measure the timer), medians over the rounds, per call."""
+    from conftest import quick
+
+    benchmark.group = group
+    benchmark.extra_info.update(impl=impl, kernel=kernel, n_elements=SMALL_V)
+    small = quick(request.config)
+    return benchmark.pedantic(fn, rounds=5 if small else 15, iterations=200 if small else 2000,
+                              warmup_rounds=1)
+
+
+def numpy_simple_logsumexp(x):
+    """The NumPy one-liner: max-shifted log of the sum of exponentials."""
+    m = x.max(axis=-1)
+    return m + np.log(np.exp(x - m[..., None]).sum(axis=-1))
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["numpy-simple"])
+def test_small_tilt_stats(benchmark, request, impl):
+    logits, rewards = small_data()
+    if impl == "reference":
+        fn = lambda: reference.tilt_stats(logits, rewards, 1.0)  # noqa: E731
+    elif impl == "numpy-simple":
+        fn = lambda: numpy_simple_tilt_stats(logits, rewards, 1.0)  # noqa: E731
+    else:
+        nt = _threads(impl)
+        fn = lambda: tiltlab.tilt_stats(logits, rewards, 1.0, n_threads=nt)  # noqa: E731
+    run_small(benchmark, request, fn, group=f"tilt_stats 1x{SMALL_V} float64 (small call)",
+              impl=impl, kernel="tilt_stats")
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["numpy-simple", "scipy"])
+def test_small_logsumexp(benchmark, request, impl):
+    logits, _ = small_data()
+    if impl == "reference":
+        fn = lambda: reference.logsumexp(logits)  # noqa: E731
+    elif impl == "numpy-simple":
+        fn = lambda: numpy_simple_logsumexp(logits)  # noqa: E731
+    elif impl == "scipy":
+        special = pytest.importorskip("scipy.special")
+        fn = lambda: special.logsumexp(logits)  # noqa: E731
+    else:
+        nt = _threads(impl)
+        fn = lambda: tiltlab.logsumexp(logits, n_threads=nt)  # noqa: E731
+    run_small(benchmark, request, fn, group=f"logsumexp 1x{SMALL_V} float64 (small call)",
+              impl=impl, kernel="logsumexp")

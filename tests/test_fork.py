@@ -30,7 +30,7 @@ COMMON = textwrap.dedent("""
     from tiltlab import _validation
 
     rng = np.random.default_rng(3)
-    V = 40_000
+    V = 50_000
     L = rng.normal(size=(3, V)) * 2
     R = rng.normal(size=(3, V))
     LAM = np.array([0.3, 1.0, -2.0])

@@ -205,3 +205,163 @@ def test_gil_is_released_during_kernels():
         assert dt > 0.02, (name, dt)
         # with the GIL held the counter could not run at all inside the call
         assert n > 100, (name, n, dt)
+
+
+# --------------------------------------------------------------------------------------
+# thread teams: none for small work, OMP_NUM_THREADS and threadpoolctl honoured, passive
+# waiting (each in a fresh process: OpenMP reads its settings when it starts)
+# --------------------------------------------------------------------------------------
+
+_PROBE = """
+import json, os, sys
+import numpy as np
+import tiltlab
+
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+
+rng = np.random.default_rng(0)
+big_l, big_r = rng.normal(size=(8, 40_000)), rng.normal(size=(8, 40_000))
+out = {"openmp": tiltlab.build_info()["openmp"], "max_threads": tiltlab.build_info()["max_threads"]}
+base = tasks()
+"""
+
+
+def _probe(code: str, **env) -> dict:
+    """Run _PROBE + code in a fresh interpreter (OMP_* variables of this process removed,
+    ``env`` added) and return the JSON it prints last."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counts threads in /proc/self/task (Linux)")
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("OMP_", "GOMP_", "KMP_"))}
+    full.update(OPENBLAS_NUM_THREADS="1", **env)
+    res = subprocess.run([sys.executable, "-c", _PROBE + code + "\nprint(json.dumps(out))"],
+                         capture_output=True, text=True, env=full, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    if not out["openmp"]:
+        pytest.skip("built without OpenMP")
+    return out
+
+
+def test_small_work_starts_no_thread_team():
+    """Calls below the work threshold, and samplers with one block of draws per row, run on
+    the calling thread however many threads they are given: no OpenMP worker is started.
+    The control call at the end (several blocks of draws) starts one."""
+    out = _probe("""
+x, r = big_l[0, :8], big_r[0, :8]
+for nt in (None, 2):
+    tiltlab.tilt_stats(x, r, 0.5, n_threads=nt)
+    tiltlab.tilt_stats(big_l[:3, :10_000], big_r[:3, :10_000], 0.5, n_threads=nt)
+    tiltlab.logsumexp(big_l[:, :4000], n_threads=nt)
+    tiltlab.kl_divergence(big_l[:2, :1000], big_r[:2, :1000], n_threads=nt)
+    tiltlab.best_of_n(x, r, 4, n_threads=nt).kl
+    tiltlab.sample_best_of_n(x, r, 4, size=16, rng=0, n_threads=nt)
+    tiltlab.sample_best_of_n(big_l[0], big_r[0], 4, size=60_000, rng=0, n_threads=nt)
+    tiltlab.simulate_best_of_n(big_l[0, :100], big_r[0, :100], 4, size=60_000, rng=0,
+                               n_threads=nt)
+out["small"] = tasks() - base
+tiltlab.sample_best_of_n(big_l[0], big_r[0], 4, size=200_000, rng=0, n_threads=2)
+out["control"] = tasks() - base
+""", OMP_NUM_THREADS="2")
+    assert out["max_threads"] == 2
+    assert out["small"] == 0
+    assert out["control"] == 1
+
+
+@pytest.mark.parametrize("omp", ["1", "2"])
+def test_omp_num_threads_is_honoured(omp):
+    """OMP_NUM_THREADS sets the default team (n_threads=None); 2 is the control."""
+    out = _probe("""
+tiltlab.tilt_stats(big_l, big_r, 0.5)
+tiltlab.logsumexp(big_l)
+tiltlab.sample_best_of_n(big_l[0], big_r[0], 4, size=200_000, rng=0)
+out["workers"] = tasks() - base
+""", OMP_NUM_THREADS=omp)
+    assert out["max_threads"] == int(omp)
+    assert out["workers"] == int(omp) - 1
+
+
+def test_threadpoolctl_limits_are_honoured():
+    """threadpoolctl.threadpool_limits(1) makes the default n_threads=None one thread; the
+    same calls after the limit is lifted use two (the control)."""
+    pytest.importorskip("threadpoolctl")
+    out = _probe("""
+from threadpoolctl import threadpool_info, threadpool_limits
+out["apis"] = sorted({lib["user_api"] for lib in threadpool_info()})
+with threadpool_limits(1):
+    out["limited_max"] = tiltlab.build_info()["max_threads"]
+    tiltlab.tilt_stats(big_l, big_r, 0.5)
+    tiltlab.logsumexp(big_l)
+    out["limited"] = tasks() - base
+out["free_max"] = tiltlab.build_info()["max_threads"]
+tiltlab.tilt_stats(big_l, big_r, 0.5)
+out["free"] = tasks() - base
+""", OMP_NUM_THREADS="2")
+    assert "openmp" in out["apis"]
+    assert out["limited_max"] == 1 and out["limited"] == 0
+    assert out["free_max"] == 2 and out["free"] == 1
+
+
+_WAIT_POLICY = """
+import ctypes
+from tiltlab import _openmp
+out["requested"] = _openmp.PASSIVE_REQUESTED
+out["environ"] = os.environ.get("OMP_WAIT_POLICY")
+gomp = [ln.split()[-1] for ln in open("/proc/self/maps") if "libgomp" in ln]
+out["display"] = None
+if gomp:
+    try:
+        show = ctypes.CDLL(gomp[0]).omp_display_env
+    except (OSError, AttributeError):
+        show = None
+    if show is not None:
+        r, w = os.pipe()
+        saved = os.dup(2)
+        os.dup2(w, 2)
+        show(1)
+        os.dup2(saved, 2)
+        os.close(w)
+        text = os.read(r, 1 << 16).decode()
+        out["display"] = [ln.strip() for ln in text.splitlines()
+                          if "OMP_WAIT_POLICY" in ln or "GOMP_SPINCOUNT" in ln]
+"""
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE", "GOMP_SPINCOUNT"])
+def test_threads_wait_passively_unless_the_user_chose(user):
+    """Without a user setting the OpenMP runtime starts with OMP_WAIT_POLICY=PASSIVE (libgomp:
+    a spin count of 0, against 300000 by default) and the variable is gone from the
+    environment after import; a user's setting is left alone."""
+    env = {"OMP_WAIT_POLICY": user} if user == "ACTIVE" else \
+        {"GOMP_SPINCOUNT": "1000"} if user else {}
+    out = _probe(_WAIT_POLICY, **env)
+    assert out["requested"] == (user is None)
+    assert out["environ"] == ("ACTIVE" if user == "ACTIVE" else None)
+    if not out["display"]:
+        pytest.skip("the OpenMP runtime is not GNU libgomp with omp_display_env")
+    want = {None: ("PASSIVE", "0"), "ACTIVE": ("ACTIVE", "30000000000"),
+            "GOMP_SPINCOUNT": ("PASSIVE", "1000")}[user]
+    assert out["display"] == [f"OMP_WAIT_POLICY = '{want[0]}'", f"GOMP_SPINCOUNT = '{want[1]}'"]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_samplers_with_several_blocks_are_identical_for_any_thread_count(bon_model, threads):
+    """Rows of more than one block of draws run their blocks on several threads."""
+    from tiltlab.bestofn import SAMPLE_BLOCK
+
+    logits, rewards = bon_model
+    size = 2 * SAMPLE_BLOCK + 17
+
+    def draws(nt):
+        return tiltlab.sample_best_of_n(logits, rewards, 64, size=size, rng=4, n_threads=nt)
+
+    assert_array_equal(draws(1), draws(threads))
+    a, b = (tiltlab.simulate_best_of_n(logits[:50], rewards[:50], 3, size=size, rng=2,
+                                       n_threads=t) for t in (1, threads))
+    assert_array_equal(a, b)

@@ -7,7 +7,10 @@ See SPEC section numbers in the docstrings for the formulas each function comput
 
 import os
 
-from tiltlab import simd
+from tiltlab import (
+    _openmp,  # noqa: F401  (first: sets up OpenMP before it starts)
+    simd,
+)
 from tiltlab._version import __version__
 from tiltlab.bestofn import (
     BestOfN,

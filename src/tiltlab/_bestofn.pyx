@@ -303,3 +303,171 @@ cdef void _softmax_weights(double *x, Py_ssize_t n) noexcept nogil:
             mx = x[i]
     for i in range(n):
         x[i] = exp(x[i] - mx)
+
+
+# --------------------------------------------------------------------------------------
+# small calls: exact laws on one thread, and the samplers' bit generators
+# --------------------------------------------------------------------------------------
+
+cdef int _bon_serial(const floating[::1] lb, const floating[::1] rb, Py_ssize_t nrows,
+                     Py_ssize_t V, double log_n, double[:, ::1] metrics) except -1:
+    """bon_rows for the rows of dense (nrows, V) arrays (row i at i * V) with one log N,
+    on this thread without an OpenMP region; returns the rows' flags or-ed together."""
+    cdef Workspace w
+    cdef Py_ssize_t i
+    cdef int64_t elem = 0
+    cdef int32_t fl
+    cdef int flags = 0
+    cdef const tl_stop_flag *stop = tl_stop_flag_here()
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    if _ws_alloc(&w, V) != 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    with nogil:
+        for i in range(nrows):
+            # the row is its own group of one element (distinct rows in a dense batch)
+            _bon_row(lp + i * V, rp + i * V, V, &w, &elem, 1, &log_n, &metrics[i, 0], NULL,
+                     0, &fl, stop)
+            flags = flags | fl
+        _ws_free(&w)
+    return flags
+
+
+def bon_small_f64(const double[::1] lb, const double[::1] rb, Py_ssize_t nrows, Py_ssize_t V,
+                  double log_n, double[:, ::1] metrics):
+    """metrics[i] = (kl, expected_reward, win_rate, total_mass) of row i (at i * V) as
+    bon_rows computes them, without an OpenMP region (small work); returns the or-ed
+    flags.  The caller guarantees the sizes (metrics of shape (nrows, 4))."""
+    return _bon_serial(lb, rb, nrows, V, log_n, metrics)
+
+
+def bon_small_f32(const float[::1] lb, const float[::1] rb, Py_ssize_t nrows, Py_ssize_t V,
+                  double log_n, double[:, ::1] metrics):
+    """float32 rows: as bon_small_f64."""
+    return _bon_serial(lb, rb, nrows, V, log_n, metrics)
+
+
+from cpython.pycapsule cimport PyCapsule_New
+from libc.stdint cimport uint32_t
+
+
+cdef extern from "numpy/random/bitgen.h" nogil:
+    # the interface with its members (tiltlab._kernels declares bitgen_t opaque)
+    ctypedef struct _bitgen_fns "bitgen_t":
+        void *state
+        uint64_t (*next_uint64)(void *st) nogil
+        uint32_t (*next_uint32)(void *st) nogil
+        double (*next_double)(void *st) nogil
+        uint64_t (*next_raw)(void *st) nogil
+
+
+cdef extern from "tl_rng.h" nogil:
+    ctypedef struct tl_pcg64_state:
+        int has_uint32
+        uint32_t uinteger
+    ctypedef struct tl_pcg64:
+        tl_pcg64_state st
+        bitgen_t bitgen
+    void tl_pcg64_init(tl_pcg64 *g, const uint64_t *words)
+    void tl_pcg64_get(const tl_pcg64 *g, uint64_t *out)
+    void tl_seed_entropy(const uint32_t *seed, Py_ssize_t n_seed, uint64_t *out)
+    void tl_pcg64_child(tl_pcg64 *g, const uint64_t *entropy, uint64_t index)
+
+
+cdef class PCG64Stream:
+    """A PCG64 bit generator made in C (csrc/tl_rng.h): what the samplers' kernels read
+    through ``capsule`` (a ``"BitGenerator"`` capsule, as NumPy's bit generators carry), for
+    one block of draws.  Its draws are those of ``numpy.random.PCG64`` in the same state."""
+    cdef tl_pcg64 g
+    cdef readonly object capsule
+
+    @property
+    def state(self):
+        """The state as ``numpy.random.PCG64().state`` shows it."""
+        cdef uint64_t s[4]
+        tl_pcg64_get(&self.g, s)
+        return {"bit_generator": "PCG64",
+                "state": {"state": (int(s[0]) << 64) | int(s[1]),
+                          "inc": (int(s[2]) << 64) | int(s[3])},
+                "has_uint32": int(self.g.st.has_uint32), "uinteger": int(self.g.st.uinteger)}
+
+
+cdef PCG64Stream _stream():
+    cdef PCG64Stream s = PCG64Stream.__new__(PCG64Stream)
+    s.capsule = PyCapsule_New(&s.g.bitgen, "BitGenerator", NULL)
+    return s
+
+
+def pcg64_children(entropy, Py_ssize_t count):
+    """``[PCG64(SeedSequence(entropy, spawn_key=(b,))) for b in range(count)]`` as
+    PCG64Stream objects, for four integers ``entropy`` in [0, 2^64)."""
+    cdef uint64_t ent[4]
+    cdef Py_ssize_t b
+    cdef PCG64Stream s
+    if len(entropy) != 4:
+        raise ValueError("internal: entropy must be four integers")
+    for b in range(4):
+        ent[b] = entropy[b]
+    out = []
+    for b in range(count):
+        s = _stream()
+        tl_pcg64_child(&s.g, ent, <uint64_t> b)
+        out.append(s)
+    return out
+
+
+def pcg64_from_state(words):
+    """A PCG64Stream seeded as ``PCG64`` seeds itself from
+    ``SeedSequence.generate_state(4, numpy.uint64)`` = ``words`` (for tests)."""
+    cdef uint64_t w[4]
+    cdef Py_ssize_t b
+    for b in range(4):
+        w[b] = words[b]
+    cdef PCG64Stream s = _stream()
+    tl_pcg64_init(&s.g, w)
+    return s
+
+
+def seed_entropy(seed):
+    """``tuple(int(v) for v in numpy.random.default_rng(seed).integers(0, 2**63, size=4))``
+    for an int ``0 <= seed < 2^128``, without NumPy's objects."""
+    cdef uint32_t words[4]
+    cdef uint64_t out[4]
+    cdef Py_ssize_t n = 0
+    if not 0 <= seed < (1 << 128):
+        raise ValueError("internal: seed out of range")
+    while True:
+        words[n] = seed & 0xffffffff
+        n += 1
+        seed >>= 32
+        if seed == 0:
+            break
+    tl_seed_entropy(words, n, out)
+    return (out[0], out[1], out[2], out[3])
+
+
+def bitgen_draws(bit_generator, Py_ssize_t n, str kind):
+    """n draws through the bitgen_t interface of any object with a ``capsule`` (NumPy's bit
+    generators, PCG64Stream): kind "uint64", "uint32", "double" or "raw" (for tests)."""
+    cdef _bitgen_fns *bg = <_bitgen_fns *> PyCapsule_GetPointer(bit_generator.capsule,
+                                                                "BitGenerator")
+    cdef Py_ssize_t i
+    out = np.empty(n, dtype=np.float64 if kind == "double" else np.uint64)
+    cdef uint64_t[::1] u
+    cdef double[::1] d
+    if kind == "double":
+        d = out
+        for i in range(n):
+            d[i] = bg.next_double(bg.state)
+        return out
+    u = out
+    for i in range(n):
+        if kind == "uint64":
+            u[i] = bg.next_uint64(bg.state)
+        elif kind == "uint32":
+            u[i] = bg.next_uint32(bg.state)
+        elif kind == "raw":
+            u[i] = bg.next_raw(bg.state)
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+    return out

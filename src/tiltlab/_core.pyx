@@ -1008,3 +1008,98 @@ def _mathcheck(str variant, str function, const double[::1] x, double[::1] out):
         raise ValueError(f"this CPU cannot run the {variant!r} variant")
     if rc != 0:
         raise ValueError(f"tl_mathcheck_isa failed ({rc})")
+
+
+# --------------------------------------------------------------------------------------
+# small calls: one thread, no OpenMP region
+# --------------------------------------------------------------------------------------
+#
+# The drivers above open OpenMP parallel regions even on one thread, and every region
+# costs a team set-up and a futex wake-up: microseconds, far more than the work of a row
+# of a few hundred outcomes.  The serial drivers below run the same C calls in the same
+# order for rows of dense (nrows, V) arrays (row i at i * V): the chunks of a row one after
+# the other, each merged into the row's first chunk as soon as it is done, which is the
+# left-to-right merge of the parallel drivers, so the results are bitwise the same.  They
+# are meant for small work (below _validation.SMALL_WORK elements): they have no Ctrl-C
+# guard, since they return within a millisecond.
+
+# chunks of a row on the serial path (rows of the fast path are below SMALL_WORK = 2^17
+# elements: at most 8 chunks)
+cdef enum:
+    SERIAL_MAX_CHUNKS = 16
+
+
+cdef inline void _tilt_row_serial(const floating *lp, const floating *rp, Py_ssize_t V,
+                                  double lam, tl_tilt_result *res) noexcept nogil:
+    """Tilted statistics of one row at a finite lam: _tilt_row on this thread."""
+    cdef tl_tilt_row prm
+    cdef tl_tilt_acc acc[SERIAL_MAX_CHUNKS]
+    cdef Py_ssize_t arg[SERIAL_MAX_CHUNKS]
+    cdef double rlo[SERIAL_MAX_CHUNKS]
+    cdef double rhi[SERIAL_MAX_CHUNKS]
+    cdef double lmx[SERIAL_MAX_CHUNKS]
+    _tilt_row(lp, rp, V, lam, &prm, res, acc, arg, rlo, rhi, lmx, NULL)
+
+
+cdef int _tilt_serial(const floating[::1] lb, const floating[::1] rb, Py_ssize_t nrows,
+                      Py_ssize_t V, double lam, double[:, ::1] out) noexcept:
+    cdef Py_ssize_t i
+    cdef int flags = 0
+    cdef tl_tilt_result res
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    with nogil:
+        for i in range(nrows):
+            _tilt_row_serial(lp + i * V, rp + i * V, V, lam, &res)
+            out[0, i] = res.log_partition
+            out[1, i] = res.mean
+            out[2, i] = res.variance
+            out[3, i] = res.kl
+            flags = flags | res.flags
+    return flags
+
+
+def tilt_small_f64(const double[::1] lb, const double[::1] rb, Py_ssize_t nrows,
+                   Py_ssize_t V, double lam, double[:, ::1] out):
+    """out[:, i] = (log_partition, mean, variance, kl) of row i (at i * V) at the finite lam,
+    on this thread without an OpenMP region; returns the rows' flags or-ed together.
+    The caller guarantees nrows * V <= the sizes of lb and rb and out of shape (4, nrows)."""
+    if tl_num_chunks(V) > SERIAL_MAX_CHUNKS:
+        raise ValueError("rows too long for the serial path")
+    return _tilt_serial(lb, rb, nrows, V, lam, out)
+
+
+def tilt_small_f32(const float[::1] lb, const float[::1] rb, Py_ssize_t nrows,
+                   Py_ssize_t V, double lam, double[:, ::1] out):
+    """float32 rows: as tilt_small_f64."""
+    if tl_num_chunks(V) > SERIAL_MAX_CHUNKS:
+        raise ValueError("rows too long for the serial path")
+    return _tilt_serial(lb, rb, nrows, V, lam, out)
+
+
+cdef void _lse_serial(const floating *x, Py_ssize_t nrows, Py_ssize_t n,
+                      double *out) noexcept nogil:
+    cdef Py_ssize_t i, k
+    cdef tl_lse_acc a, b
+    for i in range(nrows):
+        for k in range(tl_num_chunks(n)):
+            if floating is double:
+                tl_lse_chunk_f64(x + i * n + k * TL_CHUNK, _chunk_len(n, k), &a if k == 0 else &b)
+            else:
+                tl_lse_chunk_f32(x + i * n + k * TL_CHUNK, _chunk_len(n, k), &a if k == 0 else &b)
+            if k > 0:
+                tl_lse_merge(&a, &b)
+        out[i] = tl_lse_finalize(&a)
+
+
+def logsumexp_small_f64(const double[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
+    """out[i] = logsumexp(x[i*n:(i+1)*n]) (n >= 1) as logsumexp_rows, on this thread without
+    an OpenMP region."""
+    with nogil:
+        _lse_serial(&x[0], nrows, n, &out[0])
+
+
+def logsumexp_small_f32(const float[::1] x, Py_ssize_t nrows, Py_ssize_t n, double[::1] out):
+    """float32 rows: as logsumexp_small_f64."""
+    with nogil:
+        _lse_serial(&x[0], nrows, n, &out[0])

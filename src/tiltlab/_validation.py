@@ -209,12 +209,105 @@ def n_threads_value(n_threads) -> int:
 
 # Below this many elements a kernel runs on one thread: waking a team costs more than the
 # work, and far more when another process holds a core.  Results do not depend on it.
-SMALL_WORK = 1 << 15
+# Measured (2 cores, AVX2 kernels, passive waiting: a sleeping OpenMP thread takes ~30 us
+# to wake on this virtual machine, several times per call): 2 threads against 1 at 2^16,
+# 2^17 and 2^18 elements (one row / 16 rows) gave tilt_stats 1.29/0.77, 1.35/1.34,
+# 1.68/0.99; logsumexp 0.63/0.71, 0.97/0.97, 1.52/0.99; kl_divergence 0.80/0.83,
+# 1.16/0.96, 1.41/0.99.  The samplers split draws in blocks of 65536 (threads_for_blocks):
+# 2 blocks on 2 threads gave 1.23.  Faster kernels move the crossover up: measure again
+# (bench/ and the thread-scaling runs) when the per-element cost changes.
+SMALL_WORK = 1 << 17
 
 
 def threads_for_work(n_elements: int, n_threads: int) -> int:
     """n_threads, or 1 for small inputs (results are identical for any thread count)."""
     return 1 if n_elements < SMALL_WORK else n_threads
+
+
+def threads_for_blocks(n_blocks: int, n_threads: int) -> int:
+    """Threads for a sampler whose parallel work is ``n_blocks`` blocks of draws (each with
+    its own bit generator): never more than the blocks, since a thread without a block only
+    costs its wake-up (results are identical for any thread count)."""
+    return max(1, min(n_threads, n_blocks))
+
+
+# --------------------------------------------------------------------------------------
+# the fast path of small calls
+# --------------------------------------------------------------------------------------
+#
+# A call on small plain arrays (a row of a few hundred outcomes inside a research loop)
+# must not pay microseconds of general checks for nothing.  The functions below recognise
+# the common case cheaply and return None for anything else, which then takes the general
+# path: every check of the general path is either implied by the case (dtype, shape,
+# memory) or done by the kernels, whose flags raise the same errors (raise_flag_bits).
+
+_FAST_DTYPES = frozenset((np.dtype(np.float64), np.dtype(np.float32)))
+_F64 = np.dtype(np.float64)
+
+
+def small_pair(first, second) -> tuple | None:
+    """``(n_rows, n_outcomes)`` when ``first`` and ``second`` are plain ``numpy.ndarray``s
+    (no subclass, no mask) of one native float64 or float32 dtype and one shape, 1-d
+    ``(V,)`` or 2-d ``(n_rows, V)`` with ``V >= 1`` and ``n_rows >= 1``, C-contiguous and
+    aligned, with fewer than :data:`SMALL_WORK` elements: row ``i`` is then
+    ``first.reshape(-1)[i * V:(i + 1) * V]`` and one thread does the work.  None
+    otherwise."""
+    if type(first) is not np.ndarray or type(second) is not np.ndarray:
+        return None
+    shape = first.shape
+    if second.shape != shape or first.dtype not in _FAST_DTYPES or \
+            second.dtype != first.dtype:
+        return None
+    if len(shape) == 1:
+        n_rows, n_out = 1, shape[0]
+    elif len(shape) == 2:
+        n_rows, n_out = shape
+    else:
+        return None
+    if not 0 < n_rows * n_out < SMALL_WORK:
+        return None
+    f, g = first.flags, second.flags
+    if not (f.c_contiguous and f.aligned and g.c_contiguous and g.aligned):
+        return None
+    return n_rows, n_out
+
+
+def small_scalar(x) -> float | None:
+    """``x`` as a float when it is a finite Python float, NumPy float64 scalar or Python int
+    of at most 2^53 in magnitude (converted exactly, as :func:`param_array` converts it);
+    None otherwise (NaN, infinities, arrays, other types: the general path decides)."""
+    t = type(x)
+    if t is float or t is np.float64:
+        x = float(x)
+    elif t is int and -(1 << 53) <= x <= (1 << 53):
+        x = float(x)
+    else:
+        return None
+    return x if x - x == 0.0 else None
+
+
+def small_owned_rows(first, second, small: tuple, params: dict,
+                     names: tuple = ("logits", "rewards")) -> Rows:
+    """``owned_rows(prepare_rows(first, second, params))`` for a :func:`small_pair` and
+    scalar float ``params``: copies of the arrays, read-only, laid out as prepare_rows lays
+    them out (nothing is checked here: the caller has done it)."""
+    n_rows, n_out = small
+    a = readonly(first.reshape(-1).copy())
+    b = readonly(second.reshape(-1).copy())
+    off = readonly(np.arange(0, n_rows * n_out, n_out, dtype=np.int64))
+    return Rows(first=a, second=b, first_off=off, second_off=off,
+                n_outcomes=n_out, batch_shape=first.shape[:-1],
+                params={k: readonly(np.full(n_rows, v, dtype=np.float64))
+                        for k, v in params.items()},
+                names=names, originals=(a.reshape(first.shape), b.reshape(second.shape)),
+                owned=True)
+
+
+def small_threads(n_threads) -> None:
+    """Check an explicit ``n_threads`` as :func:`n_threads_value` does (small work runs on
+    one thread whatever it is)."""
+    if n_threads is not None:
+        n_threads_value(n_threads)
 
 
 def index_str(idx) -> str:
@@ -453,9 +546,18 @@ def raise_for_flags(flags: np.ndarray, rows: Rows, *, second_is_logits: bool = F
     """Raise the error described by the kernels' per-row flags (no-op when all are 0)."""
     if not np.any(flags):
         return
-    f = int(np.bitwise_or.reduce(flags))
-    first, second = rows.originals
-    n1, n2 = rows.names
+    raise_flag_bits(int(np.bitwise_or.reduce(flags)), rows.originals, rows.names,
+                    second_is_logits=second_is_logits)
+
+
+def raise_flag_bits(f: int, originals: tuple, names: tuple = ("logits", "rewards"), *,
+                    second_is_logits: bool = False) -> None:
+    """Raise the error described by the flags ``f`` of the kernels (or-ed over the rows) for
+    the two arrays ``originals`` (masks applied) named ``names``; no-op when ``f`` is 0."""
+    if not f:
+        return
+    first, second = originals
+    n1, n2 = names
     if f & FLAG_BAD_LOGIT:
         _check_logit_values(first, n1)
     if f & FLAG_BAD_LOGIT_Q or (second_is_logits and f & FLAG_BAD_REWARD):
@@ -570,12 +672,17 @@ def freeze(obj) -> None:
     """Make the arrays a result dataclass keeps read-only (from its ``__post_init__``):
     every ndarray field, and a :class:`Rows` field replaced by :func:`owned_rows`.  The
     other array fields must hold arrays the object owns."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
+    for name in _field_names(type(obj)):
+        value = getattr(obj, name)
         if isinstance(value, Rows):
-            object.__setattr__(obj, f.name, owned_rows(value))
+            object.__setattr__(obj, name, owned_rows(value))
         else:
             readonly(value)
+
+
+@functools.cache
+def _field_names(cls) -> tuple:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def owned_rows(rows: Rows) -> Rows:

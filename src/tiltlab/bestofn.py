@@ -14,6 +14,7 @@ The law depends on the rewards only through their order; ties count as one level
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -63,6 +64,23 @@ def _log_n_param(n, log_n) -> np.ndarray:
     if np.any(bad):
         raise ValueError(f"log_n must be >= 0 (N >= 1); got {arr[bad].flat[0]!r}")
     return arr
+
+
+def _small_log_n(n, log_n) -> float | None:
+    """log N for exactly one scalar ``n >= 1`` or ``log_n >= 0`` (see V.small_scalar), with
+    the value :func:`_log_n_param` gives; None for anything else (the general path then
+    checks and raises)."""
+    if log_n is None:
+        x = V.small_scalar(n)
+        if x is None or not x >= 1.0:
+            return None
+        return float(np.log(x))
+    if n is None:
+        x = V.small_scalar(log_n)
+        if x is None or not x >= 0.0:
+            return None
+        return x
+    return None
 
 
 def _group_rows(rows: V.Rows):
@@ -210,7 +228,9 @@ def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None,
     log_n : array_like, optional
         ``log N >= 0`` (for N beyond float range, e.g. ``log_n = 1e5``).
     n_threads : int, optional
-        Threads (one per distinct row).
+        Threads (one per distinct row; default: all cores, honouring OMP_NUM_THREADS and
+        threadpoolctl limits).  Small plain arrays with a scalar N take a fast path on the
+        calling thread, with the same results.
 
     Returns
     -------
@@ -233,9 +253,37 @@ def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None,
     >>> print(f"{tiltlab.best_of_n(np.zeros(10), np.arange(10.0), log_n=1e5).kl:.10f}")
     2.3025850930
     """
+    small = V.small_pair(logits, rewards)
+    if small is not None:
+        lg_f = _small_log_n(n, log_n)
+        if lg_f is not None:
+            return _best_of_n_small(logits, rewards, lg_f, small, n_threads)
     lg = _log_n_param(n, log_n)
     rows = V.prepare_rows(logits, rewards, {"log_n": lg})
     metrics, _ = _run_law(rows, False, n_threads)
+    return _best_of_n_result(rows, metrics, n_threads)
+
+
+# the serial drivers of small calls by dtype (V.small_pair admits these two only)
+_BON_SMALL = {np.dtype(np.float64): _bestofn.bon_small_f64,
+              np.dtype(np.float32): _bestofn.bon_small_f32}
+
+
+def _best_of_n_small(logits, rewards, log_n: float, small: tuple, n_threads) -> BestOfN:
+    """best_of_n of a V.small_pair with one scalar log N: the same values and errors as
+    the general path, on one thread without an OpenMP region."""
+    V.small_threads(n_threads)
+    n_rows, n_out = small
+    metrics = np.empty((n_rows, 4), dtype=np.float64)
+    flags = _BON_SMALL[logits.dtype](logits.reshape(-1), rewards.reshape(-1), n_rows, n_out,
+                                     log_n, metrics)
+    if flags:
+        V.raise_flag_bits(flags, (logits, rewards))
+    return _best_of_n_result(V.small_owned_rows(logits, rewards, small, {"log_n": log_n}),
+                             metrics, n_threads)
+
+
+def _best_of_n_result(rows: V.Rows, metrics: np.ndarray, n_threads) -> BestOfN:
     bs = rows.batch_shape
     ln = rows.params["log_n"]
     kl_bound = ln + np.expm1(-ln)  # log N - (N-1)/N
@@ -285,12 +333,33 @@ def reward_levels(logits: ArrayLike, rewards: ArrayLike):
     return out[0] if rows.batch_shape == () else out
 
 
-def _generators(rng, count: int) -> list:
-    """count independent bit generators derived deterministically from rng."""
+def _entropy(rng) -> tuple:
+    """Four integers in [0, 2^63) drawn from ``rng`` as
+    ``numpy.random.default_rng(rng).integers(0, 2**63, size=4)`` draws them.
+
+    The common cases skip NumPy's objects (~20 us): an int seed (its generator's draws are
+    computed in C, _bestofn.seed_entropy), a Generator over PCG64 (``integers`` over the
+    power-of-two range [0, 2^63) is a raw 64-bit draw shifted right by one: the same values
+    and the same state afterwards), and None (fresh entropy from the operating system, as
+    ``default_rng(None)`` seeds itself)."""
+    t = type(rng)
+    if rng is None:
+        raw = os.urandom(32)
+        return tuple(int.from_bytes(raw[8 * i:8 * i + 8], "little") >> 1 for i in range(4))
+    if t is int and 0 <= rng < (1 << 128):
+        return _bestofn.seed_entropy(rng)
+    if t is np.random.Generator and type(rng.bit_generator) is np.random.PCG64:
+        return tuple(int(v) >> 1 for v in rng.bit_generator.random_raw(4))
     gen = np.random.default_rng(rng)
-    entropy = [int(x) for x in gen.integers(0, 2**63, size=4, dtype=np.int64)]
-    children = np.random.SeedSequence(entropy).spawn(count)
-    return [np.random.PCG64(c) for c in children]
+    return tuple(int(x) for x in gen.integers(0, 2**63, size=4, dtype=np.int64))
+
+
+def _generators(rng, count: int) -> list:
+    """count independent bit generators derived deterministically from rng: generator b is
+    ``PCG64(SeedSequence(entropy, spawn_key=(b,)))``, i.e. the b-th of
+    ``SeedSequence(entropy).spawn(count)``, with ``entropy`` from :func:`_entropy`; they are
+    made in C (_bestofn.PCG64Stream: the same states and draws as NumPy's objects)."""
+    return _bestofn.pcg64_children(_entropy(rng), count)
 
 
 def _size_value(size) -> int | None:
@@ -319,9 +388,10 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     flags = np.zeros(n_el, dtype=np.int32)
     if n_el and draws:
         gens = _generators(rng, n_el * blocks)
+        # the blocks of a row are the parallel work: no more threads than blocks
         _bestofn.sample_rows(rows.first, rows.second, rows.first_off, rows.second_off,
                              rows.n_outcomes, rows.params["log_n"], n_candidates, naive, draws,
-                             SAMPLE_BLOCK, gens, out, flags, nt)
+                             SAMPLE_BLOCK, gens, out, flags, V.threads_for_blocks(blocks, nt))
     V.raise_for_flags(flags, rows)
     out = out[:, :draws]
     if size is None:
@@ -350,7 +420,8 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     rng : None, int or numpy.random.Generator
         Source of randomness (NumPy convention).
     n_threads : int, optional
-        Threads for drawing.
+        Threads for drawing: the draws of a row are split into blocks of 65536, so at most
+        one thread per block (a single block runs on the calling thread).
 
     Returns
     -------
@@ -364,11 +435,37 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     >>> y.tolist()
     [2, 2, 2, 2, 2]
     """
+    small = V.small_pair(logits, rewards)
+    if small is not None and (size is None or (type(size) is int and 0 <= size <= SAMPLE_BLOCK)):
+        lg_f = _small_log_n(n, log_n)
+        if lg_f is not None:
+            return _sample_small(logits, rewards, lg_f, small, size, rng, n_threads)
     lg = _log_n_param(n, log_n)
     size = _size_value(size)
     rows = V.prepare_rows(logits, rewards, {"log_n": lg})
     cand = np.ones(rows.n_rows, dtype=np.int64)
     return _sample(rows, False, cand, size, rng, n_threads)
+
+
+def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_threads):
+    """sample_best_of_n of a V.small_pair with one scalar log N and at most one block of
+    draws per row: the same draws and errors as the general path, on one thread."""
+    V.small_threads(n_threads)
+    n_rows, n_out = small
+    draws = 1 if size is None else size
+    out = np.empty((n_rows, max(draws, 1)), dtype=np.int64)
+    if draws:
+        flags = np.zeros(n_rows, dtype=np.int32)
+        off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
+        _bestofn.sample_rows(logits.reshape(-1), rewards.reshape(-1), off, off, n_out,
+                             np.full(n_rows, log_n), np.ones(n_rows, dtype=np.int64), False,
+                             draws, SAMPLE_BLOCK, _generators(rng, n_rows), out, flags, 1)
+        if flags.any():
+            V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
+    bs = logits.shape[:-1]
+    if size is None:
+        return V.shaped(out[:, 0].copy(), bs)
+    return out[:, :draws].reshape(bs + (draws,))
 
 
 def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,

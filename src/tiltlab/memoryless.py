@@ -1034,8 +1034,10 @@ class SequenceBestOfN:
         cdf, guide = self._guide
         k = np.empty(max(draws, 1), dtype=np.int64)
         if draws:
+            blocks = -(-draws // SAMPLE_BLOCK)
             fails = _lattice.sample_sums(cdf, guide, self._level_sums(), draws, SAMPLE_BLOCK,
-                                         _generators(rng, -(-draws // SAMPLE_BLOCK)), k, nt)
+                                         _generators(rng, blocks), k,
+                                         V.threads_for_blocks(blocks, nt))
             if fails:
                 raise RuntimeError(f"tiltlab: {fails} best-of-N draws failed (internal error)")
         k = k[:draws]
@@ -1081,7 +1083,7 @@ class SequenceBestOfN:
             fails = _lattice.sample_sequences(
                 tree["nodes"], 0, tree["vals"], tree["ls_off"], tree["level_start"],
                 tree["slot_off"], tree["slots"], cdf, guide, self._level_sums(), draws, block,
-                gens, out, sums_out, nt)
+                gens, out, sums_out, V.threads_for_blocks(blocks, nt))
             if fails:
                 raise RuntimeError(f"tiltlab: {fails} conditional draws failed (internal error)")
         out = out[:draws]

@@ -29,6 +29,11 @@ def _normalise_axes(axis, ndim: int) -> tuple:
     return tuple(out)
 
 
+# the serial drivers of small calls by dtype (V.small_pair admits these two only)
+_LSE_SMALL = {np.dtype(np.float64): _core.logsumexp_small_f64,
+              np.dtype(np.float32): _core.logsumexp_small_f32}
+
+
 def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
               n_threads: int | None = None):
     """``log(sum(exp(a), axis))`` without overflow, with SciPy's semantics.
@@ -46,7 +51,10 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     keepdims : bool, default False
         Keep reduced axes with length 1.
     n_threads : int, optional
-        Threads for the compiled kernel (default: all cores, honouring OMP_NUM_THREADS).
+        Threads for the compiled kernel (default: all cores, honouring OMP_NUM_THREADS and
+        threadpoolctl limits).  Inputs of fewer than 2^17 elements run on the calling thread
+        whatever it says; small plain arrays (one float64/float32 dtype, 1-d or 2-d,
+        C-contiguous) take a fast path of a few microseconds with the same results.
 
     Returns
     -------
@@ -67,6 +75,17 @@ def logsumexp(a: ArrayLike, axis=-1, keepdims: bool = False, *,
     >>> tiltlab.logsumexp([[-np.inf, -np.inf], [0.0, np.inf]], axis=1)
     array([-inf,  inf])
     """
+    if type(a) is np.ndarray and keepdims is False and type(axis) is int:
+        small = V.small_pair(a, a)
+        if small is not None and (axis == -1 or axis == a.ndim - 1):
+            V.small_threads(n_threads)
+            n_rows, n = small
+            out = np.empty(n_rows, dtype=np.float64)
+            if a.ndim == 1:
+                _LSE_SMALL[a.dtype](a, 1, n, out)
+                return out[0]
+            _LSE_SMALL[a.dtype](a.reshape(-1), n_rows, n, out)
+            return out
     arr = V.as_real_array(a, "a", hint="like scipy.special.logsumexp, logsumexp does not take "
                           "masked arrays; to leave masked elements out of the sum pass "
                           "a.filled(-np.inf)")
