@@ -104,3 +104,54 @@ void TL_SFX(tl_level_alias)(const TL_T *l, const int64_t *order, const int64_t *
         for (int64_t k = 0; k < nj; k++) alias[s0 + k] += s0;
     }
 }
+
+ptrdiff_t TL_SFX(tl_bon_outcome_weights)(const TL_T *l, const int64_t *order, const int64_t *start,
+                                         ptrdiff_t L, ptrdiff_t first, const double *log_mass,
+                                         const double *w, double norm_max, double norm_log,
+                                         double *wout, int32_t *payload) {
+    ptrdiff_t n = 0;
+    for (ptrdiff_t j = first < 0 ? 0 : first; j < L; j++) {
+        double wj = w[j];
+        if (!(wj > 0.0)) continue;
+        int64_t s0 = start[j], s1 = start[j + 1];
+        if (s1 - s0 == 1) { /* the level's weight is the outcome's */
+            wout[n] = wj;
+            payload[n++] = (int32_t)order[s0];
+            continue;
+        }
+        const double lm = log_mass[j];
+        for (int64_t k = s0; k < s1; k++) {
+            int64_t y = order[k];
+            /* p_y / m_j <= 1, relative to the max logit: exact at any offset */
+            double v = tl_exp((((double)l[y] - norm_max) - norm_log) - lm) * wj;
+            wout[n] = v;
+            payload[n] = (int32_t)y;
+            n += v > 0.0;
+        }
+    }
+    return n;
+}
+
+int TL_SFX(tl_softmax_weights)(const TL_T *l, const TL_T *r, ptrdiff_t n, double *wout,
+                               int32_t *payload, ptrdiff_t *n_out) {
+    int flags = 0;
+    double m = -INFINITY;
+    *n_out = 0;
+    for (ptrdiff_t i = 0; i < n; i++) { /* the checks of tl_levels */
+        double li = (double)l[i], ri = (double)r[i];
+        if (li != li || li == INFINITY) flags |= TL_FLAG_BAD_LOGIT;
+        if (!(fabs(ri) <= DBL_MAX)) flags |= TL_FLAG_BAD_REWARD;
+        m = li > m ? li : m;
+    }
+    if (flags) return flags;
+    if (m == -INFINITY) return TL_FLAG_EMPTY_ROW;
+    ptrdiff_t k = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = tl_exp((double)l[i] - m); /* 0 for -inf */
+        wout[k] = v;
+        payload[k] = (int32_t)i;
+        k += v > 0.0;
+    }
+    *n_out = k;
+    return 0;
+}
