@@ -373,6 +373,15 @@ void tl_pcg64_words(const tl_pcg64 *g, uint64_t *out, ptrdiff_t n) {
 
 /* ---------------------------------------------------------------- alias tables */
 
+/* floor(p 2^64) for 0 <= p < 1, without the branch a compiler emits for doubles >= 2^63
+ * (SSE2 converts to signed integers only): p >= 1/2 is a coin flip here */
+static inline uint64_t tl__thresh(double p) {
+    double t = p * 0x1.0p64;
+    uint64_t hi = (uint64_t)(t >= 0x1.0p63);
+    double lo = t - (double)hi * 0x1.0p63; /* exact: t in [2^63, 2^64) loses 2^63 */
+    return (uint64_t)(int64_t)lo | (hi << 63);
+}
+
 int tl_alias64_build(const double *w, const int32_t *payload, ptrdiff_t n, tl_alias64 *slots,
                      double *prob, int32_t *stack) {
     /* compensated total (TwoSum, errors aside): the scale of every slot */
@@ -386,42 +395,63 @@ int tl_alias64_build(const double *w, const int32_t *payload, ptrdiff_t n, tl_al
     total += comp;
     if (!(total > 0.0 && total <= DBL_MAX)) return -1;
     const double scale = (double)n / total;
-    /* small items grow from the bottom of `stack`, large ones from the top (both written,
-     * one kept: no branch on the coin flip of a weight's size) */
+    /* the indices of the small items (prob < 1) from the bottom of `stack` up, the large
+     * ones from the top down, both in index order (both written, one kept: no branch on
+     * the coin flip of a weight's size) */
     ptrdiff_t ns = 0, nl = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
         double p = w[i] * scale;
-        int small = p < 1.0;
+        ptrdiff_t small = p < 1.0;
         prob[i] = p;
         stack[ns] = (int32_t)i;
         stack[n - 1 - nl] = (int32_t)i;
         ns += small;
         nl += 1 - small;
     }
-    while (ns > 0 && nl > 0) {
-        int32_t s = stack[--ns], g = stack[n - nl];
-        /* slot s: itself with probability prob[s] < 1, else g; prob[s] * 2^64 < 2^64 */
-        slots[s].thresh = (uint64_t)(prob[s] * 0x1.0p64);
-        slots[s].here = payload[s];
-        slots[s].alias = payload[g];
-        double pg = (prob[g] + prob[s]) - 1.0; /* >= 0: prob[g] >= 1 */
-        prob[g] = pg;
-        /* g turned small: it moves from the top of the large stack to the small one */
-        int moved = pg < 1.0;
-        stack[ns] = g;
-        ns += moved;
-        nl -= moved;
-    }
-    /* what is left has probability 1 up to rounding: the slot's own payload */
-    while (nl > 0) {
-        int32_t g = stack[n - nl--];
+    /* one sweep: each small item in turn takes the current large one as its alias, which
+     * gives up the complement; a large one that turns small takes the next large one as
+     * its alias at once (no stack: the residual stays in a register, and the only branch
+     * is taken once per large item) */
+    ptrdiff_t k = 0, kl = 0;
+    int32_t g = -1;
+    double pg = 0.0;
+    if (nl > 0) {
+        g = stack[n - 1];
+        pg = prob[g];
+        kl = 1;
+        for (; k < ns; k++) {
+            int32_t s = stack[k];
+            /* slot s: itself with probability prob[s] < 1, else g */
+            slots[s].thresh = tl__thresh(prob[s]);
+            slots[s].here = payload[s];
+            slots[s].alias = payload[g];
+            pg = (pg + prob[s]) - 1.0; /* >= prob[s] >= 0: pg was >= 1 */
+            while (pg < 1.0 && kl < nl) {
+                int32_t g2 = stack[n - 1 - kl++];
+                slots[g].thresh = tl__thresh(pg);
+                slots[g].here = payload[g];
+                slots[g].alias = payload[g2];
+                pg = (prob[g2] + pg) - 1.0;
+                g = g2;
+            }
+            if (pg < 1.0) { /* no large item left: what is left is 1 up to rounding */
+                k++;
+                break;
+            }
+        }
         slots[g].thresh = UINT64_MAX;
         slots[g].here = slots[g].alias = payload[g];
     }
-    while (ns > 0) {
-        int32_t s = stack[--ns];
-        slots[s].thresh = UINT64_MAX;
-        slots[s].here = slots[s].alias = payload[s];
+    /* items left over (probability 1 up to rounding): the slot's own payload */
+    for (; kl < nl; kl++) {
+        int32_t i = stack[n - 1 - kl];
+        slots[i].thresh = UINT64_MAX;
+        slots[i].here = slots[i].alias = payload[i];
+    }
+    for (; k < ns; k++) {
+        int32_t i = stack[k];
+        slots[i].thresh = UINT64_MAX;
+        slots[i].here = slots[i].alias = payload[i];
     }
     return 0;
 }

@@ -263,7 +263,7 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                         continue
                     tl_bon_naive_relabel(slots, ns, w.order, w.start, L, level_of_pos,
                                          out_here, out_alias)
-                    for b in prange(n_blocks, num_threads=nt, schedule='static'):
+                    for b in prange(n_blocks, num_threads=nt, schedule='dynamic', chunksize=1):
                         if tl_stop_requested(stop):
                             continue
                         count = size - b * block if size - b * block < block else block
@@ -305,7 +305,7 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                 if ns < 1 or tl_alias64_build(wts, pay, ns, slots, prob, stack) != 0:
                     failed += 1
                     continue
-                for b in prange(n_blocks, num_threads=nt, schedule='static'):
+                for b in prange(n_blocks, num_threads=nt, schedule='dynamic', chunksize=1):
                     if tl_stop_requested(stop):
                         continue
                     count = size - b * block if size - b * block < block else block
