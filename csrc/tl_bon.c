@@ -233,7 +233,7 @@ void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *a
 #define TL_PCG_MUL_LO 0x4385DF649FCCF645ULL
 
 #if defined(__SIZEOF_INT128__)
-typedef unsigned __int128 tl__u128n;
+__extension__ typedef unsigned __int128 tl__u128n;
 static inline tl__u128n tl__n(tl_u128 a) { return ((tl__u128n)a.hi << 64) | a.lo; }
 static inline tl_u128 tl__s(tl__u128n a) {
     tl_u128 r = {(uint64_t)a, (uint64_t)(a >> 64)};
