@@ -519,6 +519,13 @@ static inline double tl__log1p_neg_series(double q) {
     return -q * p;
 }
 
+/* m[j] = e^{log_mass[j]} for from <= j < to (vectorises) */
+#define TL_MASS_CHUNK 4096
+TL_NOINLINE void tl__masses(const double *TL_RESTRICT log_mass, double *TL_RESTRICT m,
+                            ptrdiff_t from, ptrdiff_t to) {
+    for (ptrdiff_t j = from; j < to; j++) m[j] = tl_exp(log_mass[j]);
+}
+
 ptrdiff_t tl_bon_level_weights(const double *values, const double *log_mass, ptrdiff_t L,
                                double log_n, double *w, double *s0, double *s1, double *s2,
                                double *s3, double *s4, const tl_stop_flag *stop) {
@@ -534,19 +541,25 @@ ptrdiff_t tl_bon_level_weights(const double *values, const double *log_mass, ptr
         return first;
     }
     double *m = s0, *f = s1, *q = s2, *t = s3, *lf = s4;
-    for (ptrdiff_t j = 0; j < L; j++) m[j] = tl_exp(log_mass[j]);
     if (log_n == 0.0) { /* N = 1: p itself */
-        for (ptrdiff_t j = 0; j < L; j++) w[j] = m[j];
+        tl__masses(log_mass, w, 0, L);
         return 0;
     }
     const double nn = exp(log_n);
     /* 1. F_j = 1 - S_j from the top while S_j < 1/2, down to the first level whose
-     *    weight (and every lower one's) is below e^-800: G_j = F_j^N <= exp(-N S_j) */
-    ptrdiff_t lo = 0, j = L - 2;
+     *    weight (and every lower one's) is below e^-800: G_j = F_j^N <= exp(-N S_j);
+     *    the masses m_j are formed on the way, a chunk at a time (m[mlo..L) are known) */
+    ptrdiff_t lo = 0, j = L - 2, mlo = L - 1;
     tl__run r = {0.0, 0.0};
+    tl__masses(log_mass, m, L - 1, L);
     f[L - 1] = 1.0;
     for (; j >= 0; j--) {
         if ((j & (TL_LAW_POLL - 1)) == 0 && tl_stop_requested(stop)) return -1;
+        if (j + 1 < mlo) {
+            ptrdiff_t a = mlo > TL_MASS_CHUNK ? mlo - TL_MASS_CHUNK : 0;
+            tl__masses(log_mass, m, a, mlo);
+            mlo = a;
+        }
         tl__run_add(&r, m[j + 1]);
         double sj = r.s + r.c;
         f[j] = (1.0 - r.s) - r.c; /* F_j, or overwritten by step 2 if S_j >= 1/2 */
@@ -559,6 +572,7 @@ ptrdiff_t tl_bon_level_weights(const double *values, const double *log_mass, ptr
     const ptrdiff_t mid = j + 1; /* S_j < 1/2 from here up */
     /* 2. F_j from the bottom where F_j <= 1/2 */
     if (lo == 0) {
+        tl__masses(log_mass, m, 0, mlo);
         r.s = r.c = 0.0;
         for (ptrdiff_t k = 0; k < mid; k++) {
             if ((k & (TL_LAW_POLL - 1)) == 0 && tl_stop_requested(stop)) return -1;
