@@ -295,11 +295,11 @@ def _generators(rng, count: int) -> list:
 
 def _stream_seeds(rng, count: int) -> np.ndarray:
     """(count, 4) uint64: the seed words of one PCG64 stream per row, derived
-    deterministically from rng (row 0: those of ``PCG64(SeedSequence(entropy))``)."""
-    gen = np.random.default_rng(rng)
-    entropy = [int(x) for x in gen.integers(0, 2**63, size=4, dtype=np.int64)]
-    words = np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64)
-    return words.reshape(count, 4)
+    deterministically from rng: 128 bits of entropy from its bit generator, hashed by a
+    SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with)."""
+    raw = np.random.default_rng(rng).bit_generator.random_raw(2)
+    entropy = (int(raw[0]) << 64) | int(raw[1])
+    return np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64).reshape(count, 4)
 
 
 def _size_value(size) -> int | None:
