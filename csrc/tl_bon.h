@@ -142,9 +142,10 @@ typedef struct {
     int32_t here, alias;
 } tl_alias64;
 
-/* Vose's construction over weights w[0..n) (non-negative, positive sum), slot i carrying
- * payload[i]: returns 0, or -1 if the weights sum to 0 or not to a finite number.  prob
- * (doubles) and stack (int32) are workspaces of length n. */
+/* Walker's alias table over weights w[0..n) (non-negative, positive sum), built in one
+ * sweep over the small items, slot i carrying payload[i]: returns 0, or -1 if the weights
+ * sum to 0 or not to a finite number.  prob (doubles) and stack (int32) are workspaces of
+ * length n. */
 int tl_alias64_build(const double *w, const int32_t *payload, ptrdiff_t n, tl_alias64 *slots,
                      double *prob, int32_t *stack);
 
@@ -158,14 +159,15 @@ void tl_alias64_sample(const tl_pcg64 *g, int64_t count, const tl_alias64 *slots
  * weights, then one alias table over the outcomes of positive weight. */
 
 /* Level weights w[0..L) of the best-of-N law, for drawing.  For log_n <= TL_SAMPLE_LINEAR
- * (N <= e^600, finite in double): in linear space from the masses m_j, with the survival
- * S_j summed from the top and F_j from the bottom (compensated):
- *     G_j = F_j^N = exp(N log F_j)    (log1p(-S_j) where S_j < 1/2)
- *     w_j = G_j (1 - (F_{j-1}/F_j)^N) = -G_j expm1(N log1p(-m_j / F_j)),
- * relative accuracy ~ eps (1 + N log(1/F_j)) per level, levels with N S_j > 800 (weight
- * below e^-800) left at 0 unvisited; a mass below the double range (< e^-745) counts 0,
- * which moves a weight of at most N e^-745 < e^-145.  Above, the exact log-space law
- * (tl_bon_law, whose cost is the levels of non-zero weight) and w_j = exp(log w_j).
+ * (N <= e^600, finite in double): in linear space from the masses m_j, with F_j = 1 - S_j
+ * (survival summed from the top) where S_j < 1/2, else summed from the bottom, and
+ *     t_j = log(F_{j-1} / F_j) = log1p(-m_j / F_j)   (the ratio itself where m_j > F_j / 2)
+ *     log F_j = sum_{k > j} t_k                      (from the top, compensated)
+ *     w_j = F_j^N (1 - (F_{j-1}/F_j)^N) = -exp(N log F_j) expm1(N t_j),
+ * relative accuracy ~ eps (1 + N log(1/F_j)) per level; levels whose weight is below e^-800
+ * are left at 0 unvisited; a mass below the double range (< e^-745) counts 0, which moves a
+ * weight of at most N e^-745 < e^-145.  Above, the exact log-space law (tl_bon_law, whose
+ * cost is the levels of non-zero weight) and w_j = exp(log w_j).
  * s0..s4 are workspaces of length L.  Returns the lowest level of non-zero weight (w_j = 0
  * below), or -1 once `stop` (tl_guard.h; may be NULL) is raised. */
 #define TL_SAMPLE_LINEAR 600.0
