@@ -336,17 +336,6 @@ def pcg64_words(const uint64_t[::1] seed, uint64_t offset_hi, uint64_t offset_lo
         tl_pcg64_words(&g, &out[0], out.shape[0])
 
 
-cdef void _softmax_weights(double *x, Py_ssize_t n) noexcept nogil:
-    """x <- exp(x - max x) in place (alias weights need not be normalised)."""
-    cdef Py_ssize_t i
-    cdef double mx = x[0]
-    for i in range(1, n):
-        if x[i] > mx:
-            mx = x[i]
-    for i in range(n):
-        x[i] = exp(x[i] - mx)
-
-
 def sampler_table(const double[::1] logits, const double[::1] rewards, double log_n,
                   bint naive=False):
     """The alias table of one float64 row, as the samplers build it (for tests): (flags,
@@ -397,3 +386,14 @@ def sampler_table(const double[::1] logits, const double[::1] rewards, double lo
         _ws_free(&w)
     slots = slots[:ns]
     return 0, slots["thresh"].copy(), slots["here"].copy(), slots["alias"].copy()
+
+
+cdef void _softmax_weights(double *x, Py_ssize_t n) noexcept nogil:
+    """x <- exp(x - max x) in place (alias weights need not be normalised)."""
+    cdef Py_ssize_t i
+    cdef double mx = x[0]
+    for i in range(1, n):
+        if x[i] > mx:
+            mx = x[i]
+    for i in range(n):
+        x[i] = exp(x[i] - mx)
