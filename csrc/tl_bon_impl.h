@@ -105,6 +105,11 @@ void TL_SFX(tl_level_alias)(const TL_T *l, const int64_t *order, const int64_t *
     }
 }
 
+/* x[i] <- e^x[i] * scale (vectorises; one copy per element type keeps the names apart) */
+TL_NOINLINE void TL_SFX(tl__exp_weights)(double *TL_RESTRICT x, ptrdiff_t n, double scale) {
+    for (ptrdiff_t i = 0; i < n; i++) x[i] = tl_exp(x[i]) * scale;
+}
+
 ptrdiff_t TL_SFX(tl_bon_outcome_weights)(const TL_T *l, const int64_t *order, const int64_t *start,
                                          ptrdiff_t L, ptrdiff_t first, const double *log_mass,
                                          const double *w, double norm_max, double norm_log,
@@ -119,14 +124,17 @@ ptrdiff_t TL_SFX(tl_bon_outcome_weights)(const TL_T *l, const int64_t *order, co
             payload[n++] = (int32_t)order[s0];
             continue;
         }
-        const double lm = log_mass[j];
+        /* p_y / m_j <= 1, relative to the max logit: exact at any offset (a vectorised
+         * pass, then the outcomes of positive weight kept) */
+        const double sh = norm_log + log_mass[j];
+        double *v = wout + n;
+        for (int64_t k = s0; k < s1; k++) v[k - s0] = ((double)l[order[k]] - norm_max) - sh;
+        TL_SFX(tl__exp_weights)(v, s1 - s0, wj);
         for (int64_t k = s0; k < s1; k++) {
-            int64_t y = order[k];
-            /* p_y / m_j <= 1, relative to the max logit: exact at any offset */
-            double v = tl_exp((((double)l[y] - norm_max) - norm_log) - lm) * wj;
-            wout[n] = v;
-            payload[n] = (int32_t)y;
-            n += v > 0.0;
+            double x = v[k - s0];
+            wout[n] = x;
+            payload[n] = (int32_t)order[k];
+            n += x > 0.0;
         }
     }
     return n;
@@ -145,9 +153,12 @@ int TL_SFX(tl_softmax_weights)(const TL_T *l, const TL_T *r, ptrdiff_t n, double
     }
     if (flags) return flags;
     if (m == -INFINITY) return TL_FLAG_EMPTY_ROW;
+    /* e^(l - m) (0 for -inf) in a vectorised pass, then the outcomes of positive weight */
+    for (ptrdiff_t i = 0; i < n; i++) wout[i] = (double)l[i] - m;
+    TL_SFX(tl__exp_weights)(wout, n, 1.0);
     ptrdiff_t k = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
-        double v = tl_exp((double)l[i] - m); /* 0 for -inf */
+        double v = wout[i];
         wout[k] = v;
         payload[k] = (int32_t)i;
         k += v > 0.0;
