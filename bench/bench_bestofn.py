@@ -2,7 +2,8 @@
 
 Sizes (full / --quick): exact metrics on one row of V = 10^6 (10^5) and on (1000, 50257)
 ((20, 50257)); the order-statistic sampler draws 10^7 (10^5) outcomes on V = 50257 for
-N in {4, 1024, e^50}; the naive sampler 10^6 (10^4) samples with N = 16."""
+N in {4, 1024, e^50}; the naive sampler 10^6 (10^4) samples with N = 16; the sampler cost
+rows 10^6 (10^5) draws for N in {1, 4, 64, 10^6} next to NumPy's random-number cost."""
 
 from __future__ import annotations
 
@@ -62,6 +63,35 @@ def test_sample_best_of_n(benchmark, rounds, request, impl, n_name):
             logits, rewards, log_n=log_n, size=draws, rng=0, n_threads=nt)
     run(benchmark, fn, rounds=rounds, group=f"sample_best_of_n V=50257 {n_name} draws={draws}",
         impl=impl, kernel="sample_best_of_n", n_elements=draws)
+
+
+SAMPLER_NS = {"N=1": 1.0, "N=4": 4.0, "N=64": 64.0, "N=1e6": 1e6}
+
+
+@pytest.mark.parametrize("impl", ["compiled-1t", "compiled-2t", "numpy-random",
+                                  "numpy-random_raw"])
+@pytest.mark.parametrize("n_name", list(SAMPLER_NS))
+def test_sampler_cost(benchmark, rounds, request, impl, n_name):
+    """ns per draw of sample_best_of_n on V = 50257 (normal logits, uniform rewards: 50257
+    levels), table setup included, next to the random-number cost alone in the same run:
+    numpy Generator.random of the same count, and PCG64.random_raw (the 64-bit words the
+    sampler consumes, one per draw)."""
+    draws = 100_000 if quick(request.config) else 1_000_000
+    rng = np.random.default_rng(0)
+    logits, rewards = rng.normal(size=50257), rng.uniform(size=50257)
+    if impl == "numpy-random":
+        gen = np.random.default_rng(1)
+        fn = lambda: gen.random(draws)  # noqa: E731
+    elif impl == "numpy-random_raw":
+        bits = np.random.PCG64(1)
+        fn = lambda: bits.random_raw(draws)  # noqa: E731
+    else:
+        nt, n = _threads(impl), SAMPLER_NS[n_name]
+        fn = lambda: tiltlab.sample_best_of_n(  # noqa: E731
+            logits, rewards, n, size=draws, rng=0, n_threads=nt)
+    run(benchmark, fn, rounds=rounds,
+        group=f"sampler cost V=50257 {n_name} draws={draws}", impl=impl,
+        kernel="sample_best_of_n", n_elements=draws)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

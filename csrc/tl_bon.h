@@ -74,7 +74,8 @@ void tl_bon_logprobs_f32(const float *l, ptrdiff_t n, const int64_t *order,
                          const double *log_w, double norm_max, double norm_log, double *out);
 
 /* ---- sampling ---- */
-/* Alias tables (Vose) within each level over p restricted to the level: prob[i] and
+/* Tables of the lattice samplers (csrc/tl_lattice.h; numpy bit generators, doubles).
+ * Alias tables (Vose) within each level over p restricted to the level: prob[i] and
  * alias[i] (a position in `order`) for positions i of the support.  scratch, small and
  * large are workspaces of length >= the largest level. */
 void tl_level_alias_f64(const double *l, const int64_t *order, const int64_t *start,
@@ -85,8 +86,7 @@ void tl_level_alias_f32(const float *l, const int64_t *order, const int64_t *sta
                         int64_t *small, int64_t *large);
 
 /* One alias-table slot in 16 bytes, so that a draw touches one cache line: with
- * probability prob the slot's own payload, else its alias's (outcome indices for the
- * order-statistic sampler, level indices for the naive one). */
+ * probability prob the slot's own payload, else its alias's (token indices). */
 typedef struct {
     double prob;
     int32_t here, alias;
@@ -101,23 +101,117 @@ void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *o
 void tl_bon_guide(const double *a /* N log F_j */, ptrdiff_t L, double *cdf, int64_t *guide,
                   ptrdiff_t K);
 
-/* Order-statistic sampler: `count` outcome indices, cost independent of N.  slots are
- * the packed within-level alias tables (positions start[j]..start[j+1] for level j). */
-void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                   ptrdiff_t K, const int64_t *start, const tl_alias_slot *slots,
-                   int64_t *out);
-
 /* Alias table over arbitrary non-negative weights (Vose). */
 void tl_alias_build(const double *weights, ptrdiff_t n, double *prob, int64_t *alias,
                     int64_t *small, int64_t *large);
 
-/* Naive best-of-N: per sample, N candidates from p (alias table over the support whose
- * slots carry levels; outcome_here/outcome_alias give the outcome of slot i and of its
- * alias), keeps the first candidate of maximal level.  `stop` (tl_guard.h; may be NULL) is
- * polled once per batch of candidates: once it is raised the call returns with out
- * incomplete (one sample may be 2^62 candidates). */
-void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates, ptrdiff_t n_support,
-                     const tl_alias_slot *level_slots, const int32_t *outcome_here,
+/* ---- random words: PCG64, inline ----
+ * The samplers below draw from one stream of 64-bit words per row: the PCG64 generator
+ * of NumPy (128-bit LCG, XSL-RR output), seeded like numpy.random.PCG64(seed_seq) from the
+ * four words seed_seq.generate_state(4, uint64), so that word k equals the k-th word of
+ * PCG64(seed_seq).random_raw().  Inline (no call through a function pointer per word) and
+ * generated four words at a time from four interleaved states (the stream's states k+1..k+4
+ * stepped by the fourth power of the LCG): four independent multiply chains instead of one.
+ * A block of draws starts from the stream advanced to its first word (O(log k) jump), so
+ * the words a draw uses depend on its index only, never on threads or block sizes. */
+typedef struct {
+    uint64_t lo, hi;
+} tl_u128;
+
+typedef struct {
+    tl_u128 state, inc;
+} tl_pcg64;
+
+/* as NumPy's pcg64_set_seed(words, words + 2): state from words[0..1] (high word first),
+ * stream increment from words[2..3] */
+void tl_pcg64_seed(tl_pcg64 *g, const uint64_t words[4]);
+/* skips `delta` words (any 128-bit count; the period is 2^128) */
+void tl_pcg64_advance(tl_pcg64 *g, tl_u128 delta);
+/* a * b as a 128-bit count (for block offsets such as draw index * candidates) */
+tl_u128 tl_u128_mul64(uint64_t a, uint64_t b);
+/* the next n words of the stream (g itself is left unchanged) */
+void tl_pcg64_words(const tl_pcg64 *g, uint64_t *out, ptrdiff_t n);
+
+/* ---- alias tables drawn with one 64-bit word ----
+ * A draw takes one word u: the product u * n (128 bits) gives the slot i = its high word
+ * and a uniform 64-bit fraction = its low word; the draw is `here` if the fraction is
+ * below `thresh`, else `alias`.  P(slot i, here) = thresh_i / (n 2^64) to within 2^-64:
+ * exact to the resolution of the word, with one 16-byte load per draw. */
+typedef struct {
+    uint64_t thresh; /* P(here | slot) = thresh / 2^64; slots with alias == here: any */
+    int32_t here, alias;
+} tl_alias64;
+
+/* Walker's alias table over weights w[0..n) (non-negative, positive sum), built in one
+ * sweep over the small items, slot i carrying payload[i]: returns 0, or -1 if the weights
+ * sum to 0 or not to a finite number.  prob (doubles) and stack (int32) are workspaces of
+ * length n. */
+int tl_alias64_build(const double *w, const int32_t *payload, ptrdiff_t n, tl_alias64 *slots,
+                     double *prob, int32_t *stack);
+
+/* out[d] = the draw of word d of the stream starting at g, for d < count (one word each;
+ * n = 1 uses none).  n >= 1 slots. */
+void tl_alias64_sample(const tl_pcg64 *g, int64_t count, const tl_alias64 *slots, ptrdiff_t n,
+                       int64_t *out);
+
+/* ---- best-of-N by the order statistic: one alias table over pi_N ----
+ * pi_N(y) = p(y) w_j / m_j (y in level j): the level weights w_j, then the outcome
+ * weights, then one alias table over the outcomes of positive weight. */
+
+/* Level weights w[0..L) of the best-of-N law, for drawing.  For log_n <= TL_SAMPLE_LINEAR
+ * (N <= e^600, finite in double): in linear space from the masses m_j, with F_j = 1 - S_j
+ * (survival summed from the top) where S_j < 1/2, else summed from the bottom, and
+ *     t_j = log(F_{j-1} / F_j) = log1p(-m_j / F_j)   (the ratio itself where m_j > F_j / 2)
+ *     log F_j = sum_{k > j} t_k                      (from the top, compensated)
+ *     w_j = F_j^N (1 - (F_{j-1}/F_j)^N) = -exp(N log F_j) expm1(N t_j),
+ * relative accuracy ~ eps (1 + N log(1/F_j)) per level; levels whose weight is below e^-800
+ * are left at 0 unvisited; a mass below the double range (< e^-745) counts 0, which moves a
+ * weight of at most N e^-745 < e^-145.  Above, the exact log-space law (tl_bon_law, whose
+ * cost is the levels of non-zero weight) and w_j = exp(log w_j).
+ * s0..s4 are workspaces of length L.  Returns the lowest level of non-zero weight (w_j = 0
+ * below), or -1 once `stop` (tl_guard.h; may be NULL) is raised. */
+#define TL_SAMPLE_LINEAR 600.0
+ptrdiff_t tl_bon_level_weights(const double *values, const double *log_mass, ptrdiff_t L,
+                               double log_n, double *w, double *s0, double *s1, double *s2,
+                               double *s3, double *s4, const tl_stop_flag *stop);
+
+/* Outcome weights of pi_N for the levels first..L-1 of positive weight: wout[k] and the
+ * outcome index payload[k] for k < the returned count (the outcomes of positive weight, in
+ * level order).  w_j itself for a level of one outcome, else
+ * exp(log p_y - log m_j) w_j with log p_y = (l_y - norm_max) - norm_log. */
+ptrdiff_t tl_bon_outcome_weights_f64(const double *l, const int64_t *order, const int64_t *start,
+                                     ptrdiff_t L, ptrdiff_t first, const double *log_mass,
+                                     const double *w, double norm_max, double norm_log,
+                                     double *wout, int32_t *payload);
+ptrdiff_t tl_bon_outcome_weights_f32(const float *l, const int64_t *order, const int64_t *start,
+                                     ptrdiff_t L, ptrdiff_t first, const double *log_mass,
+                                     const double *w, double norm_max, double norm_log,
+                                     double *wout, int32_t *payload);
+
+/* N = 1 needs no levels: pi_1 = p.  The checks of tl_levels (returns the same TL_FLAG_*
+ * bits: bad logits/rewards, empty row), then wout[k] = exp(l_y - max l) and payload[k] = y
+ * over the outcomes of positive weight; *n_out = their count. */
+int tl_softmax_weights_f64(const double *l, const double *r, ptrdiff_t n, double *wout,
+                           int32_t *payload, ptrdiff_t *n_out);
+int tl_softmax_weights_f32(const float *l, const float *r, ptrdiff_t n, double *wout,
+                           int32_t *payload, ptrdiff_t *n_out);
+
+/* ---- naive best-of-N ----
+ * Per sample, N candidates from p (an alias table over the support whose slots carry
+ * reward levels; outcome_here/outcome_alias give the outcome of slot i and of its alias),
+ * keeping the first candidate of maximal level.  Sample d uses words d N .. d N + N - 1 of
+ * the stream starting at g.  `stop` (tl_guard.h; may be NULL) is polled once per batch of
+ * candidates: once it is raised the call returns with out incomplete (one sample may be
+ * 2^62 candidates). */
+void tl_bon_simulate(const tl_pcg64 *g, int64_t count, int64_t n_candidates, ptrdiff_t n,
+                     const tl_alias64 *level_slots, const int32_t *outcome_here,
                      const int32_t *outcome_alias, int64_t *out, const tl_stop_flag *stop);
+
+/* The naive sampler's table: `slots` built over positions (payload = position in the
+ * level order) become slots over levels, with the outcomes of each slot and of its alias
+ * in outcome_here/outcome_alias. */
+void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
+                          const int64_t *start, ptrdiff_t L, int32_t *level_of_pos,
+                          int32_t *outcome_here, int32_t *outcome_alias);
 
 #endif

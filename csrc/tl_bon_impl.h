@@ -104,3 +104,65 @@ void TL_SFX(tl_level_alias)(const TL_T *l, const int64_t *order, const int64_t *
         for (int64_t k = 0; k < nj; k++) alias[s0 + k] += s0;
     }
 }
+
+/* x[i] <- e^x[i] * scale (vectorises; one copy per element type keeps the names apart) */
+TL_NOINLINE void TL_SFX(tl__exp_weights)(double *TL_RESTRICT x, ptrdiff_t n, double scale) {
+    for (ptrdiff_t i = 0; i < n; i++) x[i] = tl_exp(x[i]) * scale;
+}
+
+ptrdiff_t TL_SFX(tl_bon_outcome_weights)(const TL_T *l, const int64_t *order, const int64_t *start,
+                                         ptrdiff_t L, ptrdiff_t first, const double *log_mass,
+                                         const double *w, double norm_max, double norm_log,
+                                         double *wout, int32_t *payload) {
+    ptrdiff_t n = 0;
+    for (ptrdiff_t j = first < 0 ? 0 : first; j < L; j++) {
+        double wj = w[j];
+        if (!(wj > 0.0)) continue;
+        int64_t s0 = start[j], s1 = start[j + 1];
+        if (s1 - s0 == 1) { /* the level's weight is the outcome's */
+            wout[n] = wj;
+            payload[n++] = (int32_t)order[s0];
+            continue;
+        }
+        /* p_y / m_j <= 1, relative to the max logit: exact at any offset (a vectorised
+         * pass, then the outcomes of positive weight kept) */
+        const double sh = norm_log + log_mass[j];
+        double *v = wout + n;
+        for (int64_t k = s0; k < s1; k++) v[k - s0] = ((double)l[order[k]] - norm_max) - sh;
+        TL_SFX(tl__exp_weights)(v, s1 - s0, wj);
+        for (int64_t k = s0; k < s1; k++) {
+            double x = v[k - s0];
+            wout[n] = x;
+            payload[n] = (int32_t)order[k];
+            n += x > 0.0;
+        }
+    }
+    return n;
+}
+
+int TL_SFX(tl_softmax_weights)(const TL_T *l, const TL_T *r, ptrdiff_t n, double *wout,
+                               int32_t *payload, ptrdiff_t *n_out) {
+    int flags = 0;
+    double m = -INFINITY;
+    *n_out = 0;
+    for (ptrdiff_t i = 0; i < n; i++) { /* the checks of tl_levels */
+        double li = (double)l[i], ri = (double)r[i];
+        if (li != li || li == INFINITY) flags |= TL_FLAG_BAD_LOGIT;
+        if (!(fabs(ri) <= DBL_MAX)) flags |= TL_FLAG_BAD_REWARD;
+        m = li > m ? li : m;
+    }
+    if (flags) return flags;
+    if (m == -INFINITY) return TL_FLAG_EMPTY_ROW;
+    /* e^(l - m) (0 for -inf) in a vectorised pass, then the outcomes of positive weight */
+    for (ptrdiff_t i = 0; i < n; i++) wout[i] = (double)l[i] - m;
+    TL_SFX(tl__exp_weights)(wout, n, 1.0);
+    ptrdiff_t k = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = wout[i];
+        wout[k] = v;
+        payload[k] = (int32_t)i;
+        k += v > 0.0;
+    }
+    *n_out = k;
+    return 0;
+}

@@ -81,9 +81,20 @@
 #define tl_level_alias_f32 TL_ISA_NAME(tl_level_alias_f32)
 #define tl_pack_outcomes TL_ISA_NAME(tl_pack_outcomes)
 #define tl_bon_guide TL_ISA_NAME(tl_bon_guide)
-#define tl_bon_sample TL_ISA_NAME(tl_bon_sample)
 #define tl_alias_build TL_ISA_NAME(tl_alias_build)
 #define tl_bon_simulate TL_ISA_NAME(tl_bon_simulate)
+#define tl_pcg64_seed TL_ISA_NAME(tl_pcg64_seed)
+#define tl_pcg64_advance TL_ISA_NAME(tl_pcg64_advance)
+#define tl_pcg64_words TL_ISA_NAME(tl_pcg64_words)
+#define tl_u128_mul64 TL_ISA_NAME(tl_u128_mul64)
+#define tl_alias64_build TL_ISA_NAME(tl_alias64_build)
+#define tl_alias64_sample TL_ISA_NAME(tl_alias64_sample)
+#define tl_bon_level_weights TL_ISA_NAME(tl_bon_level_weights)
+#define tl_bon_outcome_weights_f64 TL_ISA_NAME(tl_bon_outcome_weights_f64)
+#define tl_bon_outcome_weights_f32 TL_ISA_NAME(tl_bon_outcome_weights_f32)
+#define tl_softmax_weights_f64 TL_ISA_NAME(tl_softmax_weights_f64)
+#define tl_softmax_weights_f32 TL_ISA_NAME(tl_softmax_weights_f32)
+#define tl_bon_naive_relabel TL_ISA_NAME(tl_bon_naive_relabel)
 #endif
 #endif /* TL_ISA */
 

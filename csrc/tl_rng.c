@@ -72,26 +72,26 @@ void tl_seedseq_state(const uint32_t *entropy, ptrdiff_t n_entropy, const uint32
 #define TL_PCG_MULT_HIGH 0x2360ed051fc65da4ULL
 #define TL_PCG_MULT_LOW 0x4385df649fccf645ULL
 
-#if TL_HAVE_INT128
-static inline tl_u128 tl__u128(uint64_t high, uint64_t low) {
-    return ((tl_u128)high << 64) | low;
+#if TL_RNG_HAVE_INT128
+static inline tl_rng_u128 tl__u128(uint64_t high, uint64_t low) {
+    return ((tl_rng_u128)high << 64) | low;
 }
-static inline uint64_t tl__high(tl_u128 x) { return (uint64_t)(x >> 64); }
-static inline uint64_t tl__low(tl_u128 x) { return (uint64_t)x; }
-static inline tl_u128 tl__add(tl_u128 a, tl_u128 b) { return a + b; }
-static inline tl_u128 tl__mul(tl_u128 a, tl_u128 b) { return a * b; }
-static inline tl_u128 tl__shl1_or1(tl_u128 a) { return (a << 1) | 1u; }
+static inline uint64_t tl__high(tl_rng_u128 x) { return (uint64_t)(x >> 64); }
+static inline uint64_t tl__low(tl_rng_u128 x) { return (uint64_t)x; }
+static inline tl_rng_u128 tl__add(tl_rng_u128 a, tl_rng_u128 b) { return a + b; }
+static inline tl_rng_u128 tl__mul(tl_rng_u128 a, tl_rng_u128 b) { return a * b; }
+static inline tl_rng_u128 tl__shl1_or1(tl_rng_u128 a) { return (a << 1) | 1u; }
 #else
-static inline tl_u128 tl__u128(uint64_t high, uint64_t low) {
-    tl_u128 r;
+static inline tl_rng_u128 tl__u128(uint64_t high, uint64_t low) {
+    tl_rng_u128 r;
     r.high = high;
     r.low = low;
     return r;
 }
-static inline uint64_t tl__high(tl_u128 x) { return x.high; }
-static inline uint64_t tl__low(tl_u128 x) { return x.low; }
-static inline tl_u128 tl__add(tl_u128 a, tl_u128 b) {
-    tl_u128 r;
+static inline uint64_t tl__high(tl_rng_u128 x) { return x.high; }
+static inline uint64_t tl__low(tl_rng_u128 x) { return x.low; }
+static inline tl_rng_u128 tl__add(tl_rng_u128 a, tl_rng_u128 b) {
+    tl_rng_u128 r;
     r.low = a.low + b.low;
     r.high = a.high + b.high + (r.low < b.low);
     return r;
@@ -103,13 +103,13 @@ static inline uint64_t tl__mulhi64(uint64_t a, uint64_t b) {
     uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
     return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
 }
-static inline tl_u128 tl__mul(tl_u128 a, tl_u128 b) {
-    tl_u128 r;
+static inline tl_rng_u128 tl__mul(tl_rng_u128 a, tl_rng_u128 b) {
+    tl_rng_u128 r;
     r.low = a.low * b.low;
     r.high = tl__mulhi64(a.low, b.low) + a.high * b.low + a.low * b.high;
     return r;
 }
-static inline tl_u128 tl__shl1_or1(tl_u128 a) {
+static inline tl_rng_u128 tl__shl1_or1(tl_rng_u128 a) {
     return tl__u128((a.high << 1) | (a.low >> 63), (a.low << 1) | 1u);
 }
 #endif
@@ -118,7 +118,7 @@ static inline void tl__pcg_step(tl_pcg128 *s) {
     s->state = tl__add(tl__mul(s->state, tl__u128(TL_PCG_MULT_HIGH, TL_PCG_MULT_LOW)), s->inc);
 }
 
-static inline uint64_t tl__pcg_output(tl_u128 state) {
+static inline uint64_t tl__pcg_output(tl_rng_u128 state) {
     uint64_t x = tl__high(state) ^ tl__low(state);
     unsigned rot = (unsigned)(tl__high(state) >> 58);
     return (x >> rot) | (x << ((64u - rot) & 63u));
@@ -146,7 +146,7 @@ static double tl__pcg64_next_double(void *st) {
     return (double)(tl_pcg64_next64(st) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-void tl_pcg64_init(tl_pcg64 *g, const uint64_t words[4]) {
+void tl_pcg64_init(tl_rng_pcg64 *g, const uint64_t words[4]) {
     g->core.state = tl__u128(0, 0);
     g->core.inc = tl__shl1_or1(tl__u128(words[2], words[3]));
     tl__pcg_step(&g->core);
@@ -162,7 +162,7 @@ void tl_pcg64_init(tl_pcg64 *g, const uint64_t words[4]) {
     g->bitgen.next_raw = tl_pcg64_next64;
 }
 
-void tl_pcg64_get(const tl_pcg64 *g, uint64_t out[4]) {
+void tl_pcg64_get(const tl_rng_pcg64 *g, uint64_t out[4]) {
     out[0] = tl__high(g->core.state);
     out[1] = tl__low(g->core.state);
     out[2] = tl__high(g->core.inc);
@@ -183,7 +183,7 @@ static ptrdiff_t tl__int_words(uint64_t v, uint32_t *w) {
 
 void tl_seed_entropy(const uint32_t *seed, ptrdiff_t n_seed, uint64_t out[4]) {
     uint64_t words[4];
-    tl_pcg64 g;
+    tl_rng_pcg64 g;
     tl_seedseq_state(seed, n_seed, NULL, 0, words);
     tl_pcg64_init(&g, words);
     /* Generator.integers(0, 2**63) with NumPy's bounded 64-bit draw (Lemire's method) over
@@ -191,7 +191,7 @@ void tl_seed_entropy(const uint32_t *seed, ptrdiff_t n_seed, uint64_t out[4]) {
     for (int i = 0; i < 4; i++) out[i] = tl_pcg64_next64(&g.st) >> 1;
 }
 
-void tl_pcg64_child(tl_pcg64 *g, const uint64_t entropy[4], uint64_t index) {
+void tl_pcg64_child(tl_rng_pcg64 *g, const uint64_t entropy[4], uint64_t index) {
     uint32_t ent[8], key[2];
     ptrdiff_t n = 0;
     uint64_t words[4];

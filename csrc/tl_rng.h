@@ -26,20 +26,20 @@
 #include "numpy/random/bitgen.h"
 
 #if defined(__SIZEOF_INT128__)
-typedef unsigned __int128 tl_u128;
-#define TL_HAVE_INT128 1
+typedef unsigned __int128 tl_rng_u128;
+#define TL_RNG_HAVE_INT128 1
 #else
-typedef struct { uint64_t high, low; } tl_u128;
-#define TL_HAVE_INT128 0
+typedef struct { uint64_t high, low; } tl_rng_u128;
+#define TL_RNG_HAVE_INT128 0
 #endif
 
 typedef struct {
-    tl_u128 state;
-    tl_u128 inc;
+    tl_rng_u128 state;
+    tl_rng_u128 inc;
 } tl_pcg128;
 
 typedef struct {
-    tl_pcg128 *pcg_state; /* points at the tl_pcg128 of the same tl_pcg64 */
+    tl_pcg128 *pcg_state; /* points at the tl_pcg128 of the same tl_rng_pcg64 */
     int has_uint32;
     uint32_t uinteger;
 } tl_pcg64_state;
@@ -48,7 +48,7 @@ typedef struct {
     tl_pcg64_state st;
     tl_pcg128 core;
     bitgen_t bitgen; /* bitgen.state == &st */
-} tl_pcg64;
+} tl_rng_pcg64;
 
 /* SeedSequence(entropy words, spawn_key=(key words)).generate_state(4, uint64): the
  * entropy as NumPy coerces it (32-bit words, least significant first, each integer at
@@ -58,10 +58,10 @@ void tl_seedseq_state(const uint32_t *entropy, ptrdiff_t n_entropy, const uint32
 
 /* g = PCG64 seeded with generate_state(4, uint64) `words` (buffer empty), with its
  * bitgen_t interface ready. */
-void tl_pcg64_init(tl_pcg64 *g, const uint64_t words[4]);
+void tl_pcg64_init(tl_rng_pcg64 *g, const uint64_t words[4]);
 
 /* Raw state: state (high, low) and increment (high, low) as 64-bit halves. */
-void tl_pcg64_get(const tl_pcg64 *g, uint64_t out[4]);
+void tl_pcg64_get(const tl_rng_pcg64 *g, uint64_t out[4]);
 
 uint64_t tl_pcg64_next64(void *st);
 
@@ -71,6 +71,6 @@ void tl_seed_entropy(const uint32_t *seed, ptrdiff_t n_seed, uint64_t out[4]);
 
 /* g = PCG64(SeedSequence(entropy, spawn_key=(index,))) for four entropy values
  * (each < 2^64). */
-void tl_pcg64_child(tl_pcg64 *g, const uint64_t entropy[4], uint64_t index);
+void tl_pcg64_child(tl_rng_pcg64 *g, const uint64_t entropy[4], uint64_t index);
 
 #endif

@@ -8,7 +8,6 @@ workspace); samplers split the draws of every row into fixed blocks, each with i
 bit generator, so that results do not depend on the number of threads.
 """
 from cython.parallel cimport prange, threadid
-from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.math cimport NAN, exp
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -185,61 +184,60 @@ include "_isa.pxi"
 def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
                 const int64_t[::1] roff, Py_ssize_t V, const double[::1] log_n,
                 const int64_t[::1] n_candidates, bint naive, int64_t size, int64_t block,
-                list bit_generators, int64_t[:, ::1] out, int32_t[::1] flags, int n_threads):
+                const uint64_t[:, ::1] seeds, int64_t[:, ::1] out, int32_t[::1] flags,
+                int n_threads):
     """out[e, :size] = draws from the best-of-N law of batch element e.
 
-    Order statistic (naive=False): level of the maximum by inverse CDF of F^N with a guide
-    table, outcome within the level by an alias table.  Naive (naive=True):
-    n_candidates[e] draws from p per sample (alias table), first maximum kept.  Element
-    e's draws are split into blocks of `block`; block b of element e uses
-    bit_generators[e * blocks_per_row + b]."""
+    Element e draws from one PCG64 stream seeded by seeds[e] (four words, as
+    numpy.random.PCG64 seeded from SeedSequence.generate_state(4)).  Order statistic
+    (naive=False): one alias table over pi_N itself, draw d from word d.  Naive
+    (naive=True): n_candidates[e] draws from p per sample (an alias table), first maximum
+    kept, sample d from words d N .. d N + N - 1.  The draws are split into blocks of
+    `block`, each starting from the stream advanced to its first word: the result depends on
+    neither `block` nor the number of threads.  Returns the number of elements whose table
+    could not be built (0 unless there is a bug; their draws are not written)."""
     cdef Py_ssize_t n_el = loff.shape[0]
     cdef int64_t n_blocks = (size + block - 1) // block if size > 0 else 0
-    cdef Py_ssize_t e, b, j, L, ns
-    cdef int fl
+    cdef Py_ssize_t e, b, L, ns, first
+    cdef int fl, failed = 0
     cdef int64_t count
     cdef Workspace w
     cdef tl_levels lv
-    cdef tl_bon_metrics m
+    cdef tl_pcg64 g0, g
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef const tl_stop_flag *stop
     cdef double work = 0.0
+    cdef bint need_levels = naive
     if n_el == 0 or n_blocks == 0:
-        return
-    if len(bit_generators) != n_el * n_blocks:
-        raise ValueError("internal: wrong number of bit generators")
-    cdef _Buffer gens_b = _Buffer(n_el * n_blocks, sizeof(bitgen_t *))
-    cdef bitgen_t **gens = <bitgen_t **> gens_b.ptr
-    for b in range(n_el * n_blocks):
-        gens[b] = <bitgen_t *> PyCapsule_GetPointer(bit_generators[b].capsule, "BitGenerator")
+        return 0
+    if seeds.shape[0] != n_el or seeds.shape[1] != 4:
+        raise ValueError("internal: wrong shape of the stream seeds")
+    cdef _Buffer wts_b = _Buffer(V, sizeof(double))
+    cdef _Buffer pay_b = _Buffer(V, sizeof(int32_t))
     cdef _Buffer prob_b = _Buffer(V, sizeof(double))
-    cdef _Buffer alias_b = _Buffer(V, sizeof(int64_t))
-    cdef _Buffer cdf_b = _Buffer(V, sizeof(double))
-    cdef _Buffer guide_b = _Buffer(V, sizeof(int64_t))
-    cdef _Buffer small_b = _Buffer(V, sizeof(int64_t))
-    cdef _Buffer large_b = _Buffer(V, sizeof(int64_t))
-    cdef _Buffer scratch_b = _Buffer(V, sizeof(double))
-    cdef _Buffer lpos_b = _Buffer(V, sizeof(int64_t))
-    cdef _Buffer slots_b = _Buffer(V, sizeof(tl_alias_slot))
-    cdef _Buffer out_here_b = _Buffer(V, sizeof(int32_t))
-    cdef _Buffer out_alias_b = _Buffer(V, sizeof(int32_t))
+    cdef _Buffer stack_b = _Buffer(V, sizeof(int32_t))
+    cdef _Buffer slots_b = _Buffer(V, sizeof(tl_alias64))
+    cdef double *wts = <double *> wts_b.ptr
+    cdef int32_t *pay = <int32_t *> pay_b.ptr
     cdef double *prob = <double *> prob_b.ptr
-    cdef int64_t *alias = <int64_t *> alias_b.ptr
-    cdef double *cdf = <double *> cdf_b.ptr
-    cdef int64_t *guide = <int64_t *> guide_b.ptr
-    cdef int64_t *small = <int64_t *> small_b.ptr
-    cdef int64_t *large = <int64_t *> large_b.ptr
-    cdef double *scratch = <double *> scratch_b.ptr
-    cdef int64_t *level_of_pos = <int64_t *> lpos_b.ptr
-    cdef tl_alias_slot *slots = <tl_alias_slot *> slots_b.ptr
+    cdef int32_t *stack = <int32_t *> stack_b.ptr
+    cdef tl_alias64 *slots = <tl_alias64 *> slots_b.ptr
+    cdef _Buffer lpos_b = _Buffer(V if naive else 1, sizeof(int32_t))
+    cdef _Buffer out_here_b = _Buffer(V if naive else 1, sizeof(int32_t))
+    cdef _Buffer out_alias_b = _Buffer(V if naive else 1, sizeof(int32_t))
+    cdef int32_t *level_of_pos = <int32_t *> lpos_b.ptr
     cdef int32_t *out_here = <int32_t *> out_here_b.ptr
     cdef int32_t *out_alias = <int32_t *> out_alias_b.ptr
     n_threads = tl_team_size(n_threads)
+    cdef int nt = n_threads if n_threads < n_blocks else <int> n_blocks
     for e in range(n_el):  # draws (naive: candidates) plus the tables of each row
         work += <double> size * (<double> n_candidates[e] if naive else 1.0) + V
+        if log_n[e] != 0.0:
+            need_levels = True
     cdef _Interruptible guard = _Interruptible(work)
-    if _ws_alloc(&w, V) != 0:
+    w.keys = NULL
+    if need_levels and _ws_alloc(&w, V) != 0:
         raise MemoryError("tiltlab: could not allocate work buffers")
     try:
         with nogil:
@@ -247,51 +245,147 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
             for e in range(n_el):
                 if tl_stop_requested(stop):
                     break
-                fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv, stop)
-                flags[e] = fl
-                if fl != 0:
-                    continue
-                L = lv.n_levels
-                ns = lv.n_support
+                tl_pcg64_seed(&g0, &seeds[e, 0])
                 if naive:
-                    for j in range(L):
-                        for b in range(w.start[j], w.start[j + 1]):
-                            level_of_pos[b] = j
+                    fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv, stop)
+                    flags[e] = fl
+                    if fl != 0:
+                        continue
+                    L = lv.n_levels
+                    ns = lv.n_support
+                    # p over the support in level order; slots over positions, then levels
                     for b in range(ns):
-                        scratch[b] = <double> lp[loff[e] + w.order[b]]
-                    _softmax_weights(scratch, ns)
-                    tl_alias_build(scratch, ns, prob, alias, small, large)
-                    # slots carry levels; the outcomes of a slot and of its alias aside
-                    tl_pack_outcomes(prob, alias, level_of_pos, ns, slots)
-                    for b in range(ns):
-                        out_here[b] = <int32_t> w.order[b]
-                        out_alias[b] = <int32_t> w.order[alias[b]]
-                    for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+                        wts[b] = <double> lp[loff[e] + w.order[b]]
+                        pay[b] = <int32_t> b
+                    _softmax_weights(wts, ns)
+                    if tl_alias64_build(wts, pay, ns, slots, prob, stack) != 0:
+                        failed += 1
+                        continue
+                    tl_bon_naive_relabel(slots, ns, w.order, w.start, L, level_of_pos,
+                                         out_here, out_alias)
+                    for b in prange(n_blocks, num_threads=nt, schedule='dynamic', chunksize=1):
                         if tl_stop_requested(stop):
                             continue
                         count = size - b * block if size - b * block < block else block
-                        tl_bon_simulate(gens[e * n_blocks + b], count, n_candidates[e], ns,
-                                        slots, out_here, out_alias, &out[e, b * block], stop)
-                else:
-                    tl_bon_law(w.values, w.log_mass, L, log_n[e], w.log_cdf, w.log_sf, w.ell,
-                               w.a, w.log_w, 0, &m, stop)
-                    tl_bon_guide(w.a, L, cdf, guide, L)
+                        g = g0
+                        tl_pcg64_advance(&g, tl_u128_mul64(<uint64_t> (b * block),
+                                                           <uint64_t> n_candidates[e]))
+                        tl_bon_simulate(&g, count, n_candidates[e], ns, slots, out_here,
+                                        out_alias, &out[e, b * block], stop)
+                    continue
+                if log_n[e] == 0.0:  # N = 1: p itself, no levels
                     if floating is double:
-                        tl_level_alias_f64(lp + loff[e], w.order, w.start, L, prob, alias,
-                                           scratch, small, large)
+                        fl = tl_softmax_weights_f64(lp + loff[e], rp + roff[e], V, wts, pay,
+                                                    &ns)
                     else:
-                        tl_level_alias_f32(lp + loff[e], w.order, w.start, L, prob, alias,
-                                           scratch, small, large)
-                    tl_pack_outcomes(prob, alias, w.order, ns, slots)
-                    for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
-                        if tl_stop_requested(stop):
-                            continue
-                        count = size - b * block if size - b * block < block else block
-                        tl_bon_sample(gens[e * n_blocks + b], count, cdf, guide, L, w.start,
-                                      slots, &out[e, b * block])
+                        fl = tl_softmax_weights_f32(lp + loff[e], rp + roff[e], V, wts, pay,
+                                                    &ns)
+                    flags[e] = fl
+                    if fl != 0:
+                        continue
+                else:
+                    fl = _levels(lp + loff[e], rp + roff[e], V, &w, &lv, stop)
+                    flags[e] = fl
+                    if fl != 0:
+                        continue
+                    L = lv.n_levels
+                    # level weights into prob (free until the alias table is built)
+                    first = tl_bon_level_weights(w.values, w.log_mass, L, log_n[e], prob,
+                                                 w.log_cdf, w.log_sf, w.ell, w.a, w.log_w, stop)
+                    if first < 0:
+                        break
+                    if floating is double:
+                        ns = tl_bon_outcome_weights_f64(lp + loff[e], w.order, w.start, L,
+                                                        first, w.log_mass, prob, lv.norm_max,
+                                                        lv.norm_log, wts, pay)
+                    else:
+                        ns = tl_bon_outcome_weights_f32(lp + loff[e], w.order, w.start, L,
+                                                        first, w.log_mass, prob, lv.norm_max,
+                                                        lv.norm_log, wts, pay)
+                if ns < 1 or tl_alias64_build(wts, pay, ns, slots, prob, stack) != 0:
+                    failed += 1
+                    continue
+                for b in prange(n_blocks, num_threads=nt, schedule='dynamic', chunksize=1):
+                    if tl_stop_requested(stop):
+                        continue
+                    count = size - b * block if size - b * block < block else block
+                    g = g0
+                    tl_pcg64_advance(&g, tl_u128_mul64(<uint64_t> (b * block), 1))
+                    tl_alias64_sample(&g, count, slots, ns, &out[e, b * block])
         guard.finish()
     finally:
+        if w.keys != NULL:
+            _ws_free(&w)
+    return failed
+
+
+def pcg64_words(const uint64_t[::1] seed, uint64_t offset_hi, uint64_t offset_lo,
+                uint64_t[::1] out):
+    """out = the words offset .. offset + len(out) - 1 of the samplers' stream seeded by
+    `seed` (four words; offset = offset_hi 2^64 + offset_lo): for tests against NumPy's
+    PCG64."""
+    cdef tl_pcg64 g
+    cdef tl_u128 off
+    if out.shape[0] == 0:
+        return
+    off.hi = offset_hi
+    off.lo = offset_lo
+    with nogil:
+        tl_pcg64_seed(&g, &seed[0])
+        tl_pcg64_advance(&g, off)
+        tl_pcg64_words(&g, &out[0], out.shape[0])
+
+
+def sampler_table(const double[::1] logits, const double[::1] rewards, double log_n,
+                  bint naive=False):
+    """The alias table of one float64 row, as the samplers build it (for tests): (flags,
+    thresh, here, alias) over the outcomes of positive weight of pi_N (order statistic),
+    or over the support in level order (naive: here/alias are outcomes, not levels)."""
+    cdef Py_ssize_t V = logits.shape[0]
+    slots = np.empty(max(V, 1), dtype=np.dtype([("thresh", np.uint64), ("here", np.int32),
+                                                  ("alias", np.int32)]))
+    assert slots.dtype.itemsize == sizeof(tl_alias64)
+    cdef Workspace w
+    cdef tl_levels lv
+    cdef int fl
+    cdef Py_ssize_t ns = 0, first, b
+    cdef _Buffer wts_b = _Buffer(V, sizeof(double))
+    cdef _Buffer pay_b = _Buffer(V, sizeof(int32_t))
+    cdef _Buffer prob_b = _Buffer(V, sizeof(double))
+    cdef _Buffer stack_b = _Buffer(V, sizeof(int32_t))
+    cdef double *wts = <double *> wts_b.ptr
+    cdef int32_t *pay = <int32_t *> pay_b.ptr
+    cdef unsigned char[::1] so = slots.view(np.uint8)
+    if _ws_alloc(&w, V) != 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    try:
+        if log_n == 0.0 and not naive:
+            fl = tl_softmax_weights_f64(&logits[0], &rewards[0], V, wts, pay, &ns)
+        else:
+            fl = tl_levels_f64(&logits[0], &rewards[0], V, w.keys, w.kbuf, w.order, w.obuf,
+                               w.values, w.log_mass, w.start, &lv, NULL)
+            if fl == 0 and naive:
+                ns = lv.n_support
+                for b in range(ns):
+                    wts[b] = logits[w.order[b]]
+                    pay[b] = <int32_t> w.order[b]
+                _softmax_weights(wts, ns)
+            elif fl == 0:
+                first = tl_bon_level_weights(w.values, w.log_mass, lv.n_levels, log_n,
+                                             <double *> prob_b.ptr, w.log_cdf, w.log_sf, w.ell,
+                                             w.a, w.log_w, NULL)
+                ns = tl_bon_outcome_weights_f64(&logits[0], w.order, w.start, lv.n_levels,
+                                                first, w.log_mass, <double *> prob_b.ptr,
+                                                lv.norm_max, lv.norm_log, wts, pay)
+        if fl != 0:
+            return fl, None, None, None
+        if tl_alias64_build(wts, pay, ns, <tl_alias64 *> &so[0], <double *> prob_b.ptr,
+                            <int32_t *> stack_b.ptr) != 0:
+            raise RuntimeError("internal: no alias table")
+    finally:
         _ws_free(&w)
+    slots = slots[:ns]
+    return 0, slots["thresh"].copy(), slots["here"].copy(), slots["alias"].copy()
 
 
 cdef void _softmax_weights(double *x, Py_ssize_t n) noexcept nogil:
@@ -347,7 +441,7 @@ def bon_small_f32(const float[::1] lb, const float[::1] rb, Py_ssize_t nrows, Py
     return _bon_serial(lb, rb, nrows, V, log_n, metrics)
 
 
-from cpython.pycapsule cimport PyCapsule_New
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.stdint cimport uint32_t
 
 
@@ -365,20 +459,20 @@ cdef extern from "tl_rng.h" nogil:
     ctypedef struct tl_pcg64_state:
         int has_uint32
         uint32_t uinteger
-    ctypedef struct tl_pcg64:
+    ctypedef struct tl_rng_pcg64:
         tl_pcg64_state st
         bitgen_t bitgen
-    void tl_pcg64_init(tl_pcg64 *g, const uint64_t *words)
-    void tl_pcg64_get(const tl_pcg64 *g, uint64_t *out)
+    void tl_pcg64_init(tl_rng_pcg64 *g, const uint64_t *words)
+    void tl_pcg64_get(const tl_rng_pcg64 *g, uint64_t *out)
     void tl_seed_entropy(const uint32_t *seed, Py_ssize_t n_seed, uint64_t *out)
-    void tl_pcg64_child(tl_pcg64 *g, const uint64_t *entropy, uint64_t index)
+    void tl_pcg64_child(tl_rng_pcg64 *g, const uint64_t *entropy, uint64_t index)
 
 
 cdef class PCG64Stream:
     """A PCG64 bit generator made in C (csrc/tl_rng.h): what the samplers' kernels read
     through ``capsule`` (a ``"BitGenerator"`` capsule, as NumPy's bit generators carry), for
     one block of draws.  Its draws are those of ``numpy.random.PCG64`` in the same state."""
-    cdef tl_pcg64 g
+    cdef tl_rng_pcg64 g
     cdef readonly object capsule
 
     @property

@@ -222,15 +222,51 @@ cdef extern from "tl_bon.h" nogil:
     void tl_pack_outcomes(const double *prob, const int64_t *alias, const int64_t *order,
                           Py_ssize_t n, tl_alias_slot *slots)
     void tl_bon_guide(const double *a, Py_ssize_t L, double *cdf, int64_t *guide, Py_ssize_t K)
-    void tl_bon_sample(bitgen_t *rng, int64_t count, const double *cdf, const int64_t *guide,
-                       Py_ssize_t K, const int64_t *start, const tl_alias_slot *slots,
-                       int64_t *out)
     void tl_alias_build(const double *weights, Py_ssize_t n, double *prob, int64_t *alias,
                         int64_t *small, int64_t *large)
-    void tl_bon_simulate(bitgen_t *rng, int64_t count, int64_t n_candidates,
-                         Py_ssize_t n_support, const tl_alias_slot *level_slots,
-                         const int32_t *outcome_here, const int32_t *outcome_alias,
-                         int64_t *out, const tl_stop_flag *stop)
+    ctypedef struct tl_u128:
+        uint64_t lo
+        uint64_t hi
+    ctypedef struct tl_pcg64:
+        tl_u128 state
+        tl_u128 inc
+    void tl_pcg64_seed(tl_pcg64 *g, const uint64_t *words)
+    void tl_pcg64_advance(tl_pcg64 *g, tl_u128 delta)
+    tl_u128 tl_u128_mul64(uint64_t a, uint64_t b)
+    void tl_pcg64_words(const tl_pcg64 *g, uint64_t *out, Py_ssize_t n)
+    ctypedef struct tl_alias64:
+        uint64_t thresh
+        int32_t here
+        int32_t alias
+    int tl_alias64_build(const double *w, const int32_t *payload, Py_ssize_t n,
+                         tl_alias64 *slots, double *prob, int32_t *stack)
+    void tl_alias64_sample(const tl_pcg64 *g, int64_t count, const tl_alias64 *slots,
+                           Py_ssize_t n, int64_t *out)
+    double TL_SAMPLE_LINEAR
+    Py_ssize_t tl_bon_level_weights(const double *values, const double *log_mass, Py_ssize_t L,
+                                    double log_n, double *w, double *s0, double *s1,
+                                    double *s2, double *s3, double *s4,
+                                    const tl_stop_flag *stop)
+    Py_ssize_t tl_bon_outcome_weights_f64(const double *l, const int64_t *order,
+                                          const int64_t *start, Py_ssize_t L, Py_ssize_t first,
+                                          const double *log_mass, const double *w,
+                                          double norm_max, double norm_log, double *wout,
+                                          int32_t *payload)
+    Py_ssize_t tl_bon_outcome_weights_f32(const float *l, const int64_t *order,
+                                          const int64_t *start, Py_ssize_t L, Py_ssize_t first,
+                                          const double *log_mass, const double *w,
+                                          double norm_max, double norm_log, double *wout,
+                                          int32_t *payload)
+    int tl_softmax_weights_f64(const double *l, const double *r, Py_ssize_t n, double *wout,
+                               int32_t *payload, Py_ssize_t *n_out)
+    int tl_softmax_weights_f32(const float *l, const float *r, Py_ssize_t n, double *wout,
+                               int32_t *payload, Py_ssize_t *n_out)
+    void tl_bon_simulate(const tl_pcg64 *g, int64_t count, int64_t n_candidates, Py_ssize_t n,
+                         const tl_alias64 *level_slots, const int32_t *outcome_here,
+                         const int32_t *outcome_alias, int64_t *out, const tl_stop_flag *stop)
+    void tl_bon_naive_relabel(tl_alias64 *slots, Py_ssize_t n, const int64_t *order,
+                              const int64_t *start, Py_ssize_t L, int32_t *level_of_pos,
+                              int32_t *outcome_here, int32_t *outcome_alias)
 
 cdef extern from "tl_lattice.h" nogil:
     ctypedef struct tl_seg_node:

@@ -36,7 +36,7 @@ __all__ = [
     "reward_levels",
 ]
 
-#: draws per bit generator block: the unit of reproducibility of the samplers
+#: draws per block of work of the samplers (any value gives the same draws)
 SAMPLE_BLOCK = 65536
 
 
@@ -362,6 +362,15 @@ def _generators(rng, count: int) -> list:
     return _bestofn.pcg64_children(_entropy(rng), count)
 
 
+def _stream_seeds(rng, count: int) -> np.ndarray:
+    """(count, 4) uint64: the seed words of one PCG64 stream per row, derived
+    deterministically from rng: 128 bits of entropy from its bit generator, hashed by a
+    SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with)."""
+    raw = np.random.default_rng(rng).bit_generator.random_raw(2)
+    entropy = (int(raw[0]) << 64) | int(raw[1])
+    return np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64).reshape(count, 4)
+
+
 def _size_value(size) -> int | None:
     if size is None:
         return None
@@ -379,20 +388,23 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
                          f"row; got {rows.n_outcomes}")
     draws = 1 if size is None else size
     n_el = rows.n_rows
-    blocks = -(-draws // SAMPLE_BLOCK)
-    # the int64 output, and one bit generator (~1 KiB) per row and block of draws
-    V.check_memory(n_el * (max(draws, 1) * 8 + blocks * 1024),
+    V.check_memory(n_el * max(draws, 1) * 8,
                    f"size={size} draws for each of the {n_el} rows of the batch shape "
                    f"{rows.batch_shape}")
     out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_el, dtype=np.int32)
+    failed = 0
     if n_el and draws:
-        gens = _generators(rng, n_el * blocks)
-        # the blocks of a row are the parallel work: no more threads than blocks
-        _bestofn.sample_rows(rows.first, rows.second, rows.first_off, rows.second_off,
-                             rows.n_outcomes, rows.params["log_n"], n_candidates, naive, draws,
-                             SAMPLE_BLOCK, gens, out, flags, V.threads_for_blocks(blocks, nt))
+        # the blocks of draws are the parallel work: no more threads than blocks
+        blocks = -(-draws // SAMPLE_BLOCK)
+        failed = _bestofn.sample_rows(rows.first, rows.second, rows.first_off,
+                                      rows.second_off, rows.n_outcomes, rows.params["log_n"],
+                                      n_candidates, naive, draws, SAMPLE_BLOCK,
+                                      _stream_seeds(rng, n_el), out, flags,
+                                      V.threads_for_blocks(n_el * blocks, nt))
     V.raise_for_flags(flags, rows)
+    if failed:
+        raise RuntimeError(f"tiltlab: internal error: no sampling table for {failed} rows")
     out = out[:, :draws]
     if size is None:
         return V.shaped(out[:, 0].copy(), rows.batch_shape)
@@ -404,10 +416,15 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
                      n_threads: int | None = None):
     """Outcome indices drawn from the best-of-N law by the order statistic (SPEC section 3).
 
-    The level of the maximum of N draws is sampled by inverse CDF of ``F_j^N`` (a guide
-    table), then the outcome within the level from p restricted to it (an alias table):
-    the cost per draw does not depend on N.  Same seed, same draws, whatever the number
-    of threads.
+    The law of the maximum of N draws, ``pi_N(y) = p(y) w_j / m_j`` with the level weights
+    ``w_j = F_j^N - F_{j-1}^N``, is laid out once per row as one alias table over the
+    outcomes of positive weight; each draw then takes one 64-bit random word and one table
+    lookup, so the cost per draw does not depend on N.  Every batch element draws from its
+    own PCG64 stream (NumPy's generator, seeded from ``rng``) and draw d uses word d of it:
+    same seed, same draws, whatever the number of threads or the SIMD variant, and a
+    shorter run is a prefix of a longer one.  (Earlier versions drew the level by a guide
+    table, with one or two words per draw from a bit generator per block of draws: the
+    draws of a given seed differ from theirs; the law is the same.)
 
     Parameters
     ----------
@@ -457,11 +474,14 @@ def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_thre
     if draws:
         flags = np.zeros(n_rows, dtype=np.int32)
         off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
-        _bestofn.sample_rows(logits.reshape(-1), rewards.reshape(-1), off, off, n_out,
-                             np.full(n_rows, log_n), np.ones(n_rows, dtype=np.int64), False,
-                             draws, SAMPLE_BLOCK, _generators(rng, n_rows), out, flags, 1)
+        failed = _bestofn.sample_rows(logits.reshape(-1), rewards.reshape(-1), off, off, n_out,
+                                      np.full(n_rows, log_n), np.ones(n_rows, dtype=np.int64),
+                                      False, draws, SAMPLE_BLOCK, _stream_seeds(rng, n_rows),
+                                      out, flags, 1)
         if flags.any():
             V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
+        if failed:
+            raise RuntimeError(f"tiltlab: internal error: no sampling table for {failed} rows")
     bs = logits.shape[:-1]
     if size is None:
         return V.shaped(out[:, 0].copy(), bs)
@@ -473,8 +493,10 @@ def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
     """Naive best-of-N Monte Carlo: n candidates from p per sample, first maximum kept.
 
     The independent check of the exact law (and what large-sample scripts run): each
-    sample costs ``n`` draws from an alias table over p (O(1) each).  Integer ``n`` only;
-    use :func:`sample_best_of_n` for real or astronomically large N.
+    sample costs ``n`` draws from an alias table over p (O(1) each, one 64-bit random word
+    each: sample d uses words ``d n .. d n + n - 1`` of the batch element's PCG64 stream, so
+    the draws do not depend on the number of threads).  Integer ``n`` only; use
+    :func:`sample_best_of_n` for real or astronomically large N.
 
     Parameters
     ----------
