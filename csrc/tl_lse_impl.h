@@ -15,8 +15,28 @@
 #endif
 
 /* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
- * is NaN. */
+ * is NaN.  float32 input is scanned in float lanes (the maximum is one of the inputs:
+ * exact). */
 TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
+#if TL_T_IS_F32
+    tl_vf2 s, nn, one;
+    for (int k = 0; k < 2 * TL_VW; k++) {
+        s[k] = -INFINITY;
+        nn[k] = 0.0f;
+        one[k] = 1.0f;
+    }
+    for (int i = 0; i < TL_BLOCK; i += 2 * TL_VW) {
+        tl_vf2 v = tl_vf2_load(x + i);
+        tl_vi2 gt = v > s;
+        s = (tl_vf2)((gt & (tl_vi2)v) | (~gt & (tl_vi2)s));
+        nn += (tl_vf2)((v != v) & (tl_vi2)one);
+    }
+    float m = s[0], t = 0.0f;
+    for (int k = 1; k < 2 * TL_VW; k++) m = s[k] > m ? s[k] : m;
+    for (int k = 0; k < 2 * TL_VW; k++) t += nn[k];
+    *mx = (double)m;
+    return t != 0.0f;
+#else
     tl_vd s = tl_vset(-INFINITY), nn = tl_vset(0.0);
     for (int i = 0; i < TL_BLOCK; i += TL_VW) {
         tl_vd v = TL_VLOADT(x + i);
@@ -25,6 +45,7 @@ TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
     }
     *mx = tl_vhmax(s);
     return tl_vsum(nn) != 0.0;
+#endif
 }
 
 #if TL_T_IS_F32
@@ -33,23 +54,27 @@ TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
  * difference x - m of two floats rounded to float), summed in double lanes. */
 TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
                                     double *count) {
-    tl_vd w0 = tl_vset(0.0), w1 = w0, c0 = w0, c1 = w0;
-    tl_vf2 mf;
-    for (int k = 0; k < 2 * TL_VW; k++) mf[k] = (float)m;
+    tl_vd w0 = tl_vset(0.0), w1 = w0;
+    tl_vf2 mf, c, one;
+    for (int k = 0; k < 2 * TL_VW; k++) {
+        mf[k] = (float)m;
+        c[k] = 0.0f;
+        one[k] = 1.0f;
+    }
     for (int i = 0; i < TL_BLOCK; i += 2 * TL_VW) {
         tl_vf2 v = tl_vf2_load(x + i);
         tl_vi2 top = v == mf;
         tl_vf2 e = (tl_vf2)(~top & (tl_vi2)tl_vexpf_w(v - mf));
-        tl_vd e0, e1, t0, t1;
+        tl_vd e0, e1;
         tl_vf2_widen(e, &e0, &e1);
-        tl_vf2_widen((tl_vf2)(top & (tl_vi2)(mf * 0.0f + 1.0f)), &t0, &t1);
         w0 += e0;
         w1 += e1;
-        c0 += t0;
-        c1 += t1;
+        c += (tl_vf2)(top & (tl_vi2)one); /* counts <= TL_BLOCK: exact in float */
     }
+    float tc = 0.0f;
+    for (int k = 0; k < 2 * TL_VW; k++) tc += c[k];
     *rest += tl_vsum(w0) + tl_vsum(w1);
-    *count += tl_vsum(c0) + tl_vsum(c1);
+    *count += (double)tc;
 }
 #else
 /* Sum of exp(x - m) over the entries below m, and the count of entries equal to m. */
