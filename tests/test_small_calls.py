@@ -387,3 +387,18 @@ def test_fresh_entropy_without_a_seed():
     a, b = B._entropy(None), B._entropy(None)
     assert len(a) == 4 and all(0 <= v < 2**63 for v in a + b)
     assert a != b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5, 2**32 - 1, 2**32, 2**64 + 3, 2**127 + 11])
+@pytest.mark.parametrize("count", [1, 3])
+def test_stream_seeds_of_int_seeds_match_numpy(seed, count):
+    """The samplers' stream seeds of an int seed, computed in C, equal the documented NumPy
+    derivation (128 bits of PCG64(SeedSequence(seed)), hashed by a SeedSequence)."""
+    raw = np.random.PCG64(np.random.SeedSequence(seed)).random_raw(2)
+    entropy = (int(raw[0]) << 64) | int(raw[1])
+    want = np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64)
+    got = B._stream_seeds(seed, count)
+    assert got.dtype == np.uint64 and got.shape == (count, 4)
+    assert_array_equal(got.reshape(-1), want)
+    # and the general path (a Generator) gives the same as default_rng(seed)
+    assert_array_equal(B._stream_seeds(np.random.default_rng(seed), count), got)

@@ -466,6 +466,9 @@ cdef extern from "tl_rng.h" nogil:
     void tl_pcg64_get(const tl_rng_pcg64 *g, uint64_t *out)
     void tl_seed_entropy(const uint32_t *seed, Py_ssize_t n_seed, uint64_t *out)
     void tl_pcg64_child(tl_rng_pcg64 *g, const uint64_t *entropy, uint64_t index)
+    void tl_seedseq_state(const uint32_t *entropy, Py_ssize_t n_entropy, const uint32_t *key,
+                          Py_ssize_t n_key, uint64_t *out)
+    uint64_t tl_pcg64_next64(void *st)
 
 
 cdef class PCG64Stream:
@@ -538,6 +541,45 @@ def seed_entropy(seed):
             break
     tl_seed_entropy(words, n, out)
     return (out[0], out[1], out[2], out[3])
+
+
+cdef Py_ssize_t _int_words(object v, uint32_t *words) except -1:
+    """v (0 <= v < 2^128) as NumPy coerces an int entropy: 32-bit words, least significant
+    first, at least one."""
+    cdef Py_ssize_t n = 0
+    if not 0 <= v < (1 << 128):
+        raise ValueError("internal: entropy out of range")
+    while True:
+        words[n] = v & 0xffffffff
+        n += 1
+        v >>= 32
+        if v == 0:
+            return n
+
+
+def stream_entropy_int(seed):
+    """``numpy.random.PCG64(numpy.random.SeedSequence(seed)).random_raw(2)`` as two ints, for
+    an int ``0 <= seed < 2^128``, without NumPy's objects (the samplers' stream seeds)."""
+    cdef uint32_t words[4]
+    cdef uint64_t st[4]
+    cdef tl_rng_pcg64 g
+    cdef Py_ssize_t n = _int_words(seed, words)
+    tl_seedseq_state(words, n, NULL, 0, st)
+    tl_pcg64_init(&g, st)
+    cdef uint64_t a = tl_pcg64_next64(&g.st)
+    cdef uint64_t b = tl_pcg64_next64(&g.st)
+    return a, b
+
+
+def seedseq_state4(entropy):
+    """``numpy.random.SeedSequence(entropy).generate_state(4, numpy.uint64)`` as a (1, 4)
+    uint64 array, for an int ``0 <= entropy < 2^128``."""
+    cdef uint32_t words[4]
+    cdef Py_ssize_t n = _int_words(entropy, words)
+    out = np.empty((1, 4), dtype=np.uint64)
+    cdef uint64_t[:, ::1] o = out
+    tl_seedseq_state(words, n, NULL, 0, &o[0, 0])
+    return out
 
 
 def bitgen_draws(bit_generator, Py_ssize_t n, str kind):

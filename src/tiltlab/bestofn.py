@@ -365,9 +365,16 @@ def _generators(rng, count: int) -> list:
 def _stream_seeds(rng, count: int) -> np.ndarray:
     """(count, 4) uint64: the seed words of one PCG64 stream per row, derived
     deterministically from rng: 128 bits of entropy from its bit generator, hashed by a
-    SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with)."""
-    raw = np.random.default_rng(rng).bit_generator.random_raw(2)
-    entropy = (int(raw[0]) << 64) | int(raw[1])
+    SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with).
+    An int seed and a single row skip NumPy's objects (computed in C, the same words)."""
+    if type(rng) is int and 0 <= rng < (1 << 128):
+        hi, lo = _bestofn.stream_entropy_int(rng)
+    else:
+        raw = np.random.default_rng(rng).bit_generator.random_raw(2)
+        hi, lo = int(raw[0]), int(raw[1])
+    entropy = (int(hi) << 64) | int(lo)
+    if count == 1:
+        return _bestofn.seedseq_state4(entropy)
     return np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64).reshape(count, 4)
 
 
