@@ -15,14 +15,12 @@
 
 /* Lanes: one vector register per accumulator (4 doubles on AVX2, 8 on AVX-512), so that
  * GCC maps each lane loop onto one vector operation (with more lanes than the vector
- * width it vectorises across blocks instead, through shuffles).  TL_FLANES: the same for
- * the fused single-loop kernels. */
+ * width it vectorises across blocks instead, through shuffles). */
 #if defined(__AVX512F__)
 #define TL_LANES 8
 #else
 #define TL_LANES 4
 #endif
-#define TL_FLANES TL_LANES
 
 TL_INLINE double tl__lanes_total(const double *s) {
 #if TL_LANES == 8
@@ -48,15 +46,6 @@ TL_INLINE double tl__lanes_total(const double *s) {
 #else
 #define TL_PREFETCH_BLOCK(p, left) ((void)0)
 #endif
-
-/* Copies len <= TL_BLOCK values into a double buffer (widening float32), padding the tail
- * with `pad`.  A type-generic macro: the element type is that of src. */
-#define tl_block_load(dst, src, len, pad)                                                 \
-    do {                                                                                  \
-        ptrdiff_t tl__i;                                                                  \
-        for (tl__i = 0; tl__i < (len); tl__i++) (dst)[tl__i] = (double)(src)[tl__i];      \
-        for (; tl__i < TL_BLOCK; tl__i++) (dst)[tl__i] = (pad);                           \
-    } while (0)
 
 /* One scan of a block: *mx = max of x (NaN ignored; -inf if all are -inf); returns
  * nonzero if some entry is NaN. */

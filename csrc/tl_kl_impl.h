@@ -108,11 +108,14 @@ TL_NOINLINE int TL_SFX(tl__kl_fast_block)(const TL_T *TL_RESTRICT lp, const TL_T
 void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,
                          double p_ref, double q_ref, double p_max, double c, double ltot,
                          int mode, tl_kl_acc *acc) {
+#if !TL_HAVE_VEC
+    (void)p_max; /* the fast path's reference */
+#endif
     double pb[TL_BLOCK], qb[TL_BLOCK], db[TL_BLOCK], ob[TL_BLOCK];
     double wa[TL_BLOCK], we[TL_BLOCK], wi[TL_BLOCK], hi[TL_BLOCK], lo[TL_BLOCK];
     tl__kl_init(acc);
-    const double mp_fixed = p_max - p_ref;
 #if TL_HAVE_VEC
+    const double mp_fixed = p_max - p_ref;
     double fs[7];
     const int fast = mode != TL_MODE_STANDARD && mp_fixed > -INFINITY && mp_fixed <= DBL_MAX;
 #endif

@@ -3,9 +3,9 @@
  * Per block of TL_BLOCK elements, read in place (only the tail is copied, padded with
  * -inf): one scan for NaN and the maximum, and one fused loop that sums the exponentials
  * (entries equal to the running maximum are counted apart; the second read comes from
- * L1); sums run in TL_FLANES fixed lanes (vectorised without reassociation: bitwise the
- * same for any thread count).  Both loops are out-of-line helpers, which GCC vectorises
- * in isolation. */
+ * L1), both on the vectors of tl_simd.h (float32 input: the exponentials in float lanes);
+ * sums run in fixed lanes (no reassociation: bitwise the same for any thread count).
+ * Without vector extensions: the same loops on TL_LANES scalar lanes. */
 #if TL_HAVE_VEC
 /* one vector of TL_VW inputs at p, widened to double */
 #if TL_T_IS_F32
@@ -98,20 +98,20 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
 /* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
  * is NaN. */
 TL_NOINLINE int TL_SFX(tl__lse_scan)(const TL_T *TL_RESTRICT x, double *mx) {
-    double s[TL_FLANES], nn[TL_FLANES];
-    for (int k = 0; k < TL_FLANES; k++) {
+    double s[TL_LANES], nn[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) {
         s[k] = -INFINITY;
         nn[k] = 0.0;
     }
-    for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-        for (int k = 0; k < TL_FLANES; k++) {
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
             double v = (double)x[i + k];
             s[k] = v > s[k] ? v : s[k];
             nn[k] += v == v ? 0.0 : 1.0;
         }
     double m = s[0], t = 0.0;
-    for (int k = 1; k < TL_FLANES; k++) m = s[k] > m ? s[k] : m;
-    for (int k = 0; k < TL_FLANES; k++) t += nn[k];
+    for (int k = 1; k < TL_LANES; k++) m = s[k] > m ? s[k] : m;
+    for (int k = 0; k < TL_LANES; k++) t += nn[k];
     *mx = m;
     return t != 0.0;
 }
@@ -145,17 +145,17 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
 #else
 TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double *rest,
                                     double *count) {
-    double w[TL_FLANES], c[TL_FLANES];
-    for (int k = 0; k < TL_FLANES; k++) w[k] = c[k] = 0.0;
-    for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-        for (int k = 0; k < TL_FLANES; k++) {
+    double w[TL_LANES], c[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) w[k] = c[k] = 0.0;
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
             double v = (double)x[i + k];
             double top = v == m ? 1.0 : 0.0;
             w[k] += tl_exp_w(v - m) * (1.0 - top);
             c[k] += top;
         }
     double tw = 0.0, tc = 0.0;
-    for (int k = 0; k < TL_FLANES; k++) {
+    for (int k = 0; k < TL_LANES; k++) {
         tw += w[k];
         tc += c[k];
     }

@@ -67,7 +67,7 @@ void tl_mathcheck(const double *TL_RESTRICT x, ptrdiff_t n, int func, double *TL
     /* no vector extensions: the scalar functions (the kernels' general paths) */
     case TL_MC_VEXP: TL_MC_LOOP(tl_exp(v)); break;
     case TL_MC_VEXP_W: TL_MC_LOOP(tl_exp_w(v)); break;
-    case TL_MC_VEXP3_E: TL_MC_LOOP(tl__mc_emx(v, 0)); break;
+    case TL_MC_VEXP3_E: TL_MC_LOOP(v < -708.0 ? 0.0 : tl__mc_emx(v, 0)); break;
     case TL_MC_VEXP3_EM: TL_MC_LOOP(tl__mc_emx(v, 1)); break;
     case TL_MC_VEXP3_EMX: TL_MC_LOOP(tl__mc_emx(v, 2)); break;
     case TL_MC_VKL_TERM: TL_MC_LOOP(tl_kl_term(v)); break;

@@ -43,6 +43,8 @@
 
 typedef double tl_vd __attribute__((vector_size(8 * TL_VW)));
 typedef int64_t tl_vi __attribute__((vector_size(8 * TL_VW)));   /* masks: -1 or 0 */
+typedef uint64_t tl_vu __attribute__((vector_size(8 * TL_VW)));  /* shifts (no UB) */
+typedef uint32_t tl_vu2 __attribute__((vector_size(8 * TL_VW)));
 typedef float tl_vf __attribute__((vector_size(4 * TL_VW)));     /* TL_VW floats */
 typedef float tl_vf2 __attribute__((vector_size(8 * TL_VW)));    /* 2 TL_VW floats */
 typedef int32_t tl_vi2 __attribute__((vector_size(8 * TL_VW)));
@@ -114,7 +116,8 @@ TL_VINLINE double tl_vhmin(tl_vd v) {
 
 /* 2^k for t = k + 1.5 * 2^52 (k an integer in [-1022, 1023]) */
 TL_VINLINE tl_vd tl_vpow2_shifted(tl_vd t) {
-    return (tl_vd)(((tl_vi)t + (1023 - (int64_t)0x4338000000000000LL)) << 52);
+    /* unsigned: defined for any t, also the garbage of arguments the callers discard */
+    return (tl_vd)(((tl_vu)t + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52);
 }
 
 /* e^r - 1 = r + r^2 q(r): q, the Taylor polynomial of tl_exp.h (Estrin's scheme) */
@@ -252,7 +255,7 @@ TL_VINLINE tl_vf2 tl_vexpf_w(tl_vf2 x) {
     tl_vf2 t = tl_vfmaf(xc, shift * 0.0f + 1.44269504f, shift);
     tl_vf2 kd = t - shift;
     tl_vf2 r = (xc - kd * 0.693145751953125f) - kd * 1.428606765330187e-06f;
-    tl_vf2 s = (tl_vf2)(((tl_vi2)t + (127 - 0x4B400000)) << 23);
+    tl_vf2 s = (tl_vf2)(((tl_vu2)t + (uint32_t)(127 - 0x4B400000)) << 23);
     tl_vf2 r2 = r * r;
     tl_vf2 p01 = tl_vfmaf(r, one * 0.16666667f, one * 0.5f);
     tl_vf2 p23 = tl_vfmaf(r, one * 8.3333338e-03f, one * 4.1666668e-02f);

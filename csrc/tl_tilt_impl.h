@@ -108,14 +108,14 @@ TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T
 TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T *TL_RESTRICT rb,
                                   double l_b, double r_b, double lam, double *hi_out,
                                   double *lo_out, double *lmax_out, double *m_out) {
-    double hi[TL_FLANES], lo[TL_FLANES], nn[TL_FLANES], mx[TL_FLANES], ml[TL_FLANES];
-    for (int k = 0; k < TL_FLANES; k++) {
+    double hi[TL_LANES], lo[TL_LANES], nn[TL_LANES], mx[TL_LANES], ml[TL_LANES];
+    for (int k = 0; k < TL_LANES; k++) {
         hi[k] = mx[k] = ml[k] = -INFINITY;
         lo[k] = INFINITY;
         nn[k] = 0.0;
     }
-    for (int i = 0; i < TL_BLOCK; i += TL_FLANES)
-        for (int k = 0; k < TL_FLANES; k++) {
+    for (int i = 0; i < TL_BLOCK; i += TL_LANES)
+        for (int k = 0; k < TL_LANES; k++) {
             double v = (double)lb[i + k], rv = (double)rb[i + k];
             int fin = v - v == 0.0; /* finite: not NaN, not +-inf */
             double dh = fin ? rv : -INFINITY, dl = fin ? rv : INFINITY;
@@ -129,7 +129,7 @@ TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T
             mx[k] = y > mx[k] ? y : mx[k];
         }
     double h = *hi_out, o = *lo_out, m = mx[0], g = *lmax_out;
-    for (int k = 0; k < TL_FLANES; k++) {
+    for (int k = 0; k < TL_LANES; k++) {
         h = hi[k] > h ? hi[k] : h;
         o = lo[k] < o ? lo[k] : o;
         m = mx[k] > m ? mx[k] : m;
@@ -140,7 +140,7 @@ TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T
     *lmax_out = g;
     *m_out = m;
     double t = 0.0;
-    for (int k = 0; k < TL_FLANES; k++) t += nn[k];
+    for (int k = 0; k < TL_LANES; k++) t += nn[k];
     return t != 0.0;
 }
 #endif
@@ -363,13 +363,13 @@ static void TL_SFX(tl__tilt_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RES
 
 void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,
                            const tl_tilt_row *row, int mode, tl_tilt_acc *acc) {
+    tl__tilt_init(acc);
+#if TL_HAVE_VEC
     double wb[TL_BLOCK], dsb[TL_BLOCK], sums[6];
     TL_T lpad[TL_BLOCK], rpad[TL_BLOCK];
-    tl__tilt_init(acc);
     /* the fast path's fixed references (a row without support, or with flagged input,
      * takes the general path, which reports it) */
-    const int fast = TL_HAVE_VEC && row->l_max > -INFINITY && row->l_max <= DBL_MAX &&
-                     row->flags == 0;
+    const int fast = row->l_max > -INFINITY && row->l_max <= DBL_MAX && row->flags == 0;
     if (fast) {
         acc->m_l = row->l_max;
         if (mode == TL_MODE_STANDARD) acc->m_x = 0.0;
@@ -377,7 +377,9 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
         acc->r_lo = row->r_lo - row->c;
         acc->r_hi = row->r_hi - row->c;
     }
+#endif
     for (ptrdiff_t j0 = 0; j0 < n; j0 += TL_BLOCK) {
+#if TL_HAVE_VEC
         ptrdiff_t len = n - j0 < TL_BLOCK ? n - j0 : TL_BLOCK;
         if (fast) {
             const TL_T *lp = l + j0, *rp = r + j0;
@@ -389,7 +391,6 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 lp = lpad;
                 rp = rpad;
             }
-#if TL_HAVE_VEC
             if (TL_SFX(tl__fast_block)(lp, rp, row, mode, wb, dsb, sums)) {
                 acc->s_l += sums[0];
                 if (mode == TL_MODE_KL) {
@@ -411,8 +412,8 @@ void TL_SFX(tl_tilt_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                 }
                 continue;
             }
-#endif
         }
+#endif
         TL_SFX(tl__tilt_block)(l, r, n, j0, row, mode, acc);
     }
 }
