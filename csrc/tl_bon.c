@@ -287,6 +287,11 @@ static inline tl_u128 tl__pcg_step(tl_u128 s, tl_u128 inc) {
     return tl__add(tl__mul(s, tl__pcg_mul), inc);
 }
 
+uint64_t tl_pcg64_next(tl_pcg64 *g) {
+    g->state = tl__pcg_step(g->state, g->inc);
+    return tl__pcg_out(g->state);
+}
+
 void tl_pcg64_seed(tl_pcg64 *g, const uint64_t words[4]) {
     tl_u128 init = {words[1], words[0]}, seq = {words[3], words[2]};
     /* inc = 2 seq + 1; state = step(step(0) + init) (PCG's srandom) */

@@ -129,6 +129,8 @@ void tl_pcg64_seed(tl_pcg64 *g, const uint64_t words[4]);
 void tl_pcg64_advance(tl_pcg64 *g, tl_u128 delta);
 /* a * b as a 128-bit count (for block offsets such as draw index * candidates) */
 tl_u128 tl_u128_mul64(uint64_t a, uint64_t b);
+/* the stream's next word (g advances by one): the bitgen interface of tl_rng.h */
+uint64_t tl_pcg64_next(tl_pcg64 *g);
 /* the next n words of the stream (g itself is left unchanged) */
 void tl_pcg64_words(const tl_pcg64 *g, uint64_t *out, ptrdiff_t n);
 

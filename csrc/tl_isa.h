@@ -84,6 +84,7 @@
 #define tl_alias_build TL_ISA_NAME(tl_alias_build)
 #define tl_bon_simulate TL_ISA_NAME(tl_bon_simulate)
 #define tl_pcg64_seed TL_ISA_NAME(tl_pcg64_seed)
+#define tl_pcg64_next TL_ISA_NAME(tl_pcg64_next)
 #define tl_pcg64_advance TL_ISA_NAME(tl_pcg64_advance)
 #define tl_pcg64_words TL_ISA_NAME(tl_pcg64_words)
 #define tl_u128_mul64 TL_ISA_NAME(tl_u128_mul64)

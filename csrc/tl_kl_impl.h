@@ -12,11 +12,7 @@ void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_
         for (; j0 + TL_BLOCK <= n; j0 += TL_BLOCK) {
             tl_vd m = ninf;
             for (int i = 0; i < TL_BLOCK; i += TL_VW) {
-#if TL_T_IS_F32
-                tl_vd a = tl_vload_f(lp + j0 + i);
-#else
-                tl_vd a = tl_vload(lp + j0 + i);
-#endif
+                tl_vd a = TL_VLOADT(lp + j0 + i);
                 m = tl_vmax(tl_vsel(a <= big, a, ninf), m); /* finite (NaN, +inf never win) */
             }
             double bm = tl_vhmax(m);
@@ -50,11 +46,6 @@ void TL_SFX(tl_kl_shift)(const TL_T *lp, const TL_T *lq, ptrdiff_t n, double *p_
 }
 
 #if TL_HAVE_VEC
-#if TL_T_IS_F32
-#define TL_VLOADT(p) tl_vload_f(p)
-#else
-#define TL_VLOADT(p) tl_vload(p)
-#endif
 /* The fast path of one full block in vector lanes (product and KL modes), with the fixed
  * reference mp = p_max - p_ref for the weights of p.  Sends the block to the general path
  * (returns 0, sums untouched) on anything but the plain case: a bad logit, q = 0 < p,
@@ -102,7 +93,6 @@ TL_NOINLINE int TL_SFX(tl__kl_fast_block)(const TL_T *TL_RESTRICT lp, const TL_T
     out[6] = tl_vsum(qseen);
     return 1;
 }
-#undef TL_VLOADT
 #endif
 
 void TL_SFX(tl_kl_chunk)(const TL_T *TL_RESTRICT lp, const TL_T *TL_RESTRICT lq, ptrdiff_t n,

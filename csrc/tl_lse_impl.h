@@ -7,13 +7,6 @@
  * sums run in fixed lanes (no reassociation: bitwise the same for any thread count).
  * Without vector extensions: the same loops on TL_LANES scalar lanes. */
 #if TL_HAVE_VEC
-/* one vector of TL_VW inputs at p, widened to double */
-#if TL_T_IS_F32
-#define TL_VLOADT(p) tl_vload_f(p)
-#else
-#define TL_VLOADT(p) tl_vload(p)
-#endif
-
 /* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
  * is NaN.  float32 input is scanned in float lanes (the maximum is one of the inputs:
  * exact). */
@@ -93,7 +86,6 @@ TL_NOINLINE void TL_SFX(tl__lse_sum)(const TL_T *TL_RESTRICT x, double m, double
     *count += tl_vsum(c);
 }
 #endif
-#undef TL_VLOADT
 #else /* no vector extensions: scalar lanes */
 /* One block read in place: *mx = its maximum (NaN ignored), returns nonzero if some entry
  * is NaN. */

@@ -69,66 +69,7 @@ void tl_seedseq_state(const uint32_t *entropy, ptrdiff_t n_entropy, const uint32
 
 /* ---- PCG64 (128-bit LCG, XSL RR output) ---- */
 
-#define TL_PCG_MULT_HIGH 0x2360ed051fc65da4ULL
-#define TL_PCG_MULT_LOW 0x4385df649fccf645ULL
-
-#if TL_RNG_HAVE_INT128
-static inline tl_rng_u128 tl__u128(uint64_t high, uint64_t low) {
-    return ((tl_rng_u128)high << 64) | low;
-}
-static inline uint64_t tl__high(tl_rng_u128 x) { return (uint64_t)(x >> 64); }
-static inline uint64_t tl__low(tl_rng_u128 x) { return (uint64_t)x; }
-static inline tl_rng_u128 tl__add(tl_rng_u128 a, tl_rng_u128 b) { return a + b; }
-static inline tl_rng_u128 tl__mul(tl_rng_u128 a, tl_rng_u128 b) { return a * b; }
-static inline tl_rng_u128 tl__shl1_or1(tl_rng_u128 a) { return (a << 1) | 1u; }
-#else
-static inline tl_rng_u128 tl__u128(uint64_t high, uint64_t low) {
-    tl_rng_u128 r;
-    r.high = high;
-    r.low = low;
-    return r;
-}
-static inline uint64_t tl__high(tl_rng_u128 x) { return x.high; }
-static inline uint64_t tl__low(tl_rng_u128 x) { return x.low; }
-static inline tl_rng_u128 tl__add(tl_rng_u128 a, tl_rng_u128 b) {
-    tl_rng_u128 r;
-    r.low = a.low + b.low;
-    r.high = a.high + b.high + (r.low < b.low);
-    return r;
-}
-/* high 64 bits of the 128-bit product of two 64-bit values */
-static inline uint64_t tl__mulhi64(uint64_t a, uint64_t b) {
-    uint64_t a0 = a & 0xffffffffu, a1 = a >> 32, b0 = b & 0xffffffffu, b1 = b >> 32;
-    uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
-    uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
-    return p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
-}
-static inline tl_rng_u128 tl__mul(tl_rng_u128 a, tl_rng_u128 b) {
-    tl_rng_u128 r;
-    r.low = a.low * b.low;
-    r.high = tl__mulhi64(a.low, b.low) + a.high * b.low + a.low * b.high;
-    return r;
-}
-static inline tl_rng_u128 tl__shl1_or1(tl_rng_u128 a) {
-    return tl__u128((a.high << 1) | (a.low >> 63), (a.low << 1) | 1u);
-}
-#endif
-
-static inline void tl__pcg_step(tl_pcg128 *s) {
-    s->state = tl__add(tl__mul(s->state, tl__u128(TL_PCG_MULT_HIGH, TL_PCG_MULT_LOW)), s->inc);
-}
-
-static inline uint64_t tl__pcg_output(tl_rng_u128 state) {
-    uint64_t x = tl__high(state) ^ tl__low(state);
-    unsigned rot = (unsigned)(tl__high(state) >> 58);
-    return (x >> rot) | (x << ((64u - rot) & 63u));
-}
-
-uint64_t tl_pcg64_next64(void *st) {
-    tl_pcg128 *s = ((tl_pcg64_state *)st)->pcg_state;
-    tl__pcg_step(s);
-    return tl__pcg_output(s->state);
-}
+uint64_t tl_pcg64_next64(void *st) { return tl_pcg64_next(((tl_pcg64_state *)st)->pcg_state); }
 
 static uint32_t tl__pcg64_next32(void *st) {
     tl_pcg64_state *p = (tl_pcg64_state *)st;
@@ -147,11 +88,7 @@ static double tl__pcg64_next_double(void *st) {
 }
 
 void tl_pcg64_init(tl_rng_pcg64 *g, const uint64_t words[4]) {
-    g->core.state = tl__u128(0, 0);
-    g->core.inc = tl__shl1_or1(tl__u128(words[2], words[3]));
-    tl__pcg_step(&g->core);
-    g->core.state = tl__add(g->core.state, tl__u128(words[0], words[1]));
-    tl__pcg_step(&g->core);
+    tl_pcg64_seed(&g->core, words);
     g->st.pcg_state = &g->core;
     g->st.has_uint32 = 0;
     g->st.uinteger = 0;
@@ -163,10 +100,10 @@ void tl_pcg64_init(tl_rng_pcg64 *g, const uint64_t words[4]) {
 }
 
 void tl_pcg64_get(const tl_rng_pcg64 *g, uint64_t out[4]) {
-    out[0] = tl__high(g->core.state);
-    out[1] = tl__low(g->core.state);
-    out[2] = tl__high(g->core.inc);
-    out[3] = tl__low(g->core.inc);
+    out[0] = g->core.state.hi;
+    out[1] = g->core.state.lo;
+    out[2] = g->core.inc.hi;
+    out[3] = g->core.inc.lo;
 }
 
 /* ---- the samplers' derivation ---- */

@@ -24,29 +24,17 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "numpy/random/bitgen.h"
-
-#if defined(__SIZEOF_INT128__)
-typedef unsigned __int128 tl_rng_u128;
-#define TL_RNG_HAVE_INT128 1
-#else
-typedef struct { uint64_t high, low; } tl_rng_u128;
-#define TL_RNG_HAVE_INT128 0
-#endif
+#include "tl_bon.h" /* tl_pcg64: the PCG64 core the samplers draw from */
 
 typedef struct {
-    tl_rng_u128 state;
-    tl_rng_u128 inc;
-} tl_pcg128;
-
-typedef struct {
-    tl_pcg128 *pcg_state; /* points at the tl_pcg128 of the same tl_rng_pcg64 */
+    tl_pcg64 *pcg_state; /* points at the core of the same tl_rng_pcg64 */
     int has_uint32;
     uint32_t uinteger;
 } tl_pcg64_state;
 
 typedef struct {
     tl_pcg64_state st;
-    tl_pcg128 core;
+    tl_pcg64 core;
     bitgen_t bitgen; /* bitgen.state == &st */
 } tl_rng_pcg64;
 

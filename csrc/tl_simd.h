@@ -120,6 +120,16 @@ TL_VINLINE tl_vd tl_vpow2_shifted(tl_vd t) {
     return (tl_vd)(((tl_vu)t + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52);
 }
 
+/* Cody-Waite reduction of a clamped argument xc: *t = k + 1.5 2^52 with k = round(xc /
+ * ln 2), *kd = k, returns r = xc - k ln 2 (two constants, k ln2_hi exact) */
+TL_VINLINE tl_vd tl__vreduce(tl_vd xc, tl_vd *t, tl_vd *kd) {
+    const tl_vd shift = tl_vset(6755399441055744.0);
+    *t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
+    *kd = *t - shift;
+    return (xc - *kd * tl_vset(6.93147180369123816490e-01)) -
+           *kd * tl_vset(1.90821492927058770002e-10);
+}
+
 /* e^r - 1 = r + r^2 q(r): q, the Taylor polynomial of tl_exp.h (Estrin's scheme) */
 TL_VINLINE tl_vd tl_vexpm1_q(tl_vd r, tl_vd r2) {
     tl_vd r4 = r2 * r2, r8 = r4 * r4;
@@ -137,12 +147,9 @@ TL_VINLINE tl_vd tl_vexpm1_q(tl_vd r, tl_vd r2) {
 
 /* The vector tl_exp_w (tl_exp.h): e^x for x <= 1, 0 below -708, NaN for NaN. */
 TL_VINLINE tl_vd tl_vexp_w(tl_vd x) {
-    const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-708.0);
+    const tl_vd lo = tl_vset(-708.0);
     tl_vd xc = tl_vsel(lo > x, lo, x); /* NaN stays NaN */
-    tl_vd t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
-    tl_vd kd = t - shift;
-    tl_vd r = (xc - kd * tl_vset(6.93147180369123816490e-01)) -
-              kd * tl_vset(1.90821492927058770002e-10);
+    tl_vd t, kd, r = tl__vreduce(xc, &t, &kd);
     tl_vd s = tl_vpow2_shifted(t);
     tl_vd r2 = r * r;
     tl_vd p = tl_vfma(r2, tl_vexpm1_q(r, r2), r);
@@ -157,10 +164,7 @@ TL_VINLINE tl_vd tl_vexp_w(tl_vd x) {
 TL_VINLINE tl_vd tl_vexp(tl_vd x) {
     const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-746.0);
     tl_vd xc = tl_vsel(lo > x, lo, x); /* NaN stays NaN */
-    tl_vd t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
-    tl_vd kd = t - shift;
-    tl_vd r = (xc - kd * tl_vset(6.93147180369123816490e-01)) -
-              kd * tl_vset(1.90821492927058770002e-10);
+    tl_vd t, kd, r = tl__vreduce(xc, &t, &kd);
     tl_vd th = tl_vfma(kd, tl_vset(0.5), shift); /* k1 + shift */
     tl_vd k2 = kd - (th - shift);
     tl_vd s1 = tl_vpow2_shifted(th), s2 = tl_vpow2_shifted(k2 + shift);
@@ -173,12 +177,9 @@ TL_VINLINE tl_vd tl_vexp(tl_vd x) {
  * each with full relative accuracy (e^x flushed to 0 below e^-708: the caller, the
  * product mode, keeps |x| <= 600). */
 TL_VINLINE void tl_vexp3(tl_vd x, tl_vd *e, tl_vd *em, tl_vd *emx) {
-    const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-708.0);
+    const tl_vd lo = tl_vset(-708.0);
     tl_vd xc = tl_vsel(lo > x, lo, x);
-    tl_vd t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
-    tl_vd kd = t - shift;
-    tl_vd r = (xc - kd * tl_vset(6.93147180369123816490e-01)) -
-              kd * tl_vset(1.90821492927058770002e-10);
+    tl_vd t, kd, r = tl__vreduce(xc, &t, &kd);
     tl_vd s = (tl_vd)(~(x < lo) & (tl_vi)tl_vpow2_shifted(t));
     tl_vd r2 = r * r;
     tl_vd q = tl_vexpm1_q(r, r2);
@@ -194,13 +195,10 @@ TL_VINLINE void tl_vexp3(tl_vd x, tl_vd *e, tl_vd *em, tl_vd *emx) {
 /* The vector tl_kl_term (tl_exp.h): g(v) = v e^v - e^v + 1 >= 0 with full relative
  * accuracy; v clamped to 709 above (as tl_exp), e^v flushed to 0 below -708 (g = 1). */
 TL_VINLINE tl_vd tl_vkl_term(tl_vd v) {
-    const tl_vd shift = tl_vset(6755399441055744.0), lo = tl_vset(-708.0), hi = tl_vset(709.0);
+    const tl_vd lo = tl_vset(-708.0), hi = tl_vset(709.0);
     tl_vd xc = tl_vsel(lo > v, lo, v);
     xc = tl_vsel(hi < xc, hi, xc);
-    tl_vd t = tl_vfma(xc, tl_vset(1.4426950408889634074), shift);
-    tl_vd kd = t - shift;
-    tl_vd r = (xc - kd * tl_vset(6.93147180369123816490e-01)) -
-              kd * tl_vset(1.90821492927058770002e-10);
+    tl_vd t, kd, r = tl__vreduce(xc, &t, &kd);
     tl_vd s = (tl_vd)(~(v < lo) & (tl_vi)tl_vpow2_shifted(t));
     tl_vd r2 = r * r;
     tl_vd q = tl_vexpm1_q(r, r2);

@@ -9,16 +9,20 @@
 
 #define TL_T double
 #define TL_T_IS_F32 0
+#define TL_VLOADT(p) tl_vload(p) /* TL_VW inputs as doubles (tl_simd.h) */
 #define TL_SFX(name) name##_f64
 #include TL_IMPL
 #undef TL_T
 #undef TL_T_IS_F32
+#undef TL_VLOADT
 #undef TL_SFX
 
 #define TL_T float
 #define TL_T_IS_F32 1
+#define TL_VLOADT(p) tl_vload_f(p)
 #define TL_SFX(name) name##_f32
 #include TL_IMPL
 #undef TL_T
 #undef TL_T_IS_F32
+#undef TL_VLOADT
 #undef TL_SFX

@@ -66,11 +66,6 @@ static inline int TL_SFX(tl__scan_block)(const TL_T *TL_RESTRICT l, const TL_T *
 }
 
 #if TL_HAVE_VEC
-#if TL_T_IS_F32
-#define TL_VLOADT(p) tl_vload_f(p)
-#else
-#define TL_VLOADT(p) tl_vload(p)
-#endif
 /* The vectorised scan of tl_prescan over one block: folds the reward range of the support
  * into [*lo, *hi] and the largest finite logit into *lmax, and writes the largest gain
  * y = (l - l_b) + lam (r - r_b) over the best so far to *m (-inf off the support; NaN
@@ -99,7 +94,6 @@ TL_NOINLINE int TL_SFX(tl__prescan_block)(const TL_T *TL_RESTRICT lb, const TL_T
     *m_out = tl_vhmax(mx);
     return tl_vsum(nn) != 0.0;
 }
-#undef TL_VLOADT
 #else
 /* The vectorised scan of tl_prescan over one block: folds the reward range of the support
  * into [*lo, *hi] and writes the largest gain y = (l - l_b) + lam (r - r_b) over the best
@@ -191,11 +185,6 @@ ptrdiff_t TL_SFX(tl_prescan)(const TL_T *l, const TL_T *r, ptrdiff_t n, double l
  * path must redo it (the sums are then not touched).  Without vector extensions every
  * block takes the general path. */
 #if TL_HAVE_VEC
-#if TL_T_IS_F32
-#define TL_VLOADT(p) tl_vload_f(p)
-#else
-#define TL_VLOADT(p) tl_vload(p)
-#endif
 TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
                                        const tl_tilt_row *row, int mode,
                                        double *TL_RESTRICT wb, double *TL_RESTRICT dsb,
@@ -265,7 +254,6 @@ TL_NOINLINE int TL_SFX(tl__fast_block)(const TL_T *TL_RESTRICT l, const TL_T *TL
     out[5] = tl_vsum(s5);
     return 1;
 }
-#undef TL_VLOADT
 #endif
 
 /* The general path of one block (running maxima, half-scale x, input flags). */
@@ -487,11 +475,7 @@ void TL_SFX(tl_tilt_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT
         const tl_vd vlam = tl_vset(lam), ninf = tl_vset(-INFINITY);
         tl_vd vnn = tl_vset(0.0);
         for (; i0 + TL_VW <= n; i0 += TL_VW) {
-#if TL_T_IS_F32
-            tl_vd li = tl_vload_f(l + i0), ri = tl_vload_f(r + i0);
-#else
-            tl_vd li = tl_vload(l + i0), ri = tl_vload(r + i0);
-#endif
+            tl_vd li = TL_VLOADT(l + i0), ri = TL_VLOADT(r + i0);
             /* lam = 0: no reward term (an infinite reward off the support is never read) */
             tl_vd x = lam == 0.0 ? li - va : (li - va) + vlam * (ri - vc);
             tl_vd v = tl_vsel(li > ninf, x - vz, ninf);
@@ -528,11 +512,6 @@ void TL_SFX(tl_limit_logprobs)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRIC
 }
 
 #if TL_HAVE_VEC
-#if TL_T_IS_F32
-#define TL_VLOADT(p) tl_vload_f(p)
-#else
-#define TL_VLOADT(p) tl_vload(p)
-#endif
 /* One block of tl_moments_chunk in vector lanes: sums[j] += sum phi z^j.  Returns 0 (sums
  * untouched) if some x = (l - anchor) + lam (r - c) is NaN (the two parts overflowed with
  * opposite signs): the scalar path evaluates those at half scale. */
@@ -563,7 +542,6 @@ TL_NOINLINE int TL_SFX(tl__moments_block)(const TL_T *TL_RESTRICT l, const TL_T 
     for (int j = 0; j <= order; j++) sums[j] += tl_vsum(acc[j]);
     return 1;
 }
-#undef TL_VLOADT
 #endif
 
 void TL_SFX(tl_moments_chunk)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r, ptrdiff_t n,

@@ -530,15 +530,7 @@ def seed_entropy(seed):
     for an int ``0 <= seed < 2^128``, without NumPy's objects."""
     cdef uint32_t words[4]
     cdef uint64_t out[4]
-    cdef Py_ssize_t n = 0
-    if not 0 <= seed < (1 << 128):
-        raise ValueError("internal: seed out of range")
-    while True:
-        words[n] = seed & 0xffffffff
-        n += 1
-        seed >>= 32
-        if seed == 0:
-            break
+    cdef Py_ssize_t n = _int_words(seed, words)
     tl_seed_entropy(words, n, out)
     return (out[0], out[1], out[2], out[3])
 
@@ -548,7 +540,7 @@ cdef Py_ssize_t _int_words(object v, uint32_t *words) except -1:
     first, at least one."""
     cdef Py_ssize_t n = 0
     if not 0 <= v < (1 << 128):
-        raise ValueError("internal: entropy out of range")
+        raise ValueError("internal: seed or entropy out of range")
     while True:
         words[n] = v & 0xffffffff
         n += 1
