@@ -4,6 +4,7 @@
 #include "tl_mathcheck.h"
 #include "tl_exp.h"
 #include "tl_simd.h"
+#include "tl_det.h"
 
 #define TL_MC_LOOP(expr)                                                                  \
     do {                                                                                  \
@@ -38,6 +39,7 @@ static void tl__mc_vector(const double *TL_RESTRICT x, ptrdiff_t n, int func,
             case TL_MC_VEXP: r = tl_vexp(v); break;
             case TL_MC_VEXP_W: r = tl_vexp_w(v); break;
             case TL_MC_VKL_TERM: r = tl_vkl_term(v); break;
+            case TL_MC_VEXP_DET: r = tl_vexp_det(v); break;
             default:
                 tl_vexp3(v, &e, &em, &emx);
                 r = func == TL_MC_VEXP3_E ? e : func == TL_MC_VEXP3_EM ? em : emx;
@@ -51,7 +53,7 @@ static void tl__mc_vector(const double *TL_RESTRICT x, ptrdiff_t n, int func,
 
 void tl_mathcheck(const double *TL_RESTRICT x, ptrdiff_t n, int func, double *TL_RESTRICT out) {
 #if TL_HAVE_VEC
-    if (func >= TL_MC_VEXP && func < TL_MC_COUNT) {
+    if (func >= TL_MC_VEXP && func < TL_MC_COUNT && func != TL_MC_EXP_DET) {
         tl__mc_vector(x, n, func, out);
         return;
     }
@@ -72,6 +74,8 @@ void tl_mathcheck(const double *TL_RESTRICT x, ptrdiff_t n, int func, double *TL
     case TL_MC_VEXP3_EMX: TL_MC_LOOP(tl__mc_emx(v, 2)); break;
     case TL_MC_VKL_TERM: TL_MC_LOOP(tl_kl_term(v)); break;
     case TL_MC_VEXPF_W: TL_MC_LOOP((double)tl_expf_w((float)v)); break;
+    case TL_MC_VEXP_DET: TL_MC_LOOP(tl_exp_det(v)); break;
+    case TL_MC_EXP_DET: TL_MC_LOOP(tl_exp_det(v)); break;
     default: break;
     }
 }

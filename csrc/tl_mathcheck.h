@@ -28,7 +28,9 @@ enum {
     TL_MC_VEXP3_EMX = 11,    /* emx of the same */
     TL_MC_VKL_TERM = 12,     /* tl_vkl_term(x) */
     TL_MC_VEXPF_W = 13,      /* tl_vexpf_w((float)x), widened: 0 below -87 */
-    TL_MC_COUNT = 14
+    TL_MC_VEXP_DET = 14,     /* tl_vexp_det(x) of tl_det.h (the samplers' weights) */
+    TL_MC_EXP_DET = 15,      /* tl_exp_det(x), its scalar twin (scalar everywhere) */
+    TL_MC_COUNT = 16
 };
 
 /* dispatched (tl_dispatch.def): the active variant; `func` must be in [0, TL_MC_COUNT) */

@@ -61,6 +61,9 @@ FUNCTIONS = {
 FLUSHING = {
     "vexp_w": ("exp", 1.0, -708.0),
     "vexp3_e": ("exp", 1.0, -708.0),
+    # the samplers' variant-invariant exponential (csrc/tl_det.h: no fused multiply-add)
+    "vexp_det": ("exp", 2.0, -708.0),
+    "exp_det": ("exp", 2.0, -708.0),
 }
 SUBNORMAL_BOUND = 1.0  # absolute error of subnormal (and zero) results, in 2^-1074
 DBL_MIN = np.finfo(np.float64).tiny  # 2^-1022
@@ -248,6 +251,23 @@ def test_exp_family_special_values(variant):
         _core._mathcheck(variant, single, wide, a)
         _core._mathcheck(variant, part, wide, b)
         np.testing.assert_array_equal(a, b, err_msg=f"{single} vs {part} [{variant}]")
+
+
+def test_deterministic_exp_is_bitwise_the_same_on_every_variant(references):
+    """tl_vexp_det and tl_exp_det (csrc/tl_det.h) give the same bits on every variant and
+    for any lane count: the samplers' draws rest on it."""
+    x, _ = references
+    xs = np.ascontiguousarray(np.concatenate([x[x <= 709.0], [-np.inf, np.nan, 0.0, -0.0]]))
+    results = []
+    for variant in VARIANTS:
+        for function in ("vexp_det", "exp_det"):
+            got = np.empty_like(xs)
+            _core._mathcheck(variant, function, xs, got)
+            results.append((variant, function, got))
+    first = results[0][2]
+    for variant, function, got in results[1:]:
+        np.testing.assert_array_equal(got, first, err_msg=f"{function} [{variant}]")
+    assert first[-4] == 0.0 and np.isnan(first[-3]) and first[-2] == first[-1] == 1.0
 
 
 def test_mathcheck_hook_rejects_bad_names():

@@ -977,14 +977,15 @@ cdef extern from "tl_mathcheck.h" nogil:
 # in the order of the TL_MC_* codes of tl_mathcheck.h
 _MATHCHECK_FUNCTIONS = ("exp", "expm1", "emx_e", "emx_em", "emx_emx", "kl_term",
                         "expm1_minus_x", "vexp", "vexp_w", "vexp3_e", "vexp3_em", "vexp3_emx",
-                        "vkl_term", "vexpf_w")
+                        "vkl_term", "vexpf_w", "vexp_det", "exp_det")
 
 
 def _mathcheck(str variant, str function, const double[::1] x, double[::1] out):
     """Private test hook: ``out[i] = f(x[i])`` for a function of csrc/tl_exp.h ("exp",
     "expm1", "emx_e"/"emx_em"/"emx_emx" for the three outputs of tl_exp_expm1_emx,
     "kl_term", "expm1_minus_x") or a vector function of csrc/tl_simd.h ("vexp", "vexp_w",
-    "vexp3_e"/"vexp3_em"/"vexp3_emx", "vkl_term", "vexpf_w" on float32(x)) as compiled
+    "vexp3_e"/"vexp3_em"/"vexp3_emx", "vkl_term", "vexpf_w" on float32(x)) or the
+    variant-invariant exponential of csrc/tl_det.h ("vexp_det", "exp_det") as compiled
     for `variant` ("portable", "avx2", "avx512"),
     whichever variant the kernels use.  Raises ValueError for an unknown name, a variant
     this build or CPU lacks, or arrays of different lengths."""
