@@ -123,6 +123,8 @@ def _softmax_general(x, axis, n_threads, log: bool):
         raise ValueError(f"{'log_softmax' if log else 'softmax'} of an empty reduction: {name} "
                          f"of shape {arr.shape} has no element along axis {axis!r}")
     rdt = _float_dtype(arr.dtype)
+    if arr.dtype.kind in "iu":  # SciPy's: the dtype NumPy's exp gives (int8 -> float16, ...)
+        rdt = np.exp(np.zeros(0, arr.dtype)).dtype
     if rdt.kind == "c" or rdt.itemsize > 8:  # complex, longdouble: NumPy in their precision
         return _softmax_numpy(arr.astype(rdt, copy=False), axes, log)
     wdt = _F64 if rdt == _F64 else _F32  # float16 is computed in float32 lanes
@@ -145,7 +147,9 @@ def _softmax_general(x, axis, n_threads, log: bool):
 def _softmax_numpy(x: np.ndarray, axes: tuple, log: bool):
     """complex and longdouble input, in their own precision (SciPy's special values)."""
     with np.errstate(all="ignore"):
-        m = np.max(x.real, axis=axes, keepdims=True) if x.ndim else x.real
+        # NumPy's maximum (lexicographic for complex: the imaginary part of the logarithms
+        # is SciPy's branch)
+        m = np.max(x, axis=axes, keepdims=True) if x.ndim else x
         if log:
             m = np.where(np.isfinite(m), m, 0)
             d = x - m
