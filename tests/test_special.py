@@ -270,13 +270,13 @@ def test_log_softmax_within_1e15_of_mpmath_and_softmax_within_few_ulp(offset):
         x = r + offset
         want = mp_log_softmax(x)
         got = log_softmax(x)
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             if w == 0:
                 assert g == 0
             else:
                 assert abs(mpmath.mpf(float(g)) - w) <= 1e-15 * abs(w), (offset, g, w)
         sm = softmax(x)
-        for g, w in zip(sm, want):
+        for g, w in zip(sm, want, strict=True):
             e = mpmath.exp(w)
             if e > mpmath.mpf(2) ** -1022:
                 assert abs(mpmath.mpf(float(g)) - e) <= 4 * 2.0 ** -52 * e, (offset, g, e)
