@@ -51,7 +51,7 @@ def _call(kernel, logits, rewards, nt):
     if kernel == "kl_divergence":
         return tiltlab.kl_divergence(logits, rewards, n_threads=nt)
     if kernel == "logsumexp":
-        return tiltlab.logsumexp(logits, n_threads=nt)
+        return tiltlab.logsumexp(logits, axis=-1, n_threads=nt)
     raise ValueError(kernel)
 
 

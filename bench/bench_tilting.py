@@ -81,7 +81,7 @@ def test_logsumexp(benchmark, rounds, shape, dtype, impl):
         t = torch.from_numpy(logits)
         fn = lambda: torch.logsumexp(t, dim=-1)  # noqa: E731
     else:
-        fn = _compiled(impl, lambda nt: tiltlab.logsumexp(logits, n_threads=nt))
+        fn = _compiled(impl, lambda nt: tiltlab.logsumexp(logits, axis=-1, n_threads=nt))
     run(benchmark, fn, rounds=rounds, group=f"logsumexp {shape[0]}x{shape[1]} "
         f"{np.dtype(dtype).name}", impl=impl, kernel="logsumexp", n_elements=np.prod(shape))
 

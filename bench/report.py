@@ -20,7 +20,8 @@ elements.
 
 "× limit" goes the other way: this row's median divided by the group's limit row,
 measured in the same run over the same arrays: "stream-add" (np.add(L, R, out=o), for
-the kernels that read two arrays), "stream-sum" (L.sum(axis=-1), for logsumexp) or
+the kernels that read two arrays), "stream-sum" (L.sum(axis=-1), for logsumexp),
+"stream-copy" (np.multiply(L, 1.0, out=o), for softmax and log_softmax) or
 "rng-random" (Generator.random, one uniform per draw, for the samplers).  1.0 is the
 machine's limit; the targets of issue 16 are <= 2 for tilt_stats, cumulants and the KL
 kernel and <= 2.5 for logsumexp.
@@ -90,7 +91,7 @@ def table(data: dict) -> str:
 
 
 # the machine-limit rows (bench_limits.py), at most one per group
-LIMIT_ROWS = ("stream-add", "stream-sum", "rng-random")
+LIMIT_ROWS = ("stream-add", "stream-sum", "stream-copy", "rng-random")
 
 
 def _group_key(g: str):
@@ -104,7 +105,7 @@ def _group_key(g: str):
 def _impl_key(impl: str):
     order = ["compiled-1t", "compiled-2t", "compiled-2t-avx2", "compiled-2t-portable",
              "reference", "numpy-simple", "numpy-tiled", "torch-2t", "numba-2t", "scipy",
-             "stream-add", "stream-sum", "rng-random"]
+             "stream-add", "stream-sum", "stream-copy", "rng-random"]
     return order.index(impl) if impl in order else len(order)
 
 

@@ -13,6 +13,7 @@
 #include "tl_kl.h"
 #include "tl_bon.h"
 #include "tl_soft.h"
+#include "tl_softmax.h"
 #include "tl_mathcheck.h"
 
 /* prototypes of every compiled variant */

@@ -1,7 +1,7 @@
 /* Instruction-set variants of the vectorised kernels (runtime dispatch).
  *
  * The kernel sources that hold vectorisable loops (tl_lse.c, tl_tilt.c, tl_kl.c, tl_bon.c,
- * tl_soft.c, and the test hook tl_mathcheck.c) are compiled once per variant, with TL_ISA
+ * tl_soft.c, tl_softmax.c, and the test hook tl_mathcheck.c) are compiled once per variant, with TL_ISA
  * set to the variant's name and the variant's compiler flags:
  *     portable   the build's baseline (x86-64: SSE2)
  *     avx2       -mavx2 -mfma
@@ -54,6 +54,12 @@
 #define tl_bon_law TL_ISA_NAME(tl_bon_law)
 #define tl_soft_nodes TL_ISA_NAME(tl_soft_nodes)
 #define tl_soft_bins TL_ISA_NAME(tl_soft_bins)
+#define tl_softmax_chunk_f64 TL_ISA_NAME(tl_softmax_chunk_f64)
+#define tl_softmax_chunk_f32 TL_ISA_NAME(tl_softmax_chunk_f32)
+#define tl_softmax_scale_f64 TL_ISA_NAME(tl_softmax_scale_f64)
+#define tl_softmax_scale_f32 TL_ISA_NAME(tl_softmax_scale_f32)
+#define tl_log_softmax_write_f64 TL_ISA_NAME(tl_log_softmax_write_f64)
+#define tl_log_softmax_write_f32 TL_ISA_NAME(tl_log_softmax_write_f32)
 #define tl_mathcheck TL_ISA_NAME(tl_mathcheck) /* test hook: tl_mathcheck.h */
 
 #if !TL_ISA_IS_PORTABLE
@@ -96,6 +102,7 @@
 #define tl_softmax_weights_f64 TL_ISA_NAME(tl_softmax_weights_f64)
 #define tl_softmax_weights_f32 TL_ISA_NAME(tl_softmax_weights_f32)
 #define tl_bon_naive_relabel TL_ISA_NAME(tl_bon_naive_relabel)
+#define tl_softmax_merge TL_ISA_NAME(tl_softmax_merge)
 #endif
 #endif /* TL_ISA */
 

@@ -53,7 +53,7 @@ def test_whole_law_matches_brute_force(n, seed):
     if seed == 3:
         logits[1] = -np.inf  # impossible outcome
     rewards = rng.integers(0, 3, size=v).astype(float)  # ties included
-    p = np.exp(logits - tiltlab.logsumexp(logits))
+    p = np.exp(logits - tiltlab.logsumexp(logits, axis=-1))
     law = brute_force(p, rewards, n)
     b = tiltlab.best_of_n(logits, rewards, n=n)
     assert_allclose(np.exp(b.log_probs), law, rtol=0, atol=1e-14)
@@ -115,14 +115,14 @@ def test_bounds_hold(data, log_n):
     assert np.all(b.kl <= b.kl_bound + 1e-12)
     assert np.all(b.win_rate <= b.win_rate_bound + 1e-12)
     assert np.all(b.kl >= 0)
-    assert_allclose(tiltlab.logsumexp(b.log_probs), 0.0, atol=1e-13)
+    assert_allclose(tiltlab.logsumexp(b.log_probs, axis=-1), 0.0, atol=1e-13)
 
 
 @given(rows(max_rows=3, logit_scale=5.0))
 def test_n_equal_one_is_p(data):
     logits, rewards = data
     b = tiltlab.best_of_n(logits, rewards, n=1)
-    log_p = logits - tiltlab.logsumexp(logits)[:, None]
+    log_p = logits - tiltlab.logsumexp(logits, axis=-1)[:, None]
     fin = np.isfinite(log_p)
     assert_array_equal(np.isfinite(b.log_probs), fin)
     assert_allclose(b.log_probs[fin], log_p[fin], atol=1e-13)
@@ -218,7 +218,7 @@ def test_extreme_n_on_a_million_outcomes():
     rewards[rng.integers(0, v, 1000)] = 0.25  # some ties
     log_n = np.array([0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5])
     b = tiltlab.best_of_n(logits, rewards, log_n=log_n)
-    total = np.exp(tiltlab.logsumexp(b.log_probs)) - 1
+    total = np.exp(tiltlab.logsumexp(b.log_probs, axis=-1)) - 1
     assert np.all(np.abs(total) <= 1e-14), total
     # the level weights summed by the metrics kernel (no log-probs): compensated sums
     from tiltlab import _validation

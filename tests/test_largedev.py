@@ -404,7 +404,7 @@ def test_scaled_cgf_renyi_identity(data, t, lam):
     lg, r = data
     got = scaled_cgf(lg, r, t, lam)
     phi = tiltlab.tilt(lg, r, lam, n_threads=NT)
-    lse = tiltlab.logsumexp(r, n_threads=NT)
+    lse = tiltlab.logsumexp(r, axis=-1, n_threads=NT)
     h = renyi_cross_entropy(phi, r, 1.0 + t)
     want = t * (lse - h)
     assert np.all(np.abs(got - want) <= 1e-11 * (abs(t) * (np.abs(lse) + np.abs(h)) + 1e-300))

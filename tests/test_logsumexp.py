@@ -52,11 +52,13 @@ def test_empty_and_keepdims():
 def test_long_rows_and_float32():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 100_003)) * 30
-    assert_allclose(tiltlab.logsumexp(x), scipy_special.logsumexp(x, axis=-1), rtol=1e-14)
+    assert_allclose(tiltlab.logsumexp(x, axis=-1), scipy_special.logsumexp(x, axis=-1),
+                    rtol=1e-14)
+    assert_allclose(tiltlab.logsumexp(x), scipy_special.logsumexp(x), rtol=1e-14)  # axis None
     x32 = x.astype(np.float32)
-    got = tiltlab.logsumexp(x32)
-    assert got.dtype == np.float64
-    assert_allclose(got, scipy_special.logsumexp(x32.astype(np.float64), axis=-1), rtol=1e-14)
+    got = tiltlab.logsumexp(x32, axis=-1)
+    assert got.dtype == np.float32  # issue 17: float32 kept, as scipy
+    assert_allclose(got, scipy_special.logsumexp(x32.astype(np.float64), axis=-1), rtol=1e-7)
 
 
 def test_strided_input():

@@ -76,11 +76,11 @@ def test_select_rejects_unknown_or_unsupported_variants():
 def test_variant_matches_reference(battery, variant):
     logits, rewards, lam, big = battery
     with simd.use(variant):
-        got = tiltlab.logsumexp(logits)
+        got = tiltlab.logsumexp(logits, axis=-1)
         assert_allclose(got, reference.logsumexp(logits), rtol=1e-13)
         f32 = logits.astype(np.float32)
         # float32 input: exponentials in float32 lanes, float64 sums (a few float32 ulp)
-        assert_allclose(tiltlab.logsumexp(f32), reference.logsumexp(f32.astype(float)),
+        assert_allclose(tiltlab.logsumexp(f32, axis=-1), reference.logsumexp(f32.astype(float)),
                         rtol=2.0**-21)
         st = tiltlab.tilt_stats(logits, rewards, lam)
         ref = reference.tilt_stats(logits, rewards, lam)
@@ -109,7 +109,7 @@ def test_variants_agree_with_each_other(battery):
     out = {}
     for v in VARIANTS:
         with simd.use(v):
-            out[v] = (tiltlab.logsumexp(logits), *tiltlab.tilt_stats(logits, rewards, lam),
+            out[v] = (tiltlab.logsumexp(logits, axis=-1), *tiltlab.tilt_stats(logits, rewards, lam),
                       tiltlab.sample_best_of_n(logits[0], rewards[0], 16, size=10_000,
                                                rng=np.random.default_rng(1)))
     first = out[VARIANTS[0]]

@@ -110,7 +110,7 @@ def test_tilt_matches_reference(data, lam):
     scale = _scale(logits, rewards, lam)[:, None] * np.ones_like(got)
     assert np.all(np.abs(got - want)[fin] <= 1e-12 * scale[fin])
     # rows are normalised (to the conditioning of lam * r: inputs carry eps * |lam r|)
-    assert np.all(np.abs(tiltlab.logsumexp(got)) <= 1e-13 * _scale(logits, rewards, lam))
+    assert np.all(np.abs(tiltlab.logsumexp(got, axis=-1)) <= 1e-13 * _scale(logits, rewards, lam))
 
 
 @given(rows(neg_inf=True), st.integers(1, 8), st.floats(-5, 5))
@@ -335,7 +335,7 @@ def test_closeness_identity(data, lam, seed):
     pi = rng.normal(size=logits.shape) * 2
     log_phi = tiltlab.tilt(logits, rewards, lam)
     lhs = tiltlab.kl_divergence(pi, log_phi)
-    prob_pi = np.exp(pi - tiltlab.logsumexp(pi)[..., None])
+    prob_pi = np.exp(pi - tiltlab.logsumexp(pi, axis=-1)[..., None])
     rhs = (tiltlab.kl_divergence(pi, logits) - lam * np.sum(prob_pi * rewards, axis=-1)
            + tiltlab.tilt_stats(logits, rewards, lam).log_partition)
     scale = 1 + np.abs(lam) * np.max(np.abs(rewards)) + np.max(np.abs(logits))

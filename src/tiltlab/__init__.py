@@ -10,6 +10,7 @@ import os
 from tiltlab import (
     _openmp,  # noqa: F401  (first: sets up OpenMP before it starts)
     simd,
+    special,  # noqa: F401  (tiltlab.special: softmax, log_softmax, logsumexp)
 )
 from tiltlab._version import __version__
 from tiltlab.bestofn import (

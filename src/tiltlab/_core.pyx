@@ -1104,3 +1104,140 @@ def logsumexp_small_f32(const float[::1] x, Py_ssize_t nrows, Py_ssize_t n, doub
     """float32 rows: as logsumexp_small_f64."""
     with nogil:
         _lse_serial(&x[0], nrows, n, &out[0])
+
+
+# ======================================================================================
+# softmax / log_softmax of rows (tiltlab.special; csrc/tl_softmax.h)
+# ======================================================================================
+
+from cython.parallel cimport threadid
+
+cdef extern from "tl_softmax.h" nogil:
+    ctypedef struct tl_sm_acc:
+        double m
+        double count
+        double rest
+        int flags
+    void tl_softmax_chunk_f64(const double *x, Py_ssize_t n, double *out, tl_sm_acc *acc)
+    void tl_softmax_chunk_f32(const float *x, Py_ssize_t n, float *out, tl_sm_acc *acc)
+    void tl_softmax_scale_f64(double *out, Py_ssize_t n, const tl_sm_acc *chunk,
+                              const tl_sm_acc *row)
+    void tl_softmax_scale_f32(float *out, Py_ssize_t n, const tl_sm_acc *chunk,
+                              const tl_sm_acc *row)
+    void tl_log_softmax_write_f64(const double *x, Py_ssize_t n, double *out,
+                                  const tl_sm_acc *row)
+    void tl_log_softmax_write_f32(const float *x, Py_ssize_t n, float *out,
+                                  const tl_sm_acc *row)
+    void tl_softmax_merge(tl_sm_acc *into, const tl_sm_acc *other)
+
+
+cdef inline void _sm_pass1(const floating *x, Py_ssize_t n, floating *out, bint log,
+                           Py_ssize_t k, tl_sm_acc *acc) noexcept nogil:
+    """Pass 1 over chunk k of the row x (softmax: its terms written to out)."""
+    cdef Py_ssize_t off = k * TL_CHUNK
+    if floating is double:
+        tl_softmax_chunk_f64(x + off, _chunk_len(n, k), NULL if log else out + off, acc)
+    else:
+        tl_softmax_chunk_f32(x + off, _chunk_len(n, k), NULL if log else out + off, acc)
+
+
+cdef inline void _sm_pass2(const floating *x, Py_ssize_t n, floating *out, bint log,
+                           Py_ssize_t k, const tl_sm_acc *acc,
+                           const tl_sm_acc *row) noexcept nogil:
+    """Pass 2 over chunk k (acc: its pass-1 state; row: the merged state of the row)."""
+    cdef Py_ssize_t off = k * TL_CHUNK
+    if floating is double:
+        if log:
+            tl_log_softmax_write_f64(x + off, _chunk_len(n, k), out + off, row)
+        else:
+            tl_softmax_scale_f64(out + off, _chunk_len(n, k), acc, row)
+    else:
+        if log:
+            tl_log_softmax_write_f32(x + off, _chunk_len(n, k), out + off, row)
+        else:
+            tl_softmax_scale_f32(out + off, _chunk_len(n, k), acc, row)
+
+
+cdef inline void _sm_merge_row(const tl_sm_acc *acc, Py_ssize_t nch,
+                               tl_sm_acc *row) noexcept nogil:
+    cdef Py_ssize_t k
+    row.m = acc[0].m
+    row.count = acc[0].count
+    row.rest = acc[0].rest
+    row.flags = acc[0].flags
+    for k in range(1, nch):
+        tl_softmax_merge(row, &acc[k])
+
+
+cdef void _sm_row(const floating *x, Py_ssize_t n, floating *out, bint log,
+                  tl_sm_acc *acc, Py_ssize_t nch) noexcept nogil:
+    """One whole row on this thread (both passes while the row is in cache); acc holds
+    nch states."""
+    cdef Py_ssize_t k
+    cdef tl_sm_acc row
+    for k in range(nch):
+        _sm_pass1(x, n, out, log, k, &acc[k])
+    _sm_merge_row(acc, nch, &row)
+    for k in range(nch):
+        _sm_pass2(x, n, out, log, k, &acc[k], &row)
+
+
+def softmax_rows(const floating[::1] x, floating[::1] out, Py_ssize_t nrows, Py_ssize_t n,
+                 bint log, int n_threads):
+    """out[i*n:(i+1)*n] = softmax (log=False) or log_softmax (log=True) of the row
+    x[i*n:(i+1)*n], in the input's type (float32 rows: double arithmetic, float32 output).
+
+    Rows are split into TL_CHUNK chunks whose states merge left to right: the same bits for
+    any thread count.  With at least as many rows as threads each thread takes whole rows
+    (both passes while the row is in cache); otherwise the chunks of the rows are shared
+    out, pass by pass.  The caller guarantees nrows * n elements in x and out."""
+    cdef Py_ssize_t nch = tl_num_chunks(n)
+    cdef Py_ssize_t i, k, w, t
+    cdef Py_ssize_t nitems = nrows * nch
+    cdef tl_sm_acc *acc
+    cdef tl_sm_acc *rows
+    cdef const floating *xb
+    cdef floating *ob
+    cdef const tl_stop_flag *stop
+    if nrows == 0 or n == 0:
+        return
+    xb = &x[0]
+    ob = &out[0]
+    n_threads = tl_team_size(n_threads)
+    cdef _Interruptible guard = _Interruptible(<double> nrows * n)
+    with nogil:
+        stop = tl_stop_flag_here()
+        if n_threads <= 1:
+            acc = <tl_sm_acc *> _alloc(nch, sizeof(tl_sm_acc))
+            for i in range(nrows):
+                if tl_stop_requested(stop):
+                    break
+                _sm_row(xb + i * n, n, ob + i * n, log, acc, nch)
+            free(acc)
+        elif nrows >= n_threads or nch == 1:
+            acc = <tl_sm_acc *> _alloc(n_threads * nch, sizeof(tl_sm_acc))
+            for i in prange(nrows, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
+                t = threadid()
+                _sm_row(xb + i * n, n, ob + i * n, log, acc + t * nch, nch)
+            free(acc)
+        else:  # a few long rows: their chunks shared out, pass by pass
+            acc = <tl_sm_acc *> _alloc(nitems, sizeof(tl_sm_acc))
+            rows = <tl_sm_acc *> _alloc(nrows, sizeof(tl_sm_acc))
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
+                i = w // nch
+                _sm_pass1(xb + i * n, n, ob + i * n, log, w - i * nch, &acc[w])
+            for i in range(nrows):
+                _sm_merge_row(acc + i * nch, nch, &rows[i])
+            for w in prange(nitems, num_threads=n_threads, schedule='static'):
+                if tl_stop_requested(stop):
+                    continue
+                i = w // nch
+                k = w - i * nch
+                _sm_pass2(xb + i * n, n, ob + i * n, log, k, &acc[w], &rows[i])
+            free(rows)
+            free(acc)
+    guard.finish()

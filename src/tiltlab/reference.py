@@ -19,6 +19,9 @@ import numpy as np
 
 __all__ = [
     "logsumexp",
+    "logsumexp_weighted",
+    "softmax",
+    "log_softmax",
     "tilt_stats",
     "tilt",
     "solve_lambda",
@@ -61,6 +64,63 @@ def logsumexp(a, axis=-1, keepdims=False):
     if not keepdims:
         out = np.squeeze(out, axis=axes)
     return out[()] if np.ndim(out) == 0 else out
+
+
+def logsumexp_weighted(a, b, axis=None, return_sign=False):
+    """``log|sum(b exp(a))|`` (and its sign) with SciPy's rules, summed directly: weight-0
+    elements dropped, NaN -> NaN, +inf terms decide, a zero sum -> (-inf, 0)."""
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    axes = tuple(range(a.ndim)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    with np.errstate(all="ignore"):
+        keep = b != 0
+        x = np.where(keep, a, -np.inf)
+        w = np.where(keep, b, 0.0)
+        nan = np.any(keep & (np.isnan(a) | np.isnan(b)), axis=axes)
+        xs = np.where(np.isnan(x), -np.inf, x)
+        m = np.max(xs, axis=axes, keepdims=True, initial=-np.inf)
+        c = np.where(np.isfinite(m), m, 0.0)
+        terms = np.where(xs > -np.inf, w * np.exp(xs - c), 0.0)
+        s = np.sum(terms, axis=axes)
+        out = np.log(np.abs(s)) + np.squeeze(c, axis=axes)
+        sign = np.sign(s)
+        out = np.where(nan, np.nan, out)
+        sign = np.where(nan, np.nan, sign)
+    if not return_sign:
+        out = np.where(sign < 0, np.nan, out)
+        return out[()] if out.ndim == 0 else out
+    return (out[()], sign[()]) if out.ndim == 0 else (out, sign)
+
+
+def _axes_of(x, axis):
+    if axis is None:
+        return tuple(range(x.ndim))
+    return axis if isinstance(axis, tuple) else (axis,)
+
+
+def softmax(x, axis=None):
+    """``exp(x - max) / sum``, SciPy's special values (NaN, +inf or all -inf: NaN)."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = _axes_of(x, axis)
+    with np.errstate(all="ignore"):
+        e = np.exp(x - np.max(x, axis=axes, keepdims=True))
+        return e / np.sum(e, axis=axes, keepdims=True)
+
+
+def log_softmax(x, axis=None):
+    """``(x - max) - log(sum exp(x - max))`` with SciPy's special values."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = _axes_of(x, axis)
+    with np.errstate(all="ignore"):
+        m = np.max(x, axis=axes, keepdims=True)
+        fin = np.isfinite(m)
+        d = x - np.where(fin, m, 0.0)
+        # the entries at the maximum counted apart: log1p keeps a dominant entry's accuracy
+        top = d == 0
+        count = np.sum(top, axis=axes, keepdims=True)
+        rest = np.sum(np.where(top, 0.0, np.exp(d)), axis=axes, keepdims=True)
+        log_sum = np.where(fin, np.log1p((count - 1) + rest),
+                           np.log(np.sum(np.exp(d), axis=axes, keepdims=True)))
+        return d - log_sum
 
 
 def _broadcast(logits, rewards, *params):
