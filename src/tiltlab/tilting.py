@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _core
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import kernel_call, row_info
 
@@ -57,6 +58,7 @@ class TiltStats(NamedTuple):
     kl: np.ndarray
 
 
+@interop.arrays("logits", "rewards", "lam")
 def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
                n_threads: int | None = None) -> TiltStats:
     """Log partition, mean, variance and KL of the tilted policy (SPEC section 2).
@@ -147,6 +149,7 @@ def _tilt_stats_small(logits, rewards, lam: float, small: tuple, n_threads) -> T
     return TiltStats(out[0], out[1], out[2], out[3])
 
 
+@interop.arrays("logits", "rewards", "lam")
 def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
          n_threads: int | None = None) -> np.ndarray:
     """Normalised log-probabilities of the tilted policy ``phi_lam`` (SPEC section 2).
@@ -183,6 +186,7 @@ def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     return out.reshape(rows.batch_shape + (rows.n_outcomes,))
 
 
+@interop.arrays("logits", "rewards")
 def kl_max(logits: ArrayLike, rewards: ArrayLike, *, n_threads: int | None = None):
     """Largest KL a tilt can reach: ``-log p(argmax set)`` (SPEC section 2).
 
@@ -255,6 +259,7 @@ def _solve(logits, rewards, kl, joint, n_threads):
     return rows, lam, passes
 
 
+@interop.arrays("logits", "rewards", "kl")
 def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint: bool = False,
                  n_threads: int | None = None):
     """The tilt ``lam >= 0`` of the optimal policy at a KL budget (SPEC section 2).
@@ -304,6 +309,7 @@ def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint:
     return V.shaped(lam, rows.batch_shape)
 
 
+@interop.arrays("logits", "rewards", "kl")
 def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
              n_threads: int | None = None):
     """Optimal expected reward at a KL budget: ``mean(lam(kl))`` (SPEC section 2).
@@ -337,6 +343,7 @@ def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
     return tilt_stats(first, second, lam_b, n_threads=n_threads).mean
 
 
+@interop.arrays("logits", "rewards", "lam")
 def cumulants(logits: ArrayLike, rewards: ArrayLike, order: int, lam: ArrayLike = 0.0, *,
               n_threads: int | None = None) -> np.ndarray:
     """Cumulants ``kappa_1 .. kappa_order`` of the reward under ``phi_lam`` (SPEC section 2).
