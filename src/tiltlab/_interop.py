@@ -268,7 +268,8 @@ def _convert_call(func, slots, args, kwargs, cast, results):
 def _leaf(x, spec: _Spec, own: bool = False):
     """One array or scalar of a result, converted."""
     if spec.dtype is not None and x.dtype == _F64:
-        x = x.astype(spec.dtype) if isinstance(x, np.ndarray) else spec.dtype.type(x)
+        with np.errstate(over="ignore"):  # beyond the float32 range: +-inf (SPEC section 1)
+            x = x.astype(spec.dtype) if isinstance(x, np.ndarray) else spec.dtype.type(x)
     if spec.torch is None:
         return x
     a = np.asarray(x)
@@ -335,7 +336,9 @@ def _view_class(cls):
         for name, attr in vars(klass).items():
             if name.startswith("_"):
                 continue
-            if isinstance(attr, (property, functools.cached_property)):
+            if isinstance(attr, functools.cached_property):
+                ns[name] = functools.cached_property(_lazy(name))  # cached as the class caches
+            elif isinstance(attr, property):
                 ns[name] = property(_lazy(name), doc=attr.__doc__)
             elif inspect.isfunction(attr):
                 ns[name] = _method(name, attr)
@@ -346,10 +349,8 @@ def _view_class(cls):
 
 def _lazy(name: str):
     def get(self):
-        cache = self.__dict__.setdefault("_tl_cache", {})
-        if name not in cache:
-            cache[name] = _field(getattr(self._tl_base, name), self._tl_spec)
-        return cache[name]
+        return _field(getattr(self._tl_base, name), self._tl_spec)
+    get.__name__ = name
     return get
 
 
