@@ -181,7 +181,8 @@ def _fast_wrapper(func, slots: tuple, cast: bool, results: bool):
     lines.append("    return func(*args, **kwargs)")
     env = {"ndarray": _NDARRAY, "f64": _F64, "plain": _PLAIN, "slow": _convert_call,
            "func": func, "slots": slots, "cast": cast, "results": results}
-    exec("\n".join(lines), env)  # noqa: S102 - generated from parameter names checked above
+    code = compile("\n".join(lines), f"<tiltlab._interop wrapper of {func.__qualname__}>", "exec")
+    exec(code, env)  # noqa: S102 - generated from parameter names checked above
     return env["wrapper"]
 
 
