@@ -66,6 +66,7 @@ __all__ = ["arrays", "asarray"]
 
 _F64 = np.dtype(np.float64)
 _F32 = np.dtype(np.float32)
+_F32_MAX = float(np.finfo(np.float32).max)
 _NDARRAY = np.ndarray
 # argument types that never need the slow path: they carry no float dtype that decides,
 # and are no tensor
@@ -269,8 +270,16 @@ def _convert_call(func, slots, args, kwargs, cast, results):
 def _leaf(x, spec: _Spec, own: bool = False):
     """One array or scalar of a result, converted."""
     if spec.dtype is not None and x.dtype == _F64:
-        with np.errstate(over="ignore"):  # beyond the float32 range: +-inf (SPEC section 1)
-            x = x.astype(spec.dtype) if isinstance(x, np.ndarray) else spec.dtype.type(x)
+        # beyond the float32 range: +-inf (SPEC section 1), without the cast's warning (the
+        # errstate costs a microsecond: scalars in range skip it)
+        if isinstance(x, np.ndarray):
+            with np.errstate(over="ignore"):
+                x = x.astype(spec.dtype)
+        elif abs(float(x)) <= _F32_MAX or not np.isfinite(x):
+            x = spec.dtype.type(x)
+        else:
+            with np.errstate(over="ignore"):
+                x = spec.dtype.type(x)
     if spec.torch is None:
         return x
     a = np.asarray(x)

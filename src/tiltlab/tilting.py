@@ -9,7 +9,8 @@ For a distribution ``p = softmax(logits)`` over outcomes with rewards ``r`` and 
 
 Every function broadcasts the leading (batch) axes of ``logits``, ``rewards`` and its
 scalar parameters NumPy-style; outcomes are on the last axis.  float32 inputs are
-computed in float64; results are float64.  ``lam`` may be ``+inf`` or ``-inf`` (the
+computed in float64 and their results rounded to float32 once; CPU torch tensors are
+accepted and give torch tensors (SPEC section 1).  ``lam`` may be ``+inf`` or ``-inf`` (the
 limits: ``p`` restricted to the outcomes of maximal / minimal reward).
 """
 
@@ -90,7 +91,8 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     -------
     TiltStats
         Named tuple ``(log_partition, mean, variance, kl)`` of float64 arrays with the
-        broadcast batch shape (NumPy scalars for a single row).
+        broadcast batch shape (NumPy scalars for a single row); float32 for float32
+        inputs, torch tensors for tensor inputs (SPEC section 1).
 
     Raises
     ------
