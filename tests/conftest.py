@@ -42,6 +42,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def torch():
+    """The torch module (tests/test_interop.py).  Without torch the test is skipped, unless
+    the environment variable TILTLAB_REQUIRE_TORCH is set to a non-empty value other than
+    ``0`` (CI, .ci/run): a missing torch then fails the test, so CI never skips them."""
+    if os.environ.get("TILTLAB_REQUIRE_TORCH", "") not in ("", "0"):
+        try:
+            import torch
+        except ImportError as exc:
+            pytest.fail(f"TILTLAB_REQUIRE_TORCH is set but torch cannot be imported: {exc}")
+        return torch
+    return pytest.importorskip("torch")
+
+
 @pytest.fixture
 def bernoulli():
     """Bernoulli token: p(1) = 0.3, r(y) = y (SPEC section 8)."""

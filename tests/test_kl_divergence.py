@@ -70,4 +70,6 @@ def test_broadcasting_and_float32():
     got32 = tiltlab.kl_divergence(p.astype(np.float32), q.astype(np.float32))
     want = tiltlab.kl_divergence(p.astype(np.float32).astype(float),
                                  q.astype(np.float32).astype(float))
-    assert_allclose(got32, want, rtol=1e-14)
+    # float32 kept (SPEC section 1): the float64 computation, rounded once
+    assert got32.dtype == np.float32
+    assert np.array_equal(got32, want.astype(np.float32))

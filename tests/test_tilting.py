@@ -220,21 +220,31 @@ def test_tiny_lambda_keeps_relative_accuracy_of_kl(bernoulli):
 
 
 def test_float32_inputs_computed_in_float64():
+    """float32 in, float32 out (SPEC section 1): computed in float64, rounded once at the
+    end; a float64 array among the inputs gives float64 results."""
     rng = np.random.default_rng(7)
     logits = rng.normal(size=(4, 300)).astype(np.float32)
     rewards = rng.normal(size=(4, 300)).astype(np.float32)
     lam = np.array([0.0, 0.5, -2.0, np.inf])
-    got = tiltlab.tilt_stats(logits, rewards, lam)
-    want = tiltlab.tilt_stats(logits.astype(np.float64), rewards.astype(np.float64), lam)
-    assert got.mean.dtype == np.float64
+    l64, r64 = logits.astype(np.float64), rewards.astype(np.float64)
+    got = tiltlab.tilt_stats(logits, rewards, lam.astype(np.float32))
+    want = tiltlab.tilt_stats(l64, r64, lam)
     for a, b in zip(got, want, strict=True):
+        assert a.dtype == np.float32
+        assert_array_equal(a, b.astype(np.float32))
+    # a float64 array lam promotes: the float64 results themselves
+    for a, b in zip(tiltlab.tilt_stats(logits, rewards, lam), want, strict=True):
+        assert a.dtype == np.float64
         assert_allclose(a, b, rtol=1e-14, atol=1e-15)
-    assert_allclose(tiltlab.tilt(logits, rewards, 1.0), tiltlab.tilt(
-        logits.astype(np.float64), rewards.astype(np.float64), 1.0), rtol=1e-14, atol=1e-14)
-    assert_allclose(tiltlab.cumulants(logits, rewards, 5, 0.3), tiltlab.cumulants(
-        logits.astype(np.float64), rewards.astype(np.float64), 5, 0.3), rtol=1e-13)
+    got_t = tiltlab.tilt(logits, rewards, 1.0)  # a Python float does not promote
+    assert got_t.dtype == np.float32
+    assert_array_equal(got_t, tiltlab.tilt(l64, r64, 1.0).astype(np.float32))
+    got_c = tiltlab.cumulants(logits, rewards, 5, 0.3)
+    assert got_c.dtype == np.float32
+    assert_array_equal(got_c, tiltlab.cumulants(l64, r64, 5, 0.3).astype(np.float32))
     # mixed precision promotes to float64
     mixed = tiltlab.tilt_stats(logits, rewards.astype(np.float64), lam)
+    assert mixed.mean.dtype == np.float64
     assert_allclose(mixed.mean, want.mean, rtol=1e-14)
 
 

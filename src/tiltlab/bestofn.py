@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _bestofn
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import tilt_shift
 
@@ -155,6 +156,7 @@ class BestOfN:
         _, lp = _run_law(self._rows, True, self._n_threads)
         return V.readonly(lp).reshape(self._rows.batch_shape + (self._rows.n_outcomes,))
 
+    @interop.arrays("lam")
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi_N || phi_lam)`` by the closeness identity of SPEC section 2.
 
@@ -214,6 +216,7 @@ class BestOfN:
                                 n_threads=n_threads)
 
 
+@interop.arrays("logits", "rewards", "n", "log_n")
 def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None, *,
               log_n: ArrayLike | None = None, n_threads: int | None = None) -> BestOfN:
     """The exact best-of-N law and its KL, expected reward and win rate (SPEC section 3).
@@ -300,6 +303,7 @@ def _best_of_n_result(rows: V.Rows, metrics: np.ndarray, n_threads) -> BestOfN:
     )
 
 
+@interop.arrays("logits", "rewards")
 def reward_levels(logits: ArrayLike, rewards: ArrayLike):
     """Distinct rewards of the support with their log masses (SPEC section 3).
 
@@ -418,6 +422,7 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     return out.reshape(rows.batch_shape + (draws,))
 
 
+@interop.arrays("logits", "rewards", "n", "log_n")
 def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None, *,
                      log_n: ArrayLike | None = None, size: int | None = None, rng=None,
                      n_threads: int | None = None):
@@ -495,6 +500,7 @@ def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_thre
     return out[:, :draws].reshape(bs + (draws,))
 
 
+@interop.arrays("logits", "rewards", "n")
 def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
                        size: int | None = None, rng=None, n_threads: int | None = None):
     """Naive best-of-N Monte Carlo: n candidates from p per sample, first maximum kept.
@@ -543,6 +549,7 @@ def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
     return _sample(rows, True, cand, size, rng, n_threads)
 
 
+@interop.arrays("eps", "n")
 def beirami_kl_estimate(eps: ArrayLike, n: ArrayLike):
     """Beirami et al.'s KL of best-of-N for a reward law with one top atom (SPEC section 3).
 

@@ -6,11 +6,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _core
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 
 __all__ = ["kl_divergence"]
 
 
+@interop.arrays("logits_p", "logits_q")
 def kl_divergence(logits_p: ArrayLike, logits_q: ArrayLike, *, n_threads: int | None = None):
     """Row-wise ``KL(p || q)`` for ``p = softmax(logits_p)``, ``q = softmax(logits_q)``.
 

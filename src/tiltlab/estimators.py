@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab.bestofn import BestOfN, sample_best_of_n
 from tiltlab.memoryless import Memoryless, SequenceBestOfN
@@ -61,6 +62,7 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return m, se
 
 
+@interop.arrays("samples", "log_pi", "log_p")
 def kl_estimators(samples, log_pi, log_p) -> KLEstimates:
     """The sample estimators k1, k2, k3 of ``KL(pi || p)`` (SPEC section 2; module docstring).
 
@@ -293,6 +295,7 @@ def _source(policy, lam) -> _Source:
                     f"a Memoryless model with lam=; got {type(policy).__name__}")
 
 
+@interop.arrays("policy")
 def estimator_study(policy, n_samples: int, repeats: int, rng=None, *,
                     lam: float | None = None) -> EstimatorStudy:
     """Bias, spread and RMSE of the KL estimators against the exact KL (SPEC sections 2-4).

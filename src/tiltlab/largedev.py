@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _core
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import row_info
 from tiltlab.divergence import kl_divergence
@@ -306,6 +307,7 @@ def _solve_rate(base2d: np.ndarray, rewards2d: np.ndarray, members: np.ndarray, 
 # public functions
 # --------------------------------------------------------------------------------------
 
+@interop.arrays("logits", "rewards", "x", "lam")
 def rate_function(logits: ArrayLike, rewards: ArrayLike, x: ArrayLike, lam: ArrayLike = 0.0, *,
                   n_threads: int | None = None):
     """Cramér rate function of ``R/n`` under ``phi_lam`` (SPEC section 4).
@@ -438,6 +440,7 @@ def _rate_function_sequence(logits2d: ArrayLike, rewards2d: ArrayLike, x: ArrayL
     return out.reshape(x_a.shape)
 
 
+@interop.arrays("logits", "rewards", "t", "lam")
 def scaled_cgf(logits: ArrayLike, rewards: ArrayLike, t: ArrayLike, lam: ArrayLike = 0.0, *,
                n_threads: int | None = None):
     """Scaled cumulant generating function of ``R`` under ``phi_lam`` (SPEC section 4).
@@ -617,6 +620,7 @@ def _renyi_core(lp: np.ndarray, w: np.ndarray, al: np.ndarray, n_threads: int):
     return val, supp, keep, empty
 
 
+@interop.arrays("logits_p", "logits_q", "alpha")
 def renyi_cross_entropy(logits_p: ArrayLike, logits_q: ArrayLike, alpha: ArrayLike, *,
                         n_threads: int | None = None):
     """Rényi cross entropy ``H_alpha(P; Q)`` of order ``alpha >= 0`` (SPEC section 4).
@@ -680,6 +684,7 @@ def renyi_cross_entropy(logits_p: ArrayLike, logits_q: ArrayLike, alpha: ArrayLi
     return V.shaped(out, bshape)
 
 
+@interop.arrays("logits_p", "logits_q", "alpha")
 def renyi_divergence(logits_p: ArrayLike, logits_q: ArrayLike, alpha: ArrayLike, *,
                      n_threads: int | None = None):
     """Rényi divergence ``D_alpha(P || Q)`` of order ``alpha >= 0`` (SPEC section 4).

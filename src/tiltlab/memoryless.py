@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tiltlab import _interop as interop
 from tiltlab import _lattice
 from tiltlab import _validation as V
 from tiltlab.bestofn import _generators, _log_n_param, _size_value
@@ -292,6 +293,7 @@ class Memoryless:
     0.5113 0.5146
     """
 
+    @interop.arrays("logits", "rewards", results=False)
     def __init__(self, logits: ArrayLike, rewards: ArrayLike, length: int, *,
                  step: float | None = None, n_threads: int | None = None):
         lg, rw, stationary = V.memoryless_inputs(logits, rewards, length)
@@ -385,6 +387,7 @@ class Memoryless:
         with np.errstate(invalid="ignore", over="ignore"):
             return TiltStats(*(np.sum(x, axis=-1) for x in s))
 
+    @interop.arrays("lam")
     def tilt_stats(self, lam: ArrayLike) -> TiltStats:
         """Sequence-level ``(sum_i Lambda_i, E R, Var R, KL(phi_lam^n || p^n))`` under the
         product of per-position tilts with common ``lam`` (SPEC section 4)."""
@@ -418,6 +421,7 @@ class Memoryless:
         return float(solve_lambda(self._logits, self._kf, self.length * delta, joint=True,
                                   n_threads=self._n_threads))
 
+    @interop.arrays("delta")
     def solve_lambda(self, delta: ArrayLike):
         """The common tilt whose per-token KL is ``delta`` (SPEC sections 2 and 4).
 
@@ -434,6 +438,7 @@ class Memoryless:
         out = np.asarray(lam_k, dtype=np.float64) / self.step
         return out[()] if out.ndim == 0 else out
 
+    @interop.arrays("lam")
     def cumulants(self, order: int, lam: ArrayLike = 0.0) -> np.ndarray:
         """Cumulants ``kappa_1 .. kappa_order`` of ``R`` under ``phi_lam^n``:
         ``kappa_k(R) = sum_i Lambda_i^{(k)}(lam)`` (SPEC section 4)."""
@@ -446,11 +451,13 @@ class Memoryless:
                       n_threads=self._n_threads)
         return np.sum(c, axis=-2)
 
+    @interop.arrays("lam")
     def scaled_cumulants(self, order: int, lam: ArrayLike = 0.0) -> np.ndarray:
         """``kappa_k(R) / length`` (SPEC section 4)."""
         return self.cumulants(order, lam) / self.length
 
     # ---- large deviations (SPEC section 4) ----
+    @interop.arrays("x", "lam")
     def rate_function(self, x: ArrayLike, lam: ArrayLike = 0.0) -> np.ndarray:
         """Rate function ``I_lam(x)`` of ``R / length`` under ``phi_lam^n`` (SPEC section 4).
 
@@ -463,6 +470,7 @@ class Memoryless:
             return largedev.rate_function(self._logits[0], self._rewards[0], x, lam)
         return largedev._rate_function_sequence(self._logits, self._rewards, x, lam)
 
+    @interop.arrays("t", "lam")
     def scaled_cgf(self, t: ArrayLike, lam: ArrayLike = 0.0) -> np.ndarray:
         """``(1/n) log E_{phi_lam} exp(t R)`` (exact for every n; SPEC section 4)."""
         from tiltlab import largedev
@@ -477,6 +485,7 @@ class Memoryless:
                                   np.broadcast_to(lam_a, shape)[..., None])
         return np.mean(val, axis=-1)
 
+    @interop.arrays("delta")
     def asymptotics(self, delta: float) -> Asymptotics:
         """First-order limits and second-order predictions for ``N = e^{n delta}``.
 
@@ -608,6 +617,7 @@ class Memoryless:
         return theta
 
     # ---- the full law (SPEC section 4) ----
+    @interop.arrays("lam")
     def reward_log_pmf(self, lam: ArrayLike = 0.0) -> LatticeLaw:
         """The exact law of ``R`` on its lattice, in log space (SPEC section 4).
 
@@ -706,6 +716,7 @@ class Memoryless:
         return self._sampling_cache[1]
 
     # ---- best-of-N over sequences (SPEC section 4) ----
+    @interop.arrays("n", "log_n")
     def best_of_n(self, n: float | None = None, *, log_n: float | None = None
                   ) -> SequenceBestOfN:
         """Exact best-of-N over whole sequences (SPEC sections 3 and 4).
@@ -978,6 +989,7 @@ class SequenceBestOfN:
     def __post_init__(self):
         V.freeze(self)  # read-only arrays (SPEC section 1)
 
+    @interop.arrays("lam")
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi_N || phi_lam^n) = KL(pi_N || p^n) - lam (E R - E_lam R) - KL_lam``
         (SPEC section 4; the centred form of the closeness identity)."""

@@ -79,9 +79,11 @@ class Model:
     source: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from tiltlab import _interop as interop
         from tiltlab import _validation as V
 
-        logits, rewards = V.owned_outcomes(self.logits, self.rewards)
+        logits, rewards = V.owned_outcomes(interop.asarray(self.logits, "logits"),
+                                           interop.asarray(self.rewards, "rewards"))
         names = V.readonly(np.array(V.refuse_mask(self.names, "names")))
         for key, value in (("logits", logits), ("rewards", rewards), ("names", names)):
             object.__setattr__(self, key, value)

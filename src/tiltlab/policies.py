@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tiltlab import _interop as interop
 from tiltlab import _lattice
 from tiltlab import _validation as V
 from tiltlab._rowcalls import tilt_shift
@@ -131,6 +132,7 @@ class PolicyLaw:
         # (a level of one outcome gives its weight to rounding: never above log 1 = 0)
         return V.readonly(np.minimum(np.where(np.isnan(out), -np.inf, out), 0.0))
 
+    @interop.arrays("lam")
     def kl_to_tilted(self, lam: ArrayLike):
         """``KL(pi || phi_lam)`` by the closeness identity of SPEC section 2.
 
@@ -199,6 +201,7 @@ def _real(x, name: str, *, lo: float | None = None, lo_open: bool = False,
 # worst-of-N, best-of-Poisson, rewind-and-repeat, calibrated tilt: closed forms on levels
 # --------------------------------------------------------------------------------------
 
+@interop.arrays("logits", "rewards", "n", "log_n")
 def worst_of_n(logits: ArrayLike, rewards: ArrayLike, n: float | None = None, *,
                log_n: float | None = None) -> PolicyLaw:
     """The law of the minimum-reward outcome of N draws from p, ties uniform (SPEC 3).
@@ -254,6 +257,7 @@ def _log_n(n, log_n) -> float:
     return _real(log_n, "log_n", lo=0.0, allow_inf=False)
 
 
+@interop.arrays("logits", "rewards", "mu")
 def best_of_poisson(logits: ArrayLike, rewards: ArrayLike, mu: float) -> PolicyLaw:
     """Best-of-N with a random number of draws, ``N - 1 ~ Poisson(mu)`` (SPEC 3).
 
@@ -297,6 +301,7 @@ def _w_poisson(lv: _Levels, mu_v: float) -> np.ndarray:
     return log_w
 
 
+@interop.arrays("logits", "rewards", "eps")
 def rewind_and_repeat(logits: ArrayLike, rewards: ArrayLike, eps: float) -> PolicyLaw:
     """``p`` conditioned on its top ``eps`` reward quantile (SPEC 3).
 
@@ -346,6 +351,7 @@ def _w_rewind(lv: _Levels, e: float) -> np.ndarray:
     return log_w
 
 
+@interop.arrays("logits", "rewards", "c")
 def calibrated_tilt(logits: ArrayLike, rewards: ArrayLike, c: float) -> PolicyLaw:
     """The win-rate-optimal policy at its KL: ``pi ∝ p exp(c Q(r))`` (SPEC 3).
 
@@ -601,6 +607,7 @@ def _soft_level_law_impl(lv: _Levels, n: float, temperature: float, stages, h: f
     return log_p, total
 
 
+@interop.arrays("logits", "rewards", "n", "temperature")
 def soft_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: float,
                    temperature: float, *, n_threads: int | None = None) -> PolicyLaw:
     """Soft best-of-n: n candidates from p, candidate i returned ``∝ exp(r_i / temperature)``.
@@ -720,6 +727,7 @@ METHODS = ("tilted", "best_of_n", "worst_of_n", "soft_best_of_n", "best_of_poiss
            "rewind_and_repeat", "calibrated_tilt")
 
 
+@interop.arrays("logits", "rewards", "grid", "n", "temperature")
 def policy_frontier(logits: ArrayLike, rewards: ArrayLike, method: str, grid: ArrayLike, *,
                     n: float | None = None, temperature: float | None = None,
                     n_threads: int | None = None) -> Frontier:

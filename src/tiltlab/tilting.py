@@ -9,7 +9,8 @@ For a distribution ``p = softmax(logits)`` over outcomes with rewards ``r`` and 
 
 Every function broadcasts the leading (batch) axes of ``logits``, ``rewards`` and its
 scalar parameters NumPy-style; outcomes are on the last axis.  float32 inputs are
-computed in float64; results are float64.  ``lam`` may be ``+inf`` or ``-inf`` (the
+computed in float64 and their results rounded to float32 once; CPU torch tensors are
+accepted and give torch tensors (SPEC section 1).  ``lam`` may be ``+inf`` or ``-inf`` (the
 limits: ``p`` restricted to the outcomes of maximal / minimal reward).
 """
 
@@ -22,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _core
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import kernel_call, row_info
 
@@ -57,6 +59,7 @@ class TiltStats(NamedTuple):
     kl: np.ndarray
 
 
+@interop.arrays("logits", "rewards", "lam")
 def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
                n_threads: int | None = None) -> TiltStats:
     """Log partition, mean, variance and KL of the tilted policy (SPEC section 2).
@@ -88,7 +91,8 @@ def tilt_stats(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     -------
     TiltStats
         Named tuple ``(log_partition, mean, variance, kl)`` of float64 arrays with the
-        broadcast batch shape (NumPy scalars for a single row).
+        broadcast batch shape (NumPy scalars for a single row); float32 for float32
+        inputs, torch tensors for tensor inputs (SPEC section 1).
 
     Raises
     ------
@@ -147,6 +151,7 @@ def _tilt_stats_small(logits, rewards, lam: float, small: tuple, n_threads) -> T
     return TiltStats(out[0], out[1], out[2], out[3])
 
 
+@interop.arrays("logits", "rewards", "lam")
 def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
          n_threads: int | None = None) -> np.ndarray:
     """Normalised log-probabilities of the tilted policy ``phi_lam`` (SPEC section 2).
@@ -183,6 +188,7 @@ def tilt(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, *,
     return out.reshape(rows.batch_shape + (rows.n_outcomes,))
 
 
+@interop.arrays("logits", "rewards")
 def kl_max(logits: ArrayLike, rewards: ArrayLike, *, n_threads: int | None = None):
     """Largest KL a tilt can reach: ``-log p(argmax set)`` (SPEC section 2).
 
@@ -255,6 +261,7 @@ def _solve(logits, rewards, kl, joint, n_threads):
     return rows, lam, passes
 
 
+@interop.arrays("logits", "rewards", "kl")
 def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint: bool = False,
                  n_threads: int | None = None):
     """The tilt ``lam >= 0`` of the optimal policy at a KL budget (SPEC section 2).
@@ -304,6 +311,7 @@ def solve_lambda(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *, joint:
     return V.shaped(lam, rows.batch_shape)
 
 
+@interop.arrays("logits", "rewards", "kl")
 def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
              n_threads: int | None = None):
     """Optimal expected reward at a KL budget: ``mean(lam(kl))`` (SPEC section 2).
@@ -337,6 +345,7 @@ def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
     return tilt_stats(first, second, lam_b, n_threads=n_threads).mean
 
 
+@interop.arrays("logits", "rewards", "lam")
 def cumulants(logits: ArrayLike, rewards: ArrayLike, order: int, lam: ArrayLike = 0.0, *,
               n_threads: int | None = None) -> np.ndarray:
     """Cumulants ``kappa_1 .. kappa_order`` of the reward under ``phi_lam`` (SPEC section 2).
