@@ -381,9 +381,23 @@ def test_torch_result_object_methods(torch):
 
 
 def test_special_functions(torch):
-    """tiltlab.special (logsumexp): tensors in, tensors out; its dtypes are its own."""
+    """tiltlab.special: tensors in, tensors out, with the dtypes tiltlab.special gives
+    NumPy input (SciPy's: float32 stays float32); return_sign's sign too."""
+    for dtype in (np.float64, np.float32):
+        x = L.astype(dtype)
+        t = torch.tensor(x)
+        for name in ("logsumexp", "softmax", "log_softmax"):
+            f = getattr(tiltlab.special, name)
+            got, want = f(t, axis=-1), f(x, axis=-1)
+            assert isinstance(got, torch.Tensor), name
+            assert got.dtype == getattr(torch, np.dtype(dtype).name), name
+            assert_array_equal(got.numpy(), want)
+            with pytest.raises(TypeError, match=r"\.cpu\(\)"):
+                f(FakeDevice(x))
+    assert tiltlab.logsumexp is tiltlab.special.logsumexp
+    lse, sign = tiltlab.logsumexp(torch.tensor(L), b=torch.tensor(-np.ones_like(L)),
+                                  return_sign=True)
+    assert isinstance(lse, torch.Tensor) and isinstance(sign, torch.Tensor)
+    assert float(sign) == -1.0
     got = tiltlab.logsumexp(torch.tensor(L))
-    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
-    assert_array_equal(got.numpy(), tiltlab.logsumexp(L))
-    with pytest.raises(TypeError, match=r"\.cpu\(\)"):
-        tiltlab.logsumexp(FakeDevice(L))
+    assert got.dtype == torch.float64 and float(got) == tiltlab.logsumexp(L)

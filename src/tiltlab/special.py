@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _core
+from tiltlab import _interop as interop
 from tiltlab import _validation as V
 
 __all__ = ["logsumexp", "softmax", "log_softmax"]
@@ -160,6 +161,7 @@ def _softmax_numpy(x: np.ndarray, axes: tuple, log: bool):
     return out.astype(x.dtype, copy=False)[()] if x.ndim == 0 else out.astype(x.dtype, copy=False)
 
 
+@interop.arrays("x", cast=False)
 def softmax(x: ArrayLike, axis=None, *, n_threads: int | None = None):
     """``exp(x) / sum(exp(x))`` along ``axis``: ``scipy.special.softmax``, compiled.
 
@@ -211,6 +213,7 @@ def softmax(x: ArrayLike, axis=None, *, n_threads: int | None = None):
     return _softmax_call(x, axis, n_threads, False)
 
 
+@interop.arrays("x", cast=False)
 def log_softmax(x: ArrayLike, axis=None, *, n_threads: int | None = None):
     """``x - logsumexp(x)`` along ``axis``: ``scipy.special.log_softmax``, compiled and exact.
 
@@ -263,6 +266,7 @@ def log_softmax(x: ArrayLike, axis=None, *, n_threads: int | None = None):
 # logsumexp
 # --------------------------------------------------------------------------------------
 
+@interop.arrays("a", "b", cast=False)
 def logsumexp(a: ArrayLike, axis=None, b: ArrayLike | None = None, keepdims: bool = False,
               return_sign: bool = False, *, n_threads: int | None = None):
     """``log(sum(b * exp(a)))`` without overflow: ``scipy.special.logsumexp``, compiled.
