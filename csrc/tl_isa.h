@@ -1,7 +1,7 @@
 /* Instruction-set variants of the vectorised kernels (runtime dispatch).
  *
  * The kernel sources that hold vectorisable loops (tl_lse.c, tl_tilt.c, tl_kl.c, tl_bon.c,
- * tl_soft.c, and the test hook tl_mathcheck.c) are compiled once per variant, with TL_ISA
+ * tl_soft.c, tl_cat.c, and the test hook tl_mathcheck.c) are compiled once per variant, with TL_ISA
  * set to the variant's name and the variant's compiler flags:
  *     portable   the build's baseline (x86-64: SSE2)
  *     avx2       -mavx2 -mfma
@@ -54,6 +54,12 @@
 #define tl_bon_law TL_ISA_NAME(tl_bon_law)
 #define tl_soft_nodes TL_ISA_NAME(tl_soft_nodes)
 #define tl_soft_bins TL_ISA_NAME(tl_soft_bins)
+#define tl_cat_prepare_f64 TL_ISA_NAME(tl_cat_prepare_f64)
+#define tl_cat_prepare_f32 TL_ISA_NAME(tl_cat_prepare_f32)
+#define tl_cat_draw_f64 TL_ISA_NAME(tl_cat_draw_f64)
+#define tl_cat_draw_f32 TL_ISA_NAME(tl_cat_draw_f32)
+#define tl_cat_weights_f64 TL_ISA_NAME(tl_cat_weights_f64)
+#define tl_cat_weights_f32 TL_ISA_NAME(tl_cat_weights_f32)
 #define tl_mathcheck TL_ISA_NAME(tl_mathcheck) /* test hook: tl_mathcheck.h */
 
 #if !TL_ISA_IS_PORTABLE
