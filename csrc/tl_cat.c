@@ -21,6 +21,13 @@ static inline double tl__cat_reduce8(const double a[8]) {
 /* sum of e^(z_i - mb) over one block, element i into accumulator i mod 8 (the same sums
  * whatever the lane count: two 4-wide vectors or one 8-wide one) */
 #if TL_HAVE_VEC
+/* 1 if some lane of the mask is set */
+TL_VINLINE int tl__cat_any(tl_vi m) {
+    int64_t a = 0;
+    for (int k = 0; k < TL_VW; k++) a |= m[k];
+    return a != 0;
+}
+
 TL_NOINLINE double tl__cat_expsum(const double *TL_RESTRICT zb, double mb) {
     const tl_vd vm = tl_vset(mb);
     double acc[8];

@@ -16,11 +16,13 @@
  * only.
  *
  * z of the tilted sampler:
- *   TL_CAT_TILT     z = l + lam r (one pass; no fused multiply-add, so every variant
- *                   rounds alike).  A row is `inexact` when an element that can carry mass
- *                   has |l| + |lam r| > TL_CAT_EXACT_RANGE (its rounding could move its
- *                   weight by more than ~2^-42) or z is not finite on the support: such a
- *                   row is redone in TL_CAT_SHIFTED mode (tl_cat_prepare does it).
+ *   TL_CAT_TILT     z = (l - l_0) + lam (r - r_0), (l_0, r_0) the outcome of the largest
+ *                   logit among the first TL_BLOCK (one pass; no fused multiply-add, so
+ *                   every variant rounds alike; lam = 0: z = l).  A row is `inexact` when
+ *                   an element that can carry mass has |l - l_0| + |lam (r - r_0)| >
+ *                   TL_CAT_EXACT_RANGE (its rounding could move its weight by more than
+ *                   ~2^-42) or z is not finite on the support: such a row is redone in
+ *                   TL_CAT_SHIFTED mode (tl_cat_prepare does it).
  *   TL_CAT_SHIFTED  z = (l - l_b) + lam (r - r_b) with b the dominant outcome (tl_prescan),
  *                   evaluated at half scale where the parts overflow (as tl_tilted_diff):
  *                   exact at any offset and tilt, as tilt_stats.
@@ -42,7 +44,7 @@
 #define TL_CAT_SHIFTED 2
 #define TL_CAT_LIMIT 3
 
-/* |l| + |lam r| up to which z = l + lam r is formed directly (rounding of z within
+/* |l - l_0| + |lam (r - r_0)| up to which z is formed in one pass (rounding of z within
  * 2^-42 relative of the weight) */
 #define TL_CAT_EXACT_RANGE 1024.0
 
@@ -50,7 +52,7 @@
 typedef struct {
     int mode;       /* TL_CAT_* used for z */
     double lam;     /* tilt (TL_CAT_TILT, TL_CAT_SHIFTED) */
-    double l_ref, r_ref; /* the dominant outcome (TL_CAT_SHIFTED) */
+    double l_ref, r_ref; /* the reference outcome (TL_CAT_TILT, TL_CAT_SHIFTED) */
     double r_star;  /* the extreme reward (TL_CAT_LIMIT) */
     double m;       /* max of z */
     double total;   /* C_last */

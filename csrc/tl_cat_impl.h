@@ -41,12 +41,13 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
             tl_vstore(zb + i, v);
         }
         *mb = tl_vhmax(mx);
-        return tl_vhmax((tl_vd)badl) != 0.0 ? TL_FLAG_BAD_LOGIT : 0;
+        return tl__cat_any(badl) ? TL_FLAG_BAD_LOGIT : 0;
     }
     tl_vd hi = ninf, lo = pinf, hm = ninf;
     const tl_vd lam = tl_vset(row->lam);
     if (row->mode == TL_CAT_TILT && row->lam != 0.0) {
         const tl_vd ulp = tl_vset(TL_CAT_ULP_BOUND), range = tl_vset(TL_CAT_EXACT_RANGE);
+        const tl_vd lb = tl_vset(row->l_ref), rb = tl_vset(row->r_ref);
         for (int i = 0; i < TL_BLOCK; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i), rv = TL_VLOADT(r + i);
             tl_vi sup = v > ninf;
@@ -54,9 +55,9 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
             badr |= (rv - rv) != zero;
             hi = tl_vmax(tl_vsel(sup, rv, ninf), hi);
             lo = tl_vmin(tl_vsel(sup, rv, pinf), lo);
-            tl_vd p = lam * rv;
-            tl_vd z = tl_vsel(sup, v + p, ninf);
-            tl_vd c = (tl_vd)((tl_vi)v & absmask) + (tl_vd)((tl_vi)p & absmask);
+            tl_vd dl = v - lb, p = lam * (rv - rb);
+            tl_vd z = tl_vsel(sup, dl + p, ninf);
+            tl_vd c = (tl_vd)((tl_vi)dl & absmask) + (tl_vd)((tl_vi)p & absmask);
             tl_vd ub = z + c * ulp;
             ub = tl_vsel(ub == ub, ub, pinf);
             hm = tl_vmax(tl_vsel(sup & ~(c <= range), ub, ninf), hm);
@@ -111,8 +112,8 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
     *rlo = b < *rlo ? b : *rlo;
     *h = g;
     *mb = tl_vhmax(mx);
-    return (tl_vhmax((tl_vd)badl) != 0.0 ? TL_FLAG_BAD_LOGIT : 0) |
-           (tl_vhmax((tl_vd)badr) != 0.0 ? TL_FLAG_BAD_REWARD : 0);
+    return (tl__cat_any(badl) ? TL_FLAG_BAD_LOGIT : 0) |
+           (tl__cat_any(badr) ? TL_FLAG_BAD_REWARD : 0);
 }
 #else
 static int TL_SFX(tl__cat_z)(const TL_T *l, const TL_T *r, const tl_cat_row *row, double *zb,
@@ -129,9 +130,9 @@ static int TL_SFX(tl__cat_z)(const TL_T *l, const TL_T *r, const tl_cat_row *row
             if (sup && rv > hi) hi = rv;
             if (sup && rv < lo) lo = rv;
             if (row->mode == TL_CAT_TILT && row->lam != 0.0) {
-                double p = row->lam * rv;
-                z = sup ? v + p : -INFINITY;
-                double c = fabs(v) + fabs(p), ub = z + c * TL_CAT_ULP_BOUND;
+                double dl = v - row->l_ref, p = row->lam * (rv - row->r_ref);
+                z = sup ? dl + p : -INFINITY;
+                double c = fabs(dl) + fabs(p), ub = z + c * TL_CAT_ULP_BOUND;
                 if (ub != ub) ub = INFINITY;
                 if (sup && !(c <= TL_CAT_EXACT_RANGE) && ub > hm) hm = ub;
             } else if (row->mode == TL_CAT_SHIFTED) {
@@ -192,6 +193,20 @@ int TL_SFX(tl_cat_prepare)(const TL_T *l, const TL_T *r, ptrdiff_t n, int mode, 
         TL_SFX(tl_prescan)(l, r, n, 0.0, &r_lo, &r_hi, &l_max);
         row->mode = TL_CAT_LIMIT;
         row->r_star = lam > 0.0 ? r_hi : r_lo;
+    }
+    if (row->mode == TL_CAT_TILT && lam != 0.0) {
+        /* the reference (l_ref, r_ref): the largest logit of the first block (a row whose
+         * logits or rewards sit at an offset keeps z = (l - l_ref) + lam (r - r_ref) small) */
+        ptrdiff_t len = n < TL_BLOCK ? n : TL_BLOCK;
+        double best = -INFINITY;
+        for (ptrdiff_t i = 0; i < len; i++) {
+            double v = (double)l[i], rv = (double)r[i];
+            if (v > best && v < INFINITY) {
+                best = v;
+                row->l_ref = v;
+                row->r_ref = rv - rv == 0.0 ? rv : 0.0;
+            }
+        }
     }
     int inexact;
     int flags = TL_SFX(tl__cat_pass)(l, r, n, row, bmax, cum, &inexact);

@@ -137,7 +137,8 @@ def sample_categorical(logits: ArrayLike, size=None, *, rng=None,
     Examples
     --------
     >>> import numpy as np, tiltlab
-    >>> y = tiltlab.sample_categorical(np.log([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]), 4, rng=0)
+    >>> logits = np.array([[0.0, 0.0, -np.inf], [-np.inf, -np.inf, 3.0]])
+    >>> y = tiltlab.sample_categorical(logits, 4, rng=0)
     >>> y.shape, bool(np.all(y[0] < 2)), y[1].tolist()
     ((2, 4), True, [2, 2, 2, 2])
     """
@@ -169,13 +170,13 @@ def sample_tilted(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, size=No
     """Outcome indices drawn from the tilted policy ``phi_lam ∝ p e^(lam r)`` of every row
     (SPEC sections 2 and 2.1), without forming ``phi_lam``.
 
-    As :func:`sample_categorical` on the tilted logits ``z = l + lam r``, formed on the fly:
-    one pass per row over the logits and rewards.  A row where forming ``l + lam r``
-    directly could cost accuracy (``|l| + |lam r| > 1024`` on an outcome that carries mass,
-    or overflow) is drawn relative to its dominant outcome instead, as
-    :func:`tiltlab.tilt_stats` evaluates it (exact at any offset and tilt, one more pass);
-    ``lam = +-inf`` draws from the limit, ``p`` restricted to the outcomes of maximal
-    (minimal) reward.
+    As :func:`sample_categorical` on the tilted logits ``z = l + lam r``, formed on the fly
+    as ``(l - l_0) + lam (r - r_0)`` with ``(l_0, r_0)`` an outcome of the row's first block:
+    one pass per row over the logits and rewards.  A row where that could cost accuracy
+    (``|l - l_0| + |lam (r - r_0)| > 1024`` on an outcome that carries mass, or overflow)
+    is drawn relative to its dominant outcome instead, as :func:`tiltlab.tilt_stats`
+    evaluates it (exact at any offset and tilt; two more passes).  ``lam = +-inf`` draws
+    from the limit, ``p`` restricted to the outcomes of maximal (minimal) reward.
 
     Parameters
     ----------
