@@ -9,6 +9,7 @@ SIMD variant.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -72,9 +73,10 @@ def _run(first, second, first_off, second_off, n_out: int, mode: int, lam: np.nd
          shape: tuple | None, rng, nt: int):
     """(out, flags) of the compiled sampler over the rows given by the offsets."""
     n_rows = len(first_off)
-    draws = 1 if shape is None else int(np.prod(shape, dtype=np.int64))
+    draws = 1 if shape is None else math.prod(shape)
+    size = shape[0] if shape is not None and len(shape) == 1 else shape
     V.check_memory(n_rows * max(draws, 1) * 8,
-                   f"size={shape} draws for each of the {n_rows} rows")
+                   f"size={size} draws for each of the {n_rows} rows")
     alias = draws * ALIAS_RATIO >= n_out and n_out <= _INT32_MAX
     out = np.empty((n_rows, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_rows, dtype=np.int32)
