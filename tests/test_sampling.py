@@ -326,6 +326,34 @@ def test_same_errors_as_tilt_stats():
         assert str(got.value) == str(want.value)
 
 
+def test_small_calls_draw_as_the_general_path():
+    """Small plain arrays take a serial path of a few microseconds: the same draws and the
+    same errors as the general path (here reached through lists and masked arrays)."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 8))
+    r = rng.normal(size=(3, 8))
+    for size in (None, 1, 5, 300):
+        for dtype in (np.float64, np.float32):
+            xd, rd = x.astype(dtype), r.astype(dtype)
+            assert_array_equal(tiltlab.sample_categorical(xd, size, rng=4),
+                               tiltlab.sample_categorical(np.ma.masked_array(xd), size, rng=4))
+            for lam in (0.0, 2.5, -1e300):
+                assert_array_equal(tiltlab.sample_tilted(xd, rd, lam, size, rng=4),
+                                   tiltlab.sample_tilted(xd.tolist(), rd.tolist(), lam, size,
+                                                         rng=4))
+    assert_array_equal(tiltlab.sample_categorical(x[0], rng=9),
+                       tiltlab.sample_categorical(x[0].tolist(), rng=9))
+    bad = x.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"logits contains NaN at index \(2, 5\)"):
+        tiltlab.sample_categorical(bad, rng=0)
+    bad[2] = -np.inf
+    with pytest.raises(ValueError, match=r"row at batch index \(2,\) is all -inf"):
+        tiltlab.sample_tilted(bad, r, 1.0, 3, rng=0)
+    with pytest.raises(ValueError, match="n_threads must be >= 1"):
+        tiltlab.sample_categorical(x, rng=0, n_threads=0)
+
+
 def test_docstring_examples():
     result = doctest.testmod(S, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -212,3 +212,61 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
                           &scr[0], &g, count, &out[e, b * block], stop)
     guard.finish()
 
+
+
+cdef int _small(const floating *l, const floating *r, Py_ssize_t n_rows, Py_ssize_t V,
+                int mode, double lam, const uint64_t *seeds, int64_t draws, bint alias,
+                int64_t *out) noexcept nogil:
+    """sample_rows of n_rows contiguous rows with one lam, on the calling thread (small
+    calls: no OpenMP region, one allocation); returns the or of the rows' flags, or -1 if
+    the scratch could not be allocated."""
+    cdef Scratch s
+    cdef Py_ssize_t nb = tl_cat_blocks(V), na = V if alias else 1, e
+    cdef int fl = 0
+    cdef char *mem = <char *> malloc(<size_t> (3 * nb + 2 * na) * sizeof(double)
+                                     + <size_t> (2 * na) * sizeof(int32_t)
+                                     + <size_t> na * sizeof(tl_alias64))
+    if mem == NULL:
+        return -1
+    s.slots = <tl_alias64 *> mem
+    s.bmax = <double *> (s.slots + na)
+    s.bscale = s.bmax + nb
+    s.cum = s.bscale + nb
+    s.w = s.cum + nb
+    s.prob = s.w + na
+    s.payload = <int32_t *> (s.prob + na)
+    s.stack = s.payload + na
+    s.k = 0
+    for e in range(n_rows):
+        fl |= _row(l + e * V, r + e * V if mode != TL_CAT_PLAIN else NULL, V, mode, lam,
+                   seeds + 4 * e, draws, alias, out + e * draws, &s, NULL)
+    free(mem)
+    return fl
+
+
+def small_f64(const double[::1] lb, const double[::1] rb, Py_ssize_t n_rows, Py_ssize_t V,
+              int mode, double lam, const uint64_t[:, ::1] seeds, int64_t draws, bint alias,
+              int64_t[:, ::1] out):
+    """sample_rows of n_rows C-contiguous float64 rows (lb, and rb for TILT) with one scalar
+    lam, on the calling thread, for small calls (the same draws); returns the or of the
+    rows' flags."""
+    cdef int fl
+    with nogil:
+        fl = _small(&lb[0], &rb[0], n_rows, V, mode, lam, &seeds[0, 0], draws, alias,
+                    &out[0, 0])
+    if fl < 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    return fl
+
+
+def small_f32(const float[::1] lb, const float[::1] rb, Py_ssize_t n_rows, Py_ssize_t V,
+              int mode, double lam, const uint64_t[:, ::1] seeds, int64_t draws, bint alias,
+              int64_t[:, ::1] out):
+    """float32 rows: as small_f64."""
+    cdef int fl
+    with nogil:
+        fl = _small(&lb[0], &rb[0], n_rows, V, mode, lam, &seeds[0, 0], draws, alias,
+                    &out[0, 0])
+    if fl < 0:
+        raise MemoryError("tiltlab: could not allocate work buffers")
+    return fl

@@ -9,6 +9,7 @@ the same streams to every sampler.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -21,8 +22,13 @@ def stream_seeds(rng, count: int) -> np.ndarray:
     """(count, 4) uint64: the seed words of one PCG64 stream per row, derived
     deterministically from rng: 128 bits of entropy from its bit generator, hashed by a
     SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with).
-    An int seed and a single row skip NumPy's objects (computed in C, the same words)."""
-    if type(rng) is int and 0 <= rng < (1 << 128):
+    An int seed and a single row skip NumPy's objects (computed in C, the same words);
+    None takes its 128 bits of entropy from the operating system directly (as
+    ``default_rng(None)`` seeds itself, without its ~20 us of objects)."""
+    if rng is None:
+        raw = os.urandom(16)
+        hi, lo = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+    elif type(rng) is int and 0 <= rng < (1 << 128):
         hi, lo = _bestofn.stream_entropy_int(rng)
     else:
         raw = np.random.default_rng(rng).bit_generator.random_raw(2)

@@ -28,6 +28,10 @@ ALIAS_RATIO = 32
 SEARCH_BLOCK = 4096
 ALIAS_BLOCK = 65536
 _INT32_MAX = int(np.iinfo(np.int32).max)
+#: draws (rows x size) up to which a small call (V.small_pair) runs on the calling thread
+SMALL_DRAWS = 1 << 16
+# the serial drivers of small calls by dtype (V.small_pair admits these two only)
+_SMALL = {np.dtype(np.float64): _sampling.small_f64, np.dtype(np.float32): _sampling.small_f32}
 
 
 def _draw_shape(size) -> tuple | None:
@@ -90,6 +94,30 @@ def _run(first, second, first_off, second_off, n_out: int, mode: int, lam: np.nd
     return out[:, :draws], flags
 
 
+def _small_call(first, second, small: tuple, mode: int, lam: float, size, rng, n_threads,
+                names: tuple):
+    """A small call (V.small_pair, scalar lam, size None or a small positive int): the same
+    draws and errors as the general path, on the calling thread without an OpenMP region."""
+    V.small_threads(n_threads)
+    n_rows, n_out = small
+    draws = 1 if size is None else size
+    out = np.empty((n_rows, draws), dtype=np.int64)
+    fl = _SMALL[first.dtype](first.reshape(-1), second.reshape(-1), n_rows, n_out, mode, lam,
+                             _seeds(rng, n_rows), draws, draws * ALIAS_RATIO >= n_out, out)
+    if fl & _sampling.FLAG_INTERNAL:
+        raise RuntimeError("tiltlab: internal error: no sampling table for a row")
+    if fl:
+        V.raise_flag_bits(fl, (first, second), names)
+    if size is None:
+        return V.shaped(out[:, 0].copy(), first.shape[:-1])
+    return out.reshape(first.shape[:-1] + (draws,))
+
+
+def _small_size(size, small) -> bool:
+    return small is not None and (size is None or (
+        type(size) is int and 0 < size and small[0] * size <= SMALL_DRAWS))
+
+
 def _shaped(out: np.ndarray, batch_shape: tuple, shape: tuple | None):
     if shape is None:
         return V.shaped(out[:, 0].copy(), batch_shape)
@@ -144,6 +172,10 @@ def sample_categorical(logits: ArrayLike, size=None, *, rng=None,
     >>> y.shape, bool(np.all(y[0] < 2)), y[1].tolist()
     ((2, 4), True, [2, 2, 2, 2])
     """
+    small = V.small_pair(logits, logits)
+    if _small_size(size, small):
+        return _small_call(logits, logits, small, _sampling.PLAIN, 0.0, size, rng, n_threads,
+                           ("logits", "logits"))
     shape = _draw_shape(size)
     nt = V.n_threads_value(n_threads)
     arr = V.as_real_array(logits, "logits", masked=V.MASK_IMPOSSIBLE)
@@ -208,6 +240,12 @@ def sample_tilted(logits: ArrayLike, rewards: ArrayLike, lam: ArrayLike, size=No
     >>> sorted(set(y.tolist()))
     [1, 2]
     """
+    small = V.small_pair(logits, rewards)
+    if _small_size(size, small):
+        lam_f = V.small_scalar(lam)
+        if lam_f is not None:
+            return _small_call(logits, rewards, small, _sampling.TILT, lam_f, size, rng,
+                               n_threads, ("logits", "rewards"))
     shape = _draw_shape(size)
     nt = V.n_threads_value(n_threads)
     lam_a = V.param_array(lam, "lam")
