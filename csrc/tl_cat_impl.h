@@ -10,8 +10,8 @@ static inline void TL_SFX(tl__cat_at)(const TL_T *l, const TL_T *r, ptrdiff_t n,
         *rp = r ? r + j0 : NULL;
         return;
     }
-    ptrdiff_t len = n - j0;
-    for (ptrdiff_t i = 0; i < TL_BLOCK; i++) {
+    ptrdiff_t len = n - j0, cnt = tl__cat_count(n, j0);
+    for (ptrdiff_t i = 0; i < cnt; i++) {
         lpad[i] = i < len ? l[j0 + i] : (TL_T)-INFINITY;
         if (r) rpad[i] = i < len ? r[j0 + i] : (TL_T)0;
     }
@@ -19,7 +19,8 @@ static inline void TL_SFX(tl__cat_at)(const TL_T *l, const TL_T *r, ptrdiff_t n,
     *rp = r ? rpad : NULL;
 }
 
-/* z of one block of TL_BLOCK elements (tl_cat.h; r unused by TL_CAT_PLAIN) into zb, and
+/* z of the first cnt elements (a multiple of 8) of a block (tl_cat.h; r unused by
+ * TL_CAT_PLAIN) into zb, and
  * the block's bookkeeping: *mb = max z (NaN never wins; -inf if nothing is possible), the
  * reward range of the support folded into [*rlo, *rhi], and for TL_CAT_TILT with lam != 0
  * *h = the largest upper bound z + (|l| + |lam r|) 2^-50 over the elements whose z may be
@@ -27,14 +28,14 @@ static inline void TL_SFX(tl__cat_at)(const TL_T *l, const TL_T *r, ptrdiff_t n,
  * (NaN or +inf logit) | TL_FLAG_BAD_REWARD (a non-finite reward anywhere). */
 #if TL_HAVE_VEC
 TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_RESTRICT r,
-                                  const tl_cat_row *row, double *TL_RESTRICT zb, double *mb,
-                                  double *h, double *rlo, double *rhi) {
+                                  int cnt, const tl_cat_row *row, double *TL_RESTRICT zb,
+                                  double *mb, double *h, double *rlo, double *rhi) {
     const tl_vd ninf = tl_vset(-INFINITY), pinf = tl_vset(INFINITY), zero = tl_vset(0.0);
     const tl_vi absmask = ~(tl_vi)tl_vset(-0.0);
     tl_vd mx = ninf;
     tl_vi badl = (tl_vi)zero, badr = (tl_vi)zero;
     if (row->mode == TL_CAT_PLAIN) {
-        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        for (int i = 0; i < cnt; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i);
             badl |= (v != v) | (v == pinf);
             mx = tl_vmax(v, mx);
@@ -48,7 +49,7 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
     if (row->mode == TL_CAT_TILT && row->lam != 0.0) {
         const tl_vd ulp = tl_vset(TL_CAT_ULP_BOUND), range = tl_vset(TL_CAT_EXACT_RANGE);
         const tl_vd lb = tl_vset(row->l_ref), rb = tl_vset(row->r_ref);
-        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        for (int i = 0; i < cnt; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i), rv = TL_VLOADT(r + i);
             tl_vi sup = v > ninf;
             badl |= (v != v) | (v == pinf);
@@ -65,7 +66,7 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
             tl_vstore(zb + i, z);
         }
     } else if (row->mode == TL_CAT_TILT) { /* lam = 0: z = l exactly */
-        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        for (int i = 0; i < cnt; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i), rv = TL_VLOADT(r + i);
             tl_vi sup = v > ninf;
             badl |= (v != v) | (v == pinf);
@@ -79,7 +80,7 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
         const tl_vd lb = tl_vset(row->l_ref), rb = tl_vset(row->r_ref);
         const tl_vd lbh = tl_vset(0.5 * row->l_ref), lamh = tl_vset(0.5 * row->lam);
         const tl_vd half = tl_vset(0.5);
-        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        for (int i = 0; i < cnt; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i), rv = TL_VLOADT(r + i);
             tl_vi sup = v > ninf;
             badl |= (v != v) | (v == pinf);
@@ -95,7 +96,7 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
         }
     } else { /* TL_CAT_LIMIT */
         const tl_vd star = tl_vset(row->r_star);
-        for (int i = 0; i < TL_BLOCK; i += TL_VW) {
+        for (int i = 0; i < cnt; i += TL_VW) {
             tl_vd v = TL_VLOADT(l + i), rv = TL_VLOADT(r + i);
             tl_vi sup = v > ninf;
             badl |= (v != v) | (v == pinf);
@@ -116,11 +117,11 @@ TL_NOINLINE int TL_SFX(tl__cat_z)(const TL_T *TL_RESTRICT l, const TL_T *TL_REST
            (tl__cat_any(badr) ? TL_FLAG_BAD_REWARD : 0);
 }
 #else
-static int TL_SFX(tl__cat_z)(const TL_T *l, const TL_T *r, const tl_cat_row *row, double *zb,
-                             double *mb, double *h, double *rlo, double *rhi) {
+static int TL_SFX(tl__cat_z)(const TL_T *l, const TL_T *r, int cnt, const tl_cat_row *row,
+                             double *zb, double *mb, double *h, double *rlo, double *rhi) {
     double mx = -INFINITY, hi = -INFINITY, lo = INFINITY, hm = -INFINITY;
     int bad = 0;
-    for (int i = 0; i < TL_BLOCK; i++) {
+    for (int i = 0; i < cnt; i++) {
         double v = (double)l[i], z = v;
         if (v != v || v == INFINITY) bad |= TL_FLAG_BAD_LOGIT;
         if (row->mode != TL_CAT_PLAIN) {
@@ -167,12 +168,13 @@ static int TL_SFX(tl__cat_pass)(const TL_T *l, const TL_T *r, ptrdiff_t n, tl_ca
     for (ptrdiff_t b = 0, j0 = 0; j0 < n; b++, j0 += TL_BLOCK) {
         const TL_T *lp, *rp;
         double mb, hb;
+        int cnt = tl__cat_count(n, j0);
         TL_SFX(tl__cat_at)(l, r, n, j0, lpad, rpad, &lp, &rp);
-        flags |= TL_SFX(tl__cat_z)(lp, rp, row, zb, &mb, &hb, &rlo, &rhi);
+        flags |= TL_SFX(tl__cat_z)(lp, rp, cnt, row, zb, &mb, &hb, &rlo, &rhi);
         h = hb > h ? hb : h;
         m = mb > m ? mb : m;
         bmax[b] = mb;
-        bsum[b] = mb > -INFINITY && mb < INFINITY ? tl__cat_expsum(zb, mb) : 0.0;
+        bsum[b] = mb > -INFINITY && mb < INFINITY ? tl__cat_expsum(zb, cnt, mb) : 0.0;
     }
     if (row->mode != TL_CAT_PLAIN && rhi >= rlo && !(rhi - rlo <= DBL_MAX))
         flags |= TL_FLAG_REWARD_RANGE;
@@ -236,9 +238,10 @@ static void TL_SFX(tl__cat_block_weights)(const TL_T *l, const TL_T *r, ptrdiff_
     double zb[TL_BLOCK];
     const TL_T *lp, *rp;
     double mb, hb, rlo = INFINITY, rhi = -INFINITY;
+    int cnt = tl__cat_count(n, b * TL_BLOCK);
     TL_SFX(tl__cat_at)(l, r, n, b * TL_BLOCK, lpad, rpad, &lp, &rp);
-    TL_SFX(tl__cat_z)(lp, rp, row, zb, &mb, &hb, &rlo, &rhi);
-    tl__cat_expblock(zb, bmax[b], eb);
+    TL_SFX(tl__cat_z)(lp, rp, cnt, row, zb, &mb, &hb, &rlo, &rhi);
+    tl__cat_expblock(zb, cnt, bmax[b], eb);
 }
 
 #define TL_CAT_WORDS 256
