@@ -14,6 +14,7 @@
 #include "tl_bon.h"
 #include "tl_soft.h"
 #include "tl_softmax.h"
+#include "tl_cat.h"
 #include "tl_mathcheck.h"
 
 /* prototypes of every compiled variant */
@@ -143,6 +144,7 @@ static const tl_kernel_table *tl__get(void) {
 #define TL_RETURN_void
 #define TL_RETURN_double return
 #define TL_RETURN_ptrdiff_t return
+#define TL_RETURN_int return
 #define TL_KERNEL(ret, name, params, args) \
     ret name params { TL_RETURN_##ret tl__get()->name args; }
 #include "tl_dispatch.def"

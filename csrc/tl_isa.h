@@ -1,8 +1,8 @@
 /* Instruction-set variants of the vectorised kernels (runtime dispatch).
  *
  * The kernel sources that hold vectorisable loops (tl_lse.c, tl_tilt.c, tl_kl.c, tl_bon.c,
- * tl_soft.c, tl_softmax.c, and the test hook tl_mathcheck.c) are compiled once per variant, with TL_ISA
- * set to the variant's name and the variant's compiler flags:
+ * tl_soft.c, tl_softmax.c, tl_cat.c, and the test hook tl_mathcheck.c) are compiled once
+ * per variant, with TL_ISA set to the variant's name and the variant's compiler flags:
  *     portable   the build's baseline (x86-64: SSE2)
  *     avx2       -mavx2 -mfma
  *     avx512     -mavx512f -mavx512dq -mavx512vl -mavx512bw, 512-bit vectors
@@ -60,6 +60,12 @@
 #define tl_softmax_scale_f32 TL_ISA_NAME(tl_softmax_scale_f32)
 #define tl_log_softmax_write_f64 TL_ISA_NAME(tl_log_softmax_write_f64)
 #define tl_log_softmax_write_f32 TL_ISA_NAME(tl_log_softmax_write_f32)
+#define tl_cat_prepare_f64 TL_ISA_NAME(tl_cat_prepare_f64)
+#define tl_cat_prepare_f32 TL_ISA_NAME(tl_cat_prepare_f32)
+#define tl_cat_draw_f64 TL_ISA_NAME(tl_cat_draw_f64)
+#define tl_cat_draw_f32 TL_ISA_NAME(tl_cat_draw_f32)
+#define tl_cat_weights_f64 TL_ISA_NAME(tl_cat_weights_f64)
+#define tl_cat_weights_f32 TL_ISA_NAME(tl_cat_weights_f32)
 #define tl_mathcheck TL_ISA_NAME(tl_mathcheck) /* test hook: tl_mathcheck.h */
 
 #if !TL_ISA_IS_PORTABLE

@@ -272,6 +272,26 @@ def _cases():
         ValueError, "logits contains NaN at index (1,)"
     yield "sample n < 1", lambda: tiltlab.sample_best_of_n(L, R, n=0.5, size=3), ValueError, \
         "n must be >= 1"
+    yield "sample_categorical size -1", lambda: tiltlab.sample_categorical(L, -1), \
+        ValueError, "size must be non-negative"
+    yield "sample_categorical size 2.5", lambda: tiltlab.sample_categorical(L, 2.5), \
+        TypeError, "size must be None, a non-negative integer or a tuple"
+    yield "sample_categorical NaN logit", lambda: tiltlab.sample_categorical(
+        [0.0, np.nan, 0.0]), ValueError, "logits contains NaN at index (1,)"
+    yield "sample_categorical empty row", lambda: tiltlab.sample_categorical(
+        [[0.0, 1.0], [-np.inf, -np.inf]]), ValueError, "row at batch index (1,) is all -inf"
+    yield "sample_categorical string rng", lambda: tiltlab.sample_categorical(L, rng="x"), \
+        TypeError, "rng must be None, an int"
+    yield "sample_categorical string logits", lambda: tiltlab.sample_categorical(strs), \
+        TypeError, "logits must be an array of real numbers"
+    yield "sample_tilted NaN lam", lambda: tiltlab.sample_tilted(L, R, np.nan), ValueError, \
+        "lam contains NaN"
+    yield "sample_tilted inf reward", lambda: tiltlab.sample_tilted(L, [0.0, np.inf, 1.0], 1.0), \
+        ValueError, "rewards contains +inf at index (1,)"
+    yield "sample_tilted shape mismatch", lambda: tiltlab.sample_tilted(L, R[:2], 1.0), \
+        ValueError, "rewards has 2 outcomes"
+    yield "sample_tilted size (2, -1)", lambda: tiltlab.sample_tilted(L, R, 1.0, (2, -1)), \
+        ValueError, "size must be non-negative"
     yield "simulate n -3", lambda: tiltlab.simulate_best_of_n(L, R, -3), ValueError, \
         "n must be >= 1"
     yield "simulate n 2.5", lambda: tiltlab.simulate_best_of_n(L, R, 2.5), ValueError, \
@@ -594,6 +614,14 @@ def _huge_cases():
     yield "sample_best_of_n batch x size", lambda: tiltlab.sample_best_of_n(
         view(L, (10**5, 3)), R, n=4, size=10**10), MemoryError, \
         "size=10000000000 draws for each of the 100000 rows"
+    yield "sample_categorical size 1e15", lambda: tiltlab.sample_categorical(
+        L, 10**15), MemoryError, "size=1000000000000000 draws"
+    yield "sample_categorical logits view", lambda: tiltlab.sample_categorical(
+        view(L, (10**12, 3))), MemoryError, "logits of shape (1000000000000, 3)"
+    yield "sample_tilted size 1e10 x 1e10", lambda: tiltlab.sample_tilted(
+        L, R, 1.0, (10**10, 10**10)), MemoryError, "size=(10000000000, 10000000000) draws"
+    yield "sample_tilted lam view 1e12", lambda: tiltlab.sample_tilted(
+        L, R, view(1.0, (10**12,))), MemoryError, "lam of shape (1000000000000,)"
     yield "simulate_best_of_n n 1e12 size 1e12", lambda: tiltlab.simulate_best_of_n(
         L, R, n=10**12, size=10**12), MemoryError, "size=1000000000000"
     yield "BestOfN.sample 1e15", lambda: _bon().sample(10**15), MemoryError, \
@@ -781,6 +809,8 @@ EMPTY = [
     ("best_of_n log_probs", lambda: tiltlab.best_of_n(Z, Z, n=4).log_probs, (0, 3)),
     ("sample_best_of_n", lambda: tiltlab.sample_best_of_n(Z, Z, n=4, size=5, rng=0), (0, 5)),
     ("simulate_best_of_n", lambda: tiltlab.simulate_best_of_n(Z, Z, 4, size=5, rng=0), (0, 5)),
+    ("sample_categorical", lambda: tiltlab.sample_categorical(Z, 5, rng=0), (0, 5)),
+    ("sample_tilted", lambda: tiltlab.sample_tilted(Z, Z, 1.0, rng=0), (0,)),
     ("reward_levels", lambda: np.array(tiltlab.reward_levels(Z, Z), dtype=object), (0,)),
     ("rate_function", lambda: tiltlab.rate_function(Z, Z, 1.0), (0,)),
     ("scaled_cgf", lambda: tiltlab.scaled_cgf(Z, Z, 1.0), (0,)),

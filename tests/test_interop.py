@@ -64,6 +64,8 @@ CALLS = {
     "best_of_n": lambda A: tiltlab.best_of_n(A(L), A(R), n=A(np.array([2.0, 4.0, 16.0]))),
     "reward_levels": lambda A: tiltlab.reward_levels(A(L), A(R)),
     "sample_best_of_n": lambda A: tiltlab.sample_best_of_n(A(L), A(R), 4.0, size=5, rng=0),
+    "sample_categorical": lambda A: tiltlab.sample_categorical(A(L), size=5, rng=0),
+    "sample_tilted": lambda A: tiltlab.sample_tilted(A(L), A(R), A(LAM), size=5, rng=0),
     "simulate_best_of_n": lambda A: tiltlab.simulate_best_of_n(A(L), A(R), 4, size=5, rng=0),
     "beirami_kl_estimate": lambda A: tiltlab.beirami_kl_estimate(A(EPS), 16),
     "worst_of_n": lambda A: tiltlab.worst_of_n(A(L0), A(R0), 4.0),
@@ -86,7 +88,8 @@ RESULT_TYPES = {"TiltStats", "BestOfN", "RewardLevels", "PolicyLaw", "Frontier",
 NO_ARRAYS = {"__version__", "build_info", "load_model", "reproduce"}
 SPECIAL = {"logsumexp"}  # tiltlab.special: test_special_functions below
 # calls whose results are not float (indices) or whose model keeps float64 by design
-NOT_FLOAT32 = {"sample_best_of_n", "simulate_best_of_n", "Model"}
+NOT_FLOAT32 = {"sample_best_of_n", "simulate_best_of_n", "sample_categorical", "sample_tilted",
+               "Model"}
 
 
 def test_every_public_name_is_covered():

@@ -38,6 +38,7 @@ from tiltlab.policies import (
     worst_of_n,
 )
 from tiltlab.report import reproduce
+from tiltlab.sampling import sample_categorical, sample_tilted
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -57,6 +58,8 @@ __all__ = [
     "best_of_n",
     "reward_levels",
     "sample_best_of_n",
+    "sample_categorical",
+    "sample_tilted",
     "simulate_best_of_n",
     "Memoryless",
     "rate_function",

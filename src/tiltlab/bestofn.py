@@ -13,7 +13,6 @@ The law depends on the rewards only through their order; ties count as one level
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +25,8 @@ from tiltlab import _bestofn
 from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import tilt_shift
+from tiltlab._streams import size_value as _size_value
+from tiltlab._streams import stream_seeds as _stream_seeds
 
 __all__ = [
     "BestOfN",
@@ -364,32 +365,6 @@ def _generators(rng, count: int) -> list:
     ``SeedSequence(entropy).spawn(count)``, with ``entropy`` from :func:`_entropy`; they are
     made in C (_bestofn.PCG64Stream: the same states and draws as NumPy's objects)."""
     return _bestofn.pcg64_children(_entropy(rng), count)
-
-
-def _stream_seeds(rng, count: int) -> np.ndarray:
-    """(count, 4) uint64: the seed words of one PCG64 stream per row, derived
-    deterministically from rng: 128 bits of entropy from its bit generator, hashed by a
-    SeedSequence (row 0 has the words ``PCG64(SeedSequence(entropy))`` is seeded with).
-    An int seed and a single row skip NumPy's objects (computed in C, the same words)."""
-    if type(rng) is int and 0 <= rng < (1 << 128):
-        hi, lo = _bestofn.stream_entropy_int(rng)
-    else:
-        raw = np.random.default_rng(rng).bit_generator.random_raw(2)
-        hi, lo = int(raw[0]), int(raw[1])
-    entropy = (int(hi) << 64) | int(lo)
-    if count == 1:
-        return _bestofn.seedseq_state4(entropy)
-    return np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64).reshape(count, 4)
-
-
-def _size_value(size) -> int | None:
-    if size is None:
-        return None
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-        raise TypeError(f"size must be None or a non-negative integer; got {size!r}")
-    if size < 0:
-        raise ValueError(f"size must be >= 0; got {size}")
-    return int(size)
 
 
 def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):

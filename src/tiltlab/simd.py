@@ -42,9 +42,9 @@ _ERRORS = {
 
 
 def _modules():
-    from tiltlab import _bestofn, _core, _lattice
+    from tiltlab import _bestofn, _core, _lattice, _sampling
 
-    return (_core, _bestofn, _lattice)
+    return (_core, _bestofn, _lattice, _sampling)
 
 
 def info() -> list[dict]:
