@@ -388,6 +388,26 @@ def _size_value(size) -> int | None:
     return int(size)
 
 
+def _draw_exact_rows(first, second, loff, roff, n_out, log_n, draws, seeds, out, flags, exact,
+                     n_threads) -> int:
+    """The rows marked ``exact`` by _bestofn.draw_rows drawn again by the alias-table path
+    (their own streams); returns the number of rows without a table (0 unless a bug)."""
+    idx = np.flatnonzero(exact)
+    if not len(idx):
+        return 0
+    sub = np.empty((len(idx), draws), dtype=np.int64)
+    sub_flags = np.zeros(len(idx), dtype=np.int32)
+    failed = _bestofn.sample_rows(first, second, np.ascontiguousarray(loff[idx]),
+                                  np.ascontiguousarray(roff[idx]), n_out,
+                                  np.ascontiguousarray(log_n[idx]),
+                                  np.ones(len(idx), dtype=np.int64), False, draws, SAMPLE_BLOCK,
+                                  np.ascontiguousarray(seeds[idx]), sub, sub_flags,
+                                  V.threads_for_blocks(len(idx), n_threads))
+    out[idx, :draws] = sub
+    flags[idx] = sub_flags
+    return failed
+
+
 def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     nt = V.n_threads_value(n_threads)
     if rows.n_outcomes > np.iinfo(np.int32).max:
@@ -401,7 +421,18 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_el, dtype=np.int32)
     failed = 0
-    if n_el and draws:
+    if n_el and draws and not naive and draws <= _bestofn.DRAW_MAX:
+        # a few draws per row: one pass over each row, rows in parallel
+        seeds = _stream_seeds(rng, n_el)
+        exact = np.zeros(n_el, dtype=np.uint8)
+        log_n = rows.params["log_n"]
+        _bestofn.draw_rows(rows.first, rows.second, rows.first_off, rows.second_off,
+                           rows.n_outcomes, log_n, draws, seeds, out, flags, exact,
+                           V.threads_for_work(n_el * rows.n_outcomes, nt))
+        V.raise_for_flags(flags, rows)
+        failed = _draw_exact_rows(rows.first, rows.second, rows.first_off, rows.second_off,
+                                  rows.n_outcomes, log_n, draws, seeds, out, flags, exact, nt)
+    elif n_el and draws:
         # the blocks of draws are the parallel work: no more threads than blocks
         blocks = -(-draws // SAMPLE_BLOCK)
         failed = _bestofn.sample_rows(rows.first, rows.second, rows.first_off,
@@ -481,10 +512,21 @@ def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_thre
     if draws:
         flags = np.zeros(n_rows, dtype=np.int32)
         off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
-        failed = _bestofn.sample_rows(logits.reshape(-1), rewards.reshape(-1), off, off, n_out,
-                                      np.full(n_rows, log_n), np.ones(n_rows, dtype=np.int64),
-                                      False, draws, SAMPLE_BLOCK, _stream_seeds(rng, n_rows),
-                                      out, flags, 1)
+        lg, rw = logits.reshape(-1), rewards.reshape(-1)
+        log_ns = np.full(n_rows, log_n)
+        seeds = _stream_seeds(rng, n_rows)
+        if draws <= _bestofn.DRAW_MAX:
+            exact = np.zeros(n_rows, dtype=np.uint8)
+            _bestofn.draw_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags, exact,
+                               1)
+            if flags.any():
+                V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
+            failed = _draw_exact_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags,
+                                      exact, 1)
+        else:
+            failed = _bestofn.sample_rows(lg, rw, off, off, n_out, log_ns,
+                                          np.ones(n_rows, dtype=np.int64), False, draws,
+                                          SAMPLE_BLOCK, seeds, out, flags, 1)
         if flags.any():
             V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
         if failed:
