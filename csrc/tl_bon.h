@@ -244,7 +244,8 @@ void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
  *
  * Returns 0 (out[0 .. nd) written), TL_FLAG_* bits (bad input, as tl_levels; nothing
  * written) or TL_DRAW_EXACT.  nd <= TL_DRAW_MAX; n < 2^31.  scratch: the bytes of
- * tl_bon_draw_scratch_bytes(n), 64-byte aligned, one per thread. */
+ * tl_bon_draw_scratch_bytes(n), 64-byte aligned, one per thread, set up once by
+ * tl_bon_draw_scratch_init. */
 #define TL_DRAW_MAX 16
 #define TL_DRAW_BINS 1024
 #define TL_DRAW_SMALL 48
@@ -302,6 +303,13 @@ static inline size_t tl_bon_draw_ws_layout(char *base, ptrdiff_t n, tl_bon_draw_
 
 static inline size_t tl_bon_draw_scratch_bytes(ptrdiff_t n) {
     return tl_bon_draw_ws_layout(NULL, n, NULL);
+}
+
+/* a new scratch block made ready (its bin slots all -1: each call leaves them so) */
+static inline void tl_bon_draw_scratch_init(void *scratch, ptrdiff_t n) {
+    tl_bon_draw_ws ws;
+    tl_bon_draw_ws_layout((char *)scratch, n, &ws);
+    for (int b = 0; b < TL_DRAW_BINS; b++) ws.slot[b] = -1;
 }
 
 ptrdiff_t tl_bon_draw_row_f64(const double *l, const double *r, ptrdiff_t n, double log_n,

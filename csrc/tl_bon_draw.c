@@ -12,26 +12,36 @@
 #include "tl_det.h"
 #include "tl_simd.h"
 
-/* one draw: its threshold tau (log t until the row's total is known; then the mass from
- * the top of the current list at which the draw's level sits), its outcome uniform u2 in
+/* one draw: its threshold tau (t, or log t, until the row's total is known; then the mass
+ * from the top of the current list at which the draw's level sits), its outcome uniform u2 in
  * [0, 1), and its index */
 typedef struct {
     double tau, u2;
     int d;
 } tl__dq;
 
-/* log t, t = 1 - U^(1/N), for U = 1 - v, v = (x + 1/2) 2^-64 (both v and 1 - v with full
- * relative precision near 0: the top levels of small N and the bottom levels of any N) */
-static double tl__draw_log_t(uint64_t x, double log_n) {
+/* t = 1 - U^(1/N) = -expm1(log(U) / N) for U = 1 - v, v = (x + 1/2) 2^-64 (log U from v or
+ * from 1 - v, each with full relative precision near 0: the top levels of small N and the
+ * bottom levels of any N).  For log N <= TL_DRAW_LOG_N_LINEAR, t itself (two calls of
+ * libm); beyond, log t (log(1 - e^-y), y = exp(log(-log U) - log N)), since t may be below
+ * the double range. */
+#define TL_DRAW_LOG_N_LINEAR 600.0
+static double tl__draw_t(uint64_t x, double log_n, double inv_n) {
     double lu = (x >> 63) ? log(((double)(~x) + 0.5) * 0x1p-64)
                           : log1p(-(((double)x + 0.5) * 0x1p-64));
-    double ly = log(-lu) - log_n; /* log y, y = -log(U) / N; t = -expm1(-y) */
+    if (log_n <= TL_DRAW_LOG_N_LINEAR) return -expm1(lu * inv_n);
+    double ly = log(-lu) - log_n;
     if (ly < -20.0) return ly - 0.5 * exp(ly); /* log(1 - e^-y) = log y - y/2 + O(y^2) */
     return log(-expm1(-exp(ly)));
 }
 
-/* the thresholds tau = t W once the total W of the row is known */
-static void tl__draw_set_tau(tl__dq *q, int nq, double total) {
+/* the thresholds tau = t W once the total W of the row is known (from log t beyond
+ * TL_DRAW_LOG_N_LINEAR) */
+static void tl__draw_set_tau(tl__dq *q, int nq, double total, double log_n) {
+    if (log_n <= TL_DRAW_LOG_N_LINEAR) {
+        for (int k = 0; k < nq; k++) q[k].tau *= total;
+        return;
+    }
     double lw = log(total);
     for (int k = 0; k < nq; k++) q[k].tau = exp(q[k].tau + lw);
 }
@@ -95,7 +105,7 @@ static void tl__draw_within(const double *W, const int32_t *I, ptrdiff_t n, cons
  * thresholds are set from the total first. */
 static void tl__draw_sorted(tl_bon_draw_ws *ws, const double *R, const double *W,
                             const int32_t *I, ptrdiff_t n, tl__dq *q, int nq, int depth,
-                            int64_t *out) {
+                            double log_n, int64_t *out) {
     uint64_t *keys = ws->keys;
     int64_t *vals = ws->vals;
     ptrdiff_t m = 0;
@@ -133,7 +143,7 @@ static void tl__draw_sorted(tl_bon_draw_ws *ws, const double *R, const double *W
             for (e = s + 1; e < m && keys[e] == keys[s];) e++;
             tot += tl__draw_sum(sw + s, e - s);
         }
-        tl__draw_set_tau(q, nq, tot);
+        tl__draw_set_tau(q, nq, tot, log_n);
     }
     /* levels from the top: level [s, e) covers thresholds [acc, acc + M) */
     double acc = 0.0;
@@ -168,7 +178,7 @@ static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *
  * that holds a draw gathered into a list of its own (depth + 1) and resolved there. */
 static void tl__draw_by_bins(tl_bon_draw_ws *ws, const double *R, const double *W,
                              const int32_t *I, ptrdiff_t n, int B, tl__dq *q, int nq,
-                             int depth, int64_t *out) {
+                             int depth, double log_n, int64_t *out) {
     const uint16_t *bins = ws->bins;
     double *h = ws->hist, *cum = ws->cum;
     int32_t *c = ws->cnt;
@@ -195,7 +205,7 @@ static void tl__draw_by_bins(tl_bon_draw_ws *ws, const double *R, const double *
         cum[b] = cum[b + 1] + (((h[b] + h[B + b]) + h[2 * B + b]) + h[3 * B + b]);
         c[b] = ((c[b] + c[B + b]) + c[2 * B + b]) + c[3 * B + b];
     }
-    if (depth == 0) tl__draw_set_tau(q, nq, cum[0]);
+    if (depth == 0) tl__draw_set_tau(q, nq, cum[0], log_n);
     /* bin b covers the thresholds [cum[b + 1], cum[b]) (empty unless its mass counts);
      * beyond the total (rounding): the lowest bin of positive mass */
     int qb[TL_DRAW_MAX];
@@ -283,7 +293,7 @@ static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *
     const int B = tl__draw_nbins(n);
     const double hl = 0.5 * lo, scale = (double)B / (0.5 * hi - hl), top = (double)(B - 1);
     if (n <= TL_DRAW_SMALL || depth >= TL_DRAW_DEPTH || !(scale <= DBL_MAX)) {
-        tl__draw_sorted(ws, R, W, I, n, q, nq, depth, out);
+        tl__draw_sorted(ws, R, W, I, n, q, nq, depth, 0.0, out);
         return;
     }
     uint16_t *bins = ws->bins;
@@ -293,22 +303,23 @@ static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *
         f = f < top ? f : top;
         bins[j] = (uint16_t)(int32_t)f;
     }
-    tl__draw_by_bins(ws, R, W, I, n, B, q, nq, depth, out);
+    tl__draw_by_bins(ws, R, W, I, n, B, q, nq, depth, 0.0, out);
 }
 
-/* the queries of the words, sorted by log t (ties: by draw) */
+/* the queries of the words, sorted by t (ties: by draw) */
 static void tl__draw_queries(const uint64_t *words, int nd, double log_n, tl__dq *q) {
+    const double inv_n = exp(-log_n);
     for (int d = 0; d < nd; d++) {
-        double lt = tl__draw_log_t(words[2 * d], log_n);
+        double t = tl__draw_t(words[2 * d], log_n, inv_n);
         double u2 = (double)(words[2 * d + 1] >> 11) * 0x1p-53;
-        int t = d;
-        while (t > 0 && q[t - 1].tau > lt) {
-            q[t] = q[t - 1];
-            t--;
+        int k = d;
+        while (k > 0 && q[k - 1].tau > t) {
+            q[k] = q[k - 1];
+            k--;
         }
-        q[t].tau = lt;
-        q[t].u2 = u2;
-        q[t].d = d;
+        q[k].tau = t;
+        q[k].u2 = u2;
+        q[k].d = d;
     }
 }
 

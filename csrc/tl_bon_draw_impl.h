@@ -107,10 +107,9 @@ ptrdiff_t TL_SFX(tl_bon_draw_row)(const TL_T *l, const TL_T *r, ptrdiff_t n, dou
     if (rlo == rhi) { /* one level: p itself */
         tl__draw_within(ws.w, NULL, n, q, nd, out);
     } else if (!use_bins) {
-        tl__draw_sorted(&ws, R, ws.w, NULL, n, q, nd, 0, out);
+        tl__draw_sorted(&ws, R, ws.w, NULL, n, q, nd, 0, log_n, out);
     } else {
-        for (int b = 0; b < TL_DRAW_BINS; b++) ws.slot[b] = -1;
-        tl__draw_by_bins(&ws, R, ws.w, NULL, n, B, q, nd, 0, out);
+        tl__draw_by_bins(&ws, R, ws.w, NULL, n, B, q, nd, 0, log_n, out);
     }
     return 0;
 }

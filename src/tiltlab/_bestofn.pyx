@@ -324,6 +324,7 @@ cdef extern from "tl_bon.h" nogil:
         TL_DRAW_MAX
         TL_DRAW_EXACT
     size_t tl_bon_draw_scratch_bytes(Py_ssize_t n)
+    void tl_bon_draw_scratch_init(void *scratch, Py_ssize_t n)
     Py_ssize_t tl_bon_draw_row_f64(const double *l, const double *r, Py_ssize_t n, double log_n,
                                    const uint64_t *words, int nd, int64_t *out, void *scratch)
     Py_ssize_t tl_bon_draw_row_f32(const float *l, const float *r, Py_ssize_t n, double log_n,
@@ -384,6 +385,8 @@ def draw_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef size_t per = (tl_bon_draw_scratch_bytes(V) + 127) & ~(<size_t> 63)
     cdef _Buffer scratch_b = _Buffer(nt, per)
     cdef char *base = <char *> ((<size_t> scratch_b.ptr + 63) & ~(<size_t> 63))
+    for t in range(nt):
+        tl_bon_draw_scratch_init(base + <size_t> t * per, V)
     cdef const floating *lp = &lb[0]
     cdef const floating *rp = &rb[0]
     cdef _Interruptible guard = _Interruptible(<double> n_el * V)
