@@ -312,6 +312,12 @@ static inline void tl_bon_draw_scratch_init(void *scratch, ptrdiff_t n) {
     for (int b = 0; b < TL_DRAW_BINS; b++) ws.slot[b] = -1;
 }
 
+/* The selection part of tl_bon_draw_row (scalar code; each variant calls its own copy):
+ * the draws of words[0 .. 2 nd) among the n outcomes whose weights are ws->w and rewards R,
+ * all of one level (one_level), or binned into ws->bins (B > 0 bins) or not (B = 0). */
+void tl_bon_draw_select(tl_bon_draw_ws *ws, const double *R, ptrdiff_t n, int one_level, int B,
+                        double log_n, const uint64_t *words, int nd, int64_t *out);
+
 ptrdiff_t tl_bon_draw_row_f64(const double *l, const double *r, ptrdiff_t n, double log_n,
                               const uint64_t *words, int nd, int64_t *out, void *scratch);
 ptrdiff_t tl_bon_draw_row_f32(const float *l, const float *r, ptrdiff_t n, double log_n,

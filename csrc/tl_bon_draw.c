@@ -323,6 +323,18 @@ static void tl__draw_queries(const uint64_t *words, int nd, double log_n, tl__dq
     }
 }
 
+void tl_bon_draw_select(tl_bon_draw_ws *ws, const double *R, ptrdiff_t n, int one_level, int B,
+                        double log_n, const uint64_t *words, int nd, int64_t *out) {
+    tl__dq q[TL_DRAW_MAX];
+    tl__draw_queries(words, nd, log_n, q);
+    if (one_level) /* one level: p itself */
+        tl__draw_within(ws->w, NULL, n, q, nd, out);
+    else if (B == 0)
+        tl__draw_sorted(ws, R, ws->w, NULL, n, q, nd, 0, log_n, out);
+    else
+        tl__draw_by_bins(ws, R, ws->w, NULL, n, B, q, nd, 0, log_n, out);
+}
+
 #if TL_HAVE_VEC
 typedef int32_t tl__vi32 __attribute__((vector_size(4 * TL_VW)));
 typedef uint16_t tl__vh __attribute__((vector_size(2 * TL_VW)));

@@ -54,6 +54,7 @@
 #define tl_bon_law TL_ISA_NAME(tl_bon_law)
 #define tl_bon_draw_row_f64 TL_ISA_NAME(tl_bon_draw_row_f64)
 #define tl_bon_draw_row_f32 TL_ISA_NAME(tl_bon_draw_row_f32)
+#define tl_bon_draw_select TL_ISA_NAME(tl_bon_draw_select) /* each variant calls its own */
 #define tl_soft_nodes TL_ISA_NAME(tl_soft_nodes)
 #define tl_soft_bins TL_ISA_NAME(tl_soft_bins)
 #define tl_mathcheck TL_ISA_NAME(tl_mathcheck) /* test hook: tl_mathcheck.h */

@@ -38,7 +38,8 @@ OBJDUMP = shutil.which("objdump")
 pytestmark = pytest.mark.skipif(OBJDUMP is None,
                                 reason="objdump (GNU binutils) is not installed")
 
-KERNELS = ["tl_lse_chunk", "tl_tilt_chunk", "tl_kl_chunk", "tl_moments_chunk", "tl_prescan"]
+KERNELS = ["tl_lse_chunk", "tl_tilt_chunk", "tl_kl_chunk", "tl_moments_chunk", "tl_prescan",
+           "tl_bon_draw_row"]
 WIDE_VARIANTS = ["avx2", "avx512"]
 MIN_WIDE_SHARE = 0.75
 MIN_FMA_IN_POLY_LOOP = 6

@@ -4,8 +4,10 @@
 
 No validation here (tiltlab._validation does it); per-element status flags come back to
 the Python layer.  Exact laws run one thread per distinct row (each with its own
-workspace); samplers split the draws of every row into fixed blocks, each with its own
-bit generator, so that results do not depend on the number of threads.
+workspace); samplers split the draws of every row into fixed blocks, each starting from
+its own offset of the row's stream, or (draw_rows: a few draws per row) run the rows in
+parallel, each from its own stream, so that results do not depend on the number of
+threads.
 """
 from cython.parallel cimport prange, threadid
 from libc.math cimport NAN, exp

@@ -454,15 +454,30 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
                      n_threads: int | None = None):
     """Outcome indices drawn from the best-of-N law by the order statistic (SPEC section 3).
 
-    The law of the maximum of N draws, ``pi_N(y) = p(y) w_j / m_j`` with the level weights
-    ``w_j = F_j^N - F_{j-1}^N``, is laid out once per row as one alias table over the
-    outcomes of positive weight; each draw then takes one 64-bit random word and one table
-    lookup, so the cost per draw does not depend on N.  Every batch element draws from its
-    own PCG64 stream (NumPy's generator, seeded from ``rng``) and draw d uses word d of it:
-    same seed, same draws, whatever the number of threads or the SIMD variant, and a
-    shorter run is a prefix of a longer one.  (Earlier versions drew the level by a guide
-    table, with one or two words per draw from a bit generator per block of draws: the
-    draws of a given seed differ from theirs; the law is the same.)
+    The maximum of N draws falls in reward level j with probability
+    ``w_j = F_j^N - F_{j-1}^N`` and is, within the level, an outcome drawn from p restricted
+    to it: ``pi_N(y) = p(y) w_j / m_j``, at a cost per draw that does not depend on N.  Two
+    routes, chosen by ``size`` (and, for a few rows, the data), never by the number of
+    threads or the SIMD variant:
+
+    * a few draws per row (``size`` None or at most 16): one pass over each row, rows in
+      parallel.  A draw's level is the lowest one whose survival ``P_p(r > v)`` is at most
+      ``t = 1 - U^(1/N)`` (a weighted quantile of the rewards, found through a histogram of
+      the weights ``e^(l - max l)`` by reward bins, without sorting the row), and the
+      outcome within it is drawn with probability ``p(y) / m_j`` by a second uniform; draw d
+      reads words 2d and 2d + 1 of the stream.  Rows whose finite logits span more than 708
+      nats with ``log N > 600`` take the second route (their tail weights are below the
+      double range of the one-pass weights).
+    * more draws: ``pi_N`` laid out once per row as one alias table over the outcomes of
+      positive weight; draw d takes word d of the stream and one table lookup.
+
+    Every batch element draws from its own PCG64 stream (NumPy's generator, seeded from
+    ``rng``): same seed, same draws, whatever the number of threads or the SIMD variant, and
+    a shorter run is a prefix of a longer one on the same route (both at most 16 draws, or
+    both more).  (Changed: earlier versions drew ``size`` None and up to 16 draws per row
+    through the alias table too: for those sizes the draws of a given seed differ from
+    theirs; the law is the same.  Earlier still, the level was drawn by a guide table, with
+    one or two words per draw from a bit generator per block of draws.)
 
     Parameters
     ----------
@@ -475,8 +490,9 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     rng : None, int or numpy.random.Generator
         Source of randomness (NumPy convention).
     n_threads : int, optional
-        Threads for drawing: the draws of a row are split into blocks of 65536, so at most
-        one thread per block (a single block runs on the calling thread).
+        Threads: for at most 16 draws per row, rows in parallel (a batch of fewer than 2^17
+        elements on the calling thread); for more, the draws of a row are split into blocks
+        of 65536, at most one thread per block (a single block runs on the calling thread).
 
     Returns
     -------
