@@ -230,9 +230,11 @@ void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
  *      equal-width reward bins (B = 64 .. 1024 with the row length);
  *   3. a histogram of the weights by bin (scalar, fixed order) and the cumulative mass from
  *      the top bin: the bin of the draw's threshold tau = t W (W the total weight), then
- *      only that bin's outcomes, again by bins of their own reward range (at most
- *      TL_DRAW_DEPTH times), then sorted by reward: the level, then the outcome (a second
- *      uniform against the running sum of the level's weights in index order).
+ *      only that bin's outcomes, again by bins of their own reward range (equal widths, or
+ *      equal widths of the rewards' order-preserving bits where a bin held more than 1/16
+ *      of its list: heavy tails; at most TL_DRAW_DEPTH times), then sorted by reward: the
+ *      level, then the outcome (a second uniform against the running sum of the level's
+ *      weights in index order).
  * Draw d uses words[2d] (the level) and words[2d + 1] (the outcome within it).  Sums are
  * in fixed orders (scalar code): the draws are the same on every variant and thread count.
  * Each level's probability is its exact value up to the rounding of the sums and of the
@@ -249,7 +251,7 @@ void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
 #define TL_DRAW_MAX 16
 #define TL_DRAW_BINS 1024
 #define TL_DRAW_SMALL 48
-#define TL_DRAW_DEPTH 2
+#define TL_DRAW_DEPTH 3
 #define TL_DRAW_EXACT (-1)
 #define TL_DRAW_LOG_N_EXACT 600.0
 

@@ -170,8 +170,8 @@ static int tl__draw_nbins(ptrdiff_t n) {
 }
 
 static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *W,
-                             const int32_t *I, ptrdiff_t n, double lo, double hi, tl__dq *q,
-                             int nq, int depth, int64_t *out);
+                             const int32_t *I, ptrdiff_t n, double lo, double hi, int heavy,
+                             tl__dq *q, int nq, int depth, int64_t *out);
 
 /* The draws q (sorted by tau) among the elements of one list whose bins (of B) are known:
  * the histogram of the weights by bin, the bin of each draw from the top, then each bin
@@ -275,16 +275,78 @@ static void tl__draw_by_bins(tl_bon_draw_ws *ws, const double *R, const double *
         lo[s] = mn;
         hi[s] = mx;
     }
+    /* a bin that holds more than 1/16 of its list: the rewards are far from evenly spread
+     * over their range (heavy tails, outliers); its own bins then follow the bits of the
+     * rewards (about their logarithm) where they have one sign */
     for (int s = 0; s < nb; s++)
         tl__draw_resolve(ws, nr + start[s], nw + start[s], ni + start[s], fill[s], lo[s], hi[s],
-                         q + qs[s], qs[s + 1] - qs[s], depth + 1, out);
+                         fill[s] > n / 16, q + qs[s], qs[s + 1] - qs[s], depth + 1, out);
+}
+
+/* The draws q (sorted by tau) among the elements of a list split, in order, into those of
+ * reward above v (resolved at depth + 1), those of reward v (one level) and those below
+ * (depth + 1), each part in index order. */
+static void tl__draw_split(tl_bon_draw_ws *ws, const double *R, const double *W,
+                           const int32_t *I, ptrdiff_t n, double v, tl__dq *q, int nq,
+                           int depth, int64_t *out) {
+    double *nr = ws->lr[depth + 1], *nw = ws->lw[depth + 1];
+    int32_t *ni = ws->li[depth + 1];
+    ptrdiff_t n_gt = 0, n_eq = 0;
+    for (ptrdiff_t j = 0; j < n; j++) {
+        n_gt += R[j] > v;
+        n_eq += R[j] == v;
+    }
+    ptrdiff_t at[3] = {0, n_gt, n_gt + n_eq};
+    double lo[3] = {INFINITY, v, INFINITY}, hi[3] = {-INFINITY, v, -INFINITY};
+    for (ptrdiff_t j = 0; j < n; j++) {
+        double rv = R[j];
+        int part = rv > v ? 0 : rv == v ? 1 : 2;
+        ptrdiff_t t = at[part]++;
+        nr[t] = rv;
+        nw[t] = W[j];
+        ni[t] = I ? I[j] : (int32_t)j;
+        lo[part] = rv < lo[part] ? rv : lo[part];
+        hi[part] = rv > hi[part] ? rv : hi[part];
+    }
+    const ptrdiff_t from[4] = {0, n_gt, n_gt + n_eq, n};
+    /* the parts' masses from the top; a draw beyond the total (rounding) takes the lowest
+     * part of positive mass */
+    double acc = 0.0, mass[3] = {0.0, 0.0, 0.0};
+    int k = 0, lowest = 0;
+    for (int part = 0; part < 3; part++) {
+        ptrdiff_t m = from[part + 1] - from[part];
+        if (m == 0) continue;
+        mass[part] = tl__draw_sum(nw + from[part], m);
+        lowest = part;
+    }
+    for (int part = 0; part <= 3; part++) {
+        int k0 = k;
+        if (part < 3) {
+            while (k < nq && q[k].tau < acc + mass[part]) q[k++].tau -= acc;
+        } else { /* beyond the total by rounding: the lowest part */
+            part = lowest;
+            for (; k < nq; k++) q[k].tau -= acc - mass[part];
+        }
+        if (k > k0) {
+            ptrdiff_t m = from[part + 1] - from[part];
+            if (part == 1)
+                tl__draw_within(nw + from[1], ni + from[1], m, q + k0, k - k0, out);
+            else
+                tl__draw_resolve(ws, nr + from[part], nw + from[part], ni + from[part], m,
+                                 lo[part], hi[part], 1, q + k0, k - k0, depth + 1, out);
+        }
+        if (k == nq) break;
+        acc += mass[part];
+    }
 }
 
 /* The draws q (sorted by tau, residual to this list) among the elements R, W, I [0..n) of
- * positive weight, rewards in [lo, hi] (depth >= 1). */
+ * positive weight, rewards in [lo, hi] (depth >= 1): one level, or sorted (short lists, or
+ * at depth TL_DRAW_DEPTH), or by bins of equal width in the rewards or (heavy, and rewards
+ * of one sign) in their order-preserving keys (tl_sort.h). */
 static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *W,
-                             const int32_t *I, ptrdiff_t n, double lo, double hi, tl__dq *q,
-                             int nq, int depth, int64_t *out) {
+                             const int32_t *I, ptrdiff_t n, double lo, double hi, int heavy,
+                             tl__dq *q, int nq, int depth, int64_t *out) {
     if (n < 1 || nq < 1) return; /* (n >= 1 whenever a draw is here) */
     if (lo == hi) { /* one level */
         tl__draw_within(W, I, n, q, nq, out);
@@ -292,16 +354,33 @@ static void tl__draw_resolve(tl_bon_draw_ws *ws, const double *R, const double *
     }
     const int B = tl__draw_nbins(n);
     const double hl = 0.5 * lo, scale = (double)B / (0.5 * hi - hl), top = (double)(B - 1);
-    if (n <= TL_DRAW_SMALL || depth >= TL_DRAW_DEPTH || !(scale <= DBL_MAX)) {
+    const int by_key = heavy && (lo >= 0.0 || hi <= 0.0);
+    if (n <= TL_DRAW_SMALL || depth >= TL_DRAW_DEPTH || !(by_key || scale <= DBL_MAX)) {
         tl__draw_sorted(ws, R, W, I, n, q, nq, depth, 0.0, out);
         return;
     }
+    /* a reward shared by half of the list or more (its middle element's, say: sparse
+     * rewards, mostly 0) is a level of its own: the list split around it */
+    const double mid = R[n / 2];
+    ptrdiff_t n_eq = 0;
+    for (ptrdiff_t j = 0; j < n; j++) n_eq += R[j] == mid;
+    if (2 * n_eq >= n) {
+        tl__draw_split(ws, R, W, I, n, mid, q, nq, depth, out);
+        return;
+    }
     uint16_t *bins = ws->bins;
-    for (ptrdiff_t j = 0; j < n; j++) {
-        double f = (0.5 * R[j] - hl) * scale;
-        f = f > 0.0 ? f : 0.0;
-        f = f < top ? f : top;
-        bins[j] = (uint16_t)(int32_t)f;
+    if (by_key) {
+        const uint64_t klo = tl_double_key(lo), span = tl_double_key(hi) - klo;
+        int sh = 0;
+        while ((span >> sh) >= (uint64_t)B) sh++;
+        for (ptrdiff_t j = 0; j < n; j++) bins[j] = (uint16_t)((tl_double_key(R[j]) - klo) >> sh);
+    } else {
+        for (ptrdiff_t j = 0; j < n; j++) {
+            double f = (0.5 * R[j] - hl) * scale;
+            f = f > 0.0 ? f : 0.0;
+            f = f < top ? f : top;
+            bins[j] = (uint16_t)(int32_t)f;
+        }
     }
     tl__draw_by_bins(ws, R, W, I, n, B, q, nq, depth, 0.0, out);
 }

@@ -261,6 +261,8 @@ def _few_models(v=240):
         "masked": (masked, rng.integers(0, 6, v).astype(float)),
         "outlier": (rng.normal(size=v), outlier),  # all but one reward in one bin
         "geometric": (rng.normal(size=v), 2.0 ** -np.arange(v)),  # bins of bins, then a sort
+        # mostly 0: the zeros split off as a level of their own
+        "sparse": (rng.normal(size=v), np.where(rng.random(v) < 0.8, 0.0, rng.normal(size=v))),
         "binary": (rng.normal(size=v), rng.integers(0, 2, v) * 1.0),  # two levels
         "signed zeros": (rng.normal(size=v), np.where(rng.random(v) < 0.5, -0.0, 0.0)),
         "short": pad(rng.normal(size=30), rng.integers(0, 4, 30).astype(float)),  # sorted
@@ -292,7 +294,7 @@ def test_few_draws_pass_chi_square_against_the_exact_law(name, log_n):
     """10^6 draws (62500 rows x 16) of each model against pi_N from best_of_n (64
     outcomes: still bins, bins of a bin and sorted lists)."""
     models = _few_models(v=64)
-    names = ["ties", "masked", "geometric", "outlier", "short", "tiny mass", "wide"]
+    names = ["ties", "masked", "geometric", "outlier", "sparse", "short", "tiny mass", "wide"]
     rows = 62_500
     lg = np.repeat(np.stack([models[m][0] for m in names]), rows, axis=0)
     rw = np.repeat(np.stack([models[m][1] for m in names]), rows, axis=0)
