@@ -232,7 +232,8 @@ void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
  *      the top bin: the bin of the draw's threshold tau = t W (W the total weight), then
  *      only that bin's outcomes, again by bins of their own reward range (equal widths, or
  *      equal widths of the rewards' order-preserving bits where a bin held more than 1/16
- *      of its list: heavy tails; at most TL_DRAW_DEPTH times), then sorted by reward: the
+ *      of its list: heavy tails; a reward shared by half of a list split off as a level of
+ *      its own: sparse rewards; at most TL_DRAW_DEPTH times), then sorted by reward: the
  *      level, then the outcome (a second uniform against the running sum of the level's
  *      weights in index order).
  * Draw d uses words[2d] (the level) and words[2d + 1] (the outcome within it).  Sums are
