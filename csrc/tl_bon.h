@@ -216,4 +216,114 @@ void tl_bon_naive_relabel(tl_alias64 *slots, ptrdiff_t n, const int64_t *order,
                           const int64_t *start, ptrdiff_t L, int32_t *level_of_pos,
                           int32_t *outcome_here, int32_t *outcome_alias);
 
+/* ---- best-of-N draws in one pass over a row (a few draws per row) ----
+ * For a few draws per row, building the levels (a sort) and an alias table costs far more
+ * than the draws.  tl_bon_draw_row draws from pi_N without either: with U uniform, the
+ * level of the maximum of N draws is the lowest reward level v with F(v) >= U^(1/N), i.e.
+ * the lowest level whose survival S(v) = P(r > v) is <= t = 1 - U^(1/N) (taken in log
+ * space: log t = log(-expm1(-exp(log(-log U) - log N)))), and the outcome within it is
+ * drawn with probability p(y) / m_v.  Per row:
+ *   1. one vectorised pass: checks (the flags of tl_levels), the max logit m, the least
+ *      finite logit, the reward range of the support;
+ *   2. one vectorised pass: weights w = e^(l - m) by tl_vexp_det (the same bits on every
+ *      SIMD variant; 0 below e^-708) into the workspace, and each outcome's bin among B
+ *      equal-width reward bins (B = 64 .. 1024 with the row length);
+ *   3. a histogram of the weights by bin (scalar, fixed order) and the cumulative mass from
+ *      the top bin: the bin of the draw's threshold tau = t W (W the total weight), then
+ *      only that bin's outcomes, again by bins of their own reward range (equal widths, or
+ *      equal widths of the rewards' order-preserving bits where a bin held more than 1/16
+ *      of its list: heavy tails; a reward shared by half of a list split off as a level of
+ *      its own: sparse rewards; at most TL_DRAW_DEPTH times), then sorted by reward: the
+ *      level, then the outcome (a second uniform against the running sum of the level's
+ *      weights in index order).
+ * Draw d uses words[2d] (the level) and words[2d + 1] (the outcome within it).  Sums are
+ * in fixed orders (scalar code): the draws are the same on every variant and thread count.
+ * Each level's probability is its exact value up to the rounding of the sums and of the
+ * uniforms (an absolute error of a few 1e-16, relative accuracy for the top levels of large
+ * N).  Weights flushed to 0 (logits more than 708 below the max) are impossible outcomes
+ * here: for log N <= TL_DRAW_LOG_N_EXACT their probability under pi_N is below
+ * V e^(600 - 708) < e^-86; beyond, such a row returns TL_DRAW_EXACT (the caller then uses
+ * the alias-table path, tl_bon_level_weights).
+ *
+ * Returns 0 (out[0 .. nd) written), TL_FLAG_* bits (bad input, as tl_levels; nothing
+ * written) or TL_DRAW_EXACT.  nd <= TL_DRAW_MAX; n < 2^31.  scratch: the bytes of
+ * tl_bon_draw_scratch_bytes(n), 64-byte aligned, one per thread, set up once by
+ * tl_bon_draw_scratch_init. */
+#define TL_DRAW_MAX 16
+#define TL_DRAW_BINS 1024
+#define TL_DRAW_SMALL 48
+#define TL_DRAW_DEPTH 3
+#define TL_DRAW_EXACT (-1)
+#define TL_DRAW_LOG_N_EXACT 600.0
+
+typedef struct {
+    double *w, *rr;              /* weights; float32 rewards widened */
+    uint16_t *bins;              /* bin of each outcome / list element */
+    int32_t *pos;                /* positions gathered from a list */
+    double *lr[TL_DRAW_DEPTH + 2], *lw[TL_DRAW_DEPTH + 2]; /* lists of depth 1 .. DEPTH + 1 */
+    int32_t *li[TL_DRAW_DEPTH + 2];
+    uint64_t *keys, *kbuf;       /* sorts */
+    int64_t *vals, *vbuf;
+    double *hist;                /* 4 x TL_DRAW_BINS */
+    int32_t *cnt;                /* 4 x TL_DRAW_BINS */
+    double *cum;                 /* TL_DRAW_BINS + 1 */
+    int16_t *slot;               /* TL_DRAW_BINS */
+} tl_bon_draw_ws;
+
+/* the workspace carved from `base` (ws non-NULL), or only its size (ws NULL) */
+static inline size_t tl_bon_draw_ws_layout(char *base, ptrdiff_t n, tl_bon_draw_ws *ws) {
+    size_t off = 0, v = (size_t)n + 1, nb = TL_DRAW_BINS;
+#define TL__DRAW_TAKE(field, type, count)                                                   \
+    do {                                                                                   \
+        off = (off + 63) & ~(size_t)63;                                                    \
+        if (ws) ws->field = (type *)(base + off);                                          \
+        off += (size_t)(count) * sizeof(type);                                             \
+    } while (0)
+    TL__DRAW_TAKE(w, double, v);
+    TL__DRAW_TAKE(rr, double, v);
+    TL__DRAW_TAKE(bins, uint16_t, v);
+    TL__DRAW_TAKE(pos, int32_t, v);
+    for (int d = 0; d < TL_DRAW_DEPTH + 2; d++) {
+        if (d == 0) {
+            if (ws) ws->lr[0] = ws->lw[0] = NULL, ws->li[0] = NULL;
+            continue;
+        }
+        TL__DRAW_TAKE(lr[d], double, v);
+        TL__DRAW_TAKE(lw[d], double, v);
+        TL__DRAW_TAKE(li[d], int32_t, v);
+    }
+    TL__DRAW_TAKE(keys, uint64_t, v);
+    TL__DRAW_TAKE(kbuf, uint64_t, v);
+    TL__DRAW_TAKE(vals, int64_t, v);
+    TL__DRAW_TAKE(vbuf, int64_t, v);
+    TL__DRAW_TAKE(hist, double, 4 * nb);
+    TL__DRAW_TAKE(cnt, int32_t, 4 * nb);
+    TL__DRAW_TAKE(cum, double, nb + 1);
+    TL__DRAW_TAKE(slot, int16_t, nb);
+#undef TL__DRAW_TAKE
+    return off + 64;
+}
+
+static inline size_t tl_bon_draw_scratch_bytes(ptrdiff_t n) {
+    return tl_bon_draw_ws_layout(NULL, n, NULL);
+}
+
+/* a new scratch block made ready (its bin slots all -1: each call leaves them so) */
+static inline void tl_bon_draw_scratch_init(void *scratch, ptrdiff_t n) {
+    tl_bon_draw_ws ws;
+    tl_bon_draw_ws_layout((char *)scratch, n, &ws);
+    for (int b = 0; b < TL_DRAW_BINS; b++) ws.slot[b] = -1;
+}
+
+/* The selection part of tl_bon_draw_row (scalar code; each variant calls its own copy):
+ * the draws of words[0 .. 2 nd) among the n outcomes whose weights are ws->w and rewards R,
+ * all of one level (one_level), or binned into ws->bins (B > 0 bins) or not (B = 0). */
+void tl_bon_draw_select(tl_bon_draw_ws *ws, const double *R, ptrdiff_t n, int one_level, int B,
+                        double log_n, const uint64_t *words, int nd, int64_t *out);
+
+ptrdiff_t tl_bon_draw_row_f64(const double *l, const double *r, ptrdiff_t n, double log_n,
+                              const uint64_t *words, int nd, int64_t *out, void *scratch);
+ptrdiff_t tl_bon_draw_row_f32(const float *l, const float *r, ptrdiff_t n, double log_n,
+                              const uint64_t *words, int nd, int64_t *out, void *scratch);
+
 #endif

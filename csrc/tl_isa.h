@@ -1,8 +1,9 @@
 /* Instruction-set variants of the vectorised kernels (runtime dispatch).
  *
  * The kernel sources that hold vectorisable loops (tl_lse.c, tl_tilt.c, tl_kl.c, tl_bon.c,
- * tl_soft.c, tl_softmax.c, tl_cat.c, and the test hook tl_mathcheck.c) are compiled once
- * per variant, with TL_ISA set to the variant's name and the variant's compiler flags:
+ * tl_bon_draw.c, tl_soft.c, tl_softmax.c, tl_cat.c, and the test hook tl_mathcheck.c) are
+ * compiled once per variant, with TL_ISA set to the variant's name and the variant's
+ * compiler flags:
  *     portable   the build's baseline (x86-64: SSE2)
  *     avx2       -mavx2 -mfma
  *     avx512     -mavx512f -mavx512dq -mavx512vl -mavx512bw, 512-bit vectors
@@ -52,6 +53,9 @@
 #define tl_bon_logprobs_f64 TL_ISA_NAME(tl_bon_logprobs_f64)
 #define tl_bon_logprobs_f32 TL_ISA_NAME(tl_bon_logprobs_f32)
 #define tl_bon_law TL_ISA_NAME(tl_bon_law)
+#define tl_bon_draw_row_f64 TL_ISA_NAME(tl_bon_draw_row_f64)
+#define tl_bon_draw_row_f32 TL_ISA_NAME(tl_bon_draw_row_f32)
+#define tl_bon_draw_select TL_ISA_NAME(tl_bon_draw_select) /* each variant calls its own */
 #define tl_soft_nodes TL_ISA_NAME(tl_soft_nodes)
 #define tl_soft_bins TL_ISA_NAME(tl_soft_bins)
 #define tl_softmax_chunk_f64 TL_ISA_NAME(tl_softmax_chunk_f64)

@@ -15,7 +15,7 @@ from numpy.testing import assert_array_equal
 from scipy import stats
 
 import tiltlab
-from tiltlab import _bestofn, bestofn, simd
+from tiltlab import _bestofn, _streams, bestofn, simd
 
 MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -98,7 +98,7 @@ def test_draw_d_is_word_d_through_the_table(log_n, n_threads):
                                    n_threads=n_threads)
     fl, *table = _bestofn.sampler_table(logits, rewards, log_n)
     assert fl == 0
-    u = _words(bestofn._stream_seeds(5, 1)[0], 0, size)
+    u = _words(_streams.stream_seeds(5, 1)[0], 0, size)
     assert_array_equal(got, _table_draws(table, u))
 
 
@@ -108,7 +108,7 @@ def test_naive_sample_d_is_words_d_n_to_d_n_plus_n_minus_1():
     got = tiltlab.simulate_best_of_n(logits, rewards, n, size=size, rng=9, n_threads=2)
     fl, *table = _bestofn.sampler_table(logits, rewards, 0.0, True)
     assert fl == 0
-    cand = _table_draws(table, _words(bestofn._stream_seeds(9, 1)[0], 0, size * n))
+    cand = _table_draws(table, _words(_streams.stream_seeds(9, 1)[0], 0, size * n))
     cand = cand.reshape(size, n)
     first_best = np.argmax(rewards[cand], axis=1)  # the first maximum
     assert_array_equal(got, cand[np.arange(size), first_best])
@@ -194,3 +194,172 @@ def test_draws_identical_on_every_simd_variant():
     for v in out:
         for a, b in zip(first, out[v], strict=True):
             assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- a few draws per row
+#
+# With size None or size <= DRAW_MAX (16) draws per row, sample_best_of_n draws in one pass
+# over each row (csrc/tl_bon.h, tl_bon_draw_row): draw d takes word 2d for the level (the
+# lowest level whose survival is <= t W, t = 1 - U^(1/N)) and word 2d + 1 for the outcome
+# within it.  Rows whose logits span more than 708 nats with log N > 600 keep the alias
+# table (word d), the draws of the same seed as a longer run's.
+
+DRAW_MAX = _bestofn.DRAW_MAX
+
+
+def _rule_draws(logits, rewards, log_n, words):
+    """The documented rule of the one-pass path for one row, written again with NumPy
+    (flat sums: the kernel's hierarchical ones differ by rounding, which moves a draw only
+    when a uniform falls within ~1e-15 of a boundary)."""
+    lg, rw = np.asarray(logits, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
+    x = lg - lg.max()
+    w = np.where(x >= -708.0, np.exp(np.where(x >= -708.0, x, 0.0)), 0.0)
+    order = np.lexsort((np.arange(len(lg)), -rw))  # reward descending, then index
+    order = order[w[order] > 0]
+    rs, ws = rw[order] + 0.0, w[order]
+    starts = np.flatnonzero(np.r_[True, rs[1:] != rs[:-1]])
+    ends = np.r_[starts[1:], len(rs)]
+    mass = np.array([ws[s:e].sum() for s, e in zip(starts, ends, strict=True)])
+    cum = np.cumsum(mass)  # the mass of the levels from the top, inclusive
+    out = []
+    for d in range(len(words) // 2):
+        u = int(words[2 * d])
+        if u >> 63:
+            lu = np.log(((2**64 - 1 - u) + 0.5) * 2.0**-64)
+        else:
+            lu = np.log1p(-((u + 0.5) * 2.0**-64))
+        if log_n <= 600:  # t = 1 - U^(1/N)
+            tau = -np.expm1(lu * np.exp(-log_n)) * cum[-1]
+        else:  # from log t
+            ly = np.log(-lu) - log_n
+            lt = ly - 0.5 * np.exp(ly) if ly < -20 else np.log(-np.expm1(-np.exp(ly)))
+            tau = np.exp(lt + np.log(cum[-1]))
+        j = min(int(np.searchsorted(cum, tau, side="right")), len(mass) - 1)
+        s, e = starts[j], ends[j]
+        x2 = (int(words[2 * d + 1]) >> 11) * 2.0**-53 * mass[j]
+        k = min(int(np.searchsorted(np.cumsum(ws[s:e]), x2, side="right")), e - s - 1)
+        out.append(order[s + k])
+    return np.array(out, dtype=np.int64)
+
+
+def _few_models(v=240):
+    """Rows of one length v (shorter models padded with impossible outcomes) that take
+    every route of the one-pass kernel: bins, bins of a bin, sorted lists, one level."""
+    rng = np.random.default_rng(17)
+
+    def pad(lg, rw):
+        return (np.r_[lg, np.full(v - len(lg), -np.inf)],
+                np.r_[rw, rng.uniform(-1e300, 1e300, v - len(rw))])
+
+    masked = rng.normal(size=v) * 2
+    masked[::3] = -np.inf
+    outlier = rng.normal(size=v)
+    outlier[7] = 1e6
+    return {
+        "ties": (rng.normal(size=v) * 1.5, rng.integers(0, 25, v).astype(float)),
+        "continuous": (rng.normal(size=v) * 2, rng.uniform(size=v)),
+        "masked": (masked, rng.integers(0, 6, v).astype(float)),
+        "outlier": (rng.normal(size=v), outlier),  # all but one reward in one bin
+        "geometric": (rng.normal(size=v), 2.0 ** -np.arange(v)),  # bins of bins, then a sort
+        # mostly 0: the zeros split off as a level of their own
+        "sparse": (rng.normal(size=v), np.where(rng.random(v) < 0.8, 0.0, rng.normal(size=v))),
+        "binary": (rng.normal(size=v), rng.integers(0, 2, v) * 1.0),  # two levels
+        "signed zeros": (rng.normal(size=v), np.where(rng.random(v) < 0.5, -0.0, 0.0)),
+        "short": pad(rng.normal(size=30), rng.integers(0, 4, 30).astype(float)),  # sorted
+        "tiny mass": (np.r_[np.zeros(v - 1), -700.0], np.r_[np.zeros(v - 1), 1.0]),
+        "wide": (np.r_[rng.normal(size=v - 1), -1000.0], rng.uniform(size=v)),  # flushed
+    }
+
+
+FEW_LOG_NS = [("n=1", 0.0), ("n=2", np.log(2.0)), ("n=16", np.log(16.0)),
+              ("n=1e6", np.log(1e6)), ("log_n=1000", 1000.0)]
+
+
+@pytest.mark.parametrize(("name", "log_n"), FEW_LOG_NS, ids=[a for a, _ in FEW_LOG_NS])
+def test_few_draws_follow_the_documented_rule(name, log_n):
+    """Every model, 40 rows x 16 draws: the draws are the rule applied to the words."""
+    for model, (lg, rw) in _few_models().items():
+        if model == "wide" and log_n > 600:
+            continue  # the alias-table path (test below)
+        got = tiltlab.sample_best_of_n(np.broadcast_to(lg, (40, len(lg))), rw, log_n=log_n,
+                                       size=DRAW_MAX, rng=8)
+        seeds = _streams.stream_seeds(8, 40)
+        for i in range(40):
+            want = _rule_draws(lg, rw, log_n, _words(seeds[i], 0, 2 * DRAW_MAX))
+            assert_array_equal(got[i], want, err_msg=f"{model} row {i}")
+
+
+@pytest.mark.parametrize(("name", "log_n"), FEW_LOG_NS, ids=[a for a, _ in FEW_LOG_NS])
+def test_few_draws_pass_chi_square_against_the_exact_law(name, log_n):
+    """10^6 draws (62500 rows x 16) of each model against pi_N from best_of_n (64
+    outcomes: still bins, bins of a bin and sorted lists)."""
+    models = _few_models(v=64)
+    names = ["ties", "masked", "geometric", "outlier", "sparse", "short", "tiny mass", "wide"]
+    rows = 62_500
+    lg = np.repeat(np.stack([models[m][0] for m in names]), rows, axis=0)
+    rw = np.repeat(np.stack([models[m][1] for m in names]), rows, axis=0)
+    draws = tiltlab.sample_best_of_n(lg, rw, log_n=log_n, size=DRAW_MAX, rng=31)
+    for k, model in enumerate(names):
+        law = np.exp(tiltlab.best_of_n(models[model][0], models[model][1],
+                                       log_n=log_n).log_probs)
+        got = draws[k * rows:(k + 1) * rows]
+        counts = np.bincount(got.ravel(), minlength=len(law))
+        assert counts[law == 0].sum() == 0, model
+        if np.count_nonzero(law * got.size >= 20) > 1:
+            assert _pvalue(counts, law) > 1e-4, model
+        else:  # the law sits on one outcome (to < 20 / 10^6)
+            assert counts.max() >= got.size - 100, model
+
+
+def test_few_draws_prefix_size_none_and_float32():
+    lg, rw = _few_models()["ties"]
+    batch = np.stack([lg, lg[::-1], lg * 2])
+    full = tiltlab.sample_best_of_n(batch, rw, n=7, size=DRAW_MAX, rng=3)
+    assert_array_equal(tiltlab.sample_best_of_n(batch, rw, n=7, size=5, rng=3), full[:, :5])
+    assert_array_equal(tiltlab.sample_best_of_n(batch, rw, n=7, rng=3), full[:, 0])
+    # float32 input: the draws of its float64 values
+    b32, r32 = batch.astype(np.float32), rw.astype(np.float32)
+    assert_array_equal(tiltlab.sample_best_of_n(b32, r32, n=7, size=DRAW_MAX, rng=3),
+                       tiltlab.sample_best_of_n(b32.astype(np.float64), r32.astype(np.float64),
+                                                n=7, size=DRAW_MAX, rng=3))
+    # the small-call path and the general one (a non-contiguous view) agree
+    assert_array_equal(tiltlab.sample_best_of_n(np.asfortranarray(batch), rw, n=7,
+                                                size=DRAW_MAX, rng=3), full)
+
+
+def test_rows_beyond_the_weights_range_keep_the_alias_table():
+    """log N > 600 and logits spanning > 708 nats: word d through the alias table (the
+    first draws of a longer run); the other rows of the batch take the one-pass path."""
+    models = _few_models()
+    lg_w, rw_w = models["wide"]
+    lg_t, rw_t = models["ties"]
+    batch_l, batch_r = np.stack([lg_w, lg_t]), np.stack([rw_w, rw_t])
+    few = tiltlab.sample_best_of_n(batch_l, batch_r, log_n=1000.0, size=DRAW_MAX, rng=12)
+    many = tiltlab.sample_best_of_n(batch_l, batch_r, log_n=1000.0, size=DRAW_MAX + 1, rng=12)
+    assert_array_equal(few[0], many[0, :DRAW_MAX])
+    fl, *table = _bestofn.sampler_table(lg_w, rw_w, 1000.0)
+    seeds = _streams.stream_seeds(12, 2)
+    assert_array_equal(few[0], _table_draws(table, _words(seeds[0], 0, DRAW_MAX)))
+    assert_array_equal(few[1], _rule_draws(lg_t, rw_t, 1000.0, _words(seeds[1], 0, 2 * DRAW_MAX)))
+    # at log N <= 600 the wide row takes the one-pass path (its flushed outcome weighs
+    # < e^-86 under pi_N)
+    few600 = tiltlab.sample_best_of_n(lg_w, rw_w, log_n=600.0, size=DRAW_MAX, rng=12)
+    assert_array_equal(few600, _rule_draws(lg_w, rw_w, 600.0, _words(seeds[0], 0, 2 * DRAW_MAX)))
+
+
+def test_few_draws_identical_for_any_thread_count_and_variant():
+    """A batch over the threading threshold mixing every model and N: bitwise the same
+    draws on 1, 2 and 3 threads and on every SIMD variant."""
+    models = _few_models(v=1500)
+    lg = np.stack([m[0] for m in models.values()] * 12)
+    rw = np.stack([m[1] for m in models.values()] * 12)
+    log_n = np.repeat([0.0, np.log(16.0), np.log(1e6), 1000.0], len(lg) // 4)
+    ref_draws = None
+    for v in simd.available():
+        with simd.use(v):
+            for nt in (1, 2, 3):
+                got = tiltlab.sample_best_of_n(lg, rw, log_n=log_n, size=DRAW_MAX, rng=5,
+                                               n_threads=nt)
+                if ref_draws is None:
+                    ref_draws = got
+                assert_array_equal(got, ref_draws, err_msg=f"{v} {nt} threads")

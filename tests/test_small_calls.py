@@ -20,7 +20,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import tiltlab
-from tiltlab import _bestofn
+from tiltlab import _bestofn, _streams
 from tiltlab import _validation as V
 from tiltlab import bestofn as B
 
@@ -397,8 +397,8 @@ def test_stream_seeds_of_int_seeds_match_numpy(seed, count):
     raw = np.random.PCG64(np.random.SeedSequence(seed)).random_raw(2)
     entropy = (int(raw[0]) << 64) | int(raw[1])
     want = np.random.SeedSequence(entropy).generate_state(4 * count, np.uint64)
-    got = B._stream_seeds(seed, count)
+    got = _streams.stream_seeds(seed, count)
     assert got.dtype == np.uint64 and got.shape == (count, 4)
     assert_array_equal(got.reshape(-1), want)
     # and the general path (a Generator) gives the same as default_rng(seed)
-    assert_array_equal(B._stream_seeds(np.random.default_rng(seed), count), got)
+    assert_array_equal(_streams.stream_seeds(np.random.default_rng(seed), count), got)

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(OBJDUMP is None,
 
 KERNELS = ["tl_lse_chunk", "tl_tilt_chunk", "tl_kl_chunk", "tl_moments_chunk", "tl_prescan",
            "tl_softmax_chunk", "tl_softmax_scale", "tl_log_softmax_write",
-           "tl_cat_prepare"]
+           "tl_cat_prepare", "tl_bon_draw_row"]
 WIDE_VARIANTS = ["avx2", "avx512"]
 MIN_WIDE_SHARE = 0.75
 MIN_FMA_IN_POLY_LOOP = 6

@@ -4,12 +4,14 @@
 
 No validation here (tiltlab._validation does it); per-element status flags come back to
 the Python layer.  Exact laws run one thread per distinct row (each with its own
-workspace); samplers split the draws of every row into fixed blocks, each with its own
-bit generator, so that results do not depend on the number of threads.
+workspace); samplers split the draws of every row into fixed blocks, each starting from
+its own offset of the row's stream, or (draw_rows: a few draws per row) run the rows in
+parallel, each from its own stream, so that results do not depend on the number of
+threads.
 """
 from cython.parallel cimport prange, threadid
 from libc.math cimport NAN, exp
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -317,6 +319,88 @@ def sample_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::
         if w.keys != NULL:
             _ws_free(&w)
     return failed
+
+
+cdef extern from "tl_bon.h" nogil:
+    enum:
+        TL_DRAW_MAX
+        TL_DRAW_EXACT
+    size_t tl_bon_draw_scratch_bytes(Py_ssize_t n)
+    void tl_bon_draw_scratch_init(void *scratch, Py_ssize_t n)
+    Py_ssize_t tl_bon_draw_row_f64(const double *l, const double *r, Py_ssize_t n, double log_n,
+                                   const uint64_t *words, int nd, int64_t *out, void *scratch)
+    Py_ssize_t tl_bon_draw_row_f32(const float *l, const float *r, Py_ssize_t n, double log_n,
+                                   const uint64_t *words, int nd, int64_t *out, void *scratch)
+
+#: draws per row up to which sample_best_of_n draws in one pass over the row (draw_rows)
+DRAW_MAX = TL_DRAW_MAX
+
+
+cdef void _draw_row(const floating *l, const floating *r, Py_ssize_t V, double log_n,
+                    const uint64_t *seed, int nd, int64_t *out, int32_t *flag,
+                    uint8_t *exact, void *scratch) noexcept nogil:
+    """The nd draws of one row from its stream (words 0 .. 2 nd - 1), or exact[0] = 1 when
+    the row needs the alias-table path."""
+    cdef tl_pcg64 g
+    cdef uint64_t words[32]  # 2 TL_DRAW_MAX
+    cdef Py_ssize_t fl
+    tl_pcg64_seed(&g, seed)
+    tl_pcg64_words(&g, words, 2 * nd)
+    if floating is double:
+        fl = tl_bon_draw_row_f64(l, r, V, log_n, words, nd, out, scratch)
+    else:
+        fl = tl_bon_draw_row_f32(l, r, V, log_n, words, nd, out, scratch)
+    if fl == TL_DRAW_EXACT:
+        exact[0] = 1
+        flag[0] = 0
+    else:
+        exact[0] = 0
+        flag[0] = <int32_t> fl
+
+
+def draw_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
+              const int64_t[::1] roff, Py_ssize_t V, const double[::1] log_n, int size,
+              const uint64_t[:, ::1] seeds, int64_t[:, ::1] out, int32_t[::1] flags,
+              uint8_t[::1] exact, int n_threads):
+    """out[e, :size] = draws from the best-of-N law of batch element e in one pass over its
+    row (csrc/tl_bon.h, tl_bon_draw_row), for 1 <= size <= DRAW_MAX: element e reads words
+    0 .. 2 size - 1 of the PCG64 stream seeded by seeds[e] (draw d: words 2d and 2d + 1).
+    Rows run in parallel, one per thread at a time, each with the thread's workspace: the
+    draws do not depend on the number of threads.  flags[e] gets the row's TL_FLAG_* bits;
+    exact[e] = 1 marks a row left to the alias-table path (sample_rows), its draws not
+    written."""
+    cdef Py_ssize_t n_el = loff.shape[0]
+    cdef Py_ssize_t e
+    cdef int t
+    cdef const tl_stop_flag *stop
+    if n_el == 0:
+        return
+    if size < 1 or size > TL_DRAW_MAX:
+        raise ValueError("internal: draw_rows takes 1 .. DRAW_MAX draws per row")
+    if seeds.shape[0] != n_el or seeds.shape[1] != 4 or out.shape[0] != n_el \
+            or out.shape[1] < size:
+        raise ValueError("internal: wrong shape of the stream seeds or of out")
+    n_threads = tl_team_size(n_threads)
+    cdef int nt = n_threads if n_threads < n_el else <int> n_el
+    if nt < 1:
+        nt = 1
+    cdef size_t per = (tl_bon_draw_scratch_bytes(V) + 127) & ~(<size_t> 63)
+    cdef _Buffer scratch_b = _Buffer(nt, per)
+    cdef char *base = <char *> ((<size_t> scratch_b.ptr + 63) & ~(<size_t> 63))
+    for t in range(nt):
+        tl_bon_draw_scratch_init(base + <size_t> t * per, V)
+    cdef const floating *lp = &lb[0]
+    cdef const floating *rp = &rb[0]
+    cdef _Interruptible guard = _Interruptible(<double> n_el * V)
+    with nogil:
+        stop = tl_stop_flag_here()
+        for e in prange(n_el, num_threads=nt, schedule='dynamic', chunksize=1):
+            if tl_stop_requested(stop):
+                continue
+            t = threadid()
+            _draw_row(lp + loff[e], rp + roff[e], V, log_n[e], &seeds[e, 0], size,
+                      &out[e, 0], &flags[e], &exact[e], base + <size_t> t * per)
+    guard.finish()
 
 
 def pcg64_words(const uint64_t[::1] seed, uint64_t offset_hi, uint64_t offset_lo,

@@ -25,8 +25,7 @@ from tiltlab import _bestofn
 from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab._rowcalls import tilt_shift
-from tiltlab._streams import size_value as _size_value
-from tiltlab._streams import stream_seeds as _stream_seeds
+from tiltlab._streams import size_value, stream_seeds
 
 __all__ = [
     "BestOfN",
@@ -367,6 +366,26 @@ def _generators(rng, count: int) -> list:
     return _bestofn.pcg64_children(_entropy(rng), count)
 
 
+def _draw_exact_rows(first, second, loff, roff, n_out, log_n, draws, seeds, out, flags, exact,
+                     n_threads) -> int:
+    """The rows marked ``exact`` by _bestofn.draw_rows drawn again by the alias-table path
+    (their own streams); returns the number of rows without a table (0 unless a bug)."""
+    idx = np.flatnonzero(exact)
+    if not len(idx):
+        return 0
+    sub = np.empty((len(idx), draws), dtype=np.int64)
+    sub_flags = np.zeros(len(idx), dtype=np.int32)
+    failed = _bestofn.sample_rows(first, second, np.ascontiguousarray(loff[idx]),
+                                  np.ascontiguousarray(roff[idx]), n_out,
+                                  np.ascontiguousarray(log_n[idx]),
+                                  np.ones(len(idx), dtype=np.int64), False, draws, SAMPLE_BLOCK,
+                                  np.ascontiguousarray(seeds[idx]), sub, sub_flags,
+                                  V.threads_for_blocks(len(idx), n_threads))
+    out[idx, :draws] = sub
+    flags[idx] = sub_flags
+    return failed
+
+
 def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     nt = V.n_threads_value(n_threads)
     if rows.n_outcomes > np.iinfo(np.int32).max:
@@ -380,13 +399,24 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_el, dtype=np.int32)
     failed = 0
-    if n_el and draws:
+    if n_el and draws and not naive and draws <= _bestofn.DRAW_MAX:
+        # a few draws per row: one pass over each row, rows in parallel
+        seeds = stream_seeds(rng, n_el)
+        exact = np.zeros(n_el, dtype=np.uint8)
+        log_n = rows.params["log_n"]
+        _bestofn.draw_rows(rows.first, rows.second, rows.first_off, rows.second_off,
+                           rows.n_outcomes, log_n, draws, seeds, out, flags, exact,
+                           V.threads_for_work(n_el * rows.n_outcomes, nt))
+        V.raise_for_flags(flags, rows)
+        failed = _draw_exact_rows(rows.first, rows.second, rows.first_off, rows.second_off,
+                                  rows.n_outcomes, log_n, draws, seeds, out, flags, exact, nt)
+    elif n_el and draws:
         # the blocks of draws are the parallel work: no more threads than blocks
         blocks = -(-draws // SAMPLE_BLOCK)
         failed = _bestofn.sample_rows(rows.first, rows.second, rows.first_off,
                                       rows.second_off, rows.n_outcomes, rows.params["log_n"],
                                       n_candidates, naive, draws, SAMPLE_BLOCK,
-                                      _stream_seeds(rng, n_el), out, flags,
+                                      stream_seeds(rng, n_el), out, flags,
                                       V.threads_for_blocks(n_el * blocks, nt))
     V.raise_for_flags(flags, rows)
     if failed:
@@ -403,15 +433,30 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
                      n_threads: int | None = None):
     """Outcome indices drawn from the best-of-N law by the order statistic (SPEC section 3).
 
-    The law of the maximum of N draws, ``pi_N(y) = p(y) w_j / m_j`` with the level weights
-    ``w_j = F_j^N - F_{j-1}^N``, is laid out once per row as one alias table over the
-    outcomes of positive weight; each draw then takes one 64-bit random word and one table
-    lookup, so the cost per draw does not depend on N.  Every batch element draws from its
-    own PCG64 stream (NumPy's generator, seeded from ``rng``) and draw d uses word d of it:
-    same seed, same draws, whatever the number of threads or the SIMD variant, and a
-    shorter run is a prefix of a longer one.  (Earlier versions drew the level by a guide
-    table, with one or two words per draw from a bit generator per block of draws: the
-    draws of a given seed differ from theirs; the law is the same.)
+    The maximum of N draws falls in reward level j with probability
+    ``w_j = F_j^N - F_{j-1}^N`` and is, within the level, an outcome drawn from p restricted
+    to it: ``pi_N(y) = p(y) w_j / m_j``, at a cost per draw that does not depend on N.  Two
+    routes, chosen by ``size`` (and, for a few rows, the data), never by the number of
+    threads or the SIMD variant:
+
+    * a few draws per row (``size`` None or at most 16): one pass over each row, rows in
+      parallel.  A draw's level is the lowest one whose survival ``P_p(r > v)`` is at most
+      ``t = 1 - U^(1/N)`` (a weighted quantile of the rewards, found through a histogram of
+      the weights ``e^(l - max l)`` by reward bins, without sorting the row), and the
+      outcome within it is drawn with probability ``p(y) / m_j`` by a second uniform; draw d
+      reads words 2d and 2d + 1 of the stream.  Rows whose finite logits span more than 708
+      nats with ``log N > 600`` take the second route (their tail weights are below the
+      double range of the one-pass weights).
+    * more draws: ``pi_N`` laid out once per row as one alias table over the outcomes of
+      positive weight; draw d takes word d of the stream and one table lookup.
+
+    Every batch element draws from its own PCG64 stream (NumPy's generator, seeded from
+    ``rng``): same seed, same draws, whatever the number of threads or the SIMD variant, and
+    a shorter run is a prefix of a longer one on the same route (both at most 16 draws, or
+    both more).  (Changed: earlier versions drew ``size`` None and up to 16 draws per row
+    through the alias table too: for those sizes the draws of a given seed differ from
+    theirs; the law is the same.  Earlier still, the level was drawn by a guide table, with
+    one or two words per draw from a bit generator per block of draws.)
 
     Parameters
     ----------
@@ -424,8 +469,9 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     rng : None, int or numpy.random.Generator
         Source of randomness (NumPy convention).
     n_threads : int, optional
-        Threads for drawing: the draws of a row are split into blocks of 65536, so at most
-        one thread per block (a single block runs on the calling thread).
+        Threads: for at most 16 draws per row, rows in parallel (a batch of fewer than 2^17
+        elements on the calling thread); for more, the draws of a row are split into blocks
+        of 65536, at most one thread per block (a single block runs on the calling thread).
 
     Returns
     -------
@@ -445,7 +491,7 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
         if lg_f is not None:
             return _sample_small(logits, rewards, lg_f, small, size, rng, n_threads)
     lg = _log_n_param(n, log_n)
-    size = _size_value(size)
+    size = size_value(size)
     rows = V.prepare_rows(logits, rewards, {"log_n": lg})
     cand = np.ones(rows.n_rows, dtype=np.int64)
     return _sample(rows, False, cand, size, rng, n_threads)
@@ -461,10 +507,21 @@ def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_thre
     if draws:
         flags = np.zeros(n_rows, dtype=np.int32)
         off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
-        failed = _bestofn.sample_rows(logits.reshape(-1), rewards.reshape(-1), off, off, n_out,
-                                      np.full(n_rows, log_n), np.ones(n_rows, dtype=np.int64),
-                                      False, draws, SAMPLE_BLOCK, _stream_seeds(rng, n_rows),
-                                      out, flags, 1)
+        lg, rw = logits.reshape(-1), rewards.reshape(-1)
+        log_ns = np.full(n_rows, log_n)
+        seeds = stream_seeds(rng, n_rows)
+        if draws <= _bestofn.DRAW_MAX:
+            exact = np.zeros(n_rows, dtype=np.uint8)
+            _bestofn.draw_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags, exact,
+                               1)
+            if flags.any():
+                V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
+            failed = _draw_exact_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags,
+                                      exact, 1)
+        else:
+            failed = _bestofn.sample_rows(lg, rw, off, off, n_out, log_ns,
+                                          np.ones(n_rows, dtype=np.int64), False, draws,
+                                          SAMPLE_BLOCK, seeds, out, flags, 1)
         if flags.any():
             V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
         if failed:
@@ -517,7 +574,7 @@ def simulate_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike, *,
         raise ValueError(f"n must be below 2^63 for the naive sampler (n draws per sample); "
                          f"got {n_arr[n_arr >= 2.0**63].flat[0]!r} (sample_best_of_n draws "
                          f"from the exact law for any N)")
-    size = _size_value(size)
+    size = size_value(size)
     rows = V.prepare_rows(logits, rewards, {"log_n": np.log(n_arr)})
     cand = np.ascontiguousarray(
         np.broadcast_to(n_arr, rows.batch_shape).reshape(-1).astype(np.int64))

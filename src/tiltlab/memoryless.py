@@ -26,7 +26,8 @@ from numpy.typing import ArrayLike
 from tiltlab import _interop as interop
 from tiltlab import _lattice
 from tiltlab import _validation as V
-from tiltlab.bestofn import _generators, _log_n_param, _size_value
+from tiltlab._streams import size_value
+from tiltlab.bestofn import _generators, _log_n_param
 from tiltlab.tilting import TiltStats, cumulants, solve_lambda, tilt_stats
 
 __all__ = ["Memoryless", "LatticeLaw", "SequenceBestOfN", "Asymptotics"]
@@ -1037,7 +1038,7 @@ class SequenceBestOfN:
         >>> b.sample_rewards(3, rng=0)
         array([5141., 5140., 5141.])
         """
-        sz = _size_value(size)
+        sz = size_value(size)
         draws = 1 if sz is None else sz
         nt = V.n_threads_value(n_threads)
         # int64 sums and float64 values, one bit generator (~1 KiB) per block of draws
@@ -1073,7 +1074,7 @@ class SequenceBestOfN:
         >>> y.shape, y.sum(axis=1)
         ((2, 10000), array([5141, 5141]))
         """
-        sz = _size_value(size)
+        sz = size_value(size)
         draws = 1 if sz is None else sz
         nt = V.n_threads_value(n_threads)
         model = self._model
