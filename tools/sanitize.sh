@@ -80,7 +80,8 @@ echo "==> tests under ASan + UBSan ($(python -c 'import tiltlab; print(tiltlab.b
 if [ "$#" -eq 0 ]; then
   set -- tests/test_logsumexp.py tests/test_tilting.py tests/test_kl_divergence.py \
     tests/test_bestofn.py tests/test_threads.py tests/test_bad_input.py tests/test_simd.py \
-    tests/test_solve.py tests/test_regressions.py \
+    tests/test_solve.py tests/test_regressions.py tests/test_special.py \
+    tests/test_sampling.py tests/test_samplers.py \
     "tests/test_memoryless.py" "tests/test_policies.py" -x -q -p no:cacheprovider \
     -k "not mpmath and not reproduce and not cli"
 fi
