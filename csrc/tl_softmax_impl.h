@@ -1,7 +1,8 @@
 /* Softmax / log-softmax kernels, templated on TL_T (see tl_template.h and tl_softmax.h).
  * The arithmetic is in double lanes for both input types (float32: the terms are written
  * as floats by pass 1 and rescaled in double by pass 2, so a float32 result is within
- * about one float32 ulp of the exact softmax of the float32 inputs). */
+ * about one float32 ulp of the exact softmax of the float32 inputs; the float32 terms use
+ * the cheaper tl__sm_vterm32 and the float32 scan runs in float lanes). */
 
 #if TL_HAVE_VEC
 #if !TL_T_IS_F32
