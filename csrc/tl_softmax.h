@@ -8,15 +8,21 @@
  * the reference m each block was written against is kept in the chunk's state.  The chunk
  * states of a row are merged left to right (tl_softmax_merge: bitwise the same for any
  * thread count).  Pass 2 writes the results while the row is still in cache:
- *     softmax      out = (e * exp(m_block - M)) / S
+ *     softmax      out = e * g,  g = exp(m_block - M) / S  (one factor a block: no division)
  *     log_softmax  out = (x - M) - log1p((count - 1) + rest)
- * with M the row maximum and S = count + rest the sum of exp(x - M).
+ * with M the row maximum and S = count + rest the sum of exp(x - M).  The block N + 4 is
+ * prefetched (into L1 and L2) while block N is computed.
  *
  * Exactness: every difference x - M (and m_block - M) enters the exponential with its
  * rounding error (two-sum), e^(d + lo) = e^d + e^d lo, so the terms are within about one
  * ulp of the exponentials of the exact differences whatever the offset of the row; the
  * log-softmax of a row is a function of the rounded differences fl(x - M) only, hence
- * exactly invariant under any shift x + c that is exact.
+ * exactly invariant under any shift x + c that is exact.  float64 softmax terms use an
+ * exponential without the subnormal split; a block with a term in (e^-746, e^-708) (a
+ * subnormal result) is redone with the exact one, so the results are those of tl_vexp.
+ * float32 rows: the difference of two floats in double needs no two-sum and the
+ * exponential a degree-9 polynomial (relative error < 1e-11), flushed to 0 below e^-708
+ * (below every float32): the terms are far more exact than a float32 ulp.
  *
  * Special rows (SciPy 1.17): NaN anywhere -> softmax and log_softmax all NaN; a +inf (no
  * NaN) -> softmax all NaN, log_softmax NaN at the +inf entries and -inf elsewhere; all
