@@ -6,7 +6,8 @@
  * summed into 8 virtual accumulators, element i into accumulator i mod 8, reduced in a
  * fixed order: the same bits on every SIMD variant), then the block scale
  * f_b = e^(M_b - m) (m = max_b M_b) and the prefix C_b = sum_{k<=b} s_k f_k (sequential).
- * A draw takes one 64-bit word w of the row's stream: u = (w >> 11) 2^-53, t = u C_last,
+ * A draw takes one 64-bit word w of the row's stream: u = ((w >> 12) + 1/2) 2^-52 (in
+ * (0, 1), never 0), t = u C_last,
  * the block b = the first with C_b > t (binary search; the last block of positive weight if
  * rounding leaves none), then inside the block the first element whose sequential
  * cumulative sum of e^(z_i - M_b) exceeds (t - C_{b-1}) / f_b (the last element of

@@ -262,7 +262,9 @@ void TL_SFX(tl_cat_draw)(const TL_T *l, const TL_T *r, ptrdiff_t n, const tl_cat
         tl_u128 step = {(uint64_t)k, 0};
         tl_pcg64_advance(&gg, step);
         for (int j = 0; j < k; j++) {
-            double t = (double)(words[j] >> 11) * 0x1.0p-53 * total;
+            /* u = (k + 1/2) 2^-52, k the top 52 bits: exact, and never 0 or 1 (a draw
+             * with t = 0 would take a block's first positive term whatever its size) */
+            double t = ((double)(words[j] >> 12) + 0.5) * 0x1.0p-52 * total;
             ptrdiff_t b = tl__cat_search(cum, nb, t);
             if (b >= nb) b = row->last;
             double target = (t - (b > 0 ? cum[b - 1] : 0.0)) / bscale[b];

@@ -363,3 +363,16 @@ def test_few_draws_identical_for_any_thread_count_and_variant():
                 if ref_draws is None:
                     ref_draws = got
                 assert_array_equal(got, ref_draws, err_msg=f"{v} {nt} threads")
+
+
+@pytest.mark.parametrize("shape", [(2,), (300, 2)])  # the small-call and general paths
+def test_size_zero_still_checks_the_rows(shape):
+    """size 0 draws nothing but reads every row: its errors are those of any other size."""
+    logits = np.zeros(shape)
+    logits[..., 0] = np.nan
+    for f in (lambda: tiltlab.sample_best_of_n(logits, np.ones(shape), 4, size=0, rng=0),
+              lambda: tiltlab.simulate_best_of_n(logits, np.ones(shape), 4, size=0, rng=0)):
+        with pytest.raises(ValueError, match="NaN"):
+            f()
+    got = tiltlab.sample_best_of_n(np.zeros(shape), np.ones(shape), 4, size=0, rng=0)
+    assert got.shape == shape[:-1] + (0,)

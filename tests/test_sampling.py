@@ -357,3 +357,16 @@ def test_small_calls_draw_as_the_general_path():
 def test_docstring_examples():
     result = doctest.testmod(S, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("size", [0, (2, 0)])
+def test_size_zero_still_checks_the_rows(size):
+    """size 0 draws nothing but reads every row: its errors are those of any other size."""
+    with pytest.raises(ValueError, match="NaN"):
+        tiltlab.sample_categorical([np.nan, 1.0], size, rng=0)
+    with pytest.raises(ValueError, match="rewards"):
+        tiltlab.sample_tilted([0.0, 1.0], [np.nan, 1.0], 1.0, size, rng=0)
+    with pytest.raises(ValueError):
+        tiltlab.sample_categorical([-np.inf, -np.inf], size, rng=0)
+    got = tiltlab.sample_categorical(np.zeros((3, 4)), size, rng=0)
+    assert got.shape == (3,) + ((0,) if size == 0 else size) and got.dtype == np.int64

@@ -399,23 +399,24 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
     out = np.empty((n_el, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_el, dtype=np.int32)
     failed = 0
-    if n_el and draws and not naive and draws <= _bestofn.DRAW_MAX:
+    k = max(draws, 1)  # size 0 still reads every row once: the errors of any other size
+    if n_el and not naive and k <= _bestofn.DRAW_MAX:
         # a few draws per row: one pass over each row, rows in parallel
         seeds = stream_seeds(rng, n_el)
         exact = np.zeros(n_el, dtype=np.uint8)
         log_n = rows.params["log_n"]
         _bestofn.draw_rows(rows.first, rows.second, rows.first_off, rows.second_off,
-                           rows.n_outcomes, log_n, draws, seeds, out, flags, exact,
+                           rows.n_outcomes, log_n, k, seeds, out, flags, exact,
                            V.threads_for_work(n_el * rows.n_outcomes, nt))
         V.raise_for_flags(flags, rows)
         failed = _draw_exact_rows(rows.first, rows.second, rows.first_off, rows.second_off,
-                                  rows.n_outcomes, log_n, draws, seeds, out, flags, exact, nt)
-    elif n_el and draws:
+                                  rows.n_outcomes, log_n, k, seeds, out, flags, exact, nt)
+    elif n_el:
         # the blocks of draws are the parallel work: no more threads than blocks
-        blocks = -(-draws // SAMPLE_BLOCK)
+        blocks = -(-k // SAMPLE_BLOCK)
         failed = _bestofn.sample_rows(rows.first, rows.second, rows.first_off,
                                       rows.second_off, rows.n_outcomes, rows.params["log_n"],
-                                      n_candidates, naive, draws, SAMPLE_BLOCK,
+                                      n_candidates, naive, k, SAMPLE_BLOCK,
                                       stream_seeds(rng, n_el), out, flags,
                                       V.threads_for_blocks(n_el * blocks, nt))
     V.raise_for_flags(flags, rows)
@@ -504,28 +505,28 @@ def _sample_small(logits, rewards, log_n: float, small: tuple, size, rng, n_thre
     n_rows, n_out = small
     draws = 1 if size is None else size
     out = np.empty((n_rows, max(draws, 1)), dtype=np.int64)
-    if draws:
-        flags = np.zeros(n_rows, dtype=np.int32)
-        off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
-        lg, rw = logits.reshape(-1), rewards.reshape(-1)
-        log_ns = np.full(n_rows, log_n)
-        seeds = stream_seeds(rng, n_rows)
-        if draws <= _bestofn.DRAW_MAX:
-            exact = np.zeros(n_rows, dtype=np.uint8)
-            _bestofn.draw_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags, exact,
-                               1)
-            if flags.any():
-                V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
-            failed = _draw_exact_rows(lg, rw, off, off, n_out, log_ns, draws, seeds, out, flags,
-                                      exact, 1)
-        else:
-            failed = _bestofn.sample_rows(lg, rw, off, off, n_out, log_ns,
-                                          np.ones(n_rows, dtype=np.int64), False, draws,
-                                          SAMPLE_BLOCK, seeds, out, flags, 1)
+    k = max(draws, 1)  # size 0 still reads every row once: the errors of any other size
+    flags = np.zeros(n_rows, dtype=np.int32)
+    off = np.arange(0, n_rows * n_out, n_out, dtype=np.int64)
+    lg, rw = logits.reshape(-1), rewards.reshape(-1)
+    log_ns = np.full(n_rows, log_n)
+    seeds = stream_seeds(rng, n_rows)
+    if k <= _bestofn.DRAW_MAX:
+        exact = np.zeros(n_rows, dtype=np.uint8)
+        _bestofn.draw_rows(lg, rw, off, off, n_out, log_ns, k, seeds, out, flags, exact,
+                           1)
         if flags.any():
             V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
-        if failed:
-            raise RuntimeError(f"tiltlab: internal error: no sampling table for {failed} rows")
+        failed = _draw_exact_rows(lg, rw, off, off, n_out, log_ns, k, seeds, out, flags,
+                                  exact, 1)
+    else:
+        failed = _bestofn.sample_rows(lg, rw, off, off, n_out, log_ns,
+                                      np.ones(n_rows, dtype=np.int64), False, k,
+                                      SAMPLE_BLOCK, seeds, out, flags, 1)
+    if flags.any():
+        V.raise_flag_bits(int(np.bitwise_or.reduce(flags)), (logits, rewards))
+    if failed:
+        raise RuntimeError(f"tiltlab: internal error: no sampling table for {failed} rows")
     bs = logits.shape[:-1]
     if size is None:
         return V.shaped(out[:, 0].copy(), bs)

@@ -85,10 +85,12 @@ def _run(first, second, first_off, second_off, n_out: int, mode: int, lam: np.nd
     alias = draws * ALIAS_RATIO >= n_out and n_out <= _INT32_MAX
     out = np.empty((n_rows, max(draws, 1)), dtype=np.int64)
     flags = np.zeros(n_rows, dtype=np.int32)
-    if n_rows and draws:
-        nt = V.threads_for_work(n_rows * (n_out + draws), nt)
+    if n_rows:
+        # size 0 still reads every row once: its errors are those of any other size
+        k = max(draws, 1)
+        nt = V.threads_for_work(n_rows * (n_out + k), nt)
         _sampling.sample_rows(first, second, first_off, second_off, n_out, mode, lam,
-                              _seeds(rng, n_rows), draws, alias,
+                              _seeds(rng, n_rows), k, alias,
                               ALIAS_BLOCK if alias else SEARCH_BLOCK, out, flags, nt)
     if np.any(flags & _sampling.FLAG_INTERNAL):
         raise RuntimeError("tiltlab: internal error: no sampling table for a row")
