@@ -358,6 +358,15 @@ cdef void _draw_row(const floating *l, const floating *r, Py_ssize_t V, double l
         flag[0] = <int32_t> fl
 
 
+cdef inline size_t _draw_scratch_per(Py_ssize_t V) noexcept nogil:
+    return (tl_bon_draw_scratch_bytes(V) + 127) & ~(<size_t> 63)
+
+
+def draw_scratch_bytes(Py_ssize_t V):
+    """Bytes of the per-thread scratch of draw_rows for rows of V outcomes."""
+    return _draw_scratch_per(V)
+
+
 def draw_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1] loff,
               const int64_t[::1] roff, Py_ssize_t V, const double[::1] log_n, int size,
               const uint64_t[:, ::1] seeds, int64_t[:, ::1] out, int32_t[::1] flags,
@@ -384,7 +393,7 @@ def draw_rows(const floating[::1] lb, const floating[::1] rb, const int64_t[::1]
     cdef int nt = n_threads if n_threads < n_el else <int> n_el
     if nt < 1:
         nt = 1
-    cdef size_t per = (tl_bon_draw_scratch_bytes(V) + 127) & ~(<size_t> 63)
+    cdef size_t per = _draw_scratch_per(V)
     cdef _Buffer scratch_b = _Buffer(nt, per)
     cdef char *base = <char *> ((<size_t> scratch_b.ptr + 63) & ~(<size_t> 63))
     for t in range(nt):

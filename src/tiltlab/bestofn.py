@@ -405,9 +405,12 @@ def _sample(rows: V.Rows, naive: bool, n_candidates, size, rng, n_threads):
         seeds = stream_seeds(rng, n_el)
         exact = np.zeros(n_el, dtype=np.uint8)
         log_n = rows.params["log_n"]
+        nt_draw = V.threads_for_work(n_el * rows.n_outcomes, nt)
+        V.check_memory(nt_draw * _bestofn.draw_scratch_bytes(rows.n_outcomes),
+                       f"the draws' work space for rows of {rows.n_outcomes} outcomes on "
+                       f"{nt_draw} threads")
         _bestofn.draw_rows(rows.first, rows.second, rows.first_off, rows.second_off,
-                           rows.n_outcomes, log_n, k, seeds, out, flags, exact,
-                           V.threads_for_work(n_el * rows.n_outcomes, nt))
+                           rows.n_outcomes, log_n, k, seeds, out, flags, exact, nt_draw)
         V.raise_for_flags(flags, rows)
         failed = _draw_exact_rows(rows.first, rows.second, rows.first_off, rows.second_off,
                                   rows.n_outcomes, log_n, k, seeds, out, flags, exact, nt)
