@@ -446,6 +446,26 @@ def simulate_best_of_n(logits, rewards, n, size, rng):
     return cand[np.arange(size), np.argmax(rewards[cand], axis=1)]
 
 
+
+def sample_categorical(logits, size, rng):
+    """Reference categorical sampler for one row (SPEC 2.1): inverse CDF of
+    softmax(logits) by np.searchsorted on the cumulative sums (the same law as
+    tiltlab.sample_categorical, not the same draws)."""
+    rng = np.random.default_rng(rng)
+    logits = np.asarray(logits, dtype=np.float64)
+    p = np.exp(logits - np.max(logits))
+    cdf = np.cumsum(p)
+    u = rng.random(size) * cdf[-1]
+    out = np.searchsorted(cdf, u, side="right")
+    # rounding past the total: the last outcome of positive probability
+    return np.minimum(out, np.flatnonzero(p > 0)[-1]).astype(np.int64)
+
+
+def sample_tilted(logits, rewards, lam, size, rng):
+    """Reference sampler of the tilted policy phi_lam for one row (SPEC 2.1): the
+    categorical sampler above on log phi_lam = tilt(logits, rewards, lam)."""
+    return sample_categorical(tilt(logits, rewards, lam), size, rng)
+
 # ------------------------------------------------------- memoryless sequences (SPEC 4)
 
 
