@@ -16,8 +16,9 @@ means depends on the argument:
   read; a masked reward of a possible outcome is ambiguous and a ValueError
   (:func:`split_mask` + :func:`masked_values`);
 - every other argument (``lam``, ``kl``, ``n``, ``log_n``, ``eps``, grids, sample indices,
-  per-sample values, ``logsumexp``'s input, token names): a masked element is a ValueError
-  naming the argument (:data:`MASK_REFUSE`).
+  per-sample values, token names): a masked element is a ValueError naming the argument
+  (:data:`MASK_REFUSE`).  (``tiltlab.special`` reads masked arrays as scipy.special does:
+  their data, the mask ignored.)
 
 A masked array without any masked element is read as its data.  Results never are masked
 arrays.
