@@ -1,8 +1,38 @@
 """tiltlab: exact, fast numerics for the theory of language-model alignment.
 
-The optimal KL-constrained policy (exponential tilting), best-of-N sampling and their
-asymptotics, after *Asymptotics of Language Model Alignment* (arXiv 2404.01730).
-See SPEC section numbers in the docstrings for the formulas each function computes.
+The optimal KL-constrained policy (the exponential tilt ``phi_lam ∝ p e^(lam r)``),
+best-of-N sampling and their asymptotics for memoryless sequences, after *Asymptotics of
+Language Model Alignment* (arXiv 2404.01730): exact values (or a clear error) from compiled,
+threaded kernels, and drop-in replacements for the SciPy / PyTorch calls research scripts
+use.  Arrays broadcast NumPy-style with outcomes on the last axis; CPU torch tensors are
+accepted and returned; float32 stays float32.  The docstrings cite the sections of
+docs/SPEC.md for the formulas.
+
+Public functions by topic
+-------------------------
+Optimal policy (tilting, SPEC 2)
+    tilt_stats, tilt, solve_lambda, kl_max, frontier, cumulants
+Sampling (SPEC 2.1, 3)
+    sample_categorical, sample_tilted, sample_best_of_n, simulate_best_of_n
+Best-of-N, exactly (SPEC 3)
+    best_of_n (BestOfN), reward_levels (RewardLevels), beirami_kl_estimate
+Memoryless sequences (SPEC 4)
+    Memoryless (LatticeLaw, SequenceBestOfN, Asymptotics)
+Large deviations and Renyi quantities
+    rate_function, scaled_cgf, renyi_cross_entropy, renyi_divergence
+Other inference-time policies
+    soft_best_of_n, worst_of_n, best_of_poisson, rewind_and_repeat, calibrated_tilt,
+    policy_frontier (PolicyLaw, Frontier)
+KL estimators against exact values
+    kl_estimators (KLEstimates), estimator_study (EstimatorStudy)
+SciPy-compatible special functions
+    tiltlab.special: logsumexp (also tiltlab.logsumexp), softmax, log_softmax
+Divergences
+    kl_divergence
+Models and the report
+    Model, load_model, tiltlab.models, reproduce
+Build and CPU
+    build_info, tiltlab.simd (SIMD variant in use, forcing one)
 """
 
 import os
