@@ -332,8 +332,22 @@ def _md_to_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
 
 
-def _progress_factory(quiet: bool):
-    if quiet:
+def _is_terminal(stream) -> bool:
+    """Whether ``stream`` is an interactive terminal (False for files, pipes, None, closed)."""
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _progress_factory(quiet: bool, stream=None):
+    """Progress bars on ``stream`` (default ``sys.stderr``), but only if it is a terminal.
+
+    Redirected to a file or a pipe, tqdm's bars are carriage-return junk; the plain
+    ``[k/7] ... (x s)`` summary lines of :func:`reproduce` are then the only progress shown.
+    """
+    stream = sys.stderr if stream is None else stream
+    if quiet or not _is_terminal(stream):
         return lambda it, desc: it
     try:
         from tqdm.auto import tqdm
@@ -341,7 +355,7 @@ def _progress_factory(quiet: bool):
         return lambda it, desc: it
 
     def progress(it, desc):
-        return tqdm(it, desc=desc, leave=False, file=sys.stderr, mininterval=0.5,
+        return tqdm(it, desc=desc, leave=False, file=stream, mininterval=0.5,
                     dynamic_ncols=True)
 
     return progress
@@ -382,7 +396,10 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     delta : float, optional
         Per-token KL budget, ``N = e^(n delta)`` (default 0.3, or ``kl_max / 4`` if less).
     quiet : bool, default False
-        No progress bars and no summary lines.
+        No progress bars and no summary lines.  Otherwise a summary line
+        ``[k/7] ... (x s)`` per experiment goes to ``echo``, and progress bars (tqdm, if
+        installed) go to ``sys.stderr`` only if it is a terminal: never into a log file or
+        a pipe.
     vocab : int, optional
         Vocabulary size of ``english-sentiment``.
     force : bool, default False
