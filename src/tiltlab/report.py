@@ -108,6 +108,11 @@ def _colors(k: int):
     return [cmap(0.9 * i / max(k - 1, 1)) for i in range(k)]
 
 
+def _signed(x: float, fmt: str = ".2f") -> str:
+    """``+ 0.92`` or ``− 0.92`` (a true minus sign): a constant added to a formula."""
+    return f"{'−' if x < 0 else '+'} {abs(x):{fmt}}"
+
+
 def _plot_frontier(e: Experiment, model: Model):
     fig, (ax,) = _figure(width=7.0)
     t, b = e.tables["frontier_tilted"], e.tables["frontier_best_of_n"]
@@ -133,14 +138,17 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
         a1.loglog(n, kl / n, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
         a2.semilogx(n, kl, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
         const = kl[-1] - 0.5 * math.log(n[-1])
-        a2.semilogx(n, 0.5 * np.log(n) + const, "--", color=c, lw=1,
-                    label=f"½ log n + {const:.2f}")
+        # the asymptote only where it is positive: a KL never is negative
+        grid = np.geomspace(max(float(n[0]), math.exp(-2.0 * const)), float(n[-1]), 200)
+        a2.semilogx(grid, 0.5 * np.log(grid) + const, "--", color=c, lw=1.2,
+                    label=f"½ log n {_signed(const)}")
     a1.set_xlabel("sequence length n")
     a1.set_ylabel("KL(π_N‖φ_λⁿ) / n")
     a1.set_title("per token → 0")
     a2.set_xlabel("sequence length n")
     a2.set_ylabel("KL(π_N‖φ_λⁿ)  [nats]")
     a2.set_title("total ≈ ½ log n + c")
+    a2.set_ylim(bottom=0.0)
     for a in (a1, a2):
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
@@ -151,7 +159,7 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
 def _plot_large_deviations(e: Experiment, model: Model):
     fig, (ax,) = _figure(width=7.0)
     t, r = e.tables["large_deviations"], e.tables["rate_function"]
-    ax.plot(r["x"], r["rate"], color="black", lw=2, label="rate function I(x)")
+    ax.plot(r["x"], r["rate"], color="black", lw=1.3, zorder=3, label="rate function I(x)")
     ns = np.unique(t["n"])
     for n, c in zip(ns, _colors(ns.size), strict=True):
         s = t["n"] == n
@@ -159,7 +167,7 @@ def _plot_large_deviations(e: Experiment, model: Model):
                 label=f"−(1/n) log P(tail), n = {n:,}")
     ax.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
     finite = r["rate"][np.isfinite(r["rate"])]
-    ax.set_ylim(-0.02 * finite.max(), 1.1 * finite.max())
+    ax.set_ylim(0.0, 1.1 * finite.max())        # a rate is never negative
     _label(ax, "x = R / n", "−(1/n) log P(R/n beyond x)",
            f"{model.name}: large deviations from the exact law")
     return fig
@@ -189,9 +197,10 @@ def _plot_cumulants(e: Experiment, model: Model):
     f, g = e.tables["scaled_cgf_formula"], e.tables["scaled_cgf_exact_law"]
     a2.plot(f["t"], f["scaled_cgf_renyi"], color="black", lw=2,
             label="t (log Σ e^r − H_{1+t}(p; softmax r))")
-    for n, c in zip(np.unique(g["n"]), _colors(ns.size), strict=True):
-        s = g["n"] == n
-        a2.plot(g["t"][s], g["scaled_cgf_exact_law"][s], "o", color=c, ms=3, mfc="none",
+    for i, (n, c) in enumerate(zip(np.unique(g["n"]), _colors(ns.size), strict=True)):
+        s = g["n"] == n       # concentric open circles: equal values stay visible
+        a2.plot(g["t"][s], g["scaled_cgf_exact_law"][s], "o", color=c, mfc="none",
+                ms=3 + 3 * (ns.size - 1 - i), mew=1.2, zorder=3,
                 label=f"(1/n) log E e^(tR), n = {n:,}")
     a2.set_xlabel("t")
     a2.set_ylabel("scaled CGF")
@@ -223,7 +232,8 @@ def _plot_samples(e: Experiment, model: Model):
     a2.barh(y + hgt, w["p"], hgt, color="lightgrey", edgecolor="grey", label="p (reference)")
     a2.barh(y, w["best_of_n_exact"], hgt, color="tab:blue", label="best-of-N (exact)")
     a2.barh(y - hgt, w["tilted"], hgt, color="tab:orange", label="tilted φ_λ")
-    a2.plot(w["best_of_n_sampled"], y, "k|", ms=8, label="best-of-N (sampled)")
+    a2.plot(w["best_of_n_sampled"], y, "D", color="white", mec="black", mew=1.5, ms=7,
+            zorder=3, label="best-of-N (sampled)")
     a2.set_yticks(y, [f"{tok} ({r:+.1f})" for tok, r in zip(w["token"], w["reward"],
                                                              strict=True)], fontsize=8)
     a2.set_xlabel("token probability at one position")
@@ -241,12 +251,13 @@ def _plot_win_rate(e: Experiment, model: Model):
     for a, key, title in ((a1, "win_rate_token", "one token"),
                           (a2, "win_rate_sequence", f"sequences, n = {e.notes['L']}")):
         t = e.tables[key]
-        a.plot(bd["kl"], bd["win_rate"], color="grey", ls="--", lw=1.2,
-               label="(log N − (N−1)/N, N/(N+1))")
         for pol, c, lab in (("best_of_n", "tab:blue", "best-of-N"),
                             ("tilted", "tab:orange", "tilted φ_λ")):
             s = t["policy"] == pol
-            a.plot(t["kl"][s], t["win_rate"][s], "o-", ms=3, color=c, label=lab)
+            a.plot(t["kl"][s], t["win_rate"][s], "o-", ms=4, lw=2.5, color=c, label=lab)
+        # the bound last and on top: where best-of-N meets it, black dashes over blue
+        a.plot(bd["kl"], bd["win_rate"], color="black", ls=(0, (4, 3)), lw=1.4, zorder=4,
+               label="(log N − (N−1)/N, N/(N+1))")
         top = float(np.max(t["kl"]))
         a.set_xlim(0, top * 1.05)
         a.set_xlabel("KL(π‖p) [nats]")
