@@ -174,8 +174,14 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
         s = np.flatnonzero(pol["method"] == method)[::7]
         ref = tiltlab.frontier(lg, rw, pol["kl"][s])
         assert np.all(pol["expected_reward"][s] <= ref + 1e-9), method
+        np.testing.assert_allclose(pol["reward_below_tilt"][s], ref - pol["expected_reward"][s],
+                                   rtol=1e-12, atol=1e-14)
         for i in s:
-            assert pol["win_rate"][i] <= _calibrated_win_at(lg, rw, pol["kl"][i]) + 1e-9, method
+            best = _calibrated_win_at(lg, rw, pol["kl"][i])
+            assert pol["win_rate"][i] <= best + 1e-9, method
+            # the figure's lower panel: the distance below the optimum, exactly
+            assert pol["win_rate_below_calibrated_tilt"][i] == pytest.approx(
+                best - pol["win_rate"][i], abs=1e-12), method
     return run
 
 

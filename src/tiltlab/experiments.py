@@ -532,6 +532,28 @@ def win_rate(ctx: Context) -> Experiment:
 # 7. one token: every policy family against the two optimal ones
 # --------------------------------------------------------------------------------------
 
+def _calibrated_win_rate(lg, rw, kl: np.ndarray) -> np.ndarray:
+    """Win rate of the calibrated tilt whose KL is ``kl`` (elementwise; c >= 0 by bisection,
+    all targets at once: KL is increasing in c)."""
+    kl = np.asarray(kl, dtype=np.float64)
+
+    def kl_at(c):
+        return np.asarray(tiltlab.policy_frontier(lg, rw, "calibrated_tilt", c).kl)
+
+    lo, hi = np.zeros_like(kl), np.ones_like(kl)
+    for _ in range(40):                           # bracket: KL(hi) >= kl
+        short = kl_at(hi) < kl
+        if not short.any():
+            break
+        hi = np.where(short, 2.0 * hi, hi)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        below = kl_at(mid) < kl
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    win = np.asarray(tiltlab.policy_frontier(lg, rw, "calibrated_tilt", hi).win_rate)
+    return np.where(kl > 0, win, 0.5)
+
+
 def policies(ctx: Context) -> Experiment:
     m = ctx.model
     lg, rw = m.logits, m.rewards
@@ -557,6 +579,11 @@ def policies(ctx: Context) -> Experiment:
         for k in ("parameter", "kl", "expected_reward", "win_rate"):
             rows[k].extend(np.asarray(getattr(f, k))[keep])
     t = {k: (np.array(v) if k == "method" else _col(v)) for k, v in rows.items()}
+    # each row's distance to the optimum at its own KL (the lower panels of the figure,
+    # where curves that coincide above come apart): the tilt's reward there exactly
+    # (tiltlab.frontier), the calibrated tilt's win rate there with c solved by bisection
+    t["reward_below_tilt"] = _col(tiltlab.frontier(lg, rw, t["kl"])) - t["expected_reward"]
+    t["win_rate_below_calibrated_tilt"] = _calibrated_win_rate(lg, rw, t["kl"]) - t["win_rate"]
     d = min(ctx.delta, 0.5 * top)
 
     def at(method):
@@ -593,7 +620,10 @@ def policies(ctx: Context) -> Experiment:
         "reward and the calibrated tilt p·e^{cQ(r)} (Q the mid-CDF of r under p) maximises "
         "the win rate against p; best-of-N is close to win-rate-optimal (Gui et al., arXiv "
         "2406.00832). Every curve is an exact law on one token (no sampling); soft best-of-n "
-        f"uses n = {n_soft:g} and sweeps the temperature. **Numbers** at KL = {d:.3g} "
+        f"uses n = {n_soft:g} and sweeps the temperature. Lower panels: each family's "
+        "distance below the optimum at its own KL (log scale; the tilt's reward from "
+        "tiltlab.frontier, the calibrated tilt's win rate with c solved for that KL), where "
+        f"curves that coincide above come apart. **Numbers** at KL = {d:.3g} "
         "(each family's parameter solved for that KL): "
         "reward " + ", ".join(f"{k} {reward[k]:.4g}" for k in names) +
         f" (tilt optimal: {best_r:.4g}); win rate " +

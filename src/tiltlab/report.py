@@ -269,36 +269,56 @@ def _plot_win_rate(e: Experiment, model: Model):
     return fig
 
 
-_POLICY_STYLE = {
-    "tilted": ("black", "-", "tilt p·e^(λr)"),
-    "calibrated_tilt": ("tab:red", "-", "calibrated tilt p·e^(cQ)"),
-    "best_of_n": ("tab:blue", "-", "best-of-N"),
-    "soft_best_of_n": ("tab:green", "--", "soft best-of-n (n = 64)"),
-    "best_of_poisson": ("tab:purple", ":", "best-of-Poisson"),
-    "rewind_and_repeat": ("tab:orange", "-.", "rewind-and-repeat"),
+_POLICY_STYLE = {     # colour, line style, marker, label: told apart where curves coincide
+    "tilted": ("black", "-", None, "tilt p·e^(λr)"),
+    "calibrated_tilt": ("tab:red", "-", "s", "calibrated tilt p·e^(cQ)"),
+    "best_of_n": ("tab:blue", "-", "o", "best-of-N"),
+    "soft_best_of_n": ("tab:green", "--", "^", "soft best-of-n (n = 64)"),
+    "best_of_poisson": ("tab:purple", ":", "D", "best-of-Poisson"),
+    "rewind_and_repeat": ("tab:orange", "-.", "x", "rewind-and-repeat"),
 }
 
 
 def _plot_policies(e: Experiment, model: Model):
-    fig, (a1, a2) = _figure(2, 5.4)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
+    fig = Figure(figsize=(10.8, 7.4), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True, height_ratios=[3, 2])
     t = e.tables["policies"]
-    for method, (c, ls, lab) in _POLICY_STYLE.items():
+    panels = (("expected_reward", "reward_below_tilt", "tilted"),
+              ("win_rate", "win_rate_below_calibrated_tilt", "calibrated_tilt"))
+    for j, (method, (c, ls, mk, lab)) in enumerate(_POLICY_STYLE.items()):
         s = t["method"] == method
         if not s.any():
             continue
         o = np.argsort(t["kl"][s])
-        for a, what in ((a1, "expected_reward"), (a2, "win_rate")):
-            a.plot(t["kl"][s][o], t[what][s][o], ls, color=c, lw=2 if c == "black" else 1.5,
-                   label=lab)
-    a1.set_ylabel("expected reward E r")
-    a1.set_title("reward: the tilt is optimal")
-    a2.set_ylabel("win rate against p (ties ½)")
-    a2.set_title("win rate: the calibrated tilt is optimal")
-    for a in (a1, a2):
-        a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
-        a.set_xlabel("KL(π‖p) [nats]")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        kl = t["kl"][s][o]
+        style = dict(ls=ls, color=c, lw=2.2 if mk is None else 1.4, marker=mk, ms=5,
+                     mfc="none" if mk not in (None, "x") else c, mew=1.2,
+                     markevery=(0.025 * j, 0.15), label=lab)
+        for (what, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
+            top.plot(kl, t[what][s][o], **style)
+            if method != best:       # the optimum's own gap is 0: nothing to draw on a log axis
+                g = t[gap][s][o]
+                bottom.plot(kl, np.where(g > 0, g, np.nan), **style)
+    for (_, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
+        g = t[gap][t["method"] != best]
+        hi = float(np.max(g)) if g.size and np.max(g) > 0 else 1.0
+        bottom.set_yscale("log")
+        bottom.set_ylim(1e-6 * hi, 3 * hi)
+        for a in (top, bottom):
+            a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
+            a.grid(alpha=0.3, which="major")
+        bottom.set_xlabel("KL(π‖p) [nats]")
+        top.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("expected reward E r")
+    axes[0][0].set_title("reward: the tilt is optimal")
+    axes[1][0].set_ylabel("below the tilt's reward\nat equal KL (log scale)")
+    axes[0][1].set_ylabel("win rate against p (ties ½)")
+    axes[0][1].set_title("win rate: the calibrated tilt is optimal")
+    axes[1][1].set_ylabel("below the calibrated tilt's\nwin rate at equal KL (log scale)")
     fig.suptitle(f"{model.name}: inference-time policies, exact laws")
     return fig
 
