@@ -251,7 +251,9 @@ def large_deviations(ctx: Context) -> Experiment:
     caption = (
         "**Claim** (Cramér; SPEC 4): −(1/n) log P(R/n ≥ x) → I(x) for x above the mean and "
         "−(1/n) log P(R/n ≤ x) → I(x) below it, with I the Legendre transform of the token "
-        "CGF (black). Tail probabilities are summed from the exact lattice law (no sampling; "
+        "CGF (black); below, the distance −(1/n) log P − I(x) on a log scale (zero at "
+        "the mean, where both vanish, so not drawn there). Tail probabilities are summed "
+        "from the exact lattice law (no sampling; "
         "they go far below 1e-300). **Numbers**: the largest distance to I over the inner 90% "
         "of the range is " + ", ".join(f"{worst[n]:.3g} (n = {n})" for n in ns) +
         "; the Bahadur–Rao correction to the exponent is (½ log n + O(1))/n on compact "

@@ -157,7 +157,12 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
 
 
 def _plot_large_deviations(e: Experiment, model: Model):
-    fig, (ax,) = _figure(width=7.0)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
+    fig = Figure(figsize=(7.0, 6.6), layout="constrained")
+    ax, dev = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     t, r = e.tables["large_deviations"], e.tables["rate_function"]
     ax.plot(r["x"], r["rate"], color="black", lw=1.3, zorder=3, label="rate function I(x)")
     ns = np.unique(t["n"])
@@ -165,11 +170,24 @@ def _plot_large_deviations(e: Experiment, model: Model):
         s = t["n"] == n
         ax.plot(t["x"][s], t["minus_log_tail_over_n"][s], ".", color=c, ms=4,
                 label=f"−(1/n) log P(tail), n = {n:,}")
-    ax.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
+        # the distance to I(x), where the curves above lie on top of each other
+        d = t["minus_log_tail_over_n"][s] - t["rate"][s]
+        dev.plot(t["x"][s], np.where(d > 0, d, np.nan), ".", color=c, ms=3)
     finite = r["rate"][np.isfinite(r["rate"])]
     ax.set_ylim(0.0, 1.1 * finite.max())        # a rate is never negative
-    _label(ax, "x = R / n", "−(1/n) log P(R/n beyond x)",
-           f"{model.name}: large deviations from the exact law")
+    dev.set_yscale("log")
+    d = t["minus_log_tail_over_n"] - t["rate"]
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size:   # the few rounding-level distances at the end points would flatten the rest
+        dev.set_ylim(np.percentile(d, 1) / 3, 3 * d.max())
+    for a in (ax, dev):
+        a.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("−(1/n) log P(R/n beyond x)")
+    ax.set_title(f"{model.name}: large deviations from the exact law")
+    ax.legend(fontsize=8)
+    dev.set_xlabel("x = R / n")
+    dev.set_ylabel("−(1/n) log P − I(x)\n(log scale)")
     return fig
 
 
