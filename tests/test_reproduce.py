@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -172,8 +174,14 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
         s = np.flatnonzero(pol["method"] == method)[::7]
         ref = tiltlab.frontier(lg, rw, pol["kl"][s])
         assert np.all(pol["expected_reward"][s] <= ref + 1e-9), method
+        np.testing.assert_allclose(pol["reward_below_tilt"][s], ref - pol["expected_reward"][s],
+                                   rtol=1e-12, atol=1e-14)
         for i in s:
-            assert pol["win_rate"][i] <= _calibrated_win_at(lg, rw, pol["kl"][i]) + 1e-9, method
+            best = _calibrated_win_at(lg, rw, pol["kl"][i])
+            assert pol["win_rate"][i] <= best + 1e-9, method
+            # the figure's lower panel: the distance below the optimum, exactly
+            assert pol["win_rate_below_calibrated_tilt"][i] == pytest.approx(
+                best - pol["win_rate"][i], abs=1e-12), method
     return run
 
 
@@ -200,9 +208,41 @@ def test_reproduce_quick_ternary_end_to_end(tmp_path):
                    tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "report:" in res.stdout and str(out / "report.md") in res.stdout
-    assert res.stdout.count("[") >= 6                          # a summary line per figure
+    # output redirected (a pipe): no progress bars, one plain "[k/7] ... (x s)" line each
+    assert "\r" not in res.stdout and "\r" not in res.stderr
+    assert "it/s" not in res.stderr and "%|" not in res.stderr
+    steps = re.findall(r"^  \[(\d)/7\] (\w+): .+  \((\d+\.\d) s\)$", res.stdout, re.M)
+    assert [int(k) for k, _, _ in steps] == list(range(1, 8))
+    assert [name for _, name, _ in steps] == [f[5:-4] for f in FIGURES]
     run = _check_report(out, models.load_model("ternary"), X.Sizes.quick())
     assert run["mode"] == "quick"
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@needs_plot
+@pytest.mark.parametrize("terminal", [False, True])
+def test_progress_bars_only_on_a_terminal(terminal, tmp_path, monkeypatch):
+    pytest.importorskip("tqdm")
+    from tiltlab.report import reproduce
+
+    stream = _FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    lines = []
+    reproduce("bernoulli", tmp_path / "r", experiments=["cumulants"], echo=lines.append)
+    bars = stream.getvalue()
+    assert ("\r" in bars and "cumulants and CGF" in bars) == terminal
+    if not terminal:
+        assert bars == ""
+    assert re.fullmatch(r"  \[1/1\] cumulants: .+  \(\d+\.\d s\)", lines[1])
+    stream.seek(0)
+    stream.truncate()
+    reproduce("bernoulli", tmp_path / "r", experiments=["cumulants"], echo=lines.append,
+              quiet=True)
+    assert stream.getvalue() == ""                              # --quiet: no bars either
 
 
 @needs_plot

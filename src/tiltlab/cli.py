@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -267,7 +268,8 @@ def _reproduce(args) -> int:
     from tiltlab.report import reproduce
 
     reproduce(args.model, args.out, full=args.full, seed=args.seed, jobs=args.jobs,
-              delta=args.delta, quiet=args.quiet, vocab=args.vocab, force=args.force)
+              delta=args.delta, quiet=args.quiet, vocab=args.vocab, force=args.force,
+              echo=functools.partial(print, flush=True))   # lines reach a log file as they come
     return 0
 
 

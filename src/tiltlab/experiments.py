@@ -190,7 +190,8 @@ def kl_to_tilt(ctx: Context) -> Experiment:
         "**Claim** (SPEC 4): KL(π_N‖φ_λⁿ)/n → 0 (left), the sense in which best-of-N and "
         "the optimal policy become equivalent; the finite-n refinement derived for tiltlab is "
         "KL(π_N‖φ_λⁿ) = ½ log n + O(1) once nΔ ≫ 1 (right, dashed: ½ log n + c with c "
-        f"fitted at the largest n). **Numbers**: at Δ = {deltas[0]:.3g} "
+        "fitted at the largest n, drawn where it is positive, as a KL is). **Numbers**: "
+        f"at Δ = {deltas[0]:.3g} "
         f"(λ = {lams[0]:.4g}) the per-token KL falls to {kls[-1] / ns[-1]:.3g} at "
         f"n = {ns[-1]}; the slope of the total KL against "
         f"log n between n = {ns[i0]} and {ns[-1]} is {slope:.4f} (predicted 0.5), "
@@ -250,7 +251,9 @@ def large_deviations(ctx: Context) -> Experiment:
     caption = (
         "**Claim** (Cramér; SPEC 4): −(1/n) log P(R/n ≥ x) → I(x) for x above the mean and "
         "−(1/n) log P(R/n ≤ x) → I(x) below it, with I the Legendre transform of the token "
-        "CGF (black). Tail probabilities are summed from the exact lattice law (no sampling; "
+        "CGF (black); below, the distance −(1/n) log P − I(x) on a log scale (zero at "
+        "the mean, where both vanish, so not drawn there). Tail probabilities are summed "
+        "from the exact lattice law (no sampling; "
         "they go far below 1e-300). **Numbers**: the largest distance to I over the inner 90% "
         "of the range is " + ", ".join(f"{worst[n]:.3g} (n = {n})" for n in ns) +
         "; the Bahadur–Rao correction to the exponent is (½ log n + O(1))/n on compact "
@@ -531,6 +534,28 @@ def win_rate(ctx: Context) -> Experiment:
 # 7. one token: every policy family against the two optimal ones
 # --------------------------------------------------------------------------------------
 
+def _calibrated_win_rate(lg, rw, kl: np.ndarray) -> np.ndarray:
+    """Win rate of the calibrated tilt whose KL is ``kl`` (elementwise; c >= 0 by bisection,
+    all targets at once: KL is increasing in c)."""
+    kl = np.asarray(kl, dtype=np.float64)
+
+    def kl_at(c):
+        return np.asarray(tiltlab.policy_frontier(lg, rw, "calibrated_tilt", c).kl)
+
+    lo, hi = np.zeros_like(kl), np.ones_like(kl)
+    for _ in range(40):                           # bracket: KL(hi) >= kl
+        short = kl_at(hi) < kl
+        if not short.any():
+            break
+        hi = np.where(short, 2.0 * hi, hi)
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        below = kl_at(mid) < kl
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    win = np.asarray(tiltlab.policy_frontier(lg, rw, "calibrated_tilt", hi).win_rate)
+    return np.where(kl > 0, win, 0.5)
+
+
 def policies(ctx: Context) -> Experiment:
     m = ctx.model
     lg, rw = m.logits, m.rewards
@@ -556,6 +581,11 @@ def policies(ctx: Context) -> Experiment:
         for k in ("parameter", "kl", "expected_reward", "win_rate"):
             rows[k].extend(np.asarray(getattr(f, k))[keep])
     t = {k: (np.array(v) if k == "method" else _col(v)) for k, v in rows.items()}
+    # each row's distance to the optimum at its own KL (the lower panels of the figure,
+    # where curves that coincide above come apart): the tilt's reward there exactly
+    # (tiltlab.frontier), the calibrated tilt's win rate there with c solved by bisection
+    t["reward_below_tilt"] = _col(tiltlab.frontier(lg, rw, t["kl"])) - t["expected_reward"]
+    t["win_rate_below_calibrated_tilt"] = _calibrated_win_rate(lg, rw, t["kl"]) - t["win_rate"]
     d = min(ctx.delta, 0.5 * top)
 
     def at(method):
@@ -592,7 +622,10 @@ def policies(ctx: Context) -> Experiment:
         "reward and the calibrated tilt p·e^{cQ(r)} (Q the mid-CDF of r under p) maximises "
         "the win rate against p; best-of-N is close to win-rate-optimal (Gui et al., arXiv "
         "2406.00832). Every curve is an exact law on one token (no sampling); soft best-of-n "
-        f"uses n = {n_soft:g} and sweeps the temperature. **Numbers** at KL = {d:.3g} "
+        f"uses n = {n_soft:g} and sweeps the temperature. Lower panels: each family's "
+        "distance below the optimum at its own KL (log scale; the tilt's reward from "
+        "tiltlab.frontier, the calibrated tilt's win rate with c solved for that KL), where "
+        f"curves that coincide above come apart. **Numbers** at KL = {d:.3g} "
         "(each family's parameter solved for that KL): "
         "reward " + ", ".join(f"{k} {reward[k]:.4g}" for k in names) +
         f" (tilt optimal: {best_r:.4g}); win rate " +

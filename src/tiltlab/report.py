@@ -108,6 +108,11 @@ def _colors(k: int):
     return [cmap(0.9 * i / max(k - 1, 1)) for i in range(k)]
 
 
+def _signed(x: float, fmt: str = ".2f") -> str:
+    """``+ 0.92`` or ``− 0.92`` (a true minus sign): a constant added to a formula."""
+    return f"{'−' if x < 0 else '+'} {abs(x):{fmt}}"
+
+
 def _plot_frontier(e: Experiment, model: Model):
     fig, (ax,) = _figure(width=7.0)
     t, b = e.tables["frontier_tilted"], e.tables["frontier_best_of_n"]
@@ -133,14 +138,17 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
         a1.loglog(n, kl / n, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
         a2.semilogx(n, kl, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
         const = kl[-1] - 0.5 * math.log(n[-1])
-        a2.semilogx(n, 0.5 * np.log(n) + const, "--", color=c, lw=1,
-                    label=f"½ log n + {const:.2f}")
+        # the asymptote only where it is positive: a KL never is negative
+        grid = np.geomspace(max(float(n[0]), math.exp(-2.0 * const)), float(n[-1]), 200)
+        a2.semilogx(grid, 0.5 * np.log(grid) + const, "--", color=c, lw=1.2,
+                    label=f"½ log n {_signed(const)}")
     a1.set_xlabel("sequence length n")
     a1.set_ylabel("KL(π_N‖φ_λⁿ) / n")
     a1.set_title("per token → 0")
     a2.set_xlabel("sequence length n")
     a2.set_ylabel("KL(π_N‖φ_λⁿ)  [nats]")
     a2.set_title("total ≈ ½ log n + c")
+    a2.set_ylim(bottom=0.0)
     for a in (a1, a2):
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
@@ -149,19 +157,37 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
 
 
 def _plot_large_deviations(e: Experiment, model: Model):
-    fig, (ax,) = _figure(width=7.0)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
+    fig = Figure(figsize=(7.0, 6.6), layout="constrained")
+    ax, dev = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     t, r = e.tables["large_deviations"], e.tables["rate_function"]
-    ax.plot(r["x"], r["rate"], color="black", lw=2, label="rate function I(x)")
+    ax.plot(r["x"], r["rate"], color="black", lw=1.3, zorder=3, label="rate function I(x)")
     ns = np.unique(t["n"])
     for n, c in zip(ns, _colors(ns.size), strict=True):
         s = t["n"] == n
         ax.plot(t["x"][s], t["minus_log_tail_over_n"][s], ".", color=c, ms=4,
                 label=f"−(1/n) log P(tail), n = {n:,}")
-    ax.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
+        # the distance to I(x), where the curves above lie on top of each other
+        d = t["minus_log_tail_over_n"][s] - t["rate"][s]
+        dev.plot(t["x"][s], np.where(d > 0, d, np.nan), ".", color=c, ms=3)
     finite = r["rate"][np.isfinite(r["rate"])]
-    ax.set_ylim(-0.02 * finite.max(), 1.1 * finite.max())
-    _label(ax, "x = R / n", "−(1/n) log P(R/n beyond x)",
-           f"{model.name}: large deviations from the exact law")
+    ax.set_ylim(0.0, 1.1 * finite.max())        # a rate is never negative
+    dev.set_yscale("log")
+    d = t["minus_log_tail_over_n"] - t["rate"]
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size:   # the few rounding-level distances at the end points would flatten the rest
+        dev.set_ylim(np.percentile(d, 1) / 3, 3 * d.max())
+    for a in (ax, dev):
+        a.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
+        a.grid(alpha=0.3)
+    ax.set_ylabel("−(1/n) log P(R/n beyond x)")
+    ax.set_title(f"{model.name}: large deviations from the exact law")
+    ax.legend(fontsize=8)
+    dev.set_xlabel("x = R / n")
+    dev.set_ylabel("−(1/n) log P − I(x)\n(log scale)")
     return fig
 
 
@@ -189,9 +215,10 @@ def _plot_cumulants(e: Experiment, model: Model):
     f, g = e.tables["scaled_cgf_formula"], e.tables["scaled_cgf_exact_law"]
     a2.plot(f["t"], f["scaled_cgf_renyi"], color="black", lw=2,
             label="t (log Σ e^r − H_{1+t}(p; softmax r))")
-    for n, c in zip(np.unique(g["n"]), _colors(ns.size), strict=True):
-        s = g["n"] == n
-        a2.plot(g["t"][s], g["scaled_cgf_exact_law"][s], "o", color=c, ms=3, mfc="none",
+    for i, (n, c) in enumerate(zip(np.unique(g["n"]), _colors(ns.size), strict=True)):
+        s = g["n"] == n       # concentric open circles: equal values stay visible
+        a2.plot(g["t"][s], g["scaled_cgf_exact_law"][s], "o", color=c, mfc="none",
+                ms=3 + 3 * (ns.size - 1 - i), mew=1.2, zorder=3,
                 label=f"(1/n) log E e^(tR), n = {n:,}")
     a2.set_xlabel("t")
     a2.set_ylabel("scaled CGF")
@@ -223,7 +250,8 @@ def _plot_samples(e: Experiment, model: Model):
     a2.barh(y + hgt, w["p"], hgt, color="lightgrey", edgecolor="grey", label="p (reference)")
     a2.barh(y, w["best_of_n_exact"], hgt, color="tab:blue", label="best-of-N (exact)")
     a2.barh(y - hgt, w["tilted"], hgt, color="tab:orange", label="tilted φ_λ")
-    a2.plot(w["best_of_n_sampled"], y, "k|", ms=8, label="best-of-N (sampled)")
+    a2.plot(w["best_of_n_sampled"], y, "D", color="white", mec="black", mew=1.5, ms=7,
+            zorder=3, label="best-of-N (sampled)")
     a2.set_yticks(y, [f"{tok} ({r:+.1f})" for tok, r in zip(w["token"], w["reward"],
                                                              strict=True)], fontsize=8)
     a2.set_xlabel("token probability at one position")
@@ -241,12 +269,13 @@ def _plot_win_rate(e: Experiment, model: Model):
     for a, key, title in ((a1, "win_rate_token", "one token"),
                           (a2, "win_rate_sequence", f"sequences, n = {e.notes['L']}")):
         t = e.tables[key]
-        a.plot(bd["kl"], bd["win_rate"], color="grey", ls="--", lw=1.2,
-               label="(log N − (N−1)/N, N/(N+1))")
         for pol, c, lab in (("best_of_n", "tab:blue", "best-of-N"),
                             ("tilted", "tab:orange", "tilted φ_λ")):
             s = t["policy"] == pol
-            a.plot(t["kl"][s], t["win_rate"][s], "o-", ms=3, color=c, label=lab)
+            a.plot(t["kl"][s], t["win_rate"][s], "o-", ms=4, lw=2.5, color=c, label=lab)
+        # the bound last and on top: where best-of-N meets it, black dashes over blue
+        a.plot(bd["kl"], bd["win_rate"], color="black", ls=(0, (4, 3)), lw=1.4, zorder=4,
+               label="(log N − (N−1)/N, N/(N+1))")
         top = float(np.max(t["kl"]))
         a.set_xlim(0, top * 1.05)
         a.set_xlabel("KL(π‖p) [nats]")
@@ -258,36 +287,56 @@ def _plot_win_rate(e: Experiment, model: Model):
     return fig
 
 
-_POLICY_STYLE = {
-    "tilted": ("black", "-", "tilt p·e^(λr)"),
-    "calibrated_tilt": ("tab:red", "-", "calibrated tilt p·e^(cQ)"),
-    "best_of_n": ("tab:blue", "-", "best-of-N"),
-    "soft_best_of_n": ("tab:green", "--", "soft best-of-n (n = 64)"),
-    "best_of_poisson": ("tab:purple", ":", "best-of-Poisson"),
-    "rewind_and_repeat": ("tab:orange", "-.", "rewind-and-repeat"),
+_POLICY_STYLE = {     # colour, line style, marker, label: told apart where curves coincide
+    "tilted": ("black", "-", None, "tilt p·e^(λr)"),
+    "calibrated_tilt": ("tab:red", "-", "s", "calibrated tilt p·e^(cQ)"),
+    "best_of_n": ("tab:blue", "-", "o", "best-of-N"),
+    "soft_best_of_n": ("tab:green", "--", "^", "soft best-of-n (n = 64)"),
+    "best_of_poisson": ("tab:purple", ":", "D", "best-of-Poisson"),
+    "rewind_and_repeat": ("tab:orange", "-.", "x", "rewind-and-repeat"),
 }
 
 
 def _plot_policies(e: Experiment, model: Model):
-    fig, (a1, a2) = _figure(2, 5.4)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
+    fig = Figure(figsize=(10.8, 7.4), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True, height_ratios=[3, 2])
     t = e.tables["policies"]
-    for method, (c, ls, lab) in _POLICY_STYLE.items():
+    panels = (("expected_reward", "reward_below_tilt", "tilted"),
+              ("win_rate", "win_rate_below_calibrated_tilt", "calibrated_tilt"))
+    for j, (method, (c, ls, mk, lab)) in enumerate(_POLICY_STYLE.items()):
         s = t["method"] == method
         if not s.any():
             continue
         o = np.argsort(t["kl"][s])
-        for a, what in ((a1, "expected_reward"), (a2, "win_rate")):
-            a.plot(t["kl"][s][o], t[what][s][o], ls, color=c, lw=2 if c == "black" else 1.5,
-                   label=lab)
-    a1.set_ylabel("expected reward E r")
-    a1.set_title("reward: the tilt is optimal")
-    a2.set_ylabel("win rate against p (ties ½)")
-    a2.set_title("win rate: the calibrated tilt is optimal")
-    for a in (a1, a2):
-        a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
-        a.set_xlabel("KL(π‖p) [nats]")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        kl = t["kl"][s][o]
+        style = dict(ls=ls, color=c, lw=2.2 if mk is None else 1.4, marker=mk, ms=5,
+                     mfc="none" if mk not in (None, "x") else c, mew=1.2,
+                     markevery=(0.025 * j, 0.15), label=lab)
+        for (what, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
+            top.plot(kl, t[what][s][o], **style)
+            if method != best:       # the optimum's own gap is 0: nothing to draw on a log axis
+                g = t[gap][s][o]
+                bottom.plot(kl, np.where(g > 0, g, np.nan), **style)
+    for (_, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
+        g = t[gap][t["method"] != best]
+        hi = float(np.max(g)) if g.size and np.max(g) > 0 else 1.0
+        bottom.set_yscale("log")
+        bottom.set_ylim(1e-6 * hi, 3 * hi)
+        for a in (top, bottom):
+            a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
+            a.grid(alpha=0.3, which="major")
+        bottom.set_xlabel("KL(π‖p) [nats]")
+        top.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("expected reward E r")
+    axes[0][0].set_title("reward: the tilt is optimal")
+    axes[1][0].set_ylabel("below the tilt's reward\nat equal KL (log scale)")
+    axes[0][1].set_ylabel("win rate against p (ties ½)")
+    axes[0][1].set_title("win rate: the calibrated tilt is optimal")
+    axes[1][1].set_ylabel("below the calibrated tilt's\nwin rate at equal KL (log scale)")
     fig.suptitle(f"{model.name}: inference-time policies, exact laws")
     return fig
 
@@ -332,8 +381,22 @@ def _md_to_html(text: str) -> str:
     return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
 
 
-def _progress_factory(quiet: bool):
-    if quiet:
+def _is_terminal(stream) -> bool:
+    """Whether ``stream`` is an interactive terminal (False for files, pipes, None, closed)."""
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _progress_factory(quiet: bool, stream=None):
+    """Progress bars on ``stream`` (default ``sys.stderr``), but only if it is a terminal.
+
+    Redirected to a file or a pipe, tqdm's bars are carriage-return junk; the plain
+    ``[k/7] ... (x s)`` summary lines of :func:`reproduce` are then the only progress shown.
+    """
+    stream = sys.stderr if stream is None else stream
+    if quiet or not _is_terminal(stream):
         return lambda it, desc: it
     try:
         from tqdm.auto import tqdm
@@ -341,7 +404,7 @@ def _progress_factory(quiet: bool):
         return lambda it, desc: it
 
     def progress(it, desc):
-        return tqdm(it, desc=desc, leave=False, file=sys.stderr, mininterval=0.5,
+        return tqdm(it, desc=desc, leave=False, file=stream, mininterval=0.5,
                     dynamic_ncols=True)
 
     return progress
@@ -382,7 +445,10 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     delta : float, optional
         Per-token KL budget, ``N = e^(n delta)`` (default 0.3, or ``kl_max / 4`` if less).
     quiet : bool, default False
-        No progress bars and no summary lines.
+        No progress bars and no summary lines.  Otherwise a summary line
+        ``[k/7] ... (x s)`` per experiment goes to ``echo``, and progress bars (tqdm, if
+        installed) go to ``sys.stderr`` only if it is a terminal: never into a log file or
+        a pipe.
     vocab : int, optional
         Vocabulary size of ``english-sentiment``.
     force : bool, default False
