@@ -75,6 +75,7 @@ TL_VINLINE tl_vd tl__sm_vterm32(tl_vd v, tl_vd nm) {
 }
 #endif
 
+#undef TL_SM_VTERM_W /* this header is included once per input type */
 #if TL_T_IS_F32
 #define TL_SM_VTERM_W(v, nm) tl__sm_vterm32(v, nm)
 #else
