@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import quick, run
+from conftest import avx2_forced, quick, run
 
 import tiltlab
-from tiltlab import simd
 
 N_VALUES = {"N=1": 1.0, "N=16": 16.0, "N=1e6": 1e6}
 IMPLS = ["compiled-2t", "compiled-2t-avx2", "tilt_stats-2t-avx2", "numpy-simple"]
@@ -46,16 +45,6 @@ def numpy_bon_inverse_cdf(logits, rewards, n, rng):
     return order[np.arange(len(cdf)), j]
 
 
-def _avx2(fn):
-    if "avx2" not in simd.available():
-        pytest.skip("this CPU or build has no avx2 variant")
-
-    def forced():
-        with simd.use("avx2"):
-            return fn()
-    return forced
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("n_name", list(N_VALUES))
 def test_one_draw_per_row(benchmark, rounds, request, n_name, impl):
@@ -65,12 +54,12 @@ def test_one_draw_per_row(benchmark, rounds, request, n_name, impl):
         fn = lambda: numpy_bon_inverse_cdf(logits, rewards, n,  # noqa: E731
                                            np.random.default_rng(0))
     elif impl == "tilt_stats-2t-avx2":
-        fn = _avx2(lambda: tiltlab.tilt_stats(logits, rewards, 1.5, n_threads=2))
+        fn = avx2_forced(lambda: tiltlab.tilt_stats(logits, rewards, 1.5, n_threads=2))
     else:
         fn = lambda: tiltlab.sample_best_of_n(logits, rewards, n, rng=0,  # noqa: E731
                                               n_threads=2)
         if impl == "compiled-2t-avx2":
-            fn = _avx2(fn)
+            fn = avx2_forced(fn)
     run(benchmark, fn, rounds=rounds,
         group=f"sample_best_of_n batched {logits.shape[0]}x{logits.shape[1]} {n_name} "
               f"one draw per row", impl=impl, kernel="sample_best_of_n",

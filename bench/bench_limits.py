@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from baselines import numba_available, numba_logsumexp, numba_tilt_stats
 from bench_bestofn import LOG_NS
-from conftest import make_data, quick, run
+from conftest import avx2_forced, make_data, quick, run
 
 import tiltlab
-from tiltlab import reference, simd
+from tiltlab import reference
 
 DTYPES = [np.float64, np.float32]
 TWO_ARRAY = ["tilt_stats", "tilt", "cumulants", "kl_divergence"]
@@ -65,16 +65,6 @@ def _reference(kernel, logits, rewards):
     raise ValueError(kernel)
 
 
-def _avx2(fn):
-    if "avx2" not in simd.available():
-        pytest.skip("this CPU or build has no avx2 variant")
-
-    def forced():
-        with simd.use("avx2"):
-            return fn()
-    return forced
-
-
 # the tables: tilt_stats and logsumexp in both dtypes (as bench_tilting.py), the others f64
 TABLES = [pytest.param(k, d, id=f"{k}-{np.dtype(d).name}") for k in TWO_ARRAY + ["logsumexp"]
           for d in DTYPES if d is np.float64 or k in ("tilt_stats", "logsumexp")]
@@ -100,7 +90,7 @@ def test_streaming_limit(benchmark, rounds, shape, kernel, dtype):
 def test_avx2_variant(benchmark, rounds, shape, dtype, kernel):
     """tilt_stats and logsumexp (tables of bench_tilting.py) on the avx2 variant."""
     logits, rewards = make_data(shape, dtype)
-    fn = _avx2(lambda: _call(kernel, logits, rewards, 2))
+    fn = avx2_forced(lambda: _call(kernel, logits, rewards, 2))
     run(benchmark, fn, rounds=rounds, group=_group(kernel, shape, dtype),
         impl="compiled-2t-avx2", kernel=kernel, n_elements=np.prod(shape), simd="avx2")
 
@@ -118,7 +108,7 @@ def test_two_array_kernels(benchmark, rounds, shape, kernel, impl):
         nt = 1 if impl == "compiled-1t" else 2
         fn = lambda: _call(kernel, logits, rewards, nt)  # noqa: E731
         if impl == "compiled-2t-avx2":
-            fn = _avx2(fn)
+            fn = avx2_forced(fn)
     run(benchmark, fn, rounds=rounds, group=_group(kernel, shape, np.float64), impl=impl,
         kernel=kernel, n_elements=np.prod(shape))
 

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import quick, run
+from conftest import avx2_forced, quick, run
 
 import tiltlab
-from tiltlab import simd
 
 LAM = 1.5
 
@@ -35,16 +34,6 @@ def _torch():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
     return torch
-
-
-def _avx2(fn):
-    if "avx2" not in simd.available():
-        pytest.skip("this CPU or build has no avx2 variant")
-
-    def forced():
-        with simd.use("avx2"):
-            return fn()
-    return forced
 
 
 _data: dict = {}
@@ -96,7 +85,7 @@ def test_categorical_one_draw_per_row(benchmark, rounds, request, impl):
         nt = 1 if impl == "compiled-1t" else 2
         fn = lambda: tiltlab.sample_categorical(logits, rng=0, n_threads=nt)  # noqa: E731
         if impl.endswith("avx2"):
-            fn = _avx2(fn)
+            fn = avx2_forced(fn)
     run(benchmark, fn, rounds=rounds,
         group=f"sample_categorical {shape[0]}x{shape[1]} float64 one draw per row",
         impl=impl, kernel="sample_categorical", n_elements=shape[0] * shape[1])
@@ -115,7 +104,7 @@ def test_tilted_one_draw_per_row(benchmark, rounds, request, impl):
         fn = lambda: tiltlab.sample_tilted(logits, rewards, LAM, rng=0,  # noqa: E731
                                            n_threads=2)
     if impl.endswith("avx2"):
-        fn = _avx2(fn)
+        fn = avx2_forced(fn)
     run(benchmark, fn, rounds=rounds,
         group=f"sample_tilted {shape[0]}x{shape[1]} float64 one draw per row",
         impl=impl, kernel="sample_tilted", n_elements=shape[0] * shape[1])
@@ -147,7 +136,7 @@ def test_many_draws_from_one_row(benchmark, rounds, request, impl):
         fn = lambda: tiltlab.sample_categorical(logits, draws, rng=0,  # noqa: E731
                                                 n_threads=nt)
         if impl.endswith("avx2"):
-            fn = _avx2(fn)
+            fn = avx2_forced(fn)
     run(benchmark, fn, rounds=rounds,
         group=f"sample_categorical V=50257 draws={draws}", impl=impl,
         kernel="sample_categorical", n_elements=draws)

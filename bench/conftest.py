@@ -62,3 +62,17 @@ def run(benchmark, fn, *, rounds, group, impl, kernel, n_elements, **extra):
     slow = impl in ("reference", "numpy-simple", "scipy") and n_elements > 10_000_000
     return benchmark.pedantic(fn, rounds=2 if slow else rounds, iterations=1,
                               warmup_rounds=0 if slow else 1)
+
+
+def avx2_forced(fn):
+    """fn run with the avx2 variant forced (tiltlab.simd.use): the variant of the product's
+    target machines, on any CPU that runs it; the benchmark is skipped where it cannot."""
+    from tiltlab import simd
+
+    if "avx2" not in simd.available():
+        pytest.skip("this CPU or build has no avx2 variant")
+
+    def forced():
+        with simd.use("avx2"):
+            return fn()
+    return forced

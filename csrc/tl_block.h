@@ -158,6 +158,26 @@ static inline double tl_rescale(double old_max, double new_max) {
     return exp(old_max - new_max);
 }
 
+/* Merge of running log-sum-exp states held in any struct with fields m (the maximum),
+ * count (entries equal to m), rest (sum of e^(x - m) over the entries below m) and flags:
+ * *a <- the state of a's entries followed by b's.  factor(x, y) = e^(x - y) for x <= y
+ * (tl_rescale, or a more accurate one). */
+#define TL_RUNNING_MERGE(a, b, factor)                                                    \
+    do {                                                                                  \
+        (a)->flags |= (b)->flags;                                                         \
+        if ((b)->m == -INFINITY) break;                                                   \
+        if ((b)->m > (a)->m) {                                                            \
+            (a)->rest = ((a)->rest + (a)->count) * factor((a)->m, (b)->m) + (b)->rest;    \
+            (a)->count = (b)->count;                                                      \
+            (a)->m = (b)->m;                                                              \
+        } else if ((b)->m == (a)->m) {                                                    \
+            (a)->rest += (b)->rest;                                                       \
+            (a)->count += (b)->count;                                                     \
+        } else {                                                                          \
+            (a)->rest += ((b)->rest + (b)->count) * factor((b)->m, (a)->m);               \
+        }                                                                                 \
+    } while (0)
+
 /* log(exp(a) + exp(b)) */
 static inline double tl_logaddexp(double a, double b) {
     if (a == -INFINITY) return b;

@@ -7,20 +7,7 @@
 #define TL_IMPL "tl_lse_impl.h"
 #include "tl_template.h"
 
-void tl_lse_merge(tl_lse_acc *a, const tl_lse_acc *b) {
-    a->flags |= b->flags;
-    if (b->m == -INFINITY) return;
-    if (b->m > a->m) {
-        a->rest = (a->rest + a->count) * tl_rescale(a->m, b->m) + b->rest;
-        a->count = b->count;
-        a->m = b->m;
-    } else if (b->m == a->m) {
-        a->rest += b->rest;
-        a->count += b->count;
-    } else {
-        a->rest += (b->rest + b->count) * tl_rescale(b->m, a->m);
-    }
-}
+void tl_lse_merge(tl_lse_acc *a, const tl_lse_acc *b) { TL_RUNNING_MERGE(a, b, tl_rescale); }
 
 double tl_lse_finalize(const tl_lse_acc *a) {
     if (a->flags & TL_LSE_NAN) return NAN;

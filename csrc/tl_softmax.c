@@ -2,6 +2,7 @@
 #include <math.h>
 #include "tl_softmax.h"
 #include "tl_exp.h"
+#include "tl_block.h"
 #include "tl_simd.h"
 
 /* e^(a - b) for a <= b (a > -inf or the result is 0), with the rounding error of a - b
@@ -20,16 +21,5 @@ static double tl__sm_factor(double a, double b) {
 #include "tl_template.h"
 
 void tl_softmax_merge(tl_sm_acc *a, const tl_sm_acc *b) {
-    a->flags |= b->flags;
-    if (b->m == -INFINITY) return;
-    if (b->m > a->m) {
-        a->rest = (a->rest + a->count) * tl__sm_factor(a->m, b->m) + b->rest;
-        a->count = b->count;
-        a->m = b->m;
-    } else if (b->m == a->m) {
-        a->rest += b->rest;
-        a->count += b->count;
-    } else {
-        a->rest += (b->rest + b->count) * tl__sm_factor(b->m, a->m);
-    }
+    TL_RUNNING_MERGE(a, b, tl__sm_factor);
 }

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from laws import chi2_pvalue
 from numpy.testing import assert_array_equal
-from scipy import stats
 
 import tiltlab
 from tiltlab import _bestofn, _streams, bestofn, simd
@@ -134,22 +134,6 @@ def test_alias_tables_are_the_exact_law(name):
     assert np.all(np.abs(_implied(table, len(logits)) - p) <= 4e-12 * p + 2.0**-60)
 
 
-def _pvalue(counts, law):
-    """Chi-square p-value of counts against law, the outcomes expected < 20 times pooled
-    (into the last kept bin when the pool expects < 1)."""
-    expected = law * counts.sum()
-    keep = expected >= 20
-    obs, exp_ = counts[keep].astype(float), expected[keep]
-    rest_o, rest_e = counts[~keep].sum(), expected[~keep].sum()
-    if rest_e >= 1:
-        obs, exp_ = np.append(obs, rest_o), np.append(exp_, rest_e)
-    else:
-        obs[-1] += rest_o
-        exp_[-1] += rest_e
-    assert len(obs) > 1
-    return stats.chisquare(obs, exp_ * obs.sum() / exp_.sum()).pvalue
-
-
 @pytest.mark.parametrize("log_n", [0.0, np.log(3.5), np.log(1000.0), 40.0, 650.0])
 def test_draws_pass_chi_square_against_the_exact_law(log_n):
     """400k draws over 300 outcomes in 25 levels (fixed seed): counts match pi_N."""
@@ -157,12 +141,12 @@ def test_draws_pass_chi_square_against_the_exact_law(log_n):
     logits, rewards = rng.normal(size=300) * 1.5, rng.integers(0, 25, 300).astype(float)
     law = np.exp(tiltlab.best_of_n(logits, rewards, log_n=log_n).log_probs)
     draws = tiltlab.sample_best_of_n(logits, rewards, log_n=log_n, size=400_000, rng=21)
-    assert _pvalue(np.bincount(draws, minlength=300), law) > 1e-4
+    assert chi2_pvalue(np.bincount(draws, minlength=300), law) > 1e-4
     if log_n <= np.log(1000.0):
         n = int(round(np.exp(log_n)))
         naive = tiltlab.simulate_best_of_n(logits, rewards, n, size=400_000 // n, rng=22)
         law_n = np.exp(tiltlab.best_of_n(logits, rewards, n=n).log_probs)
-        assert _pvalue(np.bincount(naive, minlength=300), law_n) > 1e-4
+        assert chi2_pvalue(np.bincount(naive, minlength=300), law_n) > 1e-4
 
 
 def test_draws_do_not_depend_on_blocks_threads_or_size(monkeypatch):
@@ -306,7 +290,7 @@ def test_few_draws_pass_chi_square_against_the_exact_law(name, log_n):
         counts = np.bincount(got.ravel(), minlength=len(law))
         assert counts[law == 0].sum() == 0, model
         if np.count_nonzero(law * got.size >= 20) > 1:
-            assert _pvalue(counts, law) > 1e-4, model
+            assert chi2_pvalue(counts, law) > 1e-4, model
         else:  # the law sits on one outcome (to < 20 / 10^6)
             assert counts.max() >= got.size - 100, model
 

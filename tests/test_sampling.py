@@ -14,28 +14,13 @@ import doctest
 
 import numpy as np
 import pytest
+from laws import chi2_pvalue
 from numpy.testing import assert_array_equal
-from scipy import stats
 
 import tiltlab
 import tiltlab.sampling as S
 from tiltlab import reference as R
 from tiltlab import simd
-
-
-def _pvalue(counts, law):
-    """Chi-square p-value of counts against law, the outcomes expected < 20 times pooled."""
-    expected = law * counts.sum()
-    keep = expected >= 20
-    obs, exp_ = counts[keep].astype(float), expected[keep]
-    rest_o, rest_e = counts[~keep].sum(), expected[~keep].sum()
-    if rest_e >= 1:
-        obs, exp_ = np.append(obs, rest_o), np.append(exp_, rest_e)
-    else:
-        obs[-1] += rest_o
-        exp_[-1] += rest_e
-    assert len(obs) > 1
-    return stats.chisquare(obs, exp_ * obs.sum() / exp_.sum()).pvalue
 
 
 def _softmax(logits):
@@ -86,7 +71,7 @@ def test_categorical_draws_pass_chi_square(name, path, monkeypatch):
     assert len(counts) == len(logits)
     law = _softmax(logits)
     assert np.all(counts[law == 0] == 0)  # -inf (and e^-800 relative) never drawn
-    assert _pvalue(counts, law) > 1e-4
+    assert chi2_pvalue(counts, law) > 1e-4
 
 
 def test_categorical_batch_of_rows_one_draw_each():
@@ -98,7 +83,7 @@ def test_categorical_batch_of_rows_one_draw_each():
     assert draws.shape == (60_000,) and draws.dtype == np.int64
     counts = np.bincount(draws, minlength=100)
     assert np.all(counts[::7] == 0)
-    assert _pvalue(counts, _softmax(logits)) > 1e-4
+    assert chi2_pvalue(counts, _softmax(logits)) > 1e-4
 
 
 def test_categorical_float32_is_the_float64_of_the_same_values():
@@ -107,7 +92,7 @@ def test_categorical_float32_is_the_float64_of_the_same_values():
         a = tiltlab.sample_categorical(x, size, rng=1)
         assert_array_equal(a, tiltlab.sample_categorical(x.astype(np.float64), size, rng=1))
     draws = tiltlab.sample_categorical(x[0], 10**6, rng=2)
-    assert _pvalue(np.bincount(draws, minlength=3000), _softmax(x[0])) > 1e-4
+    assert chi2_pvalue(np.bincount(draws, minlength=3000), _softmax(x[0])) > 1e-4
 
 
 def _tilt_cases():
@@ -139,12 +124,12 @@ def test_tilted_draws_pass_chi_square(name, monkeypatch):
     draws = tiltlab.sample_tilted(logits, rewards, lam, 10**6, rng=23)
     counts = np.bincount(draws, minlength=len(logits))
     assert np.all(counts[law == 0] == 0)
-    assert _pvalue(counts, law) > 1e-4
+    assert chi2_pvalue(counts, law) > 1e-4
     monkeypatch.setattr(S, "ALIAS_RATIO", 0)  # the block search
     draws = tiltlab.sample_tilted(logits, rewards, lam, 100_000, rng=24)
     counts = np.bincount(draws, minlength=len(logits))
     assert np.all(counts[law == 0] == 0)
-    assert _pvalue(counts, law) > 1e-4
+    assert chi2_pvalue(counts, law) > 1e-4
 
 
 def test_tilted_float32_and_broadcasting():
@@ -158,7 +143,7 @@ def test_tilted_float32_and_broadcasting():
                                                 rewards.astype(np.float64), lam, (2, 5),
                                                 rng=6))
     draws = tiltlab.sample_tilted(logits, rewards[1], -1.0, 10**6, rng=7)
-    assert _pvalue(np.bincount(draws, minlength=300), _tilted(logits, rewards[1], -1.0)) > 1e-4
+    assert chi2_pvalue(np.bincount(draws, minlength=300), _tilted(logits, rewards[1], -1.0)) > 1e-4
 
 
 def test_tilted_lam_zero_is_categorical_at_any_offset():
@@ -391,4 +376,4 @@ def test_reference_twins_draw_the_same_law(case):
     for draws in (ref, got):
         counts = np.bincount(draws, minlength=300)
         assert counts[::7].sum() == 0
-        assert _pvalue(counts, law) > 1e-4
+        assert chi2_pvalue(counts, law) > 1e-4
