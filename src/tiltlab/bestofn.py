@@ -119,7 +119,9 @@ def _run_law(rows: V.Rows, want_logprobs: bool, n_threads):
 class BestOfN:
     """The exact best-of-N policy ``pi_N`` of one or a batch of distributions.
 
-    Attributes (arrays over the broadcast batch shape)
+    The attributes are arrays over the broadcast batch shape.
+
+    Attributes
     ----------
     kl : ndarray
         ``KL(pi_N || p) = sum_j w_j log(w_j / m_j)``.

@@ -348,7 +348,7 @@ def frontier(logits: ArrayLike, rewards: ArrayLike, kl: ArrayLike, *,
 @interop.arrays("logits", "rewards", "lam")
 def cumulants(logits: ArrayLike, rewards: ArrayLike, order: int, lam: ArrayLike = 0.0, *,
               n_threads: int | None = None) -> np.ndarray:
-    """Cumulants ``kappa_1 .. kappa_order`` of the reward under ``phi_lam`` (SPEC section 2).
+    """Cumulants ``kappa_1`` to ``kappa_order`` of the reward under ``phi_lam`` (SPEC section 2).
 
     ``kappa_k = Lambda^{(k)}(lam)``, from the tilted central moments ``c_j`` by
     ``kappa_k = c_k - sum_{m=2}^{k-2} C(k-1, m-1) kappa_m c_{k-m}``
