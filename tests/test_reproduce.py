@@ -93,6 +93,10 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
         assert b["win_rate"][i] == pytest.approx(bon.win_rate, rel=1e-12)
     np.testing.assert_allclose(b["frontier_reward_per_token"],
                                tiltlab.frontier(lg, rw, b["kl_per_token"]), rtol=1e-12)
+    # the lower panel: each best-of-N point below the frontier at its own KL (never above it)
+    np.testing.assert_array_equal(b["reward_below_frontier_per_token"],
+                                  b["frontier_reward_per_token"] - b["reward_per_token"])
+    assert np.all(b["reward_below_frontier_per_token"] >= -1e-12)
     # 2. KL to the tilt
     k = read_csv(out / "kl_to_tilt.csv")
     i = int(np.argmax(k["n"]))
@@ -320,6 +324,32 @@ def test_cli_unknown_model(tmp_path):
     _one_line_error(res, "unknown model 'gpt-7'", "ternary", "npz")
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "gpt-7"], "unknown model 'gpt-7'"),
+    (["--model", "bernoulli", "--delta", "5"], "delta must be in (0, kl_max"),
+])
+def test_cli_argument_errors_before_the_missing_plot_extra(argv, needle, tmp_path, monkeypatch,
+                                                           capsys):
+    # a wrong argument is reported as such even without matplotlib: installing the plot
+    # extra would not have helped, so its hint would mislead
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["reproduce", *argv, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "tiltlab[plot]" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reproduce_unknown_experiment_before_the_missing_plot_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    from tiltlab.report import reproduce
+
+    with pytest.raises(ValueError, match="unknown experiment"):
+        reproduce("bernoulli", tmp_path / "o", quiet=True, experiments=["frontier", "nope"])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not HAVE_PLOT, reason="found only when the report is written, after the "
+                    "check for the plot extra (which a run needs in any case)")
 def test_cli_unwritable_out(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -414,8 +444,6 @@ def test_missing_optional_dependency_exit_2(tmp_path, monkeypatch, capsys):
 def test_cli_bad_values(argv, needle, capsys, tmp_path):
     if argv[0] == "reproduce":
         argv = [*argv, "--out", str(tmp_path / "o"), "--quiet"]
-        if not HAVE_PLOT:
-            pytest.skip("needs matplotlib")
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1

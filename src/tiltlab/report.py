@@ -83,29 +83,38 @@ def read_csv(path: str | Path) -> dict:
 # figures
 # --------------------------------------------------------------------------------------
 
-def _figure(ncols: int = 1, width: float = 6.4):
+def _figure(ncols: int = 1, width: float = 6.4, *, nrows: int = 1, height: float = 4.4,
+            **subplots):
+    """A matplotlib Figure (Agg, no pyplot state) and its axes as a flat list."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
-    fig = Figure(figsize=(width * ncols if ncols > 1 else width, 4.4), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
+    return fig, [a for row in axes for a in row]
 
 
-def _label(ax, xlabel: str, ylabel: str, title: str, legend: int = 8) -> None:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend)
+# one colour and one marker per sequence length (or Δ): told apart in colour and in grey
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _colors(k: int):
+    """``k`` colours of viridis, stopping at its green (its last yellow is too pale on white)."""
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
-    return [cmap(0.9 * i / max(k - 1, 1)) for i in range(k)]
+    return [cmap(0.8 * i / max(k - 1, 1)) for i in range(k)]
+
+
+def _series(k: int):
+    """(colour, marker) of ``k`` series."""
+    return list(zip(_colors(k), (_MARKERS * k)[:k], strict=True))
+
+
+def _kl_axis(ax) -> None:
+    """An axis of KL values starts at 0: a KL is never negative."""
+    ax.set_xlim(left=0.0)
 
 
 def _signed(x: float, fmt: str = ".2f") -> str:
@@ -113,18 +122,43 @@ def _signed(x: float, fmt: str = ".2f") -> str:
     return f"{'−' if x < 0 else '+'} {abs(x):{fmt}}"
 
 
+def _positive(x: np.ndarray) -> np.ndarray:
+    """``x`` where positive, NaN (not drawn) elsewhere: what a log axis can show."""
+    return np.where(x > 0, x, np.nan)
+
+
+def _log_limits(ax, values: np.ndarray, decades: float = 6.0) -> None:
+    """Limits of a log axis: up to 3x the largest positive value, at most ``decades`` below."""
+    v = values[np.isfinite(values) & (values > 0)]
+    if v.size:
+        hi = 3.0 * float(v.max())
+        ax.set_ylim(max(float(v.min()) / 3.0, hi * 10.0 ** -decades), hi)
+
+
 def _plot_frontier(e: Experiment, model: Model):
-    fig, (ax,) = _figure(width=7.0)
+    fig, (ax, gap) = _figure(1, 7.0, nrows=2, height=6.6, sharex=True, height_ratios=[3, 2])
     t, b = e.tables["frontier_tilted"], e.tables["frontier_best_of_n"]
-    ax.plot(t["kl_per_token"], t["reward_per_token"], color="black", lw=2,
-            label="optimal policy φ_λ (tilt)")
     ns = np.unique(b["n"])
-    for n, c in zip(ns, _colors(ns.size), strict=True):
+    for n, (c, mk) in zip(ns, _series(ns.size), strict=True):
         s = b["n"] == n
-        ax.plot(b["kl_per_token"][s], b["reward_per_token"][s], "o-", color=c, ms=4, lw=1,
-                label=f"best-of-N, n = {n:,}")
-    _label(ax, "KL per token  KL(π‖pⁿ)/n  [nats]", "expected reward per token  E R / n",
-           f"{model.name}: reward–KL frontier, N = e^(nΔ)")
+        o = np.argsort(b["kl_per_token"][s])
+        ax.plot(b["kl_per_token"][s][o], b["reward_per_token"][s][o], "-", marker=mk,
+                color=c, ms=4, lw=1, label=f"best-of-N, n = {n:,}")
+        gap.plot(b["kl_per_token"][s][o], _positive(b["reward_below_frontier_per_token"][s][o]),
+                 "-", marker=mk, color=c, ms=4, lw=1)
+    # the optimum last and on top: the long-n best-of-N curves converge onto it
+    ax.plot(t["kl_per_token"], t["reward_per_token"], color="black", lw=1.6, zorder=3,
+            label="optimal policy φ_λ (tilt)")
+    gap.set_yscale("log")
+    _log_limits(gap, b["reward_below_frontier_per_token"])
+    for a in (ax, gap):
+        _kl_axis(a)
+        a.grid(alpha=0.3)
+    ax.set_ylabel("expected reward per token  E R / n")
+    ax.set_title(f"{model.name}: reward–KL frontier per token, N = e^(nΔ)")
+    ax.legend(fontsize=8, loc="lower right")
+    gap.set_xlabel("KL per token  KL(π‖pⁿ)/n  [nats]")
+    gap.set_ylabel("below the frontier per token\nat equal KL (log scale)")
     return fig
 
 
@@ -132,18 +166,18 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
     fig, (a1, a2) = _figure(2, 5.2)
     t = e.tables["kl_to_tilt"]
     deltas = list(dict.fromkeys(t["delta"].tolist()))
-    for d, c in zip(deltas, _colors(len(deltas) + 1), strict=False):
+    for d, (c, mk) in zip(deltas, _series(len(deltas)), strict=True):
         s = t["delta"] == d
         n, kl = t["n"][s], t["kl_to_tilted"][s]
-        a1.loglog(n, kl / n, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
-        a2.semilogx(n, kl, "o-", color=c, ms=4, label=f"Δ = {d:.3g}")
+        a1.loglog(n, kl / n, "-", marker=mk, color=c, ms=4, label=f"Δ = {d:.3g}")
+        a2.semilogx(n, kl, "-", marker=mk, color=c, ms=4, label=f"Δ = {d:.3g}")
         const = kl[-1] - 0.5 * math.log(n[-1])
         # the asymptote only where it is positive: a KL never is negative
         grid = np.geomspace(max(float(n[0]), math.exp(-2.0 * const)), float(n[-1]), 200)
         a2.semilogx(grid, 0.5 * np.log(grid) + const, "--", color=c, lw=1.2,
                     label=f"½ log n {_signed(const)}")
     a1.set_xlabel("sequence length n")
-    a1.set_ylabel("KL(π_N‖φ_λⁿ) / n")
+    a1.set_ylabel("KL(π_N‖φ_λⁿ) / n  [nats per token]")
     a1.set_title("per token → 0")
     a2.set_xlabel("sequence length n")
     a2.set_ylabel("KL(π_N‖φ_λⁿ)  [nats]")
@@ -151,28 +185,25 @@ def _plot_kl_to_tilt(e: Experiment, model: Model):
     a2.set_ylim(bottom=0.0)
     for a in (a1, a2):
         a.grid(alpha=0.3, which="both")
-        a.legend(fontsize=8)
+    a1.legend(fontsize=8)
+    a2.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"{model.name}: best-of-N against the tilted policy")
     return fig
 
 
 def _plot_large_deviations(e: Experiment, model: Model):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
-    fig = Figure(figsize=(7.0, 6.6), layout="constrained")
-    ax, dev = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    fig, (ax, dev) = _figure(1, 7.0, nrows=2, height=6.6, sharex=True, height_ratios=[3, 2])
     t, r = e.tables["large_deviations"], e.tables["rate_function"]
-    ax.plot(r["x"], r["rate"], color="black", lw=1.3, zorder=3, label="rate function I(x)")
     ns = np.unique(t["n"])
-    for n, c in zip(ns, _colors(ns.size), strict=True):
+    for n, (c, mk) in zip(ns, _series(ns.size), strict=True):
         s = t["n"] == n
-        ax.plot(t["x"][s], t["minus_log_tail_over_n"][s], ".", color=c, ms=4,
+        ax.plot(t["x"][s], t["minus_log_tail_over_n"][s], mk, color=c, ms=2.5, mew=0,
                 label=f"−(1/n) log P(tail), n = {n:,}")
         # the distance to I(x), where the curves above lie on top of each other
-        d = t["minus_log_tail_over_n"][s] - t["rate"][s]
-        dev.plot(t["x"][s], np.where(d > 0, d, np.nan), ".", color=c, ms=3)
+        dev.plot(t["x"][s], _positive(t["minus_log_tail_over_n"][s] - t["rate"][s]), mk,
+                 color=c, ms=2.5, mew=0)
+    # the limit last and on top, thin: the points of the largest n converge onto it
+    ax.plot(r["x"], r["rate"], color="black", lw=1.0, zorder=3, label="rate function I(x)")
     finite = r["rate"][np.isfinite(r["rate"])]
     ax.set_ylim(0.0, 1.1 * finite.max())        # a rate is never negative
     dev.set_yscale("log")
@@ -181,12 +212,13 @@ def _plot_large_deviations(e: Experiment, model: Model):
     if d.size:   # the few rounding-level distances at the end points would flatten the rest
         dev.set_ylim(np.percentile(d, 1) / 3, 3 * d.max())
     for a in (ax, dev):
-        a.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":")
+        a.axvline(e.notes["mean"], color="grey", lw=0.8, ls=":",
+                  label="mean E r (I = 0)" if a is ax else None)
         a.grid(alpha=0.3)
     ax.set_ylabel("−(1/n) log P(R/n beyond x)")
     ax.set_title(f"{model.name}: large deviations from the exact law")
-    ax.legend(fontsize=8)
-    dev.set_xlabel("x = R / n")
+    ax.legend(fontsize=8, markerscale=2)
+    dev.set_xlabel("x = R / n  (reward per token)")
     dev.set_ylabel("−(1/n) log P − I(x)\n(log scale)")
     return fig
 
@@ -200,30 +232,32 @@ def _plot_cumulants(e: Experiment, model: Model):
     a1.bar(ks, np.abs(tok), color="lightgrey", edgecolor="black", label="|κ_k(r)|, one token")
     if neg.any():
         a1.bar(ks[neg], np.abs(tok[neg]), color="none", edgecolor="black", hatch="//",
-               label="(hatched: negative)")
+               label="(hatched: κ_k(r) < 0)")
     ns = np.unique(t["n"])
-    for i, (n, c) in enumerate(zip(ns, _colors(ns.size), strict=True)):
+    for i, (n, (c, mk)) in enumerate(zip(ns, _series(ns.size), strict=True)):
         s = t["n"] == n
         a1.plot(t["k"][s] + 0.15 * (i - (ns.size - 1) / 2), np.abs(t["scaled_cumulant"][s]),
-                "o", color=c, ms=5, label=f"|κ_k(R)|/n, exact law, n = {n:,}")
+                mk, color=c, ms=5, label=f"|κ_k(R)|/n, exact law, n = {n:,}")
     if np.all(tok != 0):
         a1.set_yscale("log")
     a1.set_xlabel("order k")
-    a1.set_ylabel("|scaled cumulant|")
+    a1.set_ylabel("|κ_k|  (bars: one token; markers: R / n)")
     a1.set_title("κ_k(R)/n = κ_k(r)")
+    a1.set_xticks(ks)
     a1.legend(fontsize=7)
     f, g = e.tables["scaled_cgf_formula"], e.tables["scaled_cgf_exact_law"]
-    a2.plot(f["t"], f["scaled_cgf_renyi"], color="black", lw=2,
-            label="t (log Σ e^r − H_{1+t}(p; softmax r))")
-    for i, (n, c) in enumerate(zip(np.unique(g["n"]), _colors(ns.size), strict=True)):
-        s = g["n"] == n       # concentric open circles: equal values stay visible
-        a2.plot(g["t"][s], g["scaled_cgf_exact_law"][s], "o", color=c, mfc="none",
-                ms=3 + 3 * (ns.size - 1 - i), mew=1.2, zorder=3,
-                label=f"(1/n) log E e^(tR), n = {n:,}")
+    for i, (n, (c, mk)) in enumerate(zip(np.unique(g["n"]), _series(ns.size), strict=True)):
+        s = g["n"] == n       # concentric open markers: equal values stay visible
+        a2.plot(g["t"][s][::2], g["scaled_cgf_exact_law"][s][::2], mk, color=c, mfc="none",
+                ms=3 + 3 * (ns.size - 1 - i), mew=1.2,
+                label=f"(1/n) log E e^(tR), exact law, n = {n:,}")
+    # the formula last and on top, thin: it runs through the centre of every marker
+    a2.plot(f["t"], f["scaled_cgf_renyi"], color="black", lw=1.0, zorder=3,
+            label="t·(log Σ e^r − H_(1+t)(p; softmax r))")
     a2.set_xlabel("t")
-    a2.set_ylabel("scaled CGF")
+    a2.set_ylabel("scaled CGF  (1/n) log E e^(tR)")
     a2.set_title("scaled CGF = Rényi cross-entropy form")
-    a2.legend(fontsize=7)
+    a2.legend(fontsize=7, loc="upper left")
     for a in (a1, a2):
         a.grid(alpha=0.3)
     fig.suptitle(f"{model.name}: cumulants of the sequence reward")
@@ -231,15 +265,18 @@ def _plot_cumulants(e: Experiment, model: Model):
 
 
 def _plot_samples(e: Experiment, model: Model):
-    fig, (a1, a2) = _figure(2, 5.6)
+    fig, (a1, a2) = _figure(2, 5.8)
     h, w = e.tables["samples_histogram"], e.tables["samples_tokens"]
-    a1.bar(h["reward"], h["sampled_freq"], width=np.min(np.diff(h["reward"]))
-           if h["reward"].size > 1 else 1.0, color="tab:blue", alpha=0.5,
+    width = np.min(np.diff(h["reward"])) if h["reward"].size > 1 else 1.0
+    a1.bar(h["reward"], h["sampled_freq"], width=width, color="tab:blue", alpha=0.5,
            label=f"sampled ({int(h['sampled_count'].sum()):,} draws)")
-    a1.plot(h["reward"], h["exact_prob"], color="black", lw=1.2, label="exact law")
+    # the exact law as steps over the same cells: where the bars match it, they fill it
+    a1.step(h["reward"], h["exact_prob"], where="mid", color="black", lw=1.0,
+            label="exact law")
     seen = h["reward"][h["exact_prob"] > 1e-5 * h["exact_prob"].max()]
-    pad = 0.02 * (seen[-1] - seen[0]) + 1e-9
+    pad = 0.02 * (seen[-1] - seen[0]) + width
     a1.set_xlim(seen[0] - pad, seen[-1] + pad)
+    a1.set_ylim(bottom=0.0)
     a1.set_xlabel(f"best-of-N sequence reward R (n = {e.notes['n']})")
     a1.set_ylabel("probability")
     a1.set_title("sampled best-of-N rewards vs the exact law")
@@ -254,12 +291,16 @@ def _plot_samples(e: Experiment, model: Model):
             zorder=3, label="best-of-N (sampled)")
     a2.set_yticks(y, [f"{tok} ({r:+.1f})" for tok, r in zip(w["token"], w["reward"],
                                                              strict=True)], fontsize=8)
-    a2.set_xlabel("token probability at one position")
-    a2.set_title("tokens best-of-N raises most (reward)")
-    a2.legend(fontsize=7, loc="lower right")
+    a2.set_ylim(-0.5 - 1.5 * hgt, k - 0.5 + 1.5 * hgt)
+    a2.set_xlim(0.0, None)
+    a2.set_xlabel("probability of the token at one position")
+    a2.set_ylabel("token (its reward r)")
+    a2.set_title("tokens best-of-N raises most")
+    # outside the bars: with many tokens any corner inside may cover one
+    a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    fig.suptitle(f"{model.name}: samples")
+    fig.suptitle(f"{model.name}: samples of best-of-N (n = {e.notes['n']}) against exact laws")
     return fig
 
 
@@ -269,15 +310,18 @@ def _plot_win_rate(e: Experiment, model: Model):
     for a, key, title in ((a1, "win_rate_token", "one token"),
                           (a2, "win_rate_sequence", f"sequences, n = {e.notes['L']}")):
         t = e.tables[key]
-        for pol, c, lab in (("best_of_n", "tab:blue", "best-of-N"),
-                            ("tilted", "tab:orange", "tilted φ_λ")):
+        for pol, c, mk, lab in (("best_of_n", "tab:blue", "o", "best-of-N"),
+                                ("tilted", "tab:orange", "s", "tilted φ_λ")):
             s = t["policy"] == pol
-            a.plot(t["kl"][s], t["win_rate"][s], "o-", ms=4, lw=2.5, color=c, label=lab)
-        # the bound last and on top: where best-of-N meets it, black dashes over blue
+            # not clipped at the top: a win rate of 1 sits on the axis, not half under it
+            a.plot(t["kl"][s], t["win_rate"][s], "-", marker=mk, ms=4, lw=2.5 if
+                   pol == "best_of_n" else 1.5, color=c, label=lab, clip_on=False)
+        # the curve last and on top: where best-of-N meets it, black dashes over blue
         a.plot(bd["kl"], bd["win_rate"], color="black", ls=(0, (4, 3)), lw=1.4, zorder=4,
-               label="(log N − (N−1)/N, N/(N+1))")
+               label="without reward atoms:\n(log N − (N−1)/N, N/(N+1))")
         top = float(np.max(t["kl"]))
         a.set_xlim(0, top * 1.05)
+        a.set_ylim(min(0.5, float(np.min(t["win_rate"]))) - 0.02, 1.0)   # a probability
         a.set_xlabel("KL(π‖p) [nats]")
         a.set_ylabel("win rate against p (ties ½)")
         a.set_title(title)
@@ -298,12 +342,8 @@ _POLICY_STYLE = {     # colour, line style, marker, label: told apart where curv
 
 
 def _plot_policies(e: Experiment, model: Model):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingDependency('figures need matplotlib: pip install "tiltlab[plot]"') from None
-    fig = Figure(figsize=(10.8, 7.4), layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True, height_ratios=[3, 2])
+    fig, axes = _figure(2, 5.4, nrows=2, height=7.4, sharex=True, height_ratios=[3, 2])
+    axes = [axes[:2], axes[2:]]
     t = e.tables["policies"]
     panels = (("expected_reward", "reward_below_tilt", "tilted"),
               ("win_rate", "win_rate_below_calibrated_tilt", "calibrated_tilt"))
@@ -319,16 +359,18 @@ def _plot_policies(e: Experiment, model: Model):
         for (what, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
             top.plot(kl, t[what][s][o], **style)
             if method != best:       # the optimum's own gap is 0: nothing to draw on a log axis
-                g = t[gap][s][o]
-                bottom.plot(kl, np.where(g > 0, g, np.nan), **style)
+                bottom.plot(kl, _positive(t[gap][s][o]), **style)
     for (_, gap, best), top, bottom in zip(panels, axes[0], axes[1], strict=True):
         g = t[gap][t["method"] != best]
         hi = float(np.max(g)) if g.size and np.max(g) > 0 else 1.0
         bottom.set_yscale("log")
         bottom.set_ylim(1e-6 * hi, 3 * hi)
         for a in (top, bottom):
-            a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":")
+            a.axvline(e.notes["kl"], color="grey", lw=0.8, ls=":",
+                      label=f"KL = {e.notes['kl']:.3g} (numbers in the caption)"
+                      if a is top else None)
             a.grid(alpha=0.3, which="major")
+            _kl_axis(a)
         bottom.set_xlabel("KL(π‖p) [nats]")
         top.legend(fontsize=7, loc="lower right")
     axes[0][0].set_ylabel("expected reward E r")
@@ -337,7 +379,7 @@ def _plot_policies(e: Experiment, model: Model):
     axes[0][1].set_ylabel("win rate against p (ties ½)")
     axes[0][1].set_title("win rate: the calibrated tilt is optimal")
     axes[1][1].set_ylabel("below the calibrated tilt's\nwin rate at equal KL (log scale)")
-    fig.suptitle(f"{model.name}: inference-time policies, exact laws")
+    fig.suptitle(f"{model.name}: inference-time policies on one token, exact laws")
     return fig
 
 
@@ -484,11 +526,8 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     report.md ['fig1_cumulants.png']
     """
     t_start = time.perf_counter()
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingDependency('tiltlab reproduce draws figures with matplotlib: '
-                                'pip install "tiltlab[plot]"') from None
+    # every argument is checked first (an unknown model is reported as such, with or
+    # without matplotlib); the dependency is checked before any experiment runs
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     if not isinstance(force, bool):
@@ -496,6 +535,11 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out must be a path; got {out!r}")
     _staging.check(_staging.resolve(out), force)    # refuse early, before the model loads
+    keys = list(experiments) if experiments is not None else list(_FIGURE_ORDER)
+    unknown = [k for k in keys if k not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(EXPERIMENTS)}")
     if isinstance(model, Model):
         m = model
     else:
@@ -505,13 +549,13 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     say = (lambda *a: None) if quiet else echo
     ctx = Context(m, sizes, delta=delta, seed=int(seed), n_threads=jobs,
                   progress=_progress_factory(quiet))
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency('tiltlab reproduce draws figures with matplotlib: '
+                                'pip install "tiltlab[plot]"') from None
     say(f"tiltlab reproduce: model {m.name} ({m.description}), "
         f"{'full' if full else 'quick'} sizes, Δ = {ctx.delta:.4g}, λ = {ctx.lam:.6g}")
-    keys = list(experiments) if experiments is not None else list(_FIGURE_ORDER)
-    unknown = [k for k in keys if k not in EXPERIMENTS]
-    if unknown:
-        raise ValueError(f"unknown experiment(s) {', '.join(map(repr, unknown))}; choose from "
-                         f"{', '.join(EXPERIMENTS)}")
     results, timings, files = [], {}, {}
     with _staging.staged_folder(out, force=force, say=say,
                                 stamp={"tiltlab": tiltlab.__version__}) as stage:
