@@ -28,8 +28,11 @@
 
 #if TL_HAVE_VEC
 /* the portable build passes 32-byte vectors between always-inline functions only: no ABI
- * is involved */
-#if defined(__GNUC__) && !defined(__clang__)
+ * is involved (clang warns at every call, GCC notes it once; CMakeLists.txt also passes
+ * -Wno-psabi, as GCC's note ignores this pragma) */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 #if defined(__AVX512F__)

@@ -92,3 +92,47 @@ def test_a_stale_cached_compiler_check_is_redone(tmp_path):
     assert "tiltlab: kernel variants: portable, avx2, avx512; OpenMP:" in proc.stdout
     cache = (tmp_path / "b" / "CMakeCache.txt").read_text()
     assert "TL_CC_AVX2:INTERNAL=1" in cache
+
+
+def _wrapper(tmp_path, name, extra):
+    """A gcc that always adds `extra` to its command line."""
+    wrapper = tmp_path / name
+    wrapper.write_text(f'#!/bin/sh\nexec gcc {extra} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return str(wrapper)
+
+
+@needs_cmake
+def test_a_target_that_is_not_x86_64_gets_the_portable_kernels_only(tmp_path):
+    # what aarch64, an arm64 Mac, or a universal2 build looks like to the configure: the
+    # compiler does not define __x86_64__ (the host processor may still say x86_64)
+    not_x86 = _wrapper(tmp_path, "gcc-not-x86", "-U__x86_64__")
+    proc = _configure(tmp_path / "b1", cc=not_x86)
+    assert proc.returncode == 0, proc.stderr
+    assert "tiltlab: kernel variants: portable; OpenMP:" in proc.stdout
+    # asking for an x86 variant there is an error that says what to do
+    proc = _configure(tmp_path / "b2", "-DTILTLAB_SIMD_VARIANTS=portable;avx2", cc=not_x86)
+    assert proc.returncode != 0
+    err = " ".join(proc.stderr.split())
+    assert "asks for x86 variants" in err and "TILTLAB_SIMD_VARIANTS=portable" in err
+
+
+@needs_cmake
+def test_the_build_reports_its_progress_and_summary(tmp_path):
+    # pip shows none of this without -v: the lines also go to /dev/tty when there is one
+    # (not here: the configure runs without a controlling terminal's help, stdout piped)
+    proc = _configure(tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    assert ("tiltlab: compiling kernel variants: portable, avx2, avx512; OpenMP:"
+            in proc.stdout)
+    assert "(8 parts," in proc.stdout
+    script = (tmp_path / "b" / "tl_progress.sh").read_text()
+    assert "/dev/tty" in script and "tiltlab: done: kernel variants:" in script
+    # the last of the 8 parts prints the summary; the count is per build
+    env = dict(os.environ, TILTLAB_BUILD_TTY="0")
+    lines = [subprocess.run(["sh", str(tmp_path / "b" / "tl_progress.sh"), f"part {k}"],
+                            capture_output=True, text=True, env=env, check=True).stdout
+             for k in range(8)]
+    assert lines[0].strip() == "tiltlab: [1/8] built part 0"
+    assert "tiltlab: done: kernel variants: portable, avx2, avx512" in lines[7]
+    assert all("done" not in line for line in lines[:7])
