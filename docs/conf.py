@@ -10,6 +10,7 @@ writes those pages, and the pages of the SPEC, into ``docs/_generated/``).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,11 @@ numpydoc_show_class_members = False  # class pages list their members themselves
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 numpydoc_validation_checks: set[str] = set()
+
+# MathJax 3 from its CDN (Sphinx's default), unless TILTLAB_DOCS_MATHJAX names another copy of
+# MathJax 3's tex-chtml.js (e.g. a local one, for reading the site offline)
+if os.environ.get("TILTLAB_DOCS_MATHJAX"):
+    mathjax_path = os.environ["TILTLAB_DOCS_MATHJAX"]
 
 intersphinx_mapping = {}            # no network at build time: plain names, no cross-links
 

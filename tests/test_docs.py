@@ -10,9 +10,15 @@ import pathlib
 import pkgutil
 import re
 
+import pytest
+
 import tiltlab
 
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+# the tests run against the installed package, from the repository or from a copy of tests/
+# that has docs/ next to it (.ci/run copies both)
+pytestmark = pytest.mark.skipif(not (DOCS / "api" / "index.rst").is_file(),
+                                reason="no docs/ next to tests/")
 
 
 def _documented() -> set[str]:
