@@ -35,8 +35,21 @@ import pytest
 from tiltlab import _core, simd
 
 OBJDUMP = shutil.which("objdump")
-pytestmark = pytest.mark.skipif(OBJDUMP is None,
-                                reason="objdump (GNU binutils) is not installed")
+
+
+def _is_x86_64_elf(path: str) -> bool:
+    """The check reads GNU objdump's x86-64 ELF disassembly (Linux); Mach-O (macOS), PE
+    (Windows) and other processors' code are out of its scope."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    return head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 62  # EM_X86_64
+
+
+pytestmark = [
+    pytest.mark.skipif(OBJDUMP is None, reason="objdump (GNU binutils) is not installed"),
+    pytest.mark.skipif(not _is_x86_64_elf(_core.__file__),
+                       reason="the compiled core is not x86-64 ELF code"),
+]
 
 KERNELS = ["tl_lse_chunk", "tl_tilt_chunk", "tl_kl_chunk", "tl_moments_chunk", "tl_prescan",
            "tl_softmax_chunk", "tl_softmax_scale", "tl_log_softmax_write",
