@@ -29,13 +29,20 @@ SciPy-compatible special functions
     tiltlab.special: logsumexp (also tiltlab.logsumexp), softmax, log_softmax
 Divergences
     kl_divergence
-Models and the report
-    Model, load_model, tiltlab.models, reproduce
+Models and the report (the application, tiltlab.app)
+    Model, load_model, tiltlab.app.models, reproduce
 Build and CPU
     build_info, tiltlab.simd (SIMD variant in use, forcing one)
+
+Layout: ``tiltlab/`` is the numerical library; ``tiltlab/app/`` is the application around
+it (command line, models of experiments, experiments, report), which uses the library's
+public API only.  The old module paths ``tiltlab.models``, ``tiltlab.report``,
+``tiltlab.experiments`` and ``tiltlab.cli`` are aliases of the ``tiltlab.app`` modules (the
+same module objects), kept so existing scripts work.
 """
 
 import os
+import sys
 
 from tiltlab import (
     _openmp,  # noqa: F401  (first: sets up OpenMP before it starts)
@@ -43,6 +50,12 @@ from tiltlab import (
     special,  # noqa: F401  (tiltlab.special: softmax, log_softmax, logsumexp)
 )
 from tiltlab._version import __version__
+
+# the application (tiltlab/app/, public API users only): its public names, and its modules
+# under their old paths (aliases below)
+from tiltlab.app import cli, experiments, models, report
+from tiltlab.app.models import load_model
+from tiltlab.app.report import reproduce
 from tiltlab.bestofn import (
     BestOfN,
     RewardLevels,
@@ -56,7 +69,6 @@ from tiltlab.divergence import kl_divergence
 from tiltlab.estimators import EstimatorStudy, KLEstimates, estimator_study, kl_estimators
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
-from tiltlab.models import Model, load_model
 from tiltlab.policies import (
     Frontier,
     PolicyLaw,
@@ -67,7 +79,6 @@ from tiltlab.policies import (
     soft_best_of_n,
     worst_of_n,
 )
-from tiltlab.report import reproduce
 from tiltlab.sampling import sample_categorical, sample_tilted
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
@@ -79,6 +90,13 @@ from tiltlab.tilting import (
     tilt,
     tilt_stats,
 )
+from tiltlab.tokenmodel import Model
+
+# tiltlab.models, tiltlab.report, ... : the same module objects as tiltlab.app.*
+for _name, _module in (("cli", cli), ("experiments", experiments), ("models", models),
+                       ("report", report)):
+    sys.modules[f"tiltlab.{_name}"] = _module
+del _name, _module
 
 __all__ = [
     "__version__",
