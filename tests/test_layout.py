@@ -251,12 +251,37 @@ def test_old_module_paths_are_the_app_modules():
 
 
 def test_old_paths_in_a_fresh_process():
-    code = ("import tiltlab.models, tiltlab.report\n"
+    code = ("import sys, tiltlab\n"
+            "assert 'tiltlab.app.cli' not in sys.modules and 'argparse' not in sys.modules\n"
+            "import tiltlab.app.cli as c\n"           # the real module first, then the alias
+            "import tiltlab.models, tiltlab.report\n"
             "from tiltlab.experiments import EXPERIMENTS\n"
             "from tiltlab.cli import main\n"
+            "import tiltlab.cli\n"
             "import tiltlab.app.models as m\n"
-            "assert tiltlab.models is m and main.__module__ == 'tiltlab.app.cli'\n"
+            "assert tiltlab.models is m and tiltlab.cli is c and main is c.main\n"
+            "assert c.__spec__.name == 'tiltlab.app.cli' and c.__name__ == 'tiltlab.app.cli'\n"
             "print(len(EXPERIMENTS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "7"
+
+
+def test_import_tiltlab_leaves_the_command_line_unloaded():
+    """``import tiltlab`` does not load the command line (nor argparse); ``tiltlab.cli`` then
+    loads it on first use, as the module tiltlab.app.cli itself."""
+    code = ("import sys, tiltlab\n"
+            "print(sorted(m for m in ('argparse', 'tiltlab.app.cli', 'tiltlab.cli') "
+            "if m in sys.modules))\n"
+            "print(tiltlab.cli is sys.modules['tiltlab.app.cli'], tiltlab.cli.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["[]", "True tiltlab.app.cli"]
+
+
+@pytest.mark.parametrize("module", ["tiltlab", "tiltlab.cli", "tiltlab.app.cli"])
+def test_python_m_runs_the_command_line(module):
+    run = subprocess.run([sys.executable, "-m", module, "info"], capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.startswith(f"tiltlab {tiltlab.__version__} ")
+    assert run.stderr == ""         # no runpy warning about a module imported twice

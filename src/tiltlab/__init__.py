@@ -41,6 +41,8 @@ public API only.  The old module paths ``tiltlab.models``, ``tiltlab.report``,
 same module objects), kept so existing scripts work.
 """
 
+import importlib
+import importlib.machinery
 import os
 import sys
 
@@ -53,7 +55,7 @@ from tiltlab._version import __version__
 
 # the application (tiltlab/app/, public API users only): its public names, and its modules
 # under their old paths (aliases below)
-from tiltlab.app import cli, experiments, models, report
+from tiltlab.app import experiments, models, report
 from tiltlab.app.models import load_model
 from tiltlab.app.report import reproduce
 from tiltlab.bestofn import (
@@ -92,11 +94,56 @@ from tiltlab.tilting import (
 )
 from tiltlab.tokenmodel import Model
 
-# tiltlab.models, tiltlab.report, ... : the same module objects as tiltlab.app.*
-for _name, _module in (("cli", cli), ("experiments", experiments), ("models", models),
-                       ("report", report)):
+# tiltlab.models, tiltlab.report, tiltlab.experiments: the same module objects as
+# tiltlab.app.* (imported above for load_model and reproduce)
+for _name, _module in (("experiments", experiments), ("models", models), ("report", report)):
     sys.modules[f"tiltlab.{_name}"] = _module
 del _name, _module
+
+# tiltlab.cli: tiltlab.app.cli, imported on first use only (``import tiltlab`` does not load
+# the command line and argparse; ``python -m tiltlab.app.cli`` runs without runpy's warning)
+_LAZY_ALIASES = {"tiltlab.cli": "tiltlab.app.cli"}
+
+
+class _LazyAlias:
+    """Meta-path finder and loader: ``import tiltlab.cli`` gives the module tiltlab.app.cli
+    itself (its own ``__spec__`` and name kept), and ``python -m tiltlab.cli`` runs it."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name in _LAZY_ALIASES:
+            return importlib.machinery.ModuleSpec(name, _LazyAlias)
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        module = importlib.import_module(_LAZY_ALIASES[spec.name])
+        spec.loader_state = module.__spec__
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        # the import system has set module.__spec__ to the alias's spec: restore the module's
+        alias = module.__spec__
+        module.__spec__ = alias.loader_state
+
+    @staticmethod
+    def get_code(name):  # runpy (python -m tiltlab.cli)
+        import importlib.util
+
+        spec = importlib.util.find_spec(_LAZY_ALIASES[name])
+        return spec.loader.get_code(spec.name)
+
+
+if not any(f is _LazyAlias for f in sys.meta_path):
+    sys.meta_path.append(_LazyAlias)
+
+
+def __getattr__(name: str):
+    """``tiltlab.cli`` without importing it first (the lazy alias above)."""
+    if f"tiltlab.{name}" in _LAZY_ALIASES:
+        return importlib.import_module(f"tiltlab.{name}")
+    raise AttributeError(f"module 'tiltlab' has no attribute {name!r}")
 
 __all__ = [
     "__version__",
