@@ -1,4 +1,4 @@
-"""Malformed model files, one per kind, for the error-path tests of tiltlab.models and the CLI.
+"""Malformed model files, one per kind, for the error-path tests of tiltlab.app.models and the CLI.
 
 ``make(folder, kind, monkeypatch)`` writes the file (or folder) of ``kind`` and returns its
 path; ``KINDS`` maps each kind to a piece of the expected one-line message.

@@ -10,12 +10,12 @@ import sys
 import pytest
 
 import tiltlab
+import tiltlab.app.models
 import tiltlab.bestofn
 import tiltlab.divergence
 import tiltlab.estimators
 import tiltlab.largedev
 import tiltlab.memoryless
-import tiltlab.models
 import tiltlab.policies
 import tiltlab.sampling
 import tiltlab.simd
@@ -23,7 +23,7 @@ import tiltlab.special
 import tiltlab.tilting
 
 DOCTESTED = [tiltlab.tilting, tiltlab.special, tiltlab.divergence, tiltlab.bestofn,
-             tiltlab.memoryless, tiltlab.largedev, tiltlab.models, tiltlab.policies,
+             tiltlab.memoryless, tiltlab.largedev, tiltlab.app.models, tiltlab.policies,
              tiltlab.estimators, tiltlab.sampling, tiltlab.simd]
 
 
@@ -35,18 +35,21 @@ def test_docstring_examples(module):
 
 
 def test_every_module_with_examples_is_doctested():
-    """Every public module whose docstrings hold examples is in DOCTESTED (tiltlab.report's
-    are run by tests/test_reproduce.py, which has the plotting extra at hand)."""
+    """Every public module (library and tiltlab.app) whose docstrings hold examples is in
+    DOCTESTED (tiltlab.app.report's are run by tests/test_reproduce.py, which has the
+    plotting extra at hand)."""
     import pathlib
     import pkgutil
 
     pkg = pathlib.Path(tiltlab.__file__).parent
     with_examples = set()
-    for info in pkgutil.iter_modules([str(pkg)]):
-        path = pkg / f"{info.name}.py"
-        if not info.name.startswith("_") and path.exists() and ">>>" in path.read_text():
-            with_examples.add(f"tiltlab.{info.name}")
-    assert with_examples - {m.__name__ for m in DOCTESTED} == {"tiltlab.report"}
+    for info in pkgutil.walk_packages([str(pkg)], prefix="tiltlab."):
+        leaf = info.name.rpartition(".")[2]
+        path = pkg.parent.joinpath(*info.name.split(".")).with_suffix(".py")
+        if not leaf.startswith("_") and path.exists() and ">>>" in path.read_text():
+            with_examples.add(info.name)
+    assert "tiltlab.app.models" in with_examples     # the walk reaches the app package
+    assert with_examples - {m.__name__ for m in DOCTESTED} == {"tiltlab.app.report"}
 
 
 def test_cli_demo_prints_bernoulli_table():

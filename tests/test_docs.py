@@ -38,9 +38,20 @@ def _documented() -> set[str]:
 
 
 def _public_modules() -> list[str]:
+    """The public modules of the library and of the application (tiltlab.app.*), by their
+    canonical names (the command line excepted: it has no API)."""
     pkg = pathlib.Path(tiltlab.__file__).parent
-    return sorted(f"tiltlab.{i.name}" for i in pkgutil.iter_modules([str(pkg)])
-                  if not i.name.startswith("_") and i.name not in ("cli",))
+    return sorted(i.name for i in pkgutil.walk_packages([str(pkg)], prefix="tiltlab.")
+                  if not any(part.startswith("_") for part in i.name.split("."))
+                  and not i.ispkg and i.name != "tiltlab.app.cli")
+
+
+def test_public_modules_include_the_application():
+    mods = _public_modules()
+    assert {"tiltlab.app.models", "tiltlab.app.report", "tiltlab.app.experiments",
+            "tiltlab.bestofn", "tiltlab.tokenmodel"} <= set(mods)
+    assert not any(m in mods for m in ("tiltlab.app.cli", "tiltlab.app._staging",
+                                       "tiltlab._validation"))
 
 
 def test_every_public_name_has_an_api_page():

@@ -99,7 +99,7 @@ OS_FORK = COMMON + textwrap.dedent("""
             except ValueError:
                 pass
             import contextlib, io
-            from tiltlab import cli
+            from tiltlab.app import cli
             text = io.StringIO()
             with contextlib.redirect_stdout(text):
                 cli.main(["info"])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import tiltlab
-from tiltlab.models import Model
+from tiltlab.app.models import Model
 
 V = 4
 L = np.log([0.4, 0.3, 0.2, 0.1])

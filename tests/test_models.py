@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tiltlab
-from tiltlab import models
+from tiltlab.app import models
 
 HAVE_DATA = all(importlib.util.find_spec(m) is not None for m in ("wordfreq", "vaderSentiment"))
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason='needs the data extra: '

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import tiltlab
-from tiltlab.models import Model
+from tiltlab.app.models import Model
 
 L = np.log([0.4, 0.3, 0.2, 0.1])
 R = np.array([0.0, 1.0, 3.0, 2.0])

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import tiltlab
-from tiltlab import experiments as X
-from tiltlab import models
-from tiltlab.cli import main
+from tiltlab.app import experiments as X
+from tiltlab.app import models
+from tiltlab.app.cli import main
 
 HAVE_PLOT = importlib.util.find_spec("matplotlib") is not None
 HAVE_DATA = all(importlib.util.find_spec(m) is not None for m in ("wordfreq", "vaderSentiment"))
@@ -56,7 +56,7 @@ def _check_png(path):
 
 
 def _check_report(out, model: models.Model, sizes: X.Sizes):
-    from tiltlab.report import read_csv
+    from tiltlab.app.report import read_csv
 
     for f in FIGURES:
         _check_png(out / f)
@@ -231,7 +231,7 @@ class _FakeTerminal(io.StringIO):
 @pytest.mark.parametrize("terminal", [False, True])
 def test_progress_bars_only_on_a_terminal(terminal, tmp_path, monkeypatch):
     pytest.importorskip("tqdm")
-    from tiltlab.report import reproduce
+    from tiltlab.app.report import reproduce
 
     stream = _FakeTerminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
@@ -271,7 +271,7 @@ def test_reproduce_quick_english_sentiment_end_to_end(tmp_path):
         else:
             os.environ["TILTLAB_CACHE_DIR"] = old
     _check_report(out, model, X.Sizes.quick())
-    from tiltlab.report import read_csv
+    from tiltlab.app.report import read_csv
 
     words = read_csv(out / "samples_tokens.csv")
     assert np.all(words["reward"] > 0)         # BoN raises positive words
@@ -280,7 +280,7 @@ def test_reproduce_quick_english_sentiment_end_to_end(tmp_path):
 
 @needs_plot
 def test_reproduce_is_seeded(tmp_path):
-    from tiltlab.report import read_csv, reproduce
+    from tiltlab.app.report import read_csv, reproduce
 
     kw = dict(experiments=["samples"], quiet=True)
     reproduce("bernoulli", tmp_path / "a", seed=3, **kw)
@@ -297,7 +297,7 @@ def test_reproduce_user_npz_model(tmp_path):
     np.savez(path, logits=np.log([0.6, 0.3, 0.1]), rewards=np.array([0.0, 0.5, 1.0]),
              names=np.array(["lo", "mid", "hi"]))
     out = tmp_path / "r"
-    from tiltlab.report import read_csv, reproduce
+    from tiltlab.app.report import read_csv, reproduce
 
     reproduce(str(path), out, quiet=True, experiments=["frontier", "samples"])
     assert (out / "fig1_frontier.png").exists() and (out / "fig2_samples.png").exists()
@@ -341,7 +341,7 @@ def test_cli_argument_errors_before_the_missing_plot_extra(argv, needle, tmp_pat
 
 def test_reproduce_unknown_experiment_before_the_missing_plot_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    from tiltlab.report import reproduce
+    from tiltlab.app.report import reproduce
 
     with pytest.raises(ValueError, match="unknown experiment"):
         reproduce("bernoulli", tmp_path / "o", quiet=True, experiments=["frontier", "nope"])
@@ -599,7 +599,7 @@ def test_token_marginal_against_enumeration(n_draws):
 @needs_plot
 def test_reproduce_gapped_support_and_large_delta(tmp_path):
     """Best-of-N mass on a lattice with unreachable points; a budget near kl_max."""
-    from tiltlab.report import read_csv, reproduce
+    from tiltlab.app.report import read_csv, reproduce
 
     m = models.Model("gap", models._normalise(np.log([0.1, 0.1, 0.8])), np.array([0.0, 3, 5]),
                      np.array(list("abc")), "gapped")
@@ -628,12 +628,12 @@ def test_token_marginal_with_unresolved_law_points():
     assert got[1] > 0.5 > got[0]
 
 
-def test_tilted_win_rate_levels_bernoulli():
+def test_win_rate_on_levels_bernoulli():
     lp = np.log([0.7, 0.3])
     q = np.log([0.2, 0.8])
     want = 0.8 * 0.7 + 0.5 * (0.2 * 0.7 + 0.8 * 0.3)
-    assert X._tilted_win_rate_levels(lp, q) == pytest.approx(want, rel=1e-15)
-    assert X._tilted_win_rate_levels(lp, lp) == pytest.approx(0.5)
+    assert X.win_rate_on_levels(lp, q) == pytest.approx(want, rel=1e-15)
+    assert X.win_rate_on_levels(lp, lp) == pytest.approx(0.5)
 
 
 def test_default_delta_and_context_checks():
@@ -649,14 +649,14 @@ def test_default_delta_and_context_checks():
 def test_report_docstring_example():
     import doctest
 
-    import tiltlab.report
+    import tiltlab.app.report
 
-    result = doctest.testmod(tiltlab.report, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(tiltlab.app.report, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 
 def test_csv_round_trip_is_exact(tmp_path):
-    from tiltlab.report import read_csv, write_csv
+    from tiltlab.app.report import read_csv, write_csv
 
     x = np.array([0.1, 1 / 3, 1e-300, -2.5e300, np.pi])
     write_csv(tmp_path / "t.csv", {"x": x, "k": np.arange(5), "s": np.array(list("abcde"))})

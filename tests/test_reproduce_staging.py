@@ -3,7 +3,7 @@
 The report is written into a staging folder next to ``--out`` and swapped in whole; killed
 at any moment (SIGKILL), the previous report stays byte for byte; a folder it did not write
 is refused unless ``--force``.  The kill tests crash the run at every step of the swap
-through ``tiltlab._staging.checkpoint`` (in forked children of one helper process) and kill
+through ``tiltlab.app._staging.checkpoint`` (in forked children of one helper process) and kill
 a real ``tiltlab reproduce --quick`` in the middle of its experiments.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 import tiltlab
-from tiltlab import _staging
-from tiltlab import experiments as X
-from tiltlab import report as R
-from tiltlab.cli import main
+from tiltlab.app import _staging
+from tiltlab.app import experiments as X
+from tiltlab.app import report as R
+from tiltlab.app.cli import main
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
                                 reason='needs the plot extra: pip install "tiltlab[plot]"')
@@ -79,7 +79,7 @@ def _siblings(folder: Path) -> list:
 _KILL_AT_STAGE = r"""
 import io, json, os, signal, sys
 import tiltlab
-from tiltlab import _staging
+from tiltlab.app import _staging
 from matplotlib.figure import Figure
 
 fig = Figure()                        # load matplotlib and its fonts once, before forking
@@ -406,7 +406,7 @@ def test_cli_io_error_mid_run_is_one_line_and_leaves_the_old_report(tmp_path, mo
 
 def test_cli_broken_pipe_is_still_quiet(monkeypatch):
     """BrokenPipeError is an OSError: `tiltlab bon | head` still ends with status 0."""
-    from tiltlab import cli
+    from tiltlab.app import cli
 
     def closed_pipe(args):
         raise BrokenPipeError(32, "Broken pipe")

@@ -29,13 +29,22 @@ SciPy-compatible special functions
     tiltlab.special: logsumexp (also tiltlab.logsumexp), softmax, log_softmax
 Divergences
     kl_divergence
-Models and the report
-    Model, load_model, tiltlab.models, reproduce
+Models and the report (the application, tiltlab.app)
+    Model, load_model, tiltlab.app.models, reproduce
 Build and CPU
     build_info, tiltlab.simd (SIMD variant in use, forcing one)
+
+Layout: ``tiltlab/`` is the numerical library; ``tiltlab/app/`` is the application around
+it (command line, models of experiments, experiments, report), which uses the library's
+public API only.  The old module paths ``tiltlab.models``, ``tiltlab.report``,
+``tiltlab.experiments`` and ``tiltlab.cli`` are aliases of the ``tiltlab.app`` modules (the
+same module objects), kept so existing scripts work.
 """
 
+import importlib
+import importlib.machinery
 import os
+import sys
 
 from tiltlab import (
     _openmp,  # noqa: F401  (first: sets up OpenMP before it starts)
@@ -43,6 +52,12 @@ from tiltlab import (
     special,  # noqa: F401  (tiltlab.special: softmax, log_softmax, logsumexp)
 )
 from tiltlab._version import __version__
+
+# the application (tiltlab/app/, public API users only): its public names, and its modules
+# under their old paths (aliases below)
+from tiltlab.app import experiments, models, report
+from tiltlab.app.models import load_model
+from tiltlab.app.report import reproduce
 from tiltlab.bestofn import (
     BestOfN,
     RewardLevels,
@@ -56,7 +71,6 @@ from tiltlab.divergence import kl_divergence
 from tiltlab.estimators import EstimatorStudy, KLEstimates, estimator_study, kl_estimators
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
 from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
-from tiltlab.models import Model, load_model
 from tiltlab.policies import (
     Frontier,
     PolicyLaw,
@@ -67,7 +81,6 @@ from tiltlab.policies import (
     soft_best_of_n,
     worst_of_n,
 )
-from tiltlab.report import reproduce
 from tiltlab.sampling import sample_categorical, sample_tilted
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
@@ -79,6 +92,58 @@ from tiltlab.tilting import (
     tilt,
     tilt_stats,
 )
+from tiltlab.tokenmodel import Model
+
+# tiltlab.models, tiltlab.report, tiltlab.experiments: the same module objects as
+# tiltlab.app.* (imported above for load_model and reproduce)
+for _name, _module in (("experiments", experiments), ("models", models), ("report", report)):
+    sys.modules[f"tiltlab.{_name}"] = _module
+del _name, _module
+
+# tiltlab.cli: tiltlab.app.cli, imported on first use only (``import tiltlab`` does not load
+# the command line and argparse; ``python -m tiltlab.app.cli`` runs without runpy's warning)
+_LAZY_ALIASES = {"tiltlab.cli": "tiltlab.app.cli"}
+
+
+class _LazyAlias:
+    """Meta-path finder and loader: ``import tiltlab.cli`` gives the module tiltlab.app.cli
+    itself (its own ``__spec__`` and name kept), and ``python -m tiltlab.cli`` runs it."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name in _LAZY_ALIASES:
+            return importlib.machinery.ModuleSpec(name, _LazyAlias)
+        return None
+
+    @staticmethod
+    def create_module(spec):
+        module = importlib.import_module(_LAZY_ALIASES[spec.name])
+        spec.loader_state = module.__spec__
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        # the import system has set module.__spec__ to the alias's spec: restore the module's
+        alias = module.__spec__
+        module.__spec__ = alias.loader_state
+
+    @staticmethod
+    def get_code(name):  # runpy (python -m tiltlab.cli)
+        import importlib.util
+
+        spec = importlib.util.find_spec(_LAZY_ALIASES[name])
+        return spec.loader.get_code(spec.name)
+
+
+if not any(f is _LazyAlias for f in sys.meta_path):
+    sys.meta_path.append(_LazyAlias)
+
+
+def __getattr__(name: str):
+    """``tiltlab.cli`` without importing it first (the lazy alias above)."""
+    if f"tiltlab.{name}" in _LAZY_ALIASES:
+        return importlib.import_module(f"tiltlab.{name}")
+    raise AttributeError(f"module 'tiltlab' has no attribute {name!r}")
 
 __all__ = [
     "__version__",

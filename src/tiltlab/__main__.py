@@ -1,5 +1,5 @@
 import sys
 
-from tiltlab.cli import main
+from tiltlab.app.cli import main
 
 sys.exit(main())

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import tiltlab
-from tiltlab.models import Model
+from tiltlab.tokenmodel import Model
 
-__all__ = ["Sizes", "Experiment", "EXPERIMENTS", "default_delta"]
+__all__ = ["Sizes", "Experiment", "EXPERIMENTS", "default_delta", "win_rate_on_levels"]
 
 
 @dataclass(frozen=True)
@@ -452,8 +452,22 @@ def samples(ctx: Context) -> Experiment:
 # 6. win rate against KL
 # --------------------------------------------------------------------------------------
 
-def _tilted_win_rate_levels(values_lp_p: np.ndarray, values_lp_q: np.ndarray) -> float:
-    """P(Y_q > Y_p) + P(Y_q = Y_p)/2 for two laws on the same sorted levels (log pmfs)."""
+def win_rate_on_levels(values_lp_p: np.ndarray, values_lp_q: np.ndarray) -> float:
+    """Win rate of one law over another on the same sorted reward levels.
+
+    Parameters
+    ----------
+    values_lp_p, values_lp_q : ndarray, shape (K,)
+        Log pmfs of the reference law ``p`` and of the policy's law ``q`` on the same ``K``
+        increasing reward levels (NaN reads as ``-inf``), e.g. the ``log_pmf`` of two
+        :meth:`tiltlab.Memoryless.reward_log_pmf` results of one model.
+
+    Returns
+    -------
+    float
+        ``P(Y_q > Y_p) + P(Y_q = Y_p) / 2`` for independent ``Y_p ~ p`` and ``Y_q ~ q``
+        (a RuntimeWarning when more than 1e-9 of either law's mass is unresolved).
+    """
     p = np.exp(np.where(np.isnan(values_lp_p), -np.inf, values_lp_p))
     q = np.exp(np.where(np.isnan(values_lp_q), -np.inf, values_lp_q))
     missing = max(abs(1.0 - p.sum()), abs(1.0 - q.sum()))
@@ -488,7 +502,7 @@ def win_rate(ctx: Context) -> Experiment:
     seq_tilt = {"lam": _col(lam_s), "kl": L * _col(st_s.kl), "win_rate": []}
     for lam in ctx.progress(lam_s, f"win rate: tilted laws, n={L}"):
         lawl = s.reward_log_pmf(float(lam))
-        seq_tilt["win_rate"].append(_tilted_win_rate_levels(law0.log_pmf, lawl.log_pmf))
+        seq_tilt["win_rate"].append(win_rate_on_levels(law0.log_pmf, lawl.log_pmf))
     seq_tilt["win_rate"] = _col(seq_tilt["win_rate"])
     tables = {
         "win_rate_token": {

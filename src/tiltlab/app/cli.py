@@ -139,7 +139,7 @@ def _jsonable(v):
 
 
 def _model_arg(args):
-    from tiltlab.models import load_model
+    from tiltlab.app.models import load_model
 
     opts = {"vocab": args.vocab} if args.vocab is not None and args.model == "english-sentiment" \
         else {}
@@ -188,7 +188,7 @@ def _policy_table(args, m) -> int:
 
 def _frontier(args) -> int:
     import tiltlab
-    from tiltlab.experiments import _tilted_win_rate_levels
+    from tiltlab.app.experiments import win_rate_on_levels
 
     m = _model_arg(args)
     if args.method != "tilted":
@@ -214,7 +214,7 @@ def _frontier(args) -> int:
                                      .log_masses[-1])
         seq = tiltlab.Memoryless(m.logits, m.rewards, n, step=m.step, n_threads=args.jobs)
         law0 = seq.reward_log_pmf()
-        win = [_tilted_win_rate_levels(law0.log_pmf, seq.reward_log_pmf(float(lm)).log_pmf)
+        win = [win_rate_on_levels(law0.log_pmf, seq.reward_log_pmf(float(lm)).log_pmf)
                if np.isfinite(lm) else top_all for lm in lam]
     cols = {"kl": n * np.atleast_1d(st.kl) + 0.0, "lam": lam,
             "expected_reward": n * np.atleast_1d(st.mean) + 0.0, "win_rate": np.array(win)}
@@ -265,7 +265,7 @@ def _bon(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from tiltlab.report import reproduce
+    from tiltlab.app.report import reproduce
 
     reproduce(args.model, args.out, full=args.full, seed=args.seed, jobs=args.jobs,
               delta=args.delta, quiet=args.quiet, vocab=args.vocab, force=args.force,
@@ -378,7 +378,7 @@ _COMMANDS = {"info": _info, "reproduce": _reproduce, "frontier": _frontier, "bon
 
 
 def main(argv=None) -> int:
-    from tiltlab.models import MissingDependency
+    from tiltlab.app.models import MissingDependency
 
     args = _parser().parse_args(argv)
     try:
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # e.g. `tiltlab bon | head` (an OSError: caught before those)
         return 0
     except (ValueError, TypeError, MissingDependency, OSError) as exc:
-        # bad input (a malformed model file included: tiltlab.models raises ValueError),
+        # bad input (a malformed model file included: tiltlab.app.models raises ValueError),
         # a missing extra or an I/O error: one line on stderr, exit status 2
         if os.environ.get("TILTLAB_DEBUG"):
             raise

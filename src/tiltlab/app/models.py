@@ -26,6 +26,10 @@ rewards.  Every model is documented here, in :data:`MODELS`:
     A user model: arrays ``logits`` and ``rewards`` of shape ``(V,)``, optional ``names``
     (``V`` strings) and optional scalar ``step`` (the reward lattice step passed to
     :class:`tiltlab.Memoryless`).
+
+The loaders are part of the application (``tiltlab.app``; also importable as
+``tiltlab.models``); the :class:`~tiltlab.Model` they return is the library's
+(``tiltlab.tokenmodel``), re-exported here.
 """
 
 from __future__ import annotations
@@ -34,67 +38,17 @@ import functools
 import os
 import stat
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from tiltlab.tokenmodel import Model
 
 __all__ = ["Model", "MissingDependency", "MODELS", "load_model", "english_sentiment"]
 
 
 class MissingDependency(ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
-
-
-@dataclass(frozen=True)
-class Model:
-    """A token model: ``p = softmax(logits)`` over ``V`` tokens and a reward per token.
-
-    Attributes
-    ----------
-    name : str
-        Short name (``ternary``, ``english-sentiment``, the file name of a user model).
-    logits, rewards : ndarray, shape (V,)
-        Log-probabilities (normalised) and rewards, float64.
-    names : ndarray of str, shape (V,)
-        Token names (words for ``english-sentiment``; ``"0"``, ``"1"``, ... otherwise).
-    description : str
-        One line saying what the model is.
-    step : float or None
-        Reward lattice step to use for sequences (None: detect it).
-    source : dict
-        Provenance: package versions for real-data models, the path for user files.
-
-    The arrays are the model's own copies (float64 for ``logits`` and ``rewards``) and
-    read-only.  A masked logit is ``-inf``; a reward may be masked only where the logit is
-    masked or ``-inf``; masked ``names`` are refused (SPEC section 1).
-    """
-
-    name: str
-    logits: np.ndarray
-    rewards: np.ndarray
-    names: np.ndarray
-    description: str
-    step: float | None = None
-    source: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        from tiltlab import _interop as interop
-        from tiltlab import _validation as V
-
-        logits, rewards = V.owned_outcomes(interop.asarray(self.logits, "logits"),
-                                           interop.asarray(self.rewards, "rewards"))
-        names = V.readonly(np.array(V.refuse_mask(self.names, "names")))
-        for key, value in (("logits", logits), ("rewards", rewards), ("names", names)):
-            object.__setattr__(self, key, value)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.logits.shape[-1])
-
-    @property
-    def probs(self) -> np.ndarray:
-        return np.exp(self.logits)
 
 
 def _normalise(logits: np.ndarray) -> np.ndarray:
@@ -105,6 +59,37 @@ def _normalise(logits: np.ndarray) -> np.ndarray:
 
 def _default_names(v: int) -> np.ndarray:
     return np.array([str(i) for i in range(v)])
+
+
+def _finite_number(x, name: str) -> float:
+    """``x`` as one finite float; the error names ``name`` (a masked value is refused)."""
+    if isinstance(x, np.ma.MaskedArray):
+        if np.ma.getmaskarray(x).any():
+            raise ValueError(f"{name} is a masked array with a masked element; a mask has no "
+                             f"meaning for {name}: pass a plain number")
+        x = np.ma.getdata(x)
+    arr = np.asarray(x)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a real number; got {x!r}")
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a single number; got an array of shape {arr.shape}")
+    value = float(arr)
+    if not np.isfinite(value):
+        what = "NaN" if np.isnan(value) else "an infinite value"
+        raise ValueError(f"{name} contains {what}; {name} must be finite")
+    return value
+
+
+def _check_memory(n_bytes: int, what: str) -> None:
+    """MemoryError, before anything is allocated, when ``what`` needs more than the physical
+    memory of this machine (2^47 bytes where the OS does not say)."""
+    try:
+        limit = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not Linux / macOS
+        limit = 1 << 47
+    if n_bytes > limit:
+        raise MemoryError(f"{what} would need {n_bytes / 2**30:.3g} GiB, more than the "
+                          f"{limit / 2**30:.3g} GiB of memory of this machine")
 
 
 def bernoulli() -> Model:
@@ -118,15 +103,13 @@ def ternary() -> Model:
 
 
 def zipf(vocab: int = 10_000, exponent: float = 1.1) -> Model:
-    from tiltlab import _validation as V
-
     if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)):
         raise TypeError(f"vocab must be an integer; got {vocab!r}")
     if vocab < 1:
         raise ValueError(f"vocab must be >= 1; got {vocab}")
     # six float64 / int64 arrays and a token name (a Python str and a numpy string) per token
-    V.check_memory(int(vocab) * 160, f"vocab={vocab} tokens")
-    exponent = V.scalar_param(exponent, "exponent", allow_inf=False)
+    _check_memory(int(vocab) * 160, f"vocab={vocab} tokens")
+    exponent = _finite_number(exponent, "exponent")
     k = np.arange(1, vocab + 1, dtype=np.int64)
     logits = _normalise(-exponent * np.log(k.astype(np.float64)))
     rewards = (((k * 2654435761) % 2**32) % 11 - 5).astype(np.float64)
@@ -369,7 +352,7 @@ def load_model(name: str, **options) -> Model:
     name : str or path
         ``bernoulli``, ``ternary``, ``zipf``, ``english-sentiment`` (needs the ``data``
         extra) or the path of an ``.npz`` file with arrays ``logits`` and ``rewards`` of
-        shape ``(V,)`` (optional ``names`` and scalar ``step``).  See :mod:`tiltlab.models`
+        shape ``(V,)`` (optional ``names`` and scalar ``step``).  See :mod:`tiltlab.app.models`
         for what each built-in model is.
     **options
         Passed to the model's constructor, e.g. ``vocab=5000`` for ``english-sentiment``.

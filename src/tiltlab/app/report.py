@@ -4,7 +4,7 @@ Output directory layout: ``report.md`` and ``report.html`` (images embedded), on
 figure, every plotted number as CSV (one file per table, named in the report),
 ``run.json`` (versions, seed, model, sizes, timings) and the stamp ``.tiltlab-report``
 (signature and list of files: how a later run recognises a folder it wrote).  The folder is
-written aside and swapped in whole (``tiltlab._staging``): a killed or failed run never
+written aside and swapped in whole (``tiltlab.app._staging``): a killed or failed run never
 leaves a partial or mixed report.  Figures use matplotlib's Agg canvas directly (no pyplot
 state, no display needed).
 """
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 import tiltlab
-from tiltlab import _staging
-from tiltlab.experiments import EXPERIMENTS, Context, Experiment, Sizes
-from tiltlab.models import MissingDependency, Model, load_model
+from tiltlab.app import _staging
+from tiltlab.app.experiments import EXPERIMENTS, Context, Experiment, Sizes
+from tiltlab.app.models import MissingDependency, load_model
+from tiltlab.tokenmodel import Model
 
 __all__ = ["reproduce", "write_csv", "read_csv"]
 
@@ -458,7 +459,7 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
               force: bool = False, experiments=None, echo=print) -> Path:
     """Run the seven experiments of ``tiltlab reproduce`` on a model and write the report.
 
-    The experiments (:mod:`tiltlab.experiments`) check the claims of SPEC section 4 (after
+    The experiments (:mod:`tiltlab.app.experiments`) check the claims of SPEC section 4 (after
     arXiv 2404.01730) exactly: the reward-KL frontier of best-of-N against the tilt,
     ``KL(pi_N || phi_lam^n)`` against n, large deviations, scaled cumulants and the Rényi
     form of the scaled CGF, samples, win rate against KL, and every policy family of
@@ -499,7 +500,7 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
         report is complete.  Without it such a folder is refused and left untouched.  The
         current folder, its parents, the home folder and mount points are always refused.
     experiments : list of str, optional
-        A subset of ``tiltlab.experiments.EXPERIMENTS`` (default: all seven, in order).
+        A subset of ``tiltlab.app.experiments.EXPERIMENTS`` (default: all seven, in order).
     echo : callable, default print
         Where summary lines go.
 
