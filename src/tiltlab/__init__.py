@@ -29,8 +29,8 @@ SciPy-compatible special functions
     tiltlab.special: logsumexp (also tiltlab.logsumexp), softmax, log_softmax
 Divergences
     kl_divergence
-Models and the report
-    Model, load_model, tiltlab.models, reproduce
+Models, the report and sweeps
+    Model, load_model, tiltlab.models, reproduce, sweep (needs the ``distributed`` extra)
 Build and CPU
     build_info, tiltlab.simd (SIMD variant in use, forcing one)
 """
@@ -43,6 +43,7 @@ from tiltlab import (
     special,  # noqa: F401  (tiltlab.special: softmax, log_softmax, logsumexp)
 )
 from tiltlab._version import __version__
+from tiltlab.app.sweep import sweep
 from tiltlab.bestofn import (
     BestOfN,
     RewardLevels,
@@ -114,6 +115,7 @@ __all__ = [
     "worst_of_n",
     "load_model",
     "reproduce",
+    "sweep",
     "TiltStats",
     "cumulants",
     "frontier",

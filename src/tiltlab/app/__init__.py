@@ -1,0 +1,1 @@
+"""The application around the numerical library: command line, report, models, sweeps."""
