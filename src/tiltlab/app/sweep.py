@@ -768,8 +768,9 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
     bitwise the same serially, on a pool, on Dask and when resumed.  Two tasks with the
     same parameters share a stream.
 
-    **Backends.**  The pool uses the ``spawn`` start method (a fresh interpreter per
-    worker; no OpenMP state inherited through fork) with ``n_workers`` processes that run
+    **Backends.**  The pool uses the ``forkserver`` start method (``spawn`` where there is
+    none): workers are forked from a clean server process, never from this one, so no
+    OpenMP state is inherited through fork.  Its ``n_workers`` processes run
     single-threaded kernels (``n_threads=1`` in the built-in tasks, a ``threadpoolctl``
     limit of 1 for user tasks when threadpoolctl is installed, ``OMP_NUM_THREADS=1`` for
     their children).  Cells are sent in batches (about 8 per worker, at most 256 cells
@@ -1023,7 +1024,8 @@ def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    ctx = multiprocessing.get_context("spawn")
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=min(n_workers, len(batches)), mp_context=ctx,
                              initializer=_pool_init) as pool:
         pending = {pool.submit(_run_units, task, seed, b, 1): b for b in batches}
