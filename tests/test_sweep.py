@@ -102,13 +102,14 @@ def test_a_killed_worker_does_not_stop_the_sweep(cluster_client, tmp_path):
     def kill_one_running():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not killed:
-            started = {int(p.name.split("-")[2]) for p in tmp_path.glob("start-*")}
-            victims = sorted(started & set(pids.values()))
+            names = {p.name for p in tmp_path.iterdir()}
+            running = sorted(int(n.split("-")[2]) for n in names if n.startswith("start-")
+                             and "end-" + n[6:] not in names)   # mid-task (it sleeps 0.4 s)
+            victims = [pid for pid in running if pid in set(pids.values())]
             if victims:
-                time.sleep(0.1)  # mid-task: the task sleeps 0.4 s
                 os.kill(victims[0], signal.SIGKILL)
                 killed.append(victims[0])
-            time.sleep(0.02)
+            time.sleep(0.01)
 
     t = threading.Thread(target=kill_one_running)
     t.start()
