@@ -13,15 +13,9 @@ extra): ``import tiltlab`` loads none of them.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import itertools
-import json
 import math
 import numbers
 import os
-import pickle
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -48,6 +42,8 @@ _CHECKPOINT_EVERY = 1.0          # seconds between checkpoint rewrites (and at t
 # --------------------------------------------------------------------------------------
 
 def _file_digest(path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -56,6 +52,8 @@ def _file_digest(path) -> str:
 
 
 def _model_digest(model) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     for arr in (model.logits, model.rewards):
         a = np.ascontiguousarray(arr, dtype=np.float64)
@@ -128,6 +126,8 @@ def _encode(value, out: list, where: str) -> None:
 
 def cell_key(params: Mapping, *, model_keys: Mapping | None = None) -> tuple[int, ...]:
     """The spawn key of a cell: 8 words of the SHA-256 of its canonical parameters."""
+    import hashlib
+
     out: list = []
     for name in sorted(params):
         _encode(name, out, "grid")
@@ -498,6 +498,9 @@ def _enc(v):
         return ["c", v.real.hex(), v.imag.hex()]
     if isinstance(v, str):
         return ["s", v]
+    import base64
+    import io
+
     buf = io.BytesIO()
     np.save(buf, v, allow_pickle=False)
     return ["a", base64.b64encode(buf.getvalue()).decode("ascii")]
@@ -517,6 +520,9 @@ def _dec(e):
         return complex(float.fromhex(e[1]), float.fromhex(e[2]))
     if t == "s":
         return e[1]
+    import base64
+    import io
+
     return np.load(io.BytesIO(base64.b64decode(e[1])), allow_pickle=False)
 
 
@@ -530,6 +536,8 @@ class _Checkpoint:
     META = b"tiltlab.sweep"
 
     def __init__(self, path, signature: dict):
+        import json
+
         import pyarrow.parquet as pq
 
         self.path = os.fspath(path)
@@ -558,12 +566,16 @@ class _Checkpoint:
                 self.rows[key] = (params, res)
 
     def get(self, key: str):
+        import json
+
         row = self.rows.get(key)
         if row is None:
             return None
         return {k: _dec(v) for k, v in json.loads(row[1]).items()}
 
     def add(self, key: str, params: Mapping, result: Mapping) -> None:
+        import json
+
         text = ", ".join(f"{k}={v!r:.80}" for k, v in params.items())
         self.rows[key] = (text, json.dumps({k: _enc(v) for k, v in result.items()}))
         self.dirty = True
@@ -573,6 +585,8 @@ class _Checkpoint:
     def flush(self) -> None:
         if not self.dirty:
             return
+        import json
+
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -642,6 +656,8 @@ class _Progress:
 # --------------------------------------------------------------------------------------
 
 def _cells(grid) -> list[dict]:
+    import itertools
+
     if isinstance(grid, Mapping):
         names, values = [], []
         for name, vals in grid.items():
@@ -917,7 +933,7 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
             if use_dask:
                 from distributed.protocol.pickle import dumps as pdumps
             else:
-                pdumps = pickle.dumps
+                from pickle import dumps as pdumps
             if spec is None:
                 pdumps(task)
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same error
