@@ -297,6 +297,13 @@ def test_progress_lines_and_silence(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(sweep_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
 def test_import_tiltlab_loads_no_extra():
     code = ("import sys, tiltlab; bad = [m for m in ('pandas', 'pyarrow', 'dask', "
             "'distributed', 'tqdm') if m in sys.modules]; sys.exit(str(bad) if bad else 0)")

@@ -852,9 +852,13 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
     --------
     >>> import tiltlab
     >>> t = tiltlab.sweep("best_of_n", {"model": ["ternary"], "n": [1, 4, 16]},
-    ...                   n_workers=1, progress=False)             # doctest: +SKIP
-    >>> t[["n", "kl", "win_rate"]].round(4).values.tolist()        # doctest: +SKIP
-    [[1.0, 0.0, 0.5], [4.0, 0.7799, 0.7413], [16.0, 1.4696, 0.8369]]
+    ...                   n_workers=1, progress=False)
+    >>> t[["n", "kl", "win_rate"]].round(4).values.tolist()
+    [[1.0, 0.0, 0.5], [4.0, 0.5598, 0.7726], [16.0, 1.4696, 0.893]]
+    >>> mc = tiltlab.sweep("simulate_best_of_n", {"model": ["ternary"], "n": [4],
+    ...                    "size": [10, 1000]}, n_workers=1, seed=1, progress=False)
+    >>> [int(c.sum()) for c in mc["counts"]], list(mc.columns[3:])
+    ([10, 1000], ['draws', 'counts', 'mean_reward', 'se_reward', 'expected_reward'])
     """
     # ---- arguments (nothing runs before they are all checked) ----
     if isinstance(task, str):
