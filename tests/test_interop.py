@@ -85,7 +85,7 @@ CALLS = {
 # names without array arguments
 RESULT_TYPES = {"TiltStats", "BestOfN", "RewardLevels", "PolicyLaw", "Frontier", "KLEstimates",
                 "EstimatorStudy", "LatticeLaw", "SequenceBestOfN", "Asymptotics"}
-NO_ARRAYS = {"__version__", "build_info", "load_model", "reproduce"}
+NO_ARRAYS = {"__version__", "build_info", "load_model", "reproduce", "sweep"}
 SPECIAL = {"logsumexp"}  # tiltlab.special: test_special_functions below
 # calls whose results are not float (indices) or whose model keeps float64 by design
 NOT_FLOAT32 = {"sample_best_of_n", "simulate_best_of_n", "sample_categorical", "sample_tilted",

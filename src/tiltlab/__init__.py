@@ -29,13 +29,13 @@ SciPy-compatible special functions
     tiltlab.special: logsumexp (also tiltlab.logsumexp), softmax, log_softmax
 Divergences
     kl_divergence
-Models and the report (the application, tiltlab.app)
-    Model, load_model, tiltlab.app.models, reproduce
+Models, the report and sweeps (the application, tiltlab.app)
+    Model, load_model, tiltlab.app.models, reproduce, sweep (needs the ``distributed`` extra)
 Build and CPU
     build_info, tiltlab.simd (SIMD variant in use, forcing one)
 
 Layout: ``tiltlab/`` is the numerical library; ``tiltlab/app/`` is the application around
-it (command line, models of experiments, experiments, report), which uses the library's
+it (command line, models of experiments, experiments, report, sweeps), which uses the library's
 public API only.  The old module paths ``tiltlab.models``, ``tiltlab.report``,
 ``tiltlab.experiments`` and ``tiltlab.cli`` are aliases of the ``tiltlab.app`` modules (the
 same module objects), kept so existing scripts work.
@@ -58,6 +58,7 @@ from tiltlab._version import __version__
 from tiltlab.app import experiments, models, report
 from tiltlab.app.models import load_model
 from tiltlab.app.report import reproduce
+from tiltlab.app.sweep import sweep
 from tiltlab.bestofn import (
     BestOfN,
     RewardLevels,
@@ -179,6 +180,7 @@ __all__ = [
     "worst_of_n",
     "load_model",
     "reproduce",
+    "sweep",
     "TiltStats",
     "cumulants",
     "frontier",
