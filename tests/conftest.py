@@ -97,3 +97,17 @@ lams = st.one_of(
     st.floats(-50, 50, allow_nan=False),
     st.sampled_from([0.0, np.inf, -np.inf, 1e-8, -1e-8, 1e5, -1e5]),
 )
+
+
+def require_distributed() -> None:
+    """The sweep tests skip without the distributed extra (dask.distributed, pandas,
+    pyarrow), unless TILTLAB_REQUIRE_DISTRIBUTED is set to a non-empty value other than
+    ``0`` (CI, .ci/run): a missing module then fails the test module instead."""
+    if os.environ.get("TILTLAB_REQUIRE_DISTRIBUTED", "") in ("", "0"):
+        return
+    for mod in ("pandas", "pyarrow", "dask", "distributed"):
+        try:
+            __import__(mod)
+        except ImportError as exc:
+            pytest.fail(f"TILTLAB_REQUIRE_DISTRIBUTED is set but {mod} cannot be imported: "
+                        f"{exc}", pytrace=False)

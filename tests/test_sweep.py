@@ -13,9 +13,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import require_distributed
 
 import tiltlab
 
+require_distributed()
 pd = pytest.importorskip("pandas", reason="tiltlab.sweep needs the distributed extra (pandas)")
 pytest.importorskip("pyarrow", reason="tiltlab.sweep checkpoints need pyarrow")
 distributed = pytest.importorskip("distributed", reason="the Dask tests need dask.distributed")

@@ -273,6 +273,101 @@ def _reproduce(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------
+# tiltlab sweep
+# --------------------------------------------------------------------------------------
+
+def _grid_value(text: str):
+    """One grid value from the command line: an int, else a real number (``1e6``, ``inf``),
+    else the text itself (a model or method name)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    # 1e6 is the integer it names (the sweep keys 1e6 and 1000000 as one cell anyway)
+    return int(v) if v.is_integer() and abs(v) < 2.0 ** 53 else v
+
+
+def _grid(items: list[str], model: str | None) -> dict:
+    grid: dict = {}
+    if model is not None:   # first: the outermost loop, the first column
+        grid["model"] = [m.strip() for m in model.split(",") if m.strip()]
+    for item in items:
+        name, eq, values = item.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise ValueError(f"--grid expects NAME=V1,V2,...; got {item!r}")
+        if name in grid:
+            raise ValueError(f"--grid names {name!r} twice" if name != "model" else
+                             "give the models with --model or with --grid model=..., not both")
+        vals = [_grid_value(v.strip()) for v in values.split(",") if v.strip()]
+        if not vals:
+            raise ValueError(f"--grid {name}= has no values")
+        grid[name] = vals
+    return grid
+
+
+def _task_arg(text: str):
+    """A built-in task name, or ``package.module:function`` (a user task)."""
+    if ":" not in text:
+        return text
+    import importlib
+
+    mod, _, attr = text.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"task {text!r}: cannot import it ({exc})") from None
+    if not callable(fn):
+        raise TypeError(f"task {text!r} is not callable")
+    return fn
+
+
+def _sweep(args) -> int:
+    import json
+
+    from tiltlab.app.sweep import sweep
+
+    out = args.out
+    if out is not None and not out.endswith((".csv", ".parquet")):
+        raise ValueError(f"--out must end in .csv or .parquet; got {out!r}")
+    task = _task_arg(args.task)
+    model = args.model
+    if model is None and isinstance(task, str) and \
+            not any(g.partition("=")[0].strip() == "model" for g in args.grid):
+        model = "ternary"   # a built-in task's default model
+    grid = _grid(args.grid, model)
+    table = sweep(task, grid, scheduler=args.scheduler, n_workers=args.workers,
+                  seed=args.seed, checkpoint=args.checkpoint,
+                  progress=False if args.quiet else None)
+    arrays = [c for c in table.columns
+              if table[c].map(lambda v: isinstance(v, np.ndarray)).any()]
+    if out is None:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None,
+                               "display.width", 200):
+            print(table.drop(columns=arrays).to_string(index=False))
+        if arrays:
+            print(f"(array columns not shown: {', '.join(arrays)}; write them with --out)")
+        return 0
+    if out.endswith(".csv"):
+        flat = table.copy()
+        for c in arrays:   # arrays as JSON lists in one cell
+            flat[c] = flat[c].map(lambda v: json.dumps(v.tolist())
+                                  if isinstance(v, np.ndarray) else v)
+        flat.to_csv(out, index=False)
+    else:
+        table.to_parquet(out, index=False)
+    if not args.quiet:
+        print(f"tiltlab sweep: {len(table)} cells -> {out}", file=sys.stderr)
+    return 0
+
+
 def _int_at_least(lo: int, what: str):
     """An argparse type: an integer >= lo (one-line message otherwise)."""
     def parse(text: str) -> int:
@@ -371,10 +466,39 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--length", type=_positive_int, default=1,
                    help="sequence length n of the memoryless model (default 1)")
     b.add_argument("--format", choices=("text", "csv", "json"), default="text")
+
+    w = sub.add_parser(
+        "sweep", help="run a task over a grid of parameters (local pool or Dask)",
+        description="Run a built-in task (best_of_n, frontier, policy_frontier, "
+        "sequence_best_of_n, simulate_best_of_n, estimator_study) or a user task "
+        "(package.module:function) on every cell of a grid, reproducibly: each cell's "
+        "random stream is keyed by --seed and the cell's parameters. Needs the "
+        "distributed extra (pip install \"tiltlab[distributed]\").",
+        epilog="example: tiltlab sweep sequence_best_of_n --model ternary "
+        "--grid n=1,4,16,1e6 --grid length=10,100,1000 --out table.csv")
+    w.add_argument("task", help="built-in task name or package.module:function")
+    w.add_argument("--model", default=None,
+                   help=_MODEL_HELP + "; several separated by commas (default ternary for "
+                   "a built-in task)")
+    w.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a parameter and its values (repeat; the cells are the product); "
+                   "numbers are ints or reals (1e6, inf), anything else text")
+    where = w.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None,
+                       help="local processes (default: one per core; 1 = in this process)")
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                       help="address of a Dask scheduler to run the cells on")
+    w.add_argument("--seed", type=_nonneg_int, default=0, help="root seed (default 0)")
+    w.add_argument("--checkpoint", default=None, metavar="FILE.parquet",
+                   help="record finished cells here; a re-run computes only missing cells")
+    w.add_argument("--out", default=None, metavar="TABLE.csv|TABLE.parquet",
+                   help="write the table (CSV: arrays as JSON lists); default: print it")
+    w.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     return parser
 
 
-_COMMANDS = {"info": _info, "reproduce": _reproduce, "frontier": _frontier, "bon": _bon}
+_COMMANDS = {"info": _info, "reproduce": _reproduce, "frontier": _frontier, "bon": _bon,
+             "sweep": _sweep}
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 import tiltlab
+from tiltlab.app.models import MissingDependency
 
 __all__ = ["sweep", "SHARD_DRAWS", "SHARD_SAMPLES"]
 
@@ -703,6 +704,16 @@ def _check_int(value, name: str, lo: int) -> int:
     return int(value)
 
 
+def _require(*modules: str) -> None:
+    """Each of the optional modules a sweep needs, or MissingDependency naming the extra."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingDependency(f"tiltlab.sweep needs {', '.join(missing)}: "
+                                f'pip install "tiltlab[distributed]"')
+
+
 def _connect(scheduler):
     if not isinstance(scheduler, str):
         raise TypeError(f"scheduler must be an address such as 'tcp://host:8786'; got "
@@ -895,12 +906,11 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
             a, mkeys = cell, None
         args.append(a)
         keys.append(cell_key(cell, model_keys=mkeys))
-    try:
-        import pandas as pd
-    except ImportError as exc:
-        raise ImportError("tiltlab.sweep needs pandas (pip install 'tiltlab[distributed]')"
-                          ) from exc
     use_dask = client is not None or scheduler is not None
+    _require("pandas", *(("pyarrow",) if checkpoint is not None else ()),
+             *(("dask", "distributed") if use_dask else ()))
+    import pandas as pd
+
     signature = {"format": _FORMAT, "task": _task_id(task), "seed": seed,
                  "shard_draws": SHARD_DRAWS, "shard_samples": SHARD_SAMPLES}
     ckpt = _Checkpoint(checkpoint, signature) if checkpoint is not None else None
