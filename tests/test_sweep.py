@@ -46,6 +46,19 @@ def sleepy(x, marks, rng):
     return {"y": x * x, "u": float(rng.random())}
 
 
+def dies_once(x, marks, rng):
+    """Kills its own worker process the first time it runs the cell x == 2 (marker file)."""
+    flag = os.path.join(marks, f"died-{x}")
+    if x == 2 and not os.path.exists(flag):
+        open(flag, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"y": x * x, "u": float(rng.random())}
+
+
+def always_dies(x, rng):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
 def cluster_client():
     from distributed import Client, LocalCluster
@@ -313,3 +326,18 @@ def test_import_tiltlab_loads_no_extra():
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert tiltlab.sweep is sweep_mod.sweep
+
+
+def test_a_killed_pool_worker_is_replaced(tmp_path, capsys):
+    grid = {"x": list(range(8)), "marks": [str(tmp_path)]}
+    got = tiltlab.sweep(dies_once, grid, n_workers=2)
+    err = capsys.readouterr().err
+    assert (tmp_path / "died-2").exists()               # the worker did die
+    assert "a pool worker process died; rerunning" in err
+    want = tiltlab.sweep(dies_once, grid, n_workers=1, progress=False)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_a_task_that_always_kills_its_worker_fails_clearly():
+    with pytest.raises(RuntimeError, match="died 4 times"):
+        tiltlab.sweep(always_dies, {"x": [1, 2]}, n_workers=2, progress=False)

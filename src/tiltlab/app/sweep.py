@@ -34,6 +34,8 @@ SHARD_DRAWS = 1 << 24
 SHARD_SAMPLES = 1 << 21
 
 _FORMAT = 1                      # checkpoint format; part of the signature
+#: how many times a sweep replaces a local pool whose worker process died
+POOL_RESTARTS = 3
 _PROGRESS_EVERY = 5.0            # seconds between plain progress lines
 _CHECKPOINT_EVERY = 1.0          # seconds between checkpoint rewrites (and at the end)
 
@@ -801,7 +803,9 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
     single-threaded kernels (``n_threads=1`` in the built-in tasks, a ``threadpoolctl``
     limit of 1 for user tasks when threadpoolctl is installed, ``OMP_NUM_THREADS=1`` for
     their children).  Cells are sent in batches (about 8 per worker, at most 256 cells
-    each) to amortise the messages.  On Dask each batch is a future (``pure=False``,
+    each) to amortise the messages.  When a pool worker process dies (killed, out of
+    memory, a crash), the batches without a result are rerun on a new pool, at most
+    ``POOL_RESTARTS`` (3) times, then RuntimeError.  On Dask each batch is a future (``pure=False``,
     ``retries=1``); when a worker dies, the scheduler runs its batches on other workers
     (up to ``distributed.scheduler.allowed-failures`` times).  Dask's nanny starts its
     workers with ``OMP_NUM_THREADS=1``.
@@ -1051,29 +1055,61 @@ def _batches(units: list, workers: int) -> list:
 
 
 def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
+    """The batches on a local process pool.  A worker process that dies (killed, out of
+    memory, a crash in a task) breaks the pool: the batches without a result are rerun on a
+    new pool, at most ``POOL_RESTARTS`` times; finished batches are kept."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=min(n_workers, len(batches)), mp_context=ctx,
-                             initializer=_pool_init) as pool:
-        pending = {pool.submit(_run_units, task, seed, b, 1): b for b in batches}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    b = pending.pop(fut)
-                    try:
-                        res = fut.result()
-                    except Exception as exc:
-                        _note(exc, cells[todo[b[0][0][0]]] if len(b) == 1 else
-                              {"batch of cells": [cells[todo[u[0][0]]] for u in b][:5]})
-                        raise
-                    consume(res)
-        finally:
-            for fut in pending:
-                fut.cancel()
+
+    def cells_of(b):
+        return cells[todo[b[0][0][0]]] if len(b) == 1 else \
+            {"batch of cells": [cells[todo[u[0][0]]] for u in b][:5]}
+
+    left, restarts = list(batches), 0
+    while left:
+        pending: dict = {}
+        lost: list = []
+        with ProcessPoolExecutor(max_workers=min(n_workers, len(left)), mp_context=ctx,
+                                 initializer=_pool_init) as pool:
+            try:
+                pending = {pool.submit(_run_units, task, seed, b, 1): b for b in left}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        b = pending.pop(fut)
+                        try:
+                            res = fut.result()
+                        except BrokenProcessPool:
+                            lost.append(b)
+                            continue
+                        except Exception as exc:
+                            _note(exc, cells_of(b))
+                            raise
+                        consume(res)
+                    if lost:   # the pool is broken: every other future fails the same way
+                        for fut, b in list(pending.items()):
+                            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                                consume(fut.result())
+                            else:
+                                lost.append(b)
+                        pending = {}
+            finally:
+                for fut in pending:
+                    fut.cancel()
+        left = lost
+        if left:
+            restarts += 1
+            if restarts > POOL_RESTARTS:
+                raise RuntimeError(
+                    f"a worker process of the local pool died {restarts} times running "
+                    f"{len(left)} batch(es) of cells (first: {cells_of(left[0])}); the finished "
+                    f"cells are kept (and in the checkpoint, if any)")
+            print(f"sweep: a pool worker process died; rerunning {len(left)} batch(es) on a "
+                  f"new pool ({restarts}/{POOL_RESTARTS})", file=sys.stderr, flush=True)
 
 
 def _run_dask(client, task, seed, batches, consume, cells, todo) -> None:
