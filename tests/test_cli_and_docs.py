@@ -37,7 +37,8 @@ def test_docstring_examples(module):
 def test_every_module_with_examples_is_doctested():
     """Every public module (library and tiltlab.app) whose docstrings hold examples is in
     DOCTESTED (tiltlab.app.report's are run by tests/test_reproduce.py, which has the
-    plotting extra at hand)."""
+    plotting extra at hand, and tiltlab.app.sweep's by tests/test_sweep.py, with the
+    distributed extra)."""
     import pathlib
     import pkgutil
 
@@ -49,7 +50,8 @@ def test_every_module_with_examples_is_doctested():
         if not leaf.startswith("_") and path.exists() and ">>>" in path.read_text():
             with_examples.add(info.name)
     assert "tiltlab.app.models" in with_examples     # the walk reaches the app package
-    assert with_examples - {m.__name__ for m in DOCTESTED} == {"tiltlab.app.report"}
+    assert with_examples - {m.__name__ for m in DOCTESTED} == {"tiltlab.app.report",
+                                                              "tiltlab.app.sweep"}
 
 
 def test_cli_demo_prints_bernoulli_table():

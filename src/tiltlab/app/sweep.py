@@ -25,7 +25,7 @@ import numpy as np
 import tiltlab
 from tiltlab.app.models import MissingDependency
 
-__all__ = ["sweep", "SHARD_DRAWS", "SHARD_SAMPLES"]
+__all__ = ["sweep", "SHARD_DRAWS", "SHARD_SAMPLES", "POOL_RESTARTS"]
 
 #: A ``simulate_best_of_n`` cell is split into shards of at most this many candidate draws
 #: (``n * samples``) ...
