@@ -4,10 +4,11 @@ not be split).
 
 * ``sweep simulate_best_of_n 1e+08 draws``: one ``simulate_best_of_n`` cell of 10^8
   candidate draws (n = 16, 6.25e6 samples), which the sweep splits into 6 shards, run
-  in-process (one thread), on Dask with 1 worker and with 2 workers (a ``LocalCluster`` of
-  single-threaded worker processes started before the timing; the target is 2 workers
-  >= 1.7x faster than 1) and on the local pool of 2 processes (whose start-up, about a
-  second, is part of every pool sweep and so of its time).
+  in-process (``n_workers=1``: the kernels use their default threads, 2 here), on Dask with
+  1 worker and with 2 workers (a ``LocalCluster`` of single-threaded worker processes
+  started before the timing; the target is 2 workers >= 1.7x faster than 1) and on the
+  local pool of 2 processes (whose start-up is part of every pool sweep and so of its
+  time).
 * ``sweep overhead 2000 trivial cells``: 2000 cells of a task that returns at once, so the
   time per cell ("ns/elem") is the backend's overhead, start-up included (target on the
   local pool: <= 5 ms per cell), next to a plain Python loop calling the task (the floor).
@@ -63,7 +64,7 @@ def _close_clusters():
     _clusters.clear()
 
 
-MC_IMPLS = ["in-process-1t", "dask-1-worker", "dask-2-workers", "pool-2-workers"]
+MC_IMPLS = ["in-process-2t", "dask-1-worker", "dask-2-workers", "pool-2-workers"]
 
 
 @pytest.mark.parametrize("impl", MC_IMPLS)
@@ -71,7 +72,7 @@ def test_one_big_monte_carlo_cell(benchmark, rounds, request, impl):
     draws = 10**8                # split into 6 shards (SHARD_DRAWS = 2^24), also with --quick
     n = 16
     grid = {"model": ["ternary"], "n": [n], "size": [draws // n]}
-    kw = {"n_workers": 1} if impl == "in-process-1t" else \
+    kw = {"n_workers": 1} if impl == "in-process-2t" else \
         {"n_workers": 2} if impl == "pool-2-workers" else \
         {"client": _client(1 if impl == "dask-1-worker" else 2)}
     run(benchmark, lambda: tiltlab.sweep("simulate_best_of_n", grid, progress=False, **kw),
