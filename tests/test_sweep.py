@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -44,6 +45,30 @@ def sleepy(x, marks, rng):
     time.sleep(0.4)
     open(os.path.join(marks, f"end-{x}-{pid}"), "w").close()
     return {"y": x * x, "u": float(rng.random())}
+
+
+class Unpicklable:
+    """A callable that no pickler can ship (it holds a lock)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, x, rng):
+        return {"x": x}
+
+
+class Scaled:
+    """A callable object: checkpoints tell two of them apart by their pickled state."""
+
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x, rng):
+        return {"y": self.k * x}
+
+
+def ten_x_as_y(x, y, rng):
+    return {"y": 10 * x}
 
 
 def dies_once(x, marks, rng):
@@ -140,55 +165,61 @@ def test_a_killed_worker_does_not_stop_the_sweep(cluster_client, tmp_path):
     assert table["y"].tolist() == [x * x for x in range(8)]
 
 
-class Counted:
-    """A user task counting its calls (in this process: n_workers=1); raises on ``boom``."""
+CALLS: list = []        # the cells counted() ran (in this process: n_workers=1)
+BOOM: list = [None]     # the cell counted() fails on
 
-    def __init__(self, boom=None):
-        self.calls, self.boom = [], boom
 
-    def __call__(self, a, b, rng):
-        self.calls.append((a, b))
-        if (a, b) == self.boom:
-            raise RuntimeError("boom")
-        return {"s": a + b + rng.random(), "v": rng.standard_normal(3),
-                "k": np.arange(a + 1, dtype=np.int32)}
+def counted(a, b, rng):
+    """A user task (module-level: a checkpoint knows it by its name, so a fixed version of
+    it resumes the sweep) counting its calls; raises on the cell BOOM[0]."""
+    CALLS.append((a, b))
+    if (a, b) == BOOM[0]:
+        raise RuntimeError("boom")
+    return {"s": a + b + rng.random(), "v": rng.standard_normal(3),
+            "k": np.arange(a + 1, dtype=np.int32)}
+
+
+def _counting(boom=None) -> list:
+    CALLS.clear()
+    BOOM[0] = boom
+    return CALLS
 
 
 def test_checkpoint_resume_after_a_crash(tmp_path):
     ck = tmp_path / "sweep.parquet"
     grid = {"a": [0, 1, 2], "b": [10, 20]}
-    crashing = Counted(boom=(2, 10))
+    _counting(boom=(2, 10))
     with pytest.raises(RuntimeError, match="boom") as info:
-        tiltlab.sweep(crashing, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
+        tiltlab.sweep(counted, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
     assert any("(2, 10)" in n or "'a': 2" in n for n in getattr(info.value, "__notes__", []))
     # the file holds exactly the 4 finished cells, written atomically (no temporary left)
     import pyarrow.parquet as pq
 
     assert pq.read_table(ck).num_rows == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.parquet"]
-    resumed = Counted()
-    table = tiltlab.sweep(resumed, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
-    assert resumed.calls == [(2, 10), (2, 20)]
-    fresh = Counted()
-    expected = tiltlab.sweep(fresh, grid, n_workers=1, seed=5, progress=False)
-    assert len(fresh.calls) == 6
+    resumed = _counting()
+    table = tiltlab.sweep(counted, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
+    assert resumed == [(2, 10), (2, 20)]
+    fresh = _counting()
+    expected = tiltlab.sweep(counted, grid, n_workers=1, seed=5, progress=False)
+    assert len(fresh) == 6
     # arrays (float64 and int32) and every bit survive the parquet round trip
     pd.testing.assert_frame_equal(table, expected, check_exact=True)
     assert table["k"][2].dtype == np.int32
-    again = Counted()
-    whole = tiltlab.sweep(again, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
-    assert again.calls == []
+    again = _counting()
+    whole = tiltlab.sweep(counted, grid, n_workers=1, seed=5, checkpoint=ck, progress=False)
+    assert again == []
     pd.testing.assert_frame_equal(whole, expected, check_exact=True)
     # a grown grid computes only its new cells
-    grown = Counted()
-    tiltlab.sweep(grown, {"a": [0, 1, 2, 3], "b": [10, 20]}, n_workers=1, seed=5,
+    grown = _counting()
+    tiltlab.sweep(counted, {"a": [0, 1, 2, 3], "b": [10, 20]}, n_workers=1, seed=5,
                   checkpoint=ck, progress=False)
-    assert grown.calls == [(3, 10), (3, 20)]
+    assert grown == [(3, 10), (3, 20)]
     # another seed is another sweep: refused, nothing runs
-    other = Counted()
+    other = _counting()
     with pytest.raises(ValueError, match="checkpoint.*different sweep.*seed"):
-        tiltlab.sweep(other, grid, n_workers=1, seed=6, checkpoint=ck, progress=False)
-    assert other.calls == []
+        tiltlab.sweep(counted, grid, n_workers=1, seed=6, checkpoint=ck, progress=False)
+    assert other == []
 
 
 def test_checkpoint_of_a_split_cell_on_the_pool(tmp_path):
@@ -225,7 +256,27 @@ def test_bad_input_is_refused_before_any_cell_runs(tmp_path):
     with pytest.raises(TypeError, match=r"grid\['x'\] must be a list"):
         tiltlab.sweep(local_task, {"x": 3}, n_workers=1, progress=False)
     with pytest.raises(TypeError, match="task must be picklable"):
-        tiltlab.sweep(local_task, {"x": [1, 2, 3]}, n_workers=2, progress=False)
+        tiltlab.sweep(Unpicklable(), {"x": [1, 2, 3]}, n_workers=2, progress=False)
+    with pytest.raises(ValueError, match=r"grid\['n'\].*must be >= 1.*0.5"):
+        tiltlab.sweep("best_of_n", {"model": ["ternary"], "n": [4, 0.5]}, progress=False)
+    with pytest.raises(ValueError, match=r"grid\['n'\].*must be a number; got nan"):
+        tiltlab.sweep("best_of_n", {"model": ["ternary"], "n": [float("nan")]},
+                      progress=False)
+    with pytest.raises(ValueError, match=r"grid\['policy'\].*over sequences"):
+        tiltlab.sweep("estimator_study", {"model": ["ternary"], "policy": ["worst_of_n"],
+                                          "parameter": [4], "n_samples": [10],
+                                          "repeats": [2], "length": [5]}, progress=False)
+    with pytest.raises(ValueError, match=r"grid\['temperature'\].*needs a temperature"):
+        tiltlab.sweep("estimator_study", {"model": ["ternary"], "policy": ["soft_best_of_n"],
+                                          "parameter": [4], "n_samples": [10],
+                                          "repeats": [2]}, progress=False)
+    with pytest.raises(ValueError, match="grid has no cells"):
+        tiltlab.sweep(local_task, {}, n_workers=1, progress=False)
+    with pytest.raises(ValueError, match="checkpoint .*does not exist or is not writable"):
+        tiltlab.sweep(local_task, {"x": [1]}, n_workers=1, progress=False,
+                      checkpoint=tmp_path / "no-such-folder" / "ck.parquet")
+    with pytest.raises(ValueError, match="checkpoint .* is a folder"):
+        tiltlab.sweep(local_task, {"x": [1]}, n_workers=1, progress=False, checkpoint=tmp_path)
     with pytest.raises(TypeError, match="seed must be an integer"):
         tiltlab.sweep(local_task, {"x": [1]}, seed=1.5, progress=False)
     with pytest.raises(ValueError, match="n_workers must be >= 1"):
@@ -341,3 +392,58 @@ def test_a_killed_pool_worker_is_replaced(tmp_path, capsys):
 def test_a_task_that_always_kills_its_worker_fails_clearly():
     with pytest.raises(RuntimeError, match="died 4 times"):
         tiltlab.sweep(always_dies, {"x": [1, 2]}, n_workers=2, progress=False)
+
+
+def test_a_whole_sweep_through_scheduler_address(cluster_client):
+    """scheduler= makes its own client (not the default one): the sweep runs on it."""
+    grid = {"model": ["ternary"], "n": [1, 2, 4]}
+    got = tiltlab.sweep("best_of_n", grid, scheduler=cluster_client.scheduler.address,
+                        progress=False)
+    want = tiltlab.sweep("best_of_n", grid, n_workers=1, progress=False)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_functions_of_main_lambdas_and_closures_run_on_the_pool():
+    """Shipped by value (cloudpickle): a pool worker cannot import them by name."""
+    code = textwrap.dedent("""
+        import tiltlab
+        def f(x, rng):
+            return {"y": x * x, "u": float(rng.random())}
+        k = 3
+        t1 = tiltlab.sweep(f, {"x": [1, 2, 3]}, n_workers=2, progress=False)
+        t2 = tiltlab.sweep(lambda x, rng: {"y": k * x}, {"x": [1, 2]}, n_workers=2,
+                           progress=False)
+        t0 = tiltlab.sweep(f, {"x": [1, 2, 3]}, n_workers=1, progress=False)
+        assert t1.equals(t0), (t1, t0)
+        print(t1["y"].tolist(), t2["y"].tolist())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[0] == "[1, 4, 9] [3, 6]"
+
+
+def test_a_checkpoint_knows_tasks_by_more_than_their_name(tmp_path):
+    from functools import partial
+
+    ck = tmp_path / "ck.parquet"
+    a = tiltlab.sweep(Scaled(1), {"x": [1, 2]}, n_workers=1, checkpoint=ck, progress=False)
+    assert a["y"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="different sweep .*task"):
+        tiltlab.sweep(Scaled(5), {"x": [1, 2]}, n_workers=1, checkpoint=ck, progress=False)
+    again = tiltlab.sweep(Scaled(1), {"x": [1, 2, 3]}, n_workers=1, checkpoint=ck,
+                          progress=False)
+    assert again["y"].tolist() == [1, 2, 3]
+    ck2 = tmp_path / "ck2.parquet"
+    tiltlab.sweep(partial(noisy, scale=1.0), {"x": [0.0]}, n_workers=1, checkpoint=ck2,
+                  progress=False)
+    with pytest.raises(ValueError, match="different sweep .*task"):
+        tiltlab.sweep(partial(noisy, scale=100.0), {"x": [0.0]}, n_workers=1,
+                      checkpoint=ck2, progress=False)
+
+
+def test_a_result_named_like_a_parameter_is_kept():
+    table = tiltlab.sweep(ten_x_as_y, [{"x": 1, "y": 0}, {"x": 2, "y": 0}], n_workers=1,
+                          progress=False)
+    assert list(table.columns) == ["x", "y", "y_result"]
+    assert table["y_result"].tolist() == [10, 20] and table["y"].tolist() == [0, 0]

@@ -5,6 +5,7 @@ every error one line with exit status 2, before any cell runs."""
 from __future__ import annotations
 
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -109,6 +110,9 @@ def test_a_user_task_by_module_and_name(tmp_path, capsys, monkeypatch):
      "not both"),
     (["best_of_n", "--grid", "lam=1"], "lam"),
     (["nosuchmodule:f", "--grid", "x=1"], "cannot import"),
+    (["best_of_n", "--grid", "n=4", "--out", "no-such-folder/t.csv"],
+     "folder does not exist or is not writable"),
+    (["best_of_n", "--grid", "n=4,0.5"], "must be >= 1"),
 ])
 def test_errors_are_one_line(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -129,3 +133,16 @@ def test_the_console_script_and_its_help():
                         "2", "--scheduler", "tcp://127.0.0.1:1"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not allowed with argument" in r.stderr
+
+
+def test_the_console_script_imports_a_task_from_the_current_folder(tmp_path):
+    (tmp_path / "mytasks2.py").write_text("def cube(x, rng):\n    return {'y': x ** 3}\n")
+    script = pathlib.Path(sys.executable).with_name("tiltlab")
+    if not script.exists():
+        pytest.skip("no tiltlab console script next to this Python")
+    r = subprocess.run([str(script), "sweep", "mytasks2:cube", "--grid", "x=2,3",
+                        "--workers", "1", "-q"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [line.split() for line in r.stdout.splitlines()] == [["x", "y"], ["2", "8"],
+                                                                ["3", "27"]]

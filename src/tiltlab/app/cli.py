@@ -318,6 +318,8 @@ def _task_arg(text: str):
     import importlib
 
     mod, _, attr = text.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())   # as `python -m` does: a module in this folder
     try:
         fn = getattr(importlib.import_module(mod), attr)
     except (ImportError, AttributeError) as exc:
@@ -333,8 +335,14 @@ def _sweep(args) -> int:
     from tiltlab.app.sweep import sweep
 
     out = args.out
-    if out is not None and not out.endswith((".csv", ".parquet")):
-        raise ValueError(f"--out must end in .csv or .parquet; got {out!r}")
+    if out is not None:
+        if not out.endswith((".csv", ".parquet")):
+            raise ValueError(f"--out must end in .csv or .parquet; got {out!r}")
+        folder = os.path.dirname(os.path.abspath(out))
+        if os.path.isdir(out) or not os.path.isdir(folder) or \
+                not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out!r}: cannot write a file there (its folder does not "
+                             f"exist or is not writable)")
     task = _task_arg(args.task)
     model = args.model
     if model is None and isinstance(task, str) and \
@@ -509,12 +517,16 @@ def main(argv=None) -> int:
         return _COMMANDS.get(args.command, _demo)(args)
     except BrokenPipeError:  # e.g. `tiltlab bon | head` (an OSError: caught before those)
         return 0
-    except (ValueError, TypeError, MissingDependency, OSError) as exc:
+    except (ValueError, TypeError, MissingDependency, OSError, RuntimeError) as exc:
         # bad input (a malformed model file included: tiltlab.app.models raises ValueError),
-        # a missing extra or an I/O error: one line on stderr, exit status 2
+        # a missing extra, an I/O error or a sweep whose pool workers keep dying
+        # (RuntimeError): one line on stderr, exit status 2
         if os.environ.get("TILTLAB_DEBUG"):
             raise
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        notes = getattr(exc, "__notes__", None)
+        if notes:   # e.g. the sweep's "in the cell {...}"
+            msg += f" ({str(notes[0]).splitlines()[0]})"
         if "step=" in msg and getattr(args, "model", "").endswith(".npz"):
             msg += " (in a model file: add a scalar array 'step' to the .npz)"
         print(f"tiltlab {args.command or ''}: error: {msg}".replace("  ", " "), file=sys.stderr)

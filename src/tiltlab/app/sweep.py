@@ -167,6 +167,8 @@ def _as_int(value, where: str, lo: int | None = None) -> int:
 def _as_real(value, where: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where} must be a real number; got {value!r}")
+    if math.isnan(float(value)):
+        raise ValueError(f"{where} must be a number; got nan")
     return float(value)
 
 
@@ -214,9 +216,11 @@ class _Task:
     """A built-in task: its parameters (name -> checker), the required ones, groups of
     which exactly one must be given, and the function computing a cell."""
 
-    def __init__(self, name, run, params, required=(), one_of=(), at_most_one=()):
+    def __init__(self, name, run, params, required=(), one_of=(), at_most_one=(),
+                 checks=None):
         self.name, self.run, self.params = name, run, params
         self.required, self.one_of, self.at_most_one = required, one_of, at_most_one
+        self.checks = checks   # checks(args, where) of the ranges and combinations
 
     def check(self, cell: Mapping, models: dict) -> tuple[dict, dict]:
         """(arguments for run, model keys) of one cell; errors name the grid key."""
@@ -247,6 +251,8 @@ class _Task:
                 args[key] = None
             else:
                 args[key] = self.params[key](value, where)
+        if self.checks is not None:
+            self.checks(args, lambda key: f"grid[{key!r}] (task {self.name!r})")
         return args, keys
 
     def shards(self, args: dict) -> int:
@@ -391,12 +397,39 @@ def _min2_int(value, where):
     return _as_int(value, where, lo=2)
 
 
+def _at_least(args: dict, key: str, lo: float, where) -> None:
+    if args.get(key) is not None and not args[key] >= lo:
+        raise ValueError(f"{where(key)} must be >= {lo:g}; got {args[key]!r}")
+
+
+def _check_bon(args: dict, where) -> None:
+    _at_least(args, "n", 1.0, where)
+    _at_least(args, "log_n", 0.0, where)
+
+
+def _check_frontier(args: dict, where) -> None:
+    _at_least(args, "kl", 0.0, where)
+
+
+def _check_study(args: dict, where) -> None:
+    kind = args["policy"]
+    if (args.get("length") is not None or kind == "tilted") and \
+            kind not in ("best_of_n", "tilted"):
+        raise ValueError(f"{where('policy')}: over sequences (length=) the study takes "
+                         f"policy 'best_of_n' or 'tilted'; got {kind!r}")
+    if kind == "soft_best_of_n" and args.get("temperature") is None:
+        raise ValueError(f"{where('temperature')}: policy 'soft_best_of_n' needs a temperature")
+    if kind in ("best_of_n", "worst_of_n"):
+        _at_least(args, "parameter", 1.0, where)
+
+
 _MODEL = {"model": None}
 TASKS: dict[str, _Task] = {
     t.name: t for t in (
         _Task("best_of_n", _t_best_of_n, {**_MODEL, "n": _as_real, "log_n": _as_real},
-              required=("model",), one_of=(("n", "log_n"),)),
-        _Task("frontier", _t_frontier, {**_MODEL, "kl": _as_real}, required=("model", "kl")),
+              required=("model",), one_of=(("n", "log_n"),), checks=_check_bon),
+        _Task("frontier", _t_frontier, {**_MODEL, "kl": _as_real}, required=("model", "kl"),
+              checks=_check_frontier),
         _Task("policy_frontier", _t_policy_frontier,
               {**_MODEL, "method": _as_choice(lambda: tiltlab.policies.METHODS),
                "parameter": _as_real, "grid": _as_reals, "n": _as_real,
@@ -406,14 +439,15 @@ TASKS: dict[str, _Task] = {
         _Task("sequence_best_of_n", _t_sequence_best_of_n,
               {**_MODEL, "length": _pos_int, "n": _as_real, "log_n": _as_real,
                "step": _as_real},
-              required=("model", "length"), one_of=(("n", "log_n"),)),
+              required=("model", "length"), one_of=(("n", "log_n"),), checks=_check_bon),
         _Task("simulate_best_of_n", _t_simulate_best_of_n,
               {**_MODEL, "n": _pos_int, "size": _pos_int}, required=("model", "n", "size")),
         _Task("estimator_study", _t_estimator_study,
               {**_MODEL, "policy": _as_choice(lambda: _STUDY_POLICIES), "parameter": _as_real,
                "n_samples": _min2_int, "repeats": _min2_int, "length": _pos_int,
                "temperature": _as_real, "step": _as_real},
-              required=("model", "policy", "parameter", "n_samples", "repeats")),
+              required=("model", "policy", "parameter", "n_samples", "repeats"),
+              checks=_check_study),
     )
 }
 
@@ -469,6 +503,10 @@ def _run_units(task, seed: int, units: list, threads) -> list:
     split cell (result: the shard's partial, reduced by the caller in shard order)."""
     if threads is None:
         threads = _WORKER_THREADS[0]
+    if isinstance(task, bytes):   # a user task shipped to a pool worker by value (_dumps)
+        import pickle
+
+        task = pickle.loads(task)
     out = []
     for uid, words, args, shard in units:
         if isinstance(task, str):
@@ -601,6 +639,8 @@ class _Checkpoint:
         tmp = f"{self.path}.tmp-{os.getpid()}"
         try:
             pq.write_table(table, tmp)
+            with open(tmp, "rb") as f:   # on disk before it replaces the previous file
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)
         finally:
             if os.path.exists(tmp):
@@ -674,6 +714,8 @@ def _cells(grid) -> list[dict]:
                 raise ValueError(f"grid[{name!r}] is empty")
             names.append(name)
             values.append(vals)
+        if not names:
+            raise ValueError("grid has no cells (an empty dict)")
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
     if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence):
         raise TypeError(f"grid must be a dict of name -> list of values or a list of dicts; "
@@ -691,11 +733,62 @@ def _cells(grid) -> list[dict]:
     return cells
 
 
+def _by_reference(task) -> bool:
+    """A module-level function another process can import by its name (not defined in
+    ``__main__``, not a lambda or a local function)."""
+    import types
+
+    if not isinstance(task, types.FunctionType):
+        return False
+    mod, qual = getattr(task, "__module__", None), getattr(task, "__qualname__", "")
+    if not mod or mod == "__main__" or "<" in qual or "." in qual:
+        return False
+    obj = sys.modules.get(mod)
+    return obj is not None and getattr(obj, qual, None) is task
+
+
 def _task_id(task) -> str:
+    """The task's identity in a checkpoint's signature, so that a checkpoint is never read
+    back by a different task: a built-in task's name; a named function's
+    ``module.qualname`` (``__main__`` included: a script or notebook that fixes its function
+    and runs again resumes its sweep); a ``functools.partial`` by its function and a digest
+    of its arguments; anything else (a lambda, a local function, a callable object) by its
+    name and a digest of it pickled by value."""
+    import functools
+    import hashlib
+    import types
+
     if isinstance(task, str):
         return task
-    mod = getattr(task, "__module__", None) or "?"
-    return f"{mod}.{getattr(task, '__qualname__', type(task).__name__)}"
+    if isinstance(task, types.FunctionType) and "<" not in task.__qualname__:
+        return f"{task.__module__}.{task.__qualname__}"
+    try:
+        if isinstance(task, functools.partial):
+            blob = _dumps((task.args, task.keywords))
+            name = f"partial({_task_id(task.func)})"
+        else:
+            blob = _dumps(task)
+            name = getattr(task, "__qualname__", type(task).__qualname__)
+    except TypeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any pickling failure is the same error
+        raise TypeError(f"task {task!r:.60} cannot be pickled, so a checkpoint cannot know "
+                        f"it again: {type(exc).__name__}: {exc}") from None
+    return f"{name}@{hashlib.sha256(blob).hexdigest()[:32]}"
+
+
+def _dumps(task) -> bytes:
+    """The task pickled for other processes: by value (cloudpickle, which the distributed
+    extra brings) unless it is a module-level function importable by name."""
+    import pickle
+
+    if _by_reference(task):
+        return pickle.dumps(task)
+    try:
+        import cloudpickle
+    except ImportError:
+        return pickle.dumps(task)
+    return cloudpickle.dumps(task)
 
 
 def _check_int(value, name: str, lo: int) -> int:
@@ -760,7 +853,12 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
         A parquet file recording finished cells as they complete; a re-run with the same
         task and seed computes only the cells it lacks (the grid may change: cells are
         found by their parameters).  A file written by a different sweep (another task,
-        seed or format) is a ValueError.
+        seed or format) is a ValueError.  A task is the same task when it is the same
+        built-in, a function of the same module and name (``__main__`` included, so a
+        fixed version of a script's or notebook's function resumes its sweep), a
+        ``functools.partial`` of the same function with arguments that pickle to the same
+        bytes, or anything else (a lambda, a local function, a callable object) that
+        pickles to the same bytes.
     progress : bool, optional
         Progress on stderr: a tqdm bar on a terminal when tqdm is installed, otherwise a
         line every 5 s and one at the end (with Dask, the dashboard address first).
@@ -771,7 +869,8 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
     pandas.DataFrame
         One row per cell in grid order: the cell's parameters, then its results (scalars as
         columns; arrays as object cells holding a NumPy array; a result a cell lacks is
-        missing).  The row order does not depend on the order of completion.
+        missing; a result named like a parameter is the column ``<name>_result``).  The row
+        order does not depend on the order of completion.
 
     Raises
     ------
@@ -895,8 +994,15 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
                          "cluster's workers run the cells")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be True, False or None; got {progress!r}")
-    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path; got {checkpoint!r}")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path; got {checkpoint!r}")
+        folder = os.path.dirname(os.path.abspath(os.fspath(checkpoint)))
+        if os.path.isdir(os.fspath(checkpoint)):
+            raise ValueError(f"checkpoint {os.fspath(checkpoint)!r} is a folder; give a file")
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"checkpoint {os.fspath(checkpoint)!r}: its folder {folder!r} "
+                             f"does not exist or is not writable")
     cells = _cells(grid)
     models: dict = {}
     args, keys = [], []
@@ -915,9 +1021,11 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
              *(("dask", "distributed") if use_dask else ()))
     import pandas as pd
 
-    signature = {"format": _FORMAT, "task": _task_id(task), "seed": seed,
-                 "shard_draws": SHARD_DRAWS, "shard_samples": SHARD_SAMPLES}
-    ckpt = _Checkpoint(checkpoint, signature) if checkpoint is not None else None
+    ckpt = None
+    if checkpoint is not None:
+        signature = {"format": _FORMAT, "task": _task_id(task), "seed": seed,
+                     "shard_draws": SHARD_DRAWS, "shard_samples": SHARD_SAMPLES}
+        ckpt = _Checkpoint(checkpoint, signature)
 
     # ---- the work: unique cells not in the checkpoint, split into units ----
     hexkeys = ["".join(f"{w:08x}" for w in k) for k in keys]
@@ -953,7 +1061,13 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
             else:
                 from pickle import dumps as pdumps
             if spec is None:
-                pdumps(task)
+                # the pool gets a function of __main__, a lambda or a closure by value
+                # (cloudpickle): its workers could not import it by name
+                shipped = _dumps(task)
+                if not use_dask:
+                    task = shipped
+                else:
+                    pdumps(task)
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same error
             raise TypeError(f"task must be picklable to run on a process pool or on Dask "
                             f"(n_workers=1 runs it in this process): {type(exc).__name__}: "
@@ -1022,12 +1136,15 @@ def sweep(task, grid, *, client=None, scheduler=None, n_workers=None, seed=0,
     # ---- the table, in grid order ----
     pcols = list(dict.fromkeys(k for c in cells for k in c))
     rows = [results[hk] for hk in hexkeys]
-    rcols = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in pcols]
+    rcols = list(dict.fromkeys(k for r in rows for k in r))
     data = {}
     for name in pcols:
         data[name] = _column([c.get(name) for c in cells], pd)
-    for name in rcols:
-        data[name] = _column([r.get(name) for r in rows], pd)
+    for name in rcols:   # a result named like a parameter is kept as <name>_result
+        col = name if name not in pcols else f"{name}_result"
+        while col in data:
+            col += "_"
+        data[col] = _column([r.get(name) for r in rows], pd)
     return pd.DataFrame(data)
 
 
@@ -1115,11 +1232,14 @@ def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
 def _run_dask(client, task, seed, batches, consume, cells, todo) -> None:
     from distributed import as_completed
 
-    futures = [client.submit(_run_units, task, seed, b, 1, pure=False, retries=1)
-               for b in batches]
+    # no retries: a cell that raises raises again; the batches of a worker that dies are
+    # rerun by the scheduler itself (distributed.scheduler.allowed-failures)
+    futures = [client.submit(_run_units, task, seed, b, 1, pure=False) for b in batches]
     owner = {f.key: b for f, b in zip(futures, batches, strict=True)}
     try:
-        for fut, res in as_completed(futures, with_results=True, raise_errors=False):
+        # the client's own loop: a client made from scheduler= is not the default client
+        for fut, res in as_completed(futures, with_results=True, raise_errors=False,
+                                     loop=client.loop):
             if fut.status == "error":
                 b = owner[fut.key]
                 try:
