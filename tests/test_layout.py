@@ -196,33 +196,31 @@ def test_arrows_run_one_way():
     assert known == KNOWN_PRIVATE_IMPORTS, KNOWN_PRIVATE_IMPORTS - known
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("from tiltlab.app.models import load_model", "the library imports the app"),
-    ("import tiltlab.app.report", "the library imports the app"),
-    ("from tiltlab.bestofn import _generators", "another module's underscored name"),
-    ("from tiltlab.app import _staging", "private module of another package"),
-    ("import tiltlab\nx = tiltlab.bestofn._log_n_param", "another module's underscored name"),
+@pytest.mark.parametrize("module, source, expected", [
+    ("tiltlab.planted", "from tiltlab.app.models import load_model",
+     "the library imports the app"),
+    ("tiltlab.planted", "import tiltlab.app.report", "the library imports the app"),
+    ("tiltlab.planted", "from tiltlab.bestofn import _generators",
+     "another module's underscored name"),
+    ("tiltlab.planted", "from tiltlab.app import _staging", "private module of another package"),
+    ("tiltlab.planted", "import tiltlab\nx = tiltlab.bestofn._log_n_param",
+     "another module's underscored name"),
+    ("tiltlab.app.planted", "from tiltlab import _validation",
+     "private module of another package"),
+    ("tiltlab.app.planted", "import tiltlab._core", "private module of another package"),
+    ("tiltlab.app.planted", "import tiltlab\ntiltlab._openmp",
+     "private module of another package"),
+    ("tiltlab.app.planted", "from tiltlab.app.experiments import _col",
+     "another module's underscored name"),
 ])
-def test_the_checker_sees_a_violation_in_the_library(tmp_path, monkeypatch, source, expected):
-    """The checker is not vacuous: each kind of breach, planted in a library module."""
-    fake = tmp_path / "tiltlab_planted.py"
-    fake.write_text(source + "\n")
-    monkeypatch.setitem(MODULES, "tiltlab.planted", fake)
-    got = [v for v in _violations() if v[0] == "tiltlab.planted"]
-    assert any(expected in v[3] for v in got), got
-
-
-@pytest.mark.parametrize("source, expected", [
-    ("from tiltlab import _validation", "private module of another package"),
-    ("import tiltlab._core", "private module of another package"),
-    ("import tiltlab\ntiltlab._openmp", "private module of another package"),
-    ("from tiltlab.app.experiments import _col", "another module's underscored name"),
-])
-def test_the_checker_sees_a_violation_in_the_app(tmp_path, monkeypatch, source, expected):
+def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch, module, source,
+                                                 expected):
+    """The checker is not vacuous: each kind of breach, planted in a library module
+    (tiltlab.planted) or an app module (tiltlab.app.planted)."""
     fake = tmp_path / "planted.py"
     fake.write_text(source + "\n")
-    monkeypatch.setitem(MODULES, "tiltlab.app.planted", fake)
-    got = [v for v in _violations() if v[0] == "tiltlab.app.planted"]
+    monkeypatch.setitem(MODULES, module, fake)
+    got = [v for v in _violations() if v[0] == module]
     assert any(expected in v[3] for v in got), got
 
 
