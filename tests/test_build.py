@@ -41,10 +41,17 @@ def _cmake():
     return exe
 
 
-needs_cmake = pytest.mark.skipif(
-    not (HAVE_SOURCES and _cmake() and _cmake_module_path() and shutil.which("gcc")
-         and platform.machine().lower() in ("x86_64", "amd64")),
-    reason="needs the source tree, cmake, cython-cmake, gcc and an x86-64 machine")
+def _missing() -> list[str]:
+    """What the configure tests need and this machine lacks (named in the skip reason)."""
+    wants = [("the source tree next to tests/", HAVE_SOURCES), ("cmake", _cmake()),
+             ("the cython-cmake package (pip install cython-cmake)", _cmake_module_path()),
+             ("gcc", shutil.which("gcc")),
+             ("an x86-64 machine", platform.machine().lower() in ("x86_64", "amd64"))]
+    return [what for what, ok in wants if not ok]
+
+
+needs_cmake = pytest.mark.skipif(bool(_missing()),
+                                 reason=f"needs {', '.join(_missing()) or 'nothing'}")
 
 
 def _configure(build_dir, *defines, cc="gcc"):

@@ -146,3 +146,12 @@ def test_the_console_script_imports_a_task_from_the_current_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [line.split() for line in r.stdout.splitlines()] == [["x", "y"], ["2", "8"],
                                                                 ["3", "27"]]
+
+
+def test_a_missing_extra_is_one_line_naming_it(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)      # as if not installed
+    code, _, err = _run(capsys, "best_of_n", "--grid", "n=4", "--workers", "1",
+                        "--checkpoint", str(tmp_path / "ck.parquet"))
+    assert code == 2 and err.count("\n") == 1
+    assert "distributed extra" in err and "missing here: pyarrow" in err
+    assert list(tmp_path.iterdir()) == []

@@ -805,7 +805,8 @@ def _require(*modules: str) -> None:
 
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        raise MissingDependency(f"tiltlab.sweep needs {', '.join(missing)}: "
+        raise MissingDependency(f"tiltlab.sweep needs the distributed extra (dask[distributed], "
+                                f"pandas, pyarrow; missing here: {', '.join(missing)}): "
                                 f'pip install "tiltlab[distributed]"')
 
 
