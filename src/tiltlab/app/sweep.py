@@ -1165,11 +1165,19 @@ def _note(exc: BaseException, cell: Mapping) -> None:
 
 
 def _batches(units: list, workers: int) -> list:
-    """Shards one per batch; whole cells in grid-order batches of about len / (8 workers)."""
-    shards = [[u] for u in units if u[3] is not None]
+    """Shards (all of about the same cost) in a multiple of ``workers`` batches of at most
+    about 4 consecutive shards: every worker gets the same share without a scheduler round
+    trip per shard; whole cells in grid-order batches of about len / (8 workers).  Batches
+    only group the work: the results do not depend on them."""
+    shards = [u for u in units if u[3] is not None]
     plain = [u for u in units if u[3] is None]
+    out = []
+    if shards:
+        k = min(len(shards), workers * max(1, round(len(shards) / (4 * workers))))
+        bounds = [len(shards) * i // k for i in range(k + 1)]
+        out += [shards[bounds[i]:bounds[i + 1]] for i in range(k)]
     size = max(1, min(256, -(-len(plain) // (8 * workers))))
-    return shards + [plain[i:i + size] for i in range(0, len(plain), size)]
+    return out + [plain[i:i + size] for i in range(0, len(plain), size)]
 
 
 def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
