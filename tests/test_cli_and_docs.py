@@ -15,16 +15,18 @@ import tiltlab.bestofn
 import tiltlab.divergence
 import tiltlab.estimators
 import tiltlab.largedev
-import tiltlab.memoryless
 import tiltlab.policies
 import tiltlab.sampling
+import tiltlab.sequences.lattice
+import tiltlab.sequences.memoryless
 import tiltlab.simd
 import tiltlab.special
 import tiltlab.tilting
 
 DOCTESTED = [tiltlab.tilting, tiltlab.special, tiltlab.divergence, tiltlab.bestofn,
-             tiltlab.memoryless, tiltlab.largedev, tiltlab.app.models, tiltlab.policies,
-             tiltlab.estimators, tiltlab.sampling, tiltlab.simd]
+             tiltlab.sequences.memoryless, tiltlab.sequences.lattice, tiltlab.largedev,
+             tiltlab.app.models, tiltlab.policies, tiltlab.estimators, tiltlab.sampling,
+             tiltlab.simd]
 
 
 @pytest.mark.parametrize("module", DOCTESTED, ids=lambda m: m.__name__)

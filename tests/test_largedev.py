@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import tiltlab
+from tiltlab._legendre import rate_function_sequence
 from tiltlab.largedev import (
-    _rate_function_sequence,
     rate_function,
     renyi_cross_entropy,
     renyi_divergence,
@@ -335,7 +335,7 @@ def test_sequence_identical_rows_equal_stationary(ternary):
     lg, r = ternary
     x = np.array([-0.1, 0.0, 0.2, 1.0, 2.9, 3.0, 3.5])
     for lam in (0.0, 0.8, -1.0, np.inf):
-        seq = _rate_function_sequence(np.tile(lg, (5, 1)), np.tile(r, (5, 1)), x, lam)
+        seq = rate_function_sequence(np.tile(lg, (5, 1)), np.tile(r, (5, 1)), x, lam)
         assert_allclose(seq, rate_function(lg, r, x, lam), rtol=1e-13)
 
 
@@ -345,17 +345,17 @@ def test_sequence_two_rows_is_legendre_of_averaged_cgf():
     lam = 0.4
     rows_ = [_mp_row(lg[i], r[i]) for i in range(2)]
     x = np.array([0.2, 0.9, 1.1, 2.4, 2.5 - 1e-9])
-    got = _rate_function_sequence(lg, r, x, lam)
+    got = rate_function_sequence(lg, r, x, lam)
     for xi, g in zip(x, got, strict=True):
         want, _ = _mp_legendre(rows_, xi, lam)
         assert _rel(g, want) < 1e-11, (xi, g, want)
     # end points: averages of the per-row extremes and of -log phi_{i,lam}(extreme set)
     phi = tiltlab.tilt(lg, r, lam, n_threads=NT)
-    ends = _rate_function_sequence(lg, r, [2.5, -0.5, 2.6, -0.6], lam)
+    ends = rate_function_sequence(lg, r, [2.5, -0.5, 2.6, -0.6], lam)
     assert_allclose(ends[:2], [-(phi[0, 2] + phi[1, 2]) / 2, -(phi[0, 0] + phi[1, 0]) / 2],
                     rtol=1e-14)
     assert np.all(ends[2:] == np.inf)
-    assert _rate_function_sequence(lg, r, np.array([[2.5]]), np.inf).tolist() == [[0.0]]
+    assert rate_function_sequence(lg, r, np.array([[2.5]]), np.inf).tolist() == [[0.0]]
 
 
 # --------------------------------------------------------------------------------------
@@ -570,9 +570,9 @@ def test_rate_and_cgf_bad_input(ternary):
     with pytest.raises(ValueError, match="rewards"):
         scaled_cgf(lg, [0.0, np.inf, 1.0], 1.0)
     with pytest.raises(ValueError, match="lam"):
-        _rate_function_sequence(np.tile(lg, (2, 1)), np.tile(r, (2, 1)), [0.5], [0.0, 1.0])
+        rate_function_sequence(np.tile(lg, (2, 1)), np.tile(r, (2, 1)), [0.5], [0.0, 1.0])
     with pytest.raises(ValueError, match="x"):
-        _rate_function_sequence(np.tile(lg, (2, 1)), np.tile(r, (2, 1)), [np.nan], 0.0)
+        rate_function_sequence(np.tile(lg, (2, 1)), np.tile(r, (2, 1)), [np.nan], 0.0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,19 +35,9 @@ PKG = pathlib.Path(tiltlab.__file__).resolve().parent
 # helpers into one private module; until then they are known, by exact (importer, module,
 # name), so that any other one fails the test, and an entry that disappears must be removed.
 KNOWN_PRIVATE_IMPORTS = {
-    # random-generator plumbing and log_n handling shared by best-of-N and sequences
-    ("tiltlab.memoryless", "tiltlab.bestofn", "_generators"),
-    ("tiltlab.memoryless", "tiltlab.bestofn", "_log_n_param"),
-    # the non-stationary rate function
-    ("tiltlab.memoryless", "tiltlab.largedev", "_rate_function_sequence"),
-    # value checks of logits (error messages) used by the large-deviation functions
-    ("tiltlab.largedev", "tiltlab._validation", "_check_logit_values"),
-    ("tiltlab.largedev", "tiltlab._validation", "_check_empty_rows"),
     # the NumPy twin drives the soft best-of-N level law with its own (NumPy) stages
     ("tiltlab.reference", "tiltlab.policies", "_levels"),
     ("tiltlab.reference", "tiltlab.policies", "_soft_level_law"),
-    # the package façade applies TILTLAB_SIMD at import
-    ("tiltlab", "tiltlab.simd", "_select_from_environment"),
 }
 
 # the only library files that may import the application
@@ -164,8 +154,12 @@ def _violations():
             if kind == "module":
                 parent, _, leaf = module.rpartition(".")
                 private = [p for p in module.split(".") if _is_private(p)]
-                # a private module may be used by its own package only
-                if private and not (parent == own and _is_private(leaf)
+                # a private module may be used by its own package and the package's library
+                # subpackages (tiltlab.sequences uses tiltlab._validation), never across the
+                # line between the library and the application
+                inside = own == parent or own.startswith(parent + ".")
+                app_side = parent == "tiltlab.app" or parent.startswith("tiltlab.app.")
+                if private and not (inside and in_app == app_side and _is_private(leaf)
                                     and not any(_is_private(p) for p in parent.split("."))):
                     out.append((modname, module, None,
                                 f"{where}: private module of another package"))
@@ -212,6 +206,11 @@ def test_arrows_run_one_way():
      "private module of another package"),
     ("tiltlab.app.planted", "from tiltlab.app.experiments import _col",
      "another module's underscored name"),
+    # a subpackage's private module is its own, not its parent package's
+    ("tiltlab.planted", "from tiltlab.sequences import _tilted",
+     "private module of another package"),
+    ("tiltlab.sequences.planted", "from tiltlab.sequences.memoryless import _EXACT_WORK",
+     "another module's underscored name"),
 ])
 def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch, module, source,
                                                  expected):
@@ -222,6 +221,22 @@ def test_the_checker_sees_each_kind_of_violation(tmp_path, monkeypatch, module, 
     monkeypatch.setitem(MODULES, module, fake)
     got = [v for v in _violations() if v[0] == module]
     assert any(expected in v[3] for v in got), got
+
+
+@pytest.mark.parametrize("module, source", [
+    ("tiltlab.sequences.planted", "from tiltlab import _validation as V\n"
+                                  "from tiltlab._common import generators"),
+    ("tiltlab.sequences.planted", "from tiltlab.sequences import _tilted"),
+    ("tiltlab.app.planted", "from tiltlab.app import _staging"),
+])
+def test_the_checker_allows_a_package_its_private_modules(tmp_path, monkeypatch, module,
+                                                          source):
+    """The library's subpackages use the library's private modules (and their own); the
+    app its own only (the cases above)."""
+    fake = tmp_path / "planted.py"
+    fake.write_text(source + "\n")
+    monkeypatch.setitem(MODULES, module, fake)
+    assert [v for v in _violations() if v[0] == module] == []
 
 
 def test_old_module_paths_are_the_app_modules():

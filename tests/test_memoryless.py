@@ -24,7 +24,7 @@ TERNARY = (np.log([0.5, 0.3, 0.2]), np.array([0.0, 1.0, 3.0]))
 def mode(request, monkeypatch):
     """Small lattices are computed by direct convolutions (exact to rounding); larger ones
     by FFT.  Tests that take this fixture run both paths on the same model."""
-    import tiltlab.memoryless as mm
+    import tiltlab.sequences.memoryless as mm
 
     if request.param == "fft":
         monkeypatch.setattr(mm, "_EXACT_WORK", 0.0)
@@ -257,7 +257,7 @@ def test_bon_with_a_rare_sub_lattice(logits, rewards, length, log_n, monkeypatch
     # A rare token off the dominant sub-lattice puts heavy best-of-N weight on points
     # that are ~1e-17 of every tilt's peak: exact (direct) convolution gets them right,
     # the FFT path cannot and says so.
-    import tiltlab.memoryless as mm
+    import tiltlab.sequences.memoryless as mm
 
     lg, rw = np.array(logits), np.array(rewards)
     r = ref.sequence_best_of_n(lg, rw, length, log_n)

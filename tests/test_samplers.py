@@ -15,7 +15,7 @@ from laws import chi2_pvalue
 from numpy.testing import assert_array_equal
 
 import tiltlab
-from tiltlab import _bestofn, _streams, bestofn, simd
+from tiltlab import _bestofn, _common, bestofn, simd
 
 MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -98,7 +98,7 @@ def test_draw_d_is_word_d_through_the_table(log_n, n_threads):
                                    n_threads=n_threads)
     fl, *table = _bestofn.sampler_table(logits, rewards, log_n)
     assert fl == 0
-    u = _words(_streams.stream_seeds(5, 1)[0], 0, size)
+    u = _words(_common.stream_seeds(5, 1)[0], 0, size)
     assert_array_equal(got, _table_draws(table, u))
 
 
@@ -108,7 +108,7 @@ def test_naive_sample_d_is_words_d_n_to_d_n_plus_n_minus_1():
     got = tiltlab.simulate_best_of_n(logits, rewards, n, size=size, rng=9, n_threads=2)
     fl, *table = _bestofn.sampler_table(logits, rewards, 0.0, True)
     assert fl == 0
-    cand = _table_draws(table, _words(_streams.stream_seeds(9, 1)[0], 0, size * n))
+    cand = _table_draws(table, _words(_common.stream_seeds(9, 1)[0], 0, size * n))
     cand = cand.reshape(size, n)
     first_best = np.argmax(rewards[cand], axis=1)  # the first maximum
     assert_array_equal(got, cand[np.arange(size), first_best])
@@ -267,7 +267,7 @@ def test_few_draws_follow_the_documented_rule(name, log_n):
             continue  # the alias-table path (test below)
         got = tiltlab.sample_best_of_n(np.broadcast_to(lg, (40, len(lg))), rw, log_n=log_n,
                                        size=DRAW_MAX, rng=8)
-        seeds = _streams.stream_seeds(8, 40)
+        seeds = _common.stream_seeds(8, 40)
         for i in range(40):
             want = _rule_draws(lg, rw, log_n, _words(seeds[i], 0, 2 * DRAW_MAX))
             assert_array_equal(got[i], want, err_msg=f"{model} row {i}")
@@ -322,7 +322,7 @@ def test_rows_beyond_the_weights_range_keep_the_alias_table():
     many = tiltlab.sample_best_of_n(batch_l, batch_r, log_n=1000.0, size=DRAW_MAX + 1, rng=12)
     assert_array_equal(few[0], many[0, :DRAW_MAX])
     fl, *table = _bestofn.sampler_table(lg_w, rw_w, 1000.0)
-    seeds = _streams.stream_seeds(12, 2)
+    seeds = _common.stream_seeds(12, 2)
     assert_array_equal(few[0], _table_draws(table, _words(seeds[0], 0, DRAW_MAX)))
     assert_array_equal(few[1], _rule_draws(lg_t, rw_t, 1000.0, _words(seeds[1], 0, 2 * DRAW_MAX)))
     # at log N <= 600 the wide row takes the one-pass path (its flushed outcome weighs

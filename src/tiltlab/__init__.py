@@ -38,13 +38,15 @@ Layout: ``tiltlab/`` is the numerical library; ``tiltlab/app/`` is the applicati
 it (command line, models of experiments, experiments, report, sweeps), which uses the library's
 public API only.  The old module paths ``tiltlab.models``, ``tiltlab.report``,
 ``tiltlab.experiments`` and ``tiltlab.cli`` are aliases of the ``tiltlab.app`` modules (the
-same module objects), kept so existing scripts work.
+same module objects), kept so existing scripts work.  Sequence models live in
+``tiltlab/sequences/``; ``tiltlab.memoryless`` is ``tiltlab.sequences.memoryless``.
 """
 
 import importlib
 import importlib.machinery
 import os
 import sys
+import warnings
 
 from tiltlab import (
     _openmp,  # noqa: F401  (first: sets up OpenMP before it starts)
@@ -71,7 +73,6 @@ from tiltlab.bestofn import (
 from tiltlab.divergence import kl_divergence
 from tiltlab.estimators import EstimatorStudy, KLEstimates, estimator_study, kl_estimators
 from tiltlab.largedev import rate_function, renyi_cross_entropy, renyi_divergence, scaled_cgf
-from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN
 from tiltlab.policies import (
     Frontier,
     PolicyLaw,
@@ -83,6 +84,7 @@ from tiltlab.policies import (
     worst_of_n,
 )
 from tiltlab.sampling import sample_categorical, sample_tilted
+from tiltlab.sequences import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN, memoryless
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -96,8 +98,10 @@ from tiltlab.tilting import (
 from tiltlab.tokenmodel import Model
 
 # tiltlab.models, tiltlab.report, tiltlab.experiments: the same module objects as
-# tiltlab.app.* (imported above for load_model and reproduce)
-for _name, _module in (("experiments", experiments), ("models", models), ("report", report)):
+# tiltlab.app.* (imported above for load_model and reproduce); tiltlab.memoryless: the
+# module tiltlab.sequences.memoryless
+for _name, _module in (("experiments", experiments), ("models", models), ("report", report),
+                       ("memoryless", memoryless)):
     sys.modules[f"tiltlab.{_name}"] = _module
 del _name, _module
 
@@ -217,4 +221,19 @@ def build_info() -> dict:
     }
 
 
-simd._select_from_environment()
+
+def _select_simd_from_environment() -> None:
+    """``TILTLAB_SIMD`` (:mod:`tiltlab.simd`), applied once at import of tiltlab: an unknown
+    variant, or one the CPU cannot run, gives a RuntimeWarning and the automatic choice."""
+    name = os.environ.get(simd.ENV_VAR, "").strip().lower()
+    if name in ("", "auto"):
+        simd.select("auto")
+        return
+    try:
+        simd.select(name)
+    except ValueError as exc:
+        warnings.warn(f"{simd.ENV_VAR}={name!r} ignored: {exc}; using "
+                      f"{simd.select('auto')!r}", RuntimeWarning, stacklevel=3)
+
+
+_select_simd_from_environment()

@@ -2,7 +2,7 @@
 # cython: initializedcheck=False, nonecheck=False
 """Thin Cython drivers for memoryless sequences on a reward lattice (csrc/tl_lattice.h).
 
-The lattice law itself is assembled in tiltlab.memoryless from FFT convolutions; these
+The lattice law itself is assembled in tiltlab.sequences from FFT convolutions; these
 drivers run the per-lattice-point and per-sample loops: the level law of best-of-N on the
 lattice (the finite-outcome kernel of csrc/tl_bon.h with levels = lattice points), the
 order-statistic reward sampler and the conditional sequence sampler.  Draws are split

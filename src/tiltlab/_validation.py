@@ -495,7 +495,7 @@ def prepare_rows(first, second, params: dict | None = None, *,
     )
 
 
-def _check_logit_values(arr: np.ndarray, name: str) -> None:
+def check_logit_values(arr: np.ndarray, name: str) -> None:
     a = np.asarray(arr, dtype=np.float64)
     nan = np.isnan(a)
     if nan.any():
@@ -531,7 +531,7 @@ def _check_reward_values(rewards: np.ndarray, logits: np.ndarray, name: str) -> 
         raise ValueError(msg)
 
 
-def _check_empty_rows(arr: np.ndarray, name: str) -> None:
+def check_empty_rows(arr: np.ndarray, name: str) -> None:
     a = np.asarray(arr, dtype=np.float64)
     empty = np.all(a == -np.inf, axis=-1)
     if np.any(empty):
@@ -560,9 +560,9 @@ def raise_flag_bits(f: int, originals: tuple, names: tuple = ("logits", "rewards
     first, second = originals
     n1, n2 = names
     if f & FLAG_BAD_LOGIT:
-        _check_logit_values(first, n1)
+        check_logit_values(first, n1)
     if f & FLAG_BAD_LOGIT_Q or (second_is_logits and f & FLAG_BAD_REWARD):
-        _check_logit_values(second, n2)
+        check_logit_values(second, n2)
     if f & FLAG_BAD_REWARD and not second_is_logits:
         _check_reward_values(second, first, n2)
     if f & FLAG_REWARD_RANGE:
@@ -573,9 +573,9 @@ def raise_flag_bits(f: int, originals: tuple, names: tuple = ("logits", "rewards
             f"magnitude"
         )
     if f & FLAG_EMPTY_ROW:
-        _check_empty_rows(first, n1)
+        check_empty_rows(first, n1)
     if f & FLAG_EMPTY_ROW_Q:
-        _check_empty_rows(second, n2)
+        check_empty_rows(second, n2)
     raise ValueError(  # pragma: no cover - the checks above always find the cause
         f"invalid values in {n1}/{n2} (kernel flags {f})"
     )
@@ -649,8 +649,8 @@ def memoryless_inputs(logits, rewards, length):
     if m > 1:
         lg = np.broadcast_to(lg, (m, lg.shape[1]))
         rw = np.broadcast_to(rw, (m, rw.shape[1]))
-    _check_logit_values(lg, "logits")
-    _check_empty_rows(lg, "logits")
+    check_logit_values(lg, "logits")
+    check_empty_rows(lg, "logits")
     _check_reward_values(rw, lg, "rewards")
     return (readonly(np.array(lg, dtype=np.float64, order="C")),
             readonly(np.array(rw, dtype=np.float64, order="C")), m == 1)

@@ -13,7 +13,6 @@ The law depends on the rewards only through their order; ties count as one level
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -24,8 +23,8 @@ from numpy.typing import ArrayLike
 from tiltlab import _bestofn
 from tiltlab import _interop as interop
 from tiltlab import _validation as V
+from tiltlab._common import log_n_param, size_value, small_log_n, stream_seeds
 from tiltlab._rowcalls import tilt_shift
-from tiltlab._streams import size_value, stream_seeds
 
 __all__ = [
     "BestOfN",
@@ -46,42 +45,6 @@ class RewardLevels(NamedTuple):
 
     values: np.ndarray
     log_masses: np.ndarray
-
-
-def _log_n_param(n, log_n) -> np.ndarray:
-    """Exactly one of n (>= 1) and log_n (>= 0) as a float64 array of log N."""
-    if (n is None) == (log_n is None):
-        raise ValueError("give exactly one of n (the number of draws, >= 1) and log_n = log N"
-                         + ("; both were given" if n is not None else ""))
-    if n is not None:
-        arr = V.param_array(n, "n")
-        bad = arr < 1
-        if np.any(bad):
-            raise ValueError(f"n must be >= 1 (N = 1 is the reference itself); got "
-                             f"{arr[bad].flat[0]!r}")
-        return np.log(arr)
-    arr = V.param_array(log_n, "log_n")
-    bad = arr < 0
-    if np.any(bad):
-        raise ValueError(f"log_n must be >= 0 (N >= 1); got {arr[bad].flat[0]!r}")
-    return arr
-
-
-def _small_log_n(n, log_n) -> float | None:
-    """log N for exactly one scalar ``n >= 1`` or ``log_n >= 0`` (see V.small_scalar), with
-    the value :func:`_log_n_param` gives; None for anything else (the general path then
-    checks and raises)."""
-    if log_n is None:
-        x = V.small_scalar(n)
-        if x is None or not x >= 1.0:
-            return None
-        return float(np.log(x))
-    if n is None:
-        x = V.small_scalar(log_n)
-        if x is None or not x >= 0.0:
-            return None
-        return x
-    return None
 
 
 def _group_rows(rows: V.Rows):
@@ -260,10 +223,10 @@ def best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None = None,
     """
     small = V.small_pair(logits, rewards)
     if small is not None:
-        lg_f = _small_log_n(n, log_n)
+        lg_f = small_log_n(n, log_n)
         if lg_f is not None:
             return _best_of_n_small(logits, rewards, lg_f, small, n_threads)
-    lg = _log_n_param(n, log_n)
+    lg = log_n_param(n, log_n)
     rows = V.prepare_rows(logits, rewards, {"log_n": lg})
     metrics, _ = _run_law(rows, False, n_threads)
     return _best_of_n_result(rows, metrics, n_threads)
@@ -337,35 +300,6 @@ def reward_levels(logits: ArrayLike, rewards: ArrayLike):
         out.append(RewardLevels(values, log_mass))
     V.raise_for_flags(flags, rows)
     return out[0] if rows.batch_shape == () else out
-
-
-def _entropy(rng) -> tuple:
-    """Four integers in [0, 2^63) drawn from ``rng`` as
-    ``numpy.random.default_rng(rng).integers(0, 2**63, size=4)`` draws them.
-
-    The common cases skip NumPy's objects (~20 us): an int seed (its generator's draws are
-    computed in C, _bestofn.seed_entropy), a Generator over PCG64 (``integers`` over the
-    power-of-two range [0, 2^63) is a raw 64-bit draw shifted right by one: the same values
-    and the same state afterwards), and None (fresh entropy from the operating system, as
-    ``default_rng(None)`` seeds itself)."""
-    t = type(rng)
-    if rng is None:
-        raw = os.urandom(32)
-        return tuple(int.from_bytes(raw[8 * i:8 * i + 8], "little") >> 1 for i in range(4))
-    if t is int and 0 <= rng < (1 << 128):
-        return _bestofn.seed_entropy(rng)
-    if t is np.random.Generator and type(rng.bit_generator) is np.random.PCG64:
-        return tuple(int(v) >> 1 for v in rng.bit_generator.random_raw(4))
-    gen = np.random.default_rng(rng)
-    return tuple(int(x) for x in gen.integers(0, 2**63, size=4, dtype=np.int64))
-
-
-def _generators(rng, count: int) -> list:
-    """count independent bit generators derived deterministically from rng: generator b is
-    ``PCG64(SeedSequence(entropy, spawn_key=(b,)))``, i.e. the b-th of
-    ``SeedSequence(entropy).spawn(count)``, with ``entropy`` from :func:`_entropy`; they are
-    made in C (_bestofn.PCG64Stream: the same states and draws as NumPy's objects)."""
-    return _bestofn.pcg64_children(_entropy(rng), count)
 
 
 def _draw_exact_rows(first, second, loff, roff, n_out, log_n, draws, seeds, out, flags, exact,
@@ -493,10 +427,10 @@ def sample_best_of_n(logits: ArrayLike, rewards: ArrayLike, n: ArrayLike | None 
     """
     small = V.small_pair(logits, rewards)
     if small is not None and (size is None or (type(size) is int and 0 <= size <= SAMPLE_BLOCK)):
-        lg_f = _small_log_n(n, log_n)
+        lg_f = small_log_n(n, log_n)
         if lg_f is not None:
             return _sample_small(logits, rewards, lg_f, small, size, rng, n_threads)
-    lg = _log_n_param(n, log_n)
+    lg = log_n_param(n, log_n)
     size = size_value(size)
     rows = V.prepare_rows(logits, rewards, {"log_n": lg})
     cand = np.ones(rows.n_rows, dtype=np.int64)

@@ -26,8 +26,8 @@ import numpy as np
 from tiltlab import _interop as interop
 from tiltlab import _validation as V
 from tiltlab.bestofn import BestOfN, sample_best_of_n
-from tiltlab.memoryless import Memoryless, SequenceBestOfN
 from tiltlab.policies import PolicyLaw
+from tiltlab.sequences import Memoryless, SequenceBestOfN
 from tiltlab.tilting import tilt, tilt_stats
 
 __all__ = ["KLEstimates", "EstimatorStudy", "kl_estimators", "estimator_study"]

@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from tiltlab import _interop as interop
 from tiltlab import _sampling
 from tiltlab import _validation as V
-from tiltlab._streams import stream_seeds
+from tiltlab._common import stream_seeds
 
 __all__ = ["sample_categorical", "sample_tilted"]
 

@@ -24,9 +24,7 @@ True
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
-import warnings
 
 __all__ = ["VARIANTS", "ENV_VAR", "active", "available", "compiled", "select", "use", "info"]
 
@@ -95,16 +93,3 @@ def use(name: str):
         yield name
     finally:
         select(previous)
-
-
-def _select_from_environment() -> None:
-    """Applied once at import of tiltlab."""
-    name = os.environ.get(ENV_VAR, "").strip().lower()
-    if name in ("", "auto"):
-        select("auto")
-        return
-    try:
-        select(name)
-    except ValueError as exc:
-        warnings.warn(f"{ENV_VAR}={name!r} ignored: {exc}; using "
-                      f"{select('auto')!r}", RuntimeWarning, stacklevel=3)
