@@ -72,3 +72,15 @@ html_theme_options = {
 }
 html_static_path: list[str] = []
 html_show_sourcelink = False
+
+
+def _public_bases(app, name, obj, options, bases):
+    """Class pages name public bases only: a private base (the lattice-law machinery of the
+    sequence models, ``tiltlab.sequences._tilted.LatticeModel``) is an implementation detail."""
+    bases[:] = [b for b in bases
+                if not any(p.startswith("_") for p in getattr(b, "__module__", "").split("."))
+                and not getattr(b, "__name__", "").startswith("_")] or [object]
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", _public_bases)

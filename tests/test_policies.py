@@ -351,14 +351,23 @@ def test_policy_frontier_bad_input(args, kw, match):
 
 @pytest.mark.parametrize("n, temperature", [(2, 1.0), (16, 0.3), (1000, 0.05), (3.5, 0.002)])
 def test_soft_best_of_n_compiled_matches_reference(n, temperature):
-    """The compiled quadrature loops (csrc/tl_soft.c) against their NumPy twins."""
-    from tiltlab import reference
+    """The compiled soft best-of-n against the reference's own evaluation of the integral
+    (tiltlab.reference.soft_best_of_n: a plain trapezoid rule, no shared code), and the
+    compiled quadrature loops (csrc/tl_soft.c) against their NumPy twins in the same
+    quadrature."""
+    from tiltlab import policies, reference
 
     rng = np.random.default_rng(5)
     lg, r = rng.normal(size=3000) * 2, rng.normal(size=3000)
     got = tiltlab.soft_best_of_n(lg, r, n, temperature).log_probs
     want = reference.soft_best_of_n(lg, r, n, temperature)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    lv = policies._levels(lg, r)
+    compiled = policies._soft_level_law(lv, float(n), float(temperature))
+    twins = policies._soft_level_law(lv, float(n), float(temperature),
+                                     stages=reference._SoftStagesNumpy())
+    np.testing.assert_allclose(twins[0], compiled[0], rtol=1e-13, atol=1e-13)
+    assert twins[1] == pytest.approx(compiled[1], rel=1e-14)
     one = tiltlab.soft_best_of_n(lg, r, n, temperature, n_threads=1).log_probs
     np.testing.assert_array_equal(got, one)                  # any thread count, same bits
 

@@ -733,10 +733,12 @@ def renyi_cross_entropy(logits_p, logits_q, alpha):
     return float(s / (1.0 - alpha))
 
 
-# ---- soft best-of-n (tiltlab.policies): the two quadrature loops in NumPy ----
+# ---- soft best-of-n (tiltlab.policies): the two quadrature loops in NumPy, and the law ----
 
 class _SoftStagesNumpy:
-    """NumPy twins of csrc/tl_soft.c, plugged into the same quadrature bookkeeping."""
+    """NumPy twins of csrc/tl_soft.c, the two hot loops of tiltlab.policies' quadrature
+    (tests/test_policies.py runs that quadrature with these in place of the compiled loops;
+    :func:`soft_best_of_n` below is an independent evaluation of the law)."""
 
     @staticmethod
     def nodes(u, bon, boff, c, m0, P, d, md):
@@ -785,17 +787,81 @@ class _SoftStagesNumpy:
 
 
 def soft_best_of_n(logits, rewards, n, temperature):
-    """log pi(y) of soft best-of-n by the NumPy quadrature loops (twin of
-    tiltlab.soft_best_of_n for 0 < temperature < inf, n > 1)."""
-    from tiltlab import policies
-
-    lv = policies._levels(logits, rewards)
-    log_p, total = policies._soft_level_law(lv, float(n), float(temperature),
-                                            stages=_SoftStagesNumpy())
-    log_w = log_p - np.log(total)
+    """log pi(y) of soft best-of-n (twin of tiltlab.soft_best_of_n for 0 < temperature < inf,
+    n > 1), from the integral form written out directly:
+    ``P(level j) ∝ m_j w_j ∫_0^∞ exp(-t w_j) M(t)^(n-1) dt``, ``M(t) = sum_k m_k e^{-t w_k}``,
+    ``w_j = exp((v_j - v_max) / temperature)``, by the trapezoid rule in ``u = log t`` over
+    the whole line (step 1/16, 1/32 for non-integer n), every node in log space; shares
+    nothing with tiltlab.policies' quadrature (no blocks, bins or series)."""
     lg = np.asarray(logits, dtype=np.float64)
-    lp = lg - np.logaddexp.reduce(lg)
-    j = np.searchsorted(lv.values, np.asarray(rewards, dtype=np.float64))
-    j = np.clip(j, 0, lv.values.size - 1)
-    out = lp - lv.log_mass[j] + log_w[j]
+    values, log_m = reward_levels(logits, rewards)
+    keep = log_m > -np.inf
+    values, log_m = values[keep], log_m[keep]
+    m = np.exp(log_m)
+    n = float(n)
+    h = 1.0 / 16 if n == int(n) else 1.0 / 32
+    lw = (values - values[-1]) / float(temperature)     # log w_j <= 0, ascending
+    # below u = -60 - log n every level is on (n t w_k < e^-60): there M = 1 and
+    # exp(-t w_j) = 1, so those nodes are a geometric series; above -lw_0 + 8 all are off
+    i_lo = int(np.floor((-60.0 - np.log(n)) / h))
+    i_hi = int(np.ceil((-lw[0] + 8.0) / h))
+    u = np.arange(i_lo, i_hi + 1) * h
+    # log M(u): levels with u + lw_k < -40 count whole (exp(-e^x) = 1 to 4e-18), those above
+    # 40 not at all (exp(-e^40) = 0 in double), the band in between term by term
+    csum = np.concatenate([[0.0], np.cumsum(m)])
+    first = np.searchsorted(lw, -40.0 - u, side="left")
+    last = np.searchsorted(lw, 40.0 - u, side="right")
+    log_M = np.empty(u.size)
+    rows = max(1, (1 << 20) // max(1, int(np.max(last - first))))
+    for a in range(0, u.size, rows):
+        fa, la = first[a:a + rows], last[a:a + rows]
+        k = fa[:, None] + np.arange(max(1, int(np.max(la - fa))))[None, :]
+        ok = k < la[:, None]
+        k = np.minimum(k, lw.size - 1)
+        with np.errstate(over="ignore", divide="ignore"):
+            ex = np.where(ok, np.exp(u[a:a + rows, None] + lw[k]), np.inf)
+            # 1 - M (the mass switched off), accurate while small; else M summed directly
+            gone = np.sum(np.where(ok, m[k] * -np.expm1(-ex), 0.0), axis=1) + csum[-1] - csum[la]
+            direct = np.logaddexp(np.log(csum[fa]), logsumexp(log_m[k] - ex, axis=1))
+            log_M[a:a + rows] = np.where(gone < 0.5, np.log1p(-np.minimum(gone, 0.5)), direct)
+    # Every sum is kept in a frame near the nodes it adds (the values of u reach
+    # spread / temperature, up to 1e5: adding them to log-weights would lose ~1e-11).
+    # Node i weighs h e^(u_i) M_i^(n-1); r_i is its log without e^(u_i).
+    r = np.log(h) + (n - 1.0) * log_M
+    # q[i] = log sum_{i' < i} h e^(u_i' - u_i) M_i'^(n-1): prefix sums in the frame of node
+    # i, by blocks of 1024 nodes (within a block in the frame of its first node), with the
+    # nodes below u_lo (M = 1) as the geometric series h e^-h / (1 - e^-h)
+    q = np.empty(u.size + 1)
+    carry = np.log(h) - np.log(np.expm1(h))             # frame: node i_lo
+    for a in range(0, u.size + 1, 1024):
+        b = min(a + 1024, u.size + 1)
+        d = np.arange(b - a) * h                         # u_i - u_a, exact
+        local = np.logaddexp.accumulate(np.concatenate([[-np.inf], r[a:b - 1] + d[:b - a - 1]])
+                                        if b - 1 > a else [-np.inf])
+        q[a:b] = np.logaddexp(carry, local[:b - a]) - d
+        if b <= u.size:
+            carry = np.logaddexp(carry, logsumexp(r[a:b] + d)) - (b - a) * h
+    starts = np.searchsorted(u, -40.0 - lw, side="left")  # before: exp(-t w_j) = 1 to 4e-18
+    ends = np.searchsorted(u, 8.0 - lw, side="right")     # after: exp(-t w_j) < e^-2980
+    # level j in its own frame x = u + lw_j (u_i and -lw_j nearly cancel: exactly)
+    u_ext = np.append(u, u[-1] + h)
+    head = (u_ext[starts] + lw) + q[starts]              # the nodes before the band
+    width = max(1, int(np.max(ends - starts)))
+    band = np.empty(lw.size)
+    rows = max(1, (1 << 20) // width)
+    for a in range(0, lw.size, rows):
+        sa, ea = starts[a:a + rows], ends[a:a + rows]
+        i = sa[:, None] + np.arange(width)[None, :]
+        ok = i < ea[:, None]
+        i = np.minimum(i, u.size - 1)
+        x = u[i] + lw[a:a + rows, None]
+        with np.errstate(over="ignore"):
+            band[a:a + rows] = logsumexp(np.where(ok, r[i] + x - np.exp(x), -np.inf), axis=1)
+    log_s = np.logaddexp(head, band)
+    log_p = log_m + log_s
+    log_pi = log_p - logsumexp(log_p)
+    lp = lg - logsumexp(lg)
+    j = np.searchsorted(values, np.asarray(rewards, dtype=np.float64))
+    j = np.clip(j, 0, values.size - 1)
+    out = lp - log_m[j] + log_pi[j]
     return np.where(np.isfinite(lp), out, -np.inf)
