@@ -260,6 +260,25 @@ def test_old_module_paths_are_the_app_modules():
     assert tiltlab.app.models.__name__ == "tiltlab.app.models"   # the canonical name
 
 
+def test_sequence_models_are_found_where_they_were():
+    """Sequence models live in tiltlab/sequences/; tiltlab.memoryless is the module
+    tiltlab.sequences.memoryless, and every public name is where it was."""
+    code = ("import tiltlab.memoryless as old\n"
+            "from tiltlab.memoryless import Asymptotics, LatticeLaw, Memoryless, "
+            "SequenceBestOfN\n"
+            "import tiltlab, tiltlab.sequences.memoryless as new\n"
+            "import tiltlab.sequences.lattice as lat\n"
+            "assert old is new is tiltlab.memoryless and new.__name__ == "
+            "'tiltlab.sequences.memoryless'\n"
+            "assert Memoryless is tiltlab.Memoryless is tiltlab.sequences.Memoryless\n"
+            "for c in (LatticeLaw, SequenceBestOfN, Asymptotics):\n"
+            "    assert c is getattr(tiltlab, c.__name__) is getattr(lat, c.__name__)\n"
+            "print(sorted(old.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['Asymptotics', 'LatticeLaw', 'Memoryless', 'SequenceBestOfN']"
+
+
 def test_old_paths_in_a_fresh_process():
     code = ("import sys, tiltlab\n"
             "assert 'tiltlab.app.cli' not in sys.modules and 'argparse' not in sys.modules\n"
