@@ -41,6 +41,13 @@ __all__ = [
     "rate_function",
     "renyi_divergence",
     "renyi_cross_entropy",
+    "markov_tilt_stats",
+    "markov_tilted_policy",
+    "markov_reward_law",
+    "markov_sample_given_reward",
+    "markov_period",
+    "markov_scaled_cgf",
+    "markov_solve_lambda",
 ]
 
 
@@ -865,3 +872,440 @@ def soft_best_of_n(logits, rewards, n, temperature):
     j = np.clip(j, 0, values.size - 1)
     out = lp - log_m[j] + log_pi[j]
     return np.where(np.isfinite(lp), out, -np.inf)
+
+
+# ---------------------------------------------------------------------------------------
+# Markov token models (SPEC section 9): backward recursions, the (position, state, reward)
+# dynamic program, the Perron root.  Plain loops over positions, whole arrays per position.
+
+
+def _markov_inputs(initial_logits, transition_logits, rewards, initial_rewards=None):
+    """(log p0 (V,), log P (V, V), r0 (V,), r (V, V)) of SPEC 9; rewards where the initial
+    token or the transition is impossible are set to 0 (never read)."""
+    l0 = np.asarray(initial_logits, dtype=np.float64)
+    lt = np.asarray(transition_logits, dtype=np.float64)
+    rw = np.asarray(rewards, dtype=np.float64)
+    log_p0 = l0 - logsumexp(l0)
+    log_tr = lt - logsumexp(lt, axis=-1)[:, None]
+    if rw.ndim == 1:                       # per token: r0 = r, r(s, s') = r(s')
+        r0 = rw.copy()
+        r = np.broadcast_to(rw, lt.shape).copy()
+    else:                                  # per transition: r0 = initial_rewards or 0
+        r = rw.copy()
+        r0 = (np.zeros(l0.shape) if initial_rewards is None
+              else np.asarray(initial_rewards, dtype=np.float64).copy())
+    r0 = np.where(log_p0 > -np.inf, r0, 0.0)
+    r = np.where(log_tr > -np.inf, r, 0.0)
+    return log_p0, log_tr, r0, r
+
+
+def _log_mean_exp(log_w, g):
+    """``log sum_j e^{log_w_j + g_j}`` over the last axis for normalised rows ``log_w``; rows
+    whose ``|g| <= 1`` take ``log1p(sum w expm1(g))``, so a small result (a small tilt)
+    keeps its relative accuracy and ``g = 0`` gives exactly 0."""
+    support = log_w > -np.inf
+    g = np.where(support, g, 0.0)
+    small = np.max(np.abs(g), axis=-1) <= 1.0
+    direct = logsumexp(np.where(support, log_w + g, -np.inf), axis=-1)
+    with np.errstate(all="ignore"):        # (the branch not taken may overflow)
+        near = np.log1p(np.sum(np.where(support, np.exp(log_w) * np.expm1(g), 0.0), axis=-1))
+    return np.where(small, near, direct)
+
+
+def _expm1_minus_x(x):
+    """``e^x - 1 - x`` without cancellation (series below |x| = 0.1)."""
+    x = np.asarray(x, dtype=np.float64)
+    series = np.zeros(x.shape)
+    term = x.copy()
+    for j in range(2, 20):
+        term = term * x / j
+        series = series + term
+    return np.where(np.abs(x) < 0.1, series, np.expm1(x) - x)
+
+
+def _row_kl(log_w, g):
+    """``KL(q || w)`` of each row, ``q proportional to w e^g`` (normalised rows ``log_w``).
+    Rows with ``|g - E_w g| <= 1`` use the centred second-order form (no first-order
+    cancellation): with ``h = g - E_w g``, ``S1 = E_w h`` (rounding only),
+    ``S2 = E_w h expm1(h)``, ``S3 = E_w (expm1(h) - h)``, ``A = log1p(S1 + S3)``:
+    ``KL = S2 e^-A + S1 expm1(-A) - S3 - (log1p(S1 + S3) - S1 - S3)``."""
+    support = log_w > -np.inf
+    w = np.where(support, np.exp(log_w), 0.0)
+    g = np.where(support, g, 0.0)
+    direct = np.asarray(tilt_stats(log_w, g, 1.0)[3])
+    h = np.where(support, g - np.sum(w * g, axis=-1, keepdims=True), 0.0)
+    s1 = np.sum(w * h, axis=-1)
+    with np.errstate(all="ignore"):        # (the branch not taken may overflow)
+        s2 = np.sum(w * h * np.expm1(h), axis=-1)
+        s3 = np.sum(w * _expm1_minus_x(h), axis=-1)
+        y = s1 + s3
+        a = np.log1p(y)
+        d = np.where(np.abs(y) < 0.1, _log1p_minus_x(y), a - y)
+        near = s2 * np.exp(-a) + s1 * np.expm1(-a) - s3 - d
+    small = np.max(np.abs(h), axis=-1) <= 1.0
+    return np.where(small, np.maximum(near, 0.0), direct)
+
+
+def _log1p_minus_x(y):
+    """``log1p(y) - y`` for |y| < 0.1 by its series."""
+    y = np.asarray(y, dtype=np.float64)
+    out = np.zeros(y.shape)
+    power = y.copy()
+    for j in range(2, 24):
+        power = power * y
+        out = out + (-1) ** (j + 1) * power / j
+    return out
+
+
+def _markov_backward(log_tr, r, length, lam):
+    """Backward pass at a finite tilt: lists (index t = 1 .. n-1, 0-based t-1) of the log
+    tilted transition rows ``log q_t`` and the per-row tilt rewards ``g_t``, and the arrays
+    ``log beta_1``, ``m_1``, ``v_1`` (SPEC 9)."""
+    v = log_tr.shape[0]
+    support = log_tr > -np.inf
+    log_beta = np.zeros(v)
+    m = np.zeros(v)
+    var = np.zeros(v)
+    log_q, g_rows = [], []
+    for _ in range(length - 1):
+        g = np.where(support, lam * r + log_beta[None, :], 0.0)
+        x = np.where(support, log_tr + g, -np.inf)
+        new_log_beta = _log_mean_exp(log_tr, g)
+        lq = x - new_log_beta[:, None]
+        q = np.exp(lq)
+        y = r + m[None, :]
+        new_m = np.sum(q * y, axis=1)
+        new_var = np.sum(q * (var[None, :] + (y - new_m[:, None]) ** 2), axis=1)
+        log_q.append(lq)
+        g_rows.append(g)
+        log_beta, m, var = new_log_beta, new_m, new_var
+    return log_q[::-1], g_rows[::-1], log_beta, m, var
+
+
+def markov_tilt_stats(initial_logits, transition_logits, rewards, length, lam, *,
+                      initial_rewards=None):
+    """Reference for ``Markov.tilt_stats`` (SPEC 9): ``(log Z_n, E R, Var R, KL)`` under
+    ``phi_lam = p e^{lam R} / Z_n`` over whole sequences of a first-order Markov chain.
+
+    Parameters
+    ----------
+    initial_logits : array_like, shape (V,)
+        Logits of the first token.
+    transition_logits : array_like, shape (V, V)
+        Row ``s``: logits of the token that follows ``s``.
+    rewards : array_like, shape (V,) or (V, V)
+        Per-token rewards (``R = sum_t r(y_t)``) or per-transition rewards
+        (``R = r0(y_1) + sum_t r(y_t, y_{t+1})``).
+    length : int
+        Sequence length ``n >= 1``.
+    lam : float
+        Finite tilt.
+    initial_rewards : array_like, shape (V,), optional
+        ``r0`` for per-transition rewards (default 0: the first token earns nothing).
+
+    Returns
+    -------
+    tuple of float
+        ``log Z_n(lam)`` from the log-space backward recursion; ``E R`` and ``Var R`` from
+        its first and second derivatives (conditional means and variances carried
+        backwards); ``KL(phi_lam || p)`` by the chain rule, a sum of per-row single-step
+        tilt KLs (non-negative terms, no cancellation at small ``lam``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> lz, mean, var, kl = ref.markov_tilt_stats(np.log([0.7, 0.3]),
+    ...                                           np.log([[0.7, 0.3], [0.7, 0.3]]),
+    ...                                           [0.0, 1.0], 2, 1.0)
+    >>> print(f"{lz:.10f} {kl:.10f}")           # twice the Bernoulli values of SPEC 8
+    0.8314704437 0.2447326088
+    """
+    log_p0, log_tr, r0, r = _markov_inputs(initial_logits, transition_logits, rewards,
+                                           initial_rewards)
+    length = int(length)
+    lam = float(lam)
+    log_q, g_rows, log_beta, m, var = _markov_backward(log_tr, r, length, lam)
+    support0 = log_p0 > -np.inf
+    g0 = np.where(support0, lam * r0 + log_beta, 0.0)
+    x0 = np.where(support0, log_p0 + g0, -np.inf)
+    log_z = float(_log_mean_exp(log_p0, g0))
+    phi1 = np.exp(x0 - log_z)
+    y0 = r0 + m
+    mean = float(np.sum(phi1 * y0))
+    variance = float(np.sum(phi1 * (var + (y0 - mean) ** 2)))
+    # KL by the chain rule: the first token's tilt, then each position's rows weighted by
+    # the phi-marginal pi_t of the state they leave
+    kl = float(_row_kl(log_p0, g0))
+    pi = phi1
+    for lq, g in zip(log_q, g_rows, strict=True):
+        row_kl = _row_kl(log_tr, g)
+        kl += float(np.sum(np.where(pi > 0, pi * row_kl, 0.0)))
+        pi = pi @ np.exp(lq)
+    return log_z, mean, variance, kl
+
+
+def markov_tilted_policy(initial_logits, transition_logits, rewards, length, lam, *,
+                         initial_rewards=None):
+    """Reference for the optimal policy of ``Markov`` (SPEC 9): ``phi_lam`` as a
+    position-dependent Markov chain.
+
+    Returns
+    -------
+    log_initial : ndarray, shape (V,)
+        ``log phi_lam(y_1)``.
+    log_transitions : ndarray, shape (length - 1, V, V)
+        Entry ``t - 1`` holds ``log q_t(s, s') = log phi_lam(y_{t+1} = s' | y_t = s)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> l0, lq = ref.markov_tilted_policy([0.0, 0.0], np.log([[0.9, 0.1], [0.1, 0.9]]),
+    ...                                   [0.0, 1.0], 3, 0.0)
+    >>> np.allclose(np.exp(lq[1]), [[0.9, 0.1], [0.1, 0.9]])     # lam = 0: p itself
+    True
+    """
+    log_p0, log_tr, r0, r = _markov_inputs(initial_logits, transition_logits, rewards,
+                                           initial_rewards)
+    log_q, _, log_beta, _, _ = _markov_backward(log_tr, r, int(length), float(lam))
+    x0 = np.where(log_p0 > -np.inf, log_p0 + float(lam) * r0 + log_beta, -np.inf)
+    v = log_tr.shape[0]
+    trans = np.stack(log_q) if log_q else np.empty((0, v, v))
+    return x0 - logsumexp(x0), trans
+
+
+def _markov_lattice(log_p0, log_tr, r0, r, step):
+    """(k0, k, offset_initial, offset_transition, h) of SPEC 9's lattice: integer levels of
+    the initial and transition rewards over their supports, reduced to the coarsest lattice."""
+    s0, st = log_p0 > -np.inf, log_tr > -np.inf
+    o0, o1 = float(r0[s0].min()), float(r[st].min())
+    d0, d1 = np.where(s0, r0 - o0, 0.0), np.where(st, r - o1, 0.0)
+    if step is None:
+        pooled = np.concatenate([d0[s0], d1[st]])
+        h = lattice_step(pooled, np.zeros(pooled.shape))
+    else:
+        h = float(step)
+    k0 = np.where(s0, np.rint(d0 / h), 0).astype(np.int64)
+    k = np.where(st, np.rint(d1 / h), 0).astype(np.int64)
+    g = int(np.gcd.reduce(np.concatenate([k0[s0], k[st]])))
+    if g > 1:
+        k0, k, h = k0 // g, k // g, h * g
+    return k0, k, o0, o1, h
+
+
+def _markov_forward_tables(log_p0, log_tr, k0, k, length):
+    """The (position, state, reward) DP of SPEC 9: list of ``L_t`` (V, K_t + 1) arrays,
+    ``L_t[s, j] = log P(y_t = s, K_{<=t} = j)``."""
+    v = log_p0.shape[0]
+    kmax0 = int(k0.max())
+    kmax = int(np.where(log_tr > -np.inf, k, 0).max())
+    table = np.full((v, kmax0 + 1), -np.inf)
+    table[np.arange(v), k0] = log_p0
+    tables = [table]
+    for _ in range(length - 1):
+        width = table.shape[1] + kmax
+        j = np.arange(width)
+        idx = j[None, None, :] - k[:, :, None]                       # (s, s', j)
+        ok = (idx >= 0) & (idx < table.shape[1])
+        gathered = np.take_along_axis(table[:, None, :], np.clip(idx, 0, table.shape[1] - 1),
+                                      axis=2)
+        x = np.where(ok, gathered + log_tr[:, :, None], -np.inf)
+        table = logsumexp(x, axis=0)                                 # (s', j)
+        tables.append(table)
+    return tables
+
+
+def markov_reward_law(initial_logits, transition_logits, rewards, length, *, step=None,
+                      initial_rewards=None):
+    """Reference law of ``R`` for a Markov chain (SPEC 9) by the exact log-space dynamic
+    program over (position, state, reward): slow (``O(n V^2 K)``), for tests.
+
+    Rewards must lie on a lattice ``o0 + h k0`` (initial) and ``o1 + h k`` (transitions)
+    with one step ``h`` (detected by :func:`lattice_step` on the pooled differences, or
+    ``step=`` to quantise; then reduced to the coarsest lattice), so that
+    ``R = o0 + (n - 1) o1 + h K``.  Only sums of positive terms in log space: every
+    probability keeps its relative accuracy, down to 1e-300 and far below.
+
+    Returns
+    -------
+    values, log_pmf : ndarray
+        The lattice values from the smallest to the largest reachable ``R`` and
+        ``log P(R = value)`` (``-inf`` at unreachable points between them).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> values, log_pmf = ref.markov_reward_law([0.0, -np.inf], [[0.0, 0.0], [-np.inf, 0.0]],
+    ...                                         [0.0, 1.0], 3)
+    >>> values.tolist(), np.round(np.exp(log_pmf), 12).tolist()
+    ([0.0, 1.0, 2.0], [0.25, 0.25, 0.5])
+    """
+    log_p0, log_tr, r0, r = _markov_inputs(initial_logits, transition_logits, rewards,
+                                           initial_rewards)
+    length = int(length)
+    k0, k, o0, o1, h = _markov_lattice(log_p0, log_tr, r0, r, step)
+    law = logsumexp(_markov_forward_tables(log_p0, log_tr, k0, k, length)[-1], axis=0)
+    reach = np.flatnonzero(law > -np.inf)
+    lo, hi = int(reach[0]), int(reach[-1])
+    values = o0 + (length - 1) * o1 + h * np.arange(lo, hi + 1, dtype=np.float64)
+    return values, law[lo:hi + 1]
+
+
+def markov_sample_given_reward(initial_logits, transition_logits, rewards, length, value,
+                               size, rng, *, step=None, initial_rewards=None):
+    """Reference exact sampler of sequences from ``p`` conditioned on ``R = value``
+    (SPEC 9), backwards through the DP tables; ``value`` must be a reachable lattice value.
+
+    Returns an int64 array of shape ``(size, length)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> ref.markov_sample_given_reward([0.0, 0.0], np.zeros((2, 2)), [0.0, 1.0], 4, 4.0,
+    ...                                size=2, rng=0).tolist()
+    [[1, 1, 1, 1], [1, 1, 1, 1]]
+    """
+    log_p0, log_tr, r0, r = _markov_inputs(initial_logits, transition_logits, rewards,
+                                           initial_rewards)
+    length = int(length)
+    k0, k, o0, o1, h = _markov_lattice(log_p0, log_tr, r0, r, step)
+    tables = _markov_forward_tables(log_p0, log_tr, k0, k, length)
+    target = int(np.rint((float(value) - o0 - (length - 1) * o1) / h))
+    rng = np.random.default_rng(rng)
+    out = np.empty((int(size), length), dtype=np.int64)
+
+    def draw(log_w):
+        w = np.exp(log_w - logsumexp(log_w))
+        return int(rng.choice(w.size, p=w / w.sum()))
+
+    for i in range(int(size)):
+        j = target
+        s_next = draw(tables[-1][:, j])
+        out[i, -1] = s_next
+        for t in range(length - 2, -1, -1):
+            table = tables[t]
+            idx = j - k[:, s_next]
+            ok = (idx >= 0) & (idx < table.shape[1])
+            log_w = np.where(ok, table[np.arange(table.shape[0]), np.clip(idx, 0, None)
+                                       .clip(max=table.shape[1] - 1)] + log_tr[:, s_next],
+                             -np.inf)
+            s = draw(log_w)
+            j -= int(k[s, s_next])
+            out[i, t] = s
+            s_next = s
+    return out
+
+
+def markov_period(transition_logits):
+    """Period of the chain's transition graph (``transition_logits > -inf``) if it is
+    strongly connected, else 0 (reducible).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> ref.markov_period([[-np.inf, 0.0], [0.0, -np.inf]]), ref.markov_period(np.zeros((3, 3)))
+    (2, 1)
+    """
+    adj = np.asarray(transition_logits, dtype=np.float64) > -np.inf
+    v = adj.shape[0]
+    reach = adj | np.eye(v, dtype=bool)
+    for _ in range(max(1, int(np.ceil(np.log2(max(v, 2)))))):
+        reach = reach | ((reach.astype(np.int64) @ reach.astype(np.int64)) > 0)
+    if not reach.all():
+        return 0
+    level = np.full(v, -1)
+    level[0] = 0
+    frontier = [0]
+    while frontier:
+        nxt = []
+        for s in frontier:
+            for s2 in np.flatnonzero(adj[s]):
+                if level[s2] < 0:
+                    level[s2] = level[s] + 1
+                    nxt.append(int(s2))
+        frontier = nxt
+    d = 0
+    for s, s2 in zip(*np.nonzero(adj), strict=True):
+        d = int(np.gcd(d, int(level[s] + 1 - level[s2])))
+    return d
+
+
+def markov_scaled_cgf(transition_logits, rewards, lam, *, tol=1e-14, max_iter=10000):
+    """Reference scaled CGF ``Lambda(lam) = lim_n (1/n) log E e^{lam R} = log rho(M_lam)``
+    (SPEC 9), ``M_lam(s, s') = P(s, s') e^{lam r(s, s')}``, for an irreducible chain.
+
+    The tilted matrix is scaled by its largest entry; the Perron vector of an
+    eigendecomposition is refined by power iteration in log space on ``rho_hat I + M``
+    (primitive, so periodic chains converge too) until the Collatz-Wielandt bounds
+    ``min (M x)/x <= rho <= max (M x)/x`` agree to ``tol`` in ``log rho``.
+
+    Raises ValueError (naming ``transition_logits``) for a reducible chain, where the
+    limit depends on the initial law and ``Lambda`` may have kinks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> cycle = [[-np.inf, 0.0], [0.0, -np.inf]]            # deterministic 2-cycle
+    >>> float(np.round(ref.markov_scaled_cgf(cycle, [[0.0, 1.0], [3.0, 0.0]], 0.5), 12))
+    1.0
+    """
+    lt = np.asarray(transition_logits, dtype=np.float64)
+    rw = np.asarray(rewards, dtype=np.float64)
+    if markov_period(lt) == 0:
+        raise ValueError("transition_logits: the chain is reducible (its states do not all "
+                         "communicate); the scaled CGF needs an irreducible chain")
+    log_tr = lt - logsumexp(lt, axis=-1)[:, None]
+    support = log_tr > -np.inf
+    r = np.broadcast_to(rw, lt.shape) if rw.ndim == 1 else rw
+    log_m = np.where(support, log_tr + float(lam) * np.where(support, r, 0.0), -np.inf)
+    c = float(log_m[support].max())
+    log_m = log_m - c
+    vals, vecs = np.linalg.eig(np.exp(log_m))
+    lead = int(np.argmax(vals.real))
+    with np.errstate(divide="ignore"):
+        x = np.log(np.abs(vecs[:, lead].real))
+    x = np.where(np.isfinite(x), x, np.min(x[np.isfinite(x)], initial=0.0) - 50.0)
+    x -= x.max()
+    lo, hi = -np.inf, np.inf
+    for _ in range(max_iter):
+        y = logsumexp(log_m + x[None, :], axis=1)       # log (M x)
+        ratio = y - x
+        lo, hi = float(ratio.min()), float(ratio.max())
+        if hi - lo <= tol:
+            break
+        est = 0.5 * (lo + hi)
+        x = np.logaddexp(x + est, y)                   # (rho_hat I + M) x
+        x -= x.max()
+    return c + 0.5 * (lo + hi)
+
+
+def markov_solve_lambda(initial_logits, transition_logits, rewards, length, delta, *,
+                        initial_rewards=None, max_iter=200):
+    """Reference per-token budget solve (SPEC 9): the ``lam >= 0`` with
+    ``KL(phi_lam || p) = length * delta``, by bisection (geometric expansion first).
+    Returns ``inf`` at or above the ``lam -> inf`` limit ``-log P(R = R_max)``."""
+    args = (initial_logits, transition_logits, rewards, length)
+    target = float(length) * float(delta)
+    if target == 0.0:
+        return 0.0
+    values, log_pmf = markov_reward_law(*args, initial_rewards=initial_rewards)
+    if target >= -log_pmf[-1]:
+        return np.inf
+
+    def kl(lam):
+        return markov_tilt_stats(*args, lam, initial_rewards=initial_rewards)[3]
+
+    lo, hi = 0.0, 1.0
+    while kl(hi) < target:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(max_iter):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if kl(mid) < target else (lo, mid)
+    return 0.5 * (lo + hi)
