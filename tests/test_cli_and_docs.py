@@ -16,6 +16,7 @@ import tiltlab.divergence
 import tiltlab.estimators
 import tiltlab.largedev
 import tiltlab.policies
+import tiltlab.reference
 import tiltlab.sampling
 import tiltlab.sequences.lattice
 import tiltlab.sequences.memoryless
@@ -26,7 +27,7 @@ import tiltlab.tilting
 DOCTESTED = [tiltlab.tilting, tiltlab.special, tiltlab.divergence, tiltlab.bestofn,
              tiltlab.sequences.memoryless, tiltlab.sequences.lattice, tiltlab.largedev,
              tiltlab.app.models, tiltlab.policies, tiltlab.estimators, tiltlab.sampling,
-             tiltlab.simd]
+             tiltlab.simd, tiltlab.reference]
 
 
 @pytest.mark.parametrize("module", DOCTESTED, ids=lambda m: m.__name__)
