@@ -19,6 +19,7 @@ import tiltlab.policies
 import tiltlab.reference
 import tiltlab.sampling
 import tiltlab.sequences.lattice
+import tiltlab.sequences.markov
 import tiltlab.sequences.memoryless
 import tiltlab.simd
 import tiltlab.special
@@ -27,7 +28,7 @@ import tiltlab.tilting
 DOCTESTED = [tiltlab.tilting, tiltlab.special, tiltlab.divergence, tiltlab.bestofn,
              tiltlab.sequences.memoryless, tiltlab.sequences.lattice, tiltlab.largedev,
              tiltlab.app.models, tiltlab.policies, tiltlab.estimators, tiltlab.sampling,
-             tiltlab.simd, tiltlab.reference]
+             tiltlab.simd, tiltlab.reference, tiltlab.sequences.markov]
 
 
 @pytest.mark.parametrize("module", DOCTESTED, ids=lambda m: m.__name__)

@@ -18,6 +18,8 @@ Best-of-N, exactly (SPEC 3)
     best_of_n (BestOfN), reward_levels (RewardLevels), beirami_kl_estimate
 Memoryless sequences (SPEC 4)
     Memoryless (LatticeLaw, SequenceBestOfN, Asymptotics)
+Markov sequences (SPEC 9)
+    Markov
 Large deviations and Renyi quantities
     rate_function, scaled_cgf, renyi_cross_entropy, renyi_divergence
 Other inference-time policies
@@ -84,7 +86,14 @@ from tiltlab.policies import (
     worst_of_n,
 )
 from tiltlab.sampling import sample_categorical, sample_tilted
-from tiltlab.sequences import Asymptotics, LatticeLaw, Memoryless, SequenceBestOfN, memoryless
+from tiltlab.sequences import (
+    Asymptotics,
+    LatticeLaw,
+    Markov,
+    Memoryless,
+    SequenceBestOfN,
+    memoryless,
+)
 from tiltlab.special import logsumexp
 from tiltlab.tilting import (
     TiltStats,
@@ -162,6 +171,7 @@ __all__ = [
     "sample_tilted",
     "simulate_best_of_n",
     "Memoryless",
+    "Markov",
     "rate_function",
     "scaled_cgf",
     "renyi_cross_entropy",

@@ -721,3 +721,56 @@ def owned_outcomes(logits, rewards, names: tuple = ("logits", "rewards")):
         rw = masked_values(rw, mask, lg, n2, n1)
     return (readonly(np.array(lg, dtype=np.float64, order="C")),
             readonly(np.array(rw, dtype=np.float64, order="C")))
+
+
+def markov_inputs(initial_logits, transition_logits, rewards, initial_rewards):
+    """Inputs of a first-order Markov token model (SPEC section 9) as float64 arrays.
+
+    Returns ``(initial_logits (V,), transition_logits (V, V), r0 (V,), r (V, V))``, the
+    rewards folded into one form: per-token rewards (V,) give ``r0 = rewards`` and
+    ``r(s, s') = rewards[s']``; per-transition rewards (V, V) give ``r = rewards`` and
+    ``r0 = initial_rewards`` (0 when not given).  NaN or +inf logits, rows of all ``-inf``
+    (also of a state that is never reached), non-finite rewards and shapes that do not
+    match are errors naming the argument.  The arrays are the model's own and read-only.
+    """
+    l0 = as_real_array(initial_logits, "initial_logits").astype(np.float64)
+    if l0.ndim != 1 or l0.shape[0] == 0:
+        raise ValueError(f"initial_logits must have shape (V,) with V >= 1; got shape "
+                         f"{l0.shape}")
+    v = l0.shape[0]
+    lt = as_real_array(transition_logits, "transition_logits").astype(np.float64)
+    if lt.shape != (v, v):
+        raise ValueError(f"transition_logits must have shape (V, V) = ({v}, {v}) (row s: the "
+                         f"logits of the token that follows s); got shape {lt.shape}")
+    rw = as_real_array(rewards, "rewards").astype(np.float64)
+    if rw.shape not in ((v,), (v, v)):
+        raise ValueError(f"rewards must have shape (V,) = ({v},) (per token) or (V, V) = "
+                         f"({v}, {v}) (per transition); got shape {rw.shape}")
+    check_logit_values(l0, "initial_logits")
+    check_empty_rows(l0, "initial_logits")
+    check_logit_values(lt, "transition_logits")
+    empty = np.all(lt == -np.inf, axis=1)
+    if empty.any():
+        raise ValueError(f"transition_logits row {int(np.argmax(empty))} is all -inf; every "
+                         f"state needs at least one possible successor (a finite logit), "
+                         f"also a state that is never reached")
+    if rw.ndim == 1:
+        if initial_rewards is not None:
+            raise ValueError("initial_rewards is only for per-transition rewards (shape "
+                             "(V, V)); per-token rewards (V,) already reward the first token")
+        _check_reward_values(rw, l0, "rewards")
+        r0 = rw.copy()
+        r = np.broadcast_to(rw, (v, v)).copy()
+    else:
+        _check_reward_values(rw, lt, "rewards")
+        r = rw.copy()
+        if initial_rewards is None:
+            r0 = np.zeros(v)
+        else:
+            r0 = as_real_array(initial_rewards, "initial_rewards").astype(np.float64)
+            if r0.shape != (v,):
+                raise ValueError(f"initial_rewards must have shape (V,) = ({v},); got shape "
+                                 f"{r0.shape}")
+            _check_reward_values(r0, l0, "initial_rewards")
+            r0 = r0.copy()
+    return tuple(readonly(np.ascontiguousarray(a)) for a in (l0, lt, r0, r))

@@ -2,6 +2,9 @@
 
 ``tiltlab.sequences.memoryless``
     :class:`~tiltlab.Memoryless`: independent positions, ``R = sum_i r_i(y_i)``.
+``tiltlab.sequences.markov``
+    :class:`~tiltlab.Markov`: first-order Markov chains (bigram models), rewards per token or
+    per transition (SPEC section 9).
 ``tiltlab.sequences.lattice``
     What the sequence models return: :class:`~tiltlab.LatticeLaw` (the law of ``R`` on its
     lattice), :class:`~tiltlab.SequenceBestOfN` (exact best-of-N over whole sequences) and
@@ -14,6 +17,7 @@ convolutions, several tilts stitched, best-of-N from the law) is the private mod
 """
 
 from tiltlab.sequences.lattice import Asymptotics, LatticeLaw, SequenceBestOfN
+from tiltlab.sequences.markov import Markov
 from tiltlab.sequences.memoryless import Memoryless
 
-__all__ = ["Memoryless", "LatticeLaw", "SequenceBestOfN", "Asymptotics"]
+__all__ = ["Memoryless", "Markov", "LatticeLaw", "SequenceBestOfN", "Asymptotics"]
