@@ -315,6 +315,29 @@ def _cases():
     yield "beirami_kl_estimate shapes", lambda: bke([0.1, 0.2], [2, 3, 4]), ValueError, \
         "cannot broadcast eps of shape (2,) with n of shape (3,)"
 
+    # ---- Markov ----
+    tr = np.zeros((3, 3))
+    yield "Markov length 0", lambda: tiltlab.Markov(L, tr, R, 0), ValueError, \
+        "length must be >= 1"
+    yield "Markov length 2.5", lambda: tiltlab.Markov(L, tr, R, 2.5), TypeError, \
+        "length must be a positive integer"
+    yield "Markov transition shape", lambda: tiltlab.Markov(L, np.zeros((2, 2)), R, 4), \
+        ValueError, "transition_logits must have shape (V, V) = (3, 3)"
+    yield "Markov empty transition row", \
+        lambda: tiltlab.Markov(L, [[0.0, 0.0, 0.0], [-np.inf] * 3, [0.0, 0.0, 0.0]], R, 4), \
+        ValueError, "transition_logits row 1 is all -inf"
+    yield "Markov rewards shape", lambda: tiltlab.Markov(L, tr, R[:2], 4), ValueError, \
+        "rewards must have shape (V,) = (3,) (per token) or (V, V)"
+    yield "Markov NaN reward", lambda: tiltlab.Markov(L, tr, [0.0, np.nan, 1.0], 4), \
+        ValueError, "rewards contains NaN at index (1,)"
+    yield "Markov initial_rewards per token", \
+        lambda: tiltlab.Markov(L, tr, R, 4, initial_rewards=R), ValueError, \
+        "initial_rewards is only for per-transition rewards"
+    yield "Markov NaN lam", lambda: tiltlab.Markov(L, tr, R, 4).tilt_stats(np.nan), \
+        ValueError, "lam contains NaN"
+    yield "Markov negative delta", lambda: tiltlab.Markov(L, tr, R, 4).solve_lambda(-1.0), \
+        ValueError, "delta must be >= 0"
+
     # ---- Memoryless and SequenceBestOfN ----
     yield "Memoryless length 0", lambda: tiltlab.Memoryless(L, R, 0), ValueError, \
         "length must be >= 1"

@@ -79,6 +79,8 @@ CALLS = {
         tiltlab.best_of_n(A(L0), A(R0), n=4.0), 20, 3, rng=0),
     # model classes: their constructors take tensors; a method shows the model is the same
     "Memoryless": lambda A: tiltlab.Memoryless(A(L0), A(R0), 8).reward_log_pmf(A(LAM[0])),
+    "Markov": lambda A: tiltlab.Markov(A(L0), A(np.tile(L0, (6, 1)) + np.arange(6)[:, None]),
+                                       A(R0), 8).tilt_stats(A(LAM)),
     "Model": lambda A: tiltlab.Model("m", A(L0), A(R0), NAMES, "a test model").logits,
 }
 # what the table covers besides: result types (returned by the calls above), and public
