@@ -100,7 +100,7 @@ def test_scalar_and_shaped_lam():
     assert np.all(b.kl == s.kl) and np.all(b.log_partition == s.log_partition)
 
 
-@pytest.mark.parametrize("n", [1, 2, 17, 400])
+@pytest.mark.parametrize("n", [1, 2, 17, 400, 3000])
 def test_equal_rows_reproduce_memoryless(n):
     rng = np.random.default_rng(n)
     logits = rng.normal(size=5)
@@ -114,7 +114,8 @@ def test_equal_rows_reproduce_memoryless(n):
         _close(g, w, atol=1e-300)
         _close(g, n * np.asarray(o), atol=1e-300)
     _close(m.kl_max, mem.kl_max)
-    _close(m.solve_lambda(0.05), mem.solve_lambda(0.05), rtol=1e-10)
+    if n <= 400:      # (the long chain checks the accumulation over positions only)
+        _close(m.solve_lambda(0.05), mem.solve_lambda(0.05), rtol=1e-10)
 
 
 def test_tilted_policy_matches_reference_and_is_phi():

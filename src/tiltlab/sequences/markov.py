@@ -62,6 +62,9 @@ def _backward(log_tr, r, lam, length, n_threads, keep_policy=False):
         with np.errstate(divide="ignore", invalid="ignore"):
             lq = np.where(support, log_tr + g - lp[:, :, None], -np.inf)
         q = np.exp(lq)
+        # exact convex weights: the rounding of the row sums would otherwise scale the
+        # (growing) conditional means at every step
+        q = q / np.sum(q, axis=2, keepdims=True)
         y = r[None, :, :] + m[:, None, :]
         m_new = np.sum(q * y, axis=2)
         v = np.sum(q * (v[:, None, :] + (y - m_new[:, :, None]) ** 2), axis=2)
