@@ -245,15 +245,16 @@ class Markov:
 
     def _solve_one(self, target: float) -> float:
         """The ``lam >= 0`` with ``KL(phi_lam || p) = target``: Newton on the KL (its
-        derivative is ``lam Var R``) inside a bracket, bisection when Newton leaves it."""
+        derivative is ``lam Var R``) from the small-tilt guess, inside a bracket, bisection
+        when Newton leaves it."""
         if target == 0.0:
             return 0.0
         if target >= self.kl_max:
             return math.inf
-        spread = float(np.ptp(self._r[np.isfinite(self._log_tr)]))
-        spread = max(spread, float(np.ptp(self._r0[np.isfinite(self._log_p0)])), 1e-300)
+        # start from the small-tilt form KL ~ lam^2 Var_p(R) / 2
+        var0 = float(self._stats(np.zeros(1))[0].variance[0])
         lo, hi = 0.0, math.inf
-        lam = 1.0 / (spread * math.sqrt(self.length))
+        lam = math.sqrt(2.0 * target / var0) if var0 > 0 else 1.0
         for _ in range(400):
             st, _, _ = self._stats(np.array([lam]))
             f = float(st.kl[0]) - target
@@ -267,7 +268,8 @@ class Markov:
             nxt = lam - f / d if d > 0 else math.nan
             if not lo < nxt < hi:
                 nxt = 2.0 * lam if math.isinf(hi) else 0.5 * (lo + hi)
-            if abs(nxt - lam) <= 4 * np.finfo(np.float64).eps * lam or nxt in (lo, hi):
+            # below 1e-14 relative a step only follows the rounding of the KL
+            if abs(nxt - lam) <= 1e-14 * lam or nxt in (lo, hi):
                 return nxt
             lam = nxt
         return lam
