@@ -1164,6 +1164,13 @@ def _note(exc: BaseException, cell: Mapping) -> None:
         exc.add_note(f"tiltlab.sweep: in the cell {dict(cell)!r:.300}")
 
 
+def _batch_cells(batch: list, cells: list, todo: dict):
+    """The cell of a one-unit batch, or the first cells of a larger one (for messages)."""
+    if len(batch) == 1:
+        return cells[todo[batch[0][0][0]]]
+    return {"batch of cells": [cells[todo[u[0][0]]] for u in batch][:5]}
+
+
 def _batches(units: list, workers: int) -> list:
     """Shards (all of about the same cost) in a multiple of ``workers`` batches of at most
     about 4 consecutive shards: every worker gets the same share without a scheduler round
@@ -1191,10 +1198,6 @@ def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
-    def cells_of(b):
-        return cells[todo[b[0][0][0]]] if len(b) == 1 else \
-            {"batch of cells": [cells[todo[u[0][0]]] for u in b][:5]}
-
     left, restarts = list(batches), 0
     while left:
         pending: dict = {}
@@ -1213,7 +1216,7 @@ def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
                             lost.append(b)
                             continue
                         except Exception as exc:
-                            _note(exc, cells_of(b))
+                            _note(exc, _batch_cells(b, cells, todo))
                             raise
                         consume(res)
                     if lost:   # the pool is broken: every other future fails the same way
@@ -1232,8 +1235,9 @@ def _run_pool(n_workers, task, seed, batches, consume, cells, todo) -> None:
             if restarts > POOL_RESTARTS:
                 raise RuntimeError(
                     f"a worker process of the local pool died {restarts} times running "
-                    f"{len(left)} batch(es) of cells (first: {cells_of(left[0])}); the finished "
-                    f"cells are kept (and in the checkpoint, if any)")
+                    f"{len(left)} batch(es) of cells (first: "
+                    f"{_batch_cells(left[0], cells, todo)}); the finished cells are kept (and "
+                    f"in the checkpoint, if any)")
             print(f"sweep: a pool worker process died; rerunning {len(left)} batch(es) on a "
                   f"new pool ({restarts}/{POOL_RESTARTS})", file=sys.stderr, flush=True)
 
@@ -1254,8 +1258,7 @@ def _run_dask(client, task, seed, batches, consume, cells, todo) -> None:
                 try:
                     fut.result()
                 except Exception as exc:
-                    _note(exc, cells[todo[b[0][0][0]]] if len(b) == 1 else
-                          {"batch of cells": [cells[todo[u[0][0]]] for u in b][:5]})
+                    _note(exc, _batch_cells(b, cells, todo))
                     raise
             consume(res)
     finally:
