@@ -44,6 +44,7 @@ __all__ = [
     "markov_tilt_stats",
     "markov_tilted_policy",
     "markov_reward_law",
+    "markov_best_of_n",
     "markov_sample_given_reward",
     "markov_period",
     "markov_scaled_cgf",
@@ -623,6 +624,11 @@ def sequence_best_of_n(logits, rewards, length, log_n, step=None):
     ``win_rate`` (ties half), ``total_mass`` (``sum_s w_s``).
     """
     values, log_pmf = lattice_log_pmf(logits, rewards, length, step)
+    return _lattice_best_of_n(values, log_pmf, log_n)
+
+
+def _lattice_best_of_n(values, log_pmf, log_n):
+    """Best-of-N on a lattice law of R (the dict of :func:`sequence_best_of_n`)."""
     levels = log_pmf > -np.inf
     vals, log_mass = values[levels], log_pmf[levels]
     # the convolved law sums to 1 only to ~length * eps: renormalise so that F_L = 1 holds
@@ -1151,6 +1157,24 @@ def markov_reward_law(initial_logits, transition_logits, rewards, length, *, ste
     lo, hi = int(reach[0]), int(reach[-1])
     values = o0 + (length - 1) * o1 + h * np.arange(lo, hi + 1, dtype=np.float64)
     return values, law[lo:hi + 1]
+
+
+def markov_best_of_n(initial_logits, transition_logits, rewards, length, log_n, *,
+                     step=None, initial_rewards=None):
+    """Reference best-of-N over Markov sequences (SPEC 9): the level machinery of SPEC 3 on
+    the law of R from :func:`markov_reward_law`; the dict of :func:`sequence_best_of_n`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> b = ref.markov_best_of_n([0.0, 0.0], np.zeros((2, 2)), [0.0, 1.0], 2, np.log(2.0))
+    >>> round(b["expected_reward"], 12)                    # E max of 2 Binomial(2, 1/2)
+    1.34375
+    """
+    values, log_pmf = markov_reward_law(initial_logits, transition_logits, rewards, length,
+                                        step=step, initial_rewards=initial_rewards)
+    return _lattice_best_of_n(values, log_pmf, log_n)
 
 
 def markov_sample_given_reward(initial_logits, transition_logits, rewards, length, value,

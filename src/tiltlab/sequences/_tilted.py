@@ -66,7 +66,9 @@ class SegmentLaw:
     ``P_theta(sum = lo + j) = vals[j] * exp(log_scale)``; ``vals`` peaks at 1.  ``exact``:
     every value is accurate to rounding relative to itself (only direct convolutions of
     positive numbers were used).  ``mean``/``var``: tilted moments of the sum.  ``zfac``:
-    ``vals * zfac`` is the convolution of the children in their own units.
+    ``vals * zfac`` is the convolution of the children in their own units.  With an
+    integer ``centre`` the window is instead untilted without the moments:
+    ``log P(sum = lo + j) = log vals[j] + log_scale - theta (lo + j - centre)``.
     """
 
     lo: int
@@ -76,6 +78,7 @@ class SegmentLaw:
     mean: float
     var: float
     zfac: float = 1.0
+    centre: int | None = None
 
 
 def fft_convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -268,9 +271,13 @@ class LatticeModel:
     def _window(self, theta: float) -> _Window:
         """The law of K at tilt theta on the root window, untilted (SPEC section 4)."""
         law = self._root(theta)
-        st = self._kstats(theta)
-        j = np.arange(law.vals.size, dtype=np.float64)
-        untilt = law.log_scale - theta * (law.lo + j - float(st.mean)) - float(st.kl)
+        if law.centre is not None:   # integers: exact differences, one rounding of theta
+            j = np.arange(law.lo - law.centre, law.lo - law.centre + law.vals.size)
+            untilt = law.log_scale - theta * j.astype(np.float64)
+        else:
+            st = self._kstats(theta)
+            j = np.arange(law.vals.size, dtype=np.float64)
+            untilt = law.log_scale - theta * (law.lo + j - float(st.mean)) - float(st.kl)
         with np.errstate(divide="ignore"):
             q = np.log(law.vals)
         return _Window(law.lo, q + untilt, q, law.exact, law, untilt)

@@ -18,7 +18,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _interop as interop
+from tiltlab import _lattice
 from tiltlab import _validation as V
+from tiltlab._common import entropy, generators, log_n_param, size_value
+from tiltlab.sequences import _chain_law as CL
+from tiltlab.sequences._tilted import MAX_LATTICE, LatticeModel, SegmentLaw, detect_step
+from tiltlab.sequences.lattice import SAMPLE_BLOCK, LatticeLaw, SequenceBestOfN
 from tiltlab.tilting import TiltStats, tilt_stats
 
 __all__ = ["Markov"]
@@ -79,7 +84,7 @@ def _backward(log_tr, r, lam, length, n_threads, keep_policy=False):
     return offset, centred, m, v, kappa, log_q[::-1]
 
 
-class Markov:
+class Markov(LatticeModel):
     """A first-order Markov token model with an additive reward (SPEC section 9).
 
     A sequence ``y = (y_1 .. y_n)`` of ``length`` tokens has probability
@@ -139,7 +144,7 @@ class Markov:
                     results=False)
     def __init__(self, initial_logits: ArrayLike, transition_logits: ArrayLike,
                  rewards: ArrayLike, length: int, *, initial_rewards: ArrayLike | None = None,
-                 n_threads: int | None = None):
+                 step: float | None = None, n_threads: int | None = None):
         l0, lt, r0, r = V.markov_inputs(initial_logits, transition_logits, rewards,
                                         initial_rewards)
         self.length = V.length_value(length)
@@ -155,21 +160,100 @@ class Markov:
         self._r0 = V.readonly(np.where(np.isfinite(l0), r0, 0.0))
         self._r = V.readonly(np.where(np.isfinite(lt), r, 0.0))
         self._kl_max = None
+        self._lattice(step)
+        self._law_cache: tuple = (None, None)
+        self._kstats_memo: dict = {}
 
-    def _stats(self, lam_flat, keep_policy=False):
-        """Statistics at the finite tilts ``lam_flat`` (B,), and the policy if asked."""
+    # ---- the reward lattice (SPEC section 9) ----
+    def _lattice(self, step) -> None:
+        """Integer levels ``k0`` (initial) and ``k`` (transitions) of one common step ``h``
+        (detected, or ``step=`` to quantise), reduced to the coarsest lattice; the range of
+        reachable level sums.  Without a lattice the model still has its statistics and
+        policy; the law and best-of-N then raise."""
+        s0, st = np.isfinite(self._log_p0), np.isfinite(self._log_tr)
+        o0, o1 = float(np.min(self._r0[s0])), float(np.min(self._r[st]))
+        d0, d1 = np.where(s0, self._r0 - o0, 0.0), np.where(st, self._r - o1, 0.0)
+        pooled = np.concatenate([d0[s0], d1[st]])
+        scale = float(max(np.max(pooled), 1e-300))
+        self.quantisation_error = 0.0
+        if step is None:
+            h = detect_step(pooled, scale)
+            if h == 0.0:
+                self._no_lattice = ("the rewards are not on a lattice (no step h makes every "
+                                    "reward o + h k with integer k); pass step= to quantise "
+                                    "them to a lattice of that step")
+                self.step = math.nan
+                return
+        else:
+            h = V.param_array(step, "step", allow_inf=False)
+            if h.ndim != 0 or not h > 0:
+                raise ValueError(f"step must be a positive number; got {step!r}")
+            h = float(h)
+        with np.errstate(over="ignore"):
+            k0 = np.where(s0, np.rint(d0 / h), 0.0)
+            k = np.where(st, np.rint(d1 / h), 0.0)
+        if not max(np.max(k0), np.max(k)) * self.length < MAX_LATTICE:
+            raise ValueError(f"the law of R with step {h!r} has more than {MAX_LATTICE} lattice "
+                             f"points (length {self.length}); pass a coarser step= to quantise "
+                             f"the rewards, or a shorter length")
+        g = int(np.gcd.reduce(np.concatenate([k0[s0], k[st]]).astype(np.int64)))
+        if g > 1:
+            k0, k, h = k0 // g, k // g, h * g
+        if step is not None:
+            r0q = np.where(s0, o0 + h * k0, 0.0)
+            rq = np.where(st, o1 + h * k, 0.0)
+            self.quantisation_error = float(max(np.max(np.abs(r0q - self._r0)),
+                                                np.max(np.abs(rq - self._r))))
+            self._r0, self._r = V.readonly(r0q), V.readonly(rq)
+        self._no_lattice = None
+        self.step = h
+        self._k0 = k0.astype(np.int64)
+        self._k = k.astype(np.int64)
+        self._k0f = V.readonly(k0)
+        self._kf = V.readonly(k)
+        kmin, kmax = CL.level_range(self._log_p0, self._log_tr, self._k0, self._k, self.length)
+        self._kmin = kmin
+        self.offset = o0 + (self.length - 1) * o1 + h * kmin
+        self.n_lattice = kmax - kmin + 1
+
+    def _need_lattice(self) -> None:
+        if self._no_lattice is not None:
+            raise ValueError(self._no_lattice)
+
+    @property
+    def r_min(self) -> float:
+        """The smallest reachable sequence reward."""
+        self._need_lattice()
+        return self.offset
+
+    @property
+    def r_max(self) -> float:
+        """The largest reachable sequence reward."""
+        self._need_lattice()
+        return self.offset + self.step * (self.n_lattice - 1)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The lattice values of ``R`` from :attr:`r_min` to :attr:`r_max`."""
+        self._need_lattice()
+        return self.offset + self.step * np.arange(self.n_lattice, dtype=np.float64)
+
+    def _stats(self, lam_flat, keep_policy=False, levels=False):
+        """Statistics at the finite tilts ``lam_flat`` (B,), and the policy if asked; with
+        ``levels`` those of the raw level sum (tilts in lattice units)."""
+        r0, r = (self._k0f, self._kf) if levels else (self._r0, self._r)
         offset, centred, m, v, kappa, log_q = _backward(
-            self._log_tr, self._r, lam_flat, self.length, self._n_threads, keep_policy)
+            self._log_tr, r, lam_flat, self.length, self._n_threads, keep_policy)
         support = np.isfinite(self._log_p0)
         b = lam_flat.shape[0]
-        g0 = np.where(support, lam_flat[:, None] * self._r0[None, :] + centred, 0.0)
+        g0 = np.where(support, lam_flat[:, None] * r0[None, :] + centred, 0.0)
         st = tilt_stats(np.broadcast_to(self._log_p0, g0.shape), g0, 1.0,
                         n_threads=self._n_threads)
         lp = np.asarray(st.log_partition).reshape(b)
         with np.errstate(divide="ignore", invalid="ignore"):
             log_phi1 = np.where(support, self._log_p0 + g0 - lp[:, None], -np.inf)
         phi1 = np.exp(log_phi1)
-        y0 = self._r0[None, :] + m
+        y0 = r0[None, :] + m
         mean = np.sum(phi1 * y0, axis=1)
         var = np.sum(phi1 * (v + (y0 - mean[:, None]) ** 2), axis=1)
         kl = np.asarray(st.kl).reshape(b) + np.sum(phi1 * kappa, axis=1)
@@ -208,6 +292,215 @@ class Markov:
         stats, _, _ = self._stats(lam_a.reshape(-1).astype(np.float64))
         out = [x.reshape(lam_a.shape) for x in stats]
         return TiltStats(*(x[()] if x.ndim == 0 else x for x in out))
+
+    # ---- the exact law of R and best-of-N (SPEC section 9) ----
+    # The direct DP replaces the doubling below this many flops (exact to rounding).
+    _DIRECT_WORK = 3e8
+
+    def _kstats(self, theta_k) -> TiltStats:
+        """Statistics of the level sum ``K = (R - offset) / step`` at the tilt ``theta_k``
+        (lattice units)."""
+        th = float(theta_k)
+        if math.isinf(th):
+            if th > 0:
+                return TiltStats(math.nan, float(self.n_lattice - 1), 0.0, self.kl_max)
+            return TiltStats(math.nan, 0.0, 0.0, math.nan)
+        memo = self._kstats_memo
+        if th not in memo:
+            if len(memo) > 64:
+                memo.clear()
+            st, _, _ = self._stats(np.array([th]), levels=True)
+            lz, mean, var, kl = (float(x[0]) for x in st)
+            memo[th] = TiltStats(lz - th * self._kmin, mean - self._kmin, var, kl)
+        return memo[th]
+
+    def _solve_k(self, delta: float) -> float:
+        """The tilt in lattice units whose per-token KL is delta."""
+        return self._solve_one(self.length * delta) * self.step
+
+    def _chain_law(self, theta: float, keep: bool = False) -> CL.ChainLaw:
+        """The law of the raw level sum at tilt theta: the direct DP when it is cheap (exact
+        to rounding), the doubling of the polynomial transition matrix otherwise."""
+        key = (theta, keep)
+        if self._law_cache[0] == key:
+            return self._law_cache[1]
+        nv = self.n_states
+        support = np.isfinite(self._log_tr)
+        nlev = np.unique(self._k[support]).size
+        work = 0.5 * (self.length - 1) * nlev * nv * nv * self.n_lattice
+        # centre the tilt on the integer nearest the tilted mean level per token
+        mean_raw = float(self._kstats(theta).mean) + self._kmin
+        c = int(round(mean_raw / self.length))
+        args = (self._log_p0, self._log_tr, self._k0, self._k, self.length, theta, c)
+        if work <= self._DIRECT_WORK:
+            law = CL.direct_law(*args, keep=keep)
+        else:
+            law = CL.doubling_law(*args)
+        self._law_cache = (key, law)
+        return law
+
+    def _root(self, theta: float) -> SegmentLaw:
+        law = self._chain_law(theta)
+        st = self._kstats(theta)
+        return SegmentLaw(lo=law.lo - self._kmin, vals=law.vals, log_scale=law.log_scale,
+                          exact=law.exact, mean=float(st.mean), var=float(st.variance),
+                          centre=law.centre - self._kmin)
+
+    def _reachable(self) -> np.ndarray:
+        """Which lattice points have positive probability (bit sets; all points, i.e.
+        unknown, when that is too costly: unresolved points are then NaN, not -inf)."""
+        flags = CL.reachable_levels(self._log_p0, self._log_tr, self._k0, self._k,
+                                    self.length, self._kmin, self._kmin + self.n_lattice - 1)
+        return np.ones(self.n_lattice, dtype=bool) if flags is None else flags
+
+    def _conditional_sequences(self, theta_k, cdf, guide, level_sums, sz, draws, rng, nt):
+        """Sequences of p drawn conditionally on their level sums, the sums drawn from the
+        level law of a best-of-N result (:meth:`SequenceBestOfN.sample`): (draws, n)."""
+        n, nv = self.length, self.n_states
+        V.check_memory(max(draws, 1) * (4 * n + 8), f"size={sz} sequences of length {n}")
+        out = np.empty((max(draws, 1), n), dtype=np.int32)
+        if not draws:
+            return out
+        sums = np.empty(draws, dtype=np.int64)
+        blocks = -(-draws // SAMPLE_BLOCK)
+        fails = _lattice.sample_sums(cdf, guide, level_sums, draws, SAMPLE_BLOCK,
+                                     generators(rng, blocks), sums,
+                                     V.threads_for_blocks(blocks, nt))
+        if fails or np.any(sums < 0):
+            raise RuntimeError("tiltlab: best-of-N level draws failed (internal error)")
+        gen = np.random.Generator(np.random.PCG64(
+            np.random.SeedSequence(entropy(rng), spawn_key=(1 << 30,))))
+        law = self._chain_law(theta_k, keep=True)
+        raw = sums + self._kmin
+        if law.exact:
+            chunk = draws
+        else:   # the halving works on (draws, segments, V, levels) arrays
+            width = int(np.max(self._k)) + 1
+            chunk = max(1, int(2e7 // (n * nv * width)))
+        for a in range(0, draws, chunk):
+            part = raw[a:a + chunk]
+            if law.exact:
+                out[a:a + chunk] = CL.sample_direct(law, self._log_tr, self._k, theta_k, part,
+                                                          gen)
+            else:
+                out[a:a + chunk] = CL.sample_doubling(law, self._k, part, gen)
+        return out
+
+    @interop.arrays("lam")
+    def reward_log_pmf(self, lam: ArrayLike = 0.0) -> LatticeLaw:
+        """The exact law of ``R`` on its lattice, in log space (SPEC section 9).
+
+        Under each tilt the law of the level sum comes from the doubling of the polynomial
+        transition matrix (FFT along the levels, one V x V complex product per
+        frequency); several tilts are stitched, each lattice point taken from the tilt
+        under which it is most central, so its error relative to its own value is
+        typically 1e-13 however far in the tail it lies.  Small problems (up to ~3e8
+        flops) use the direct dynamic program over (position, state, level) instead,
+        exact to rounding down to about 1e-280 of each tilt's peak.  Points that no tilt
+        resolves are NaN; unreachable points ``-inf`` (NaN too when the chain is too
+        long to decide reachability cheaply).  With ``lam`` the law is that of ``R``
+        under ``phi_lam``.
+
+        Returns
+        -------
+        LatticeLaw
+            ``(values, log_pmf, resolved)`` from :attr:`r_min` to :attr:`r_max`.
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> m = tiltlab.Markov([0.0, -np.inf], np.log([[0.5, 0.5], [0.1, 0.9]]),
+        ...                    [0.0, 1.0], 1000)
+        >>> law = m.reward_log_pmf()
+        >>> print(" ".join(f"{v:.4f}" for v in law.log_pmf[[0, 500, 999]] / np.log(10)))
+        -301.0300 -3.7591 -46.0179
+        """
+        self._need_lattice()
+        return self._full_law(V.scalar_param(lam, "lam"))
+
+    @interop.arrays("n", "log_n")
+    def best_of_n(self, n: float | None = None, *, log_n: float | None = None
+                  ) -> SequenceBestOfN:
+        """Exact best-of-N over whole sequences (SPEC sections 3 and 9).
+
+        ``pi_N`` depends on a sequence through ``R`` only: the level machinery of SPEC
+        section 3 runs on the lattice law of ``R`` under the tilt centred where the
+        maximum of N draws lives.  Its :meth:`~SequenceBestOfN.sample` draws whole
+        sequences exactly (the reward level by the order statistic, then the tokens from
+        ``p`` conditioned on that level), without drawing N candidates.
+
+        Parameters
+        ----------
+        n : float, optional
+            Number of candidate sequences, ``N >= 1`` (real).
+        log_n : float, optional
+            ``log N >= 0``, e.g. ``0.3 * length``.
+
+        Returns
+        -------
+        SequenceBestOfN
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> m = tiltlab.Markov([0.0, 0.0], np.log([[0.9, 0.1], [0.2, 0.8]]), [0.0, 1.0], 1000)
+        >>> b = m.best_of_n(log_n=0.05 * 1000)
+        >>> lam = m.solve_lambda(0.05)
+        >>> print(f"{b.expected_reward / 1000:.4f} {m.tilt_stats(lam).mean / 1000:.4f}")
+        0.7094 0.7094
+        """
+        self._need_lattice()
+        ln = log_n_param(n, log_n)
+        if ln.ndim != 0:
+            raise ValueError(f"Markov.best_of_n takes one N (a scalar n or log_n); got shape "
+                             f"{ln.shape}")
+        return self._best_of_n(float(ln))
+
+    def sample(self, size: int | None = None, lam: float = 0.0, rng=None) -> np.ndarray:
+        """Whole sequences from the optimal policy ``phi_lam`` (``p`` at ``lam = 0``).
+
+        One categorical draw per position from the rows of :meth:`tilted_policy`.
+
+        Parameters
+        ----------
+        size : int, optional
+            Number of sequences (None: one sequence, shape ``(length,)``).
+        lam : float
+            A finite tilt.
+        rng : int, numpy.random.Generator or None
+            Seed or generator.
+
+        Returns
+        -------
+        ndarray of int32, shape ``(size, length)``
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> m = tiltlab.Markov([0.0, 0.0], np.log([[0.9, 0.1], [0.2, 0.8]]), [0.0, 1.0], 8)
+        >>> m.sample(2, lam=1.0, rng=0).shape
+        (2, 8)
+        """
+        sz = size_value(size)
+        draws = 1 if sz is None else sz
+        V.check_memory(max(draws, 1) * 4 * self.length, f"size={sz} sequences of length "
+                                                         f"{self.length}")
+        log_phi1, log_q = self.tilted_policy(lam)
+        gen = np.random.default_rng(rng)
+        out = np.empty((draws, self.length), dtype=np.int32)
+        cdf0 = np.cumsum(np.exp(log_phi1))
+        u = gen.random(draws)
+        y = np.minimum(np.sum(cdf0[None, :] < (u * cdf0[-1])[:, None], axis=1),
+                       self.n_states - 1)
+        out[:, 0] = y
+        for t in range(self.length - 1):
+            cdf = np.cumsum(np.exp(log_q[t]), axis=1)              # (V, V)
+            rows = cdf[y]
+            u = gen.random(draws)
+            y = np.minimum(np.sum(rows < (u * rows[:, -1])[:, None], axis=1),
+                           self.n_states - 1)
+            out[:, t + 1] = y
+        return out[0] if sz is None else out
 
     @property
     def kl_max(self) -> float:

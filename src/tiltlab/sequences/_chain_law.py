@@ -1,0 +1,350 @@
+"""The law of the lattice sum of a Markov chain under one tilt (SPEC section 9), private.
+
+A chain's integer levels ``K = k0(y_1) + sum_t k(y_t, y_{t+1})`` are summed either by the
+direct dynamic program over (position, state, level) in linear space, rescaled at every
+step (exact to rounding relative to every value above underflow), or by the doubling of the
+polynomial matrix ``A_m(s, s', j) = P_theta(m transitions from s end in s' with level sum
+j)`` (FFT convolutions along the levels, one V x V complex product per frequency), kept on
+windows around the tilted mean: at tilt ``theta`` the sum concentrates within a few
+standard deviations, so each power holds O(sqrt(m)) levels.  Both return the law of K under
+the tilt relative to its peak, and can keep what the exact conditional sampler needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Values below this fraction of their own entry's peak are dropped as FFT rounding noise
+# (1e-14, as for the memoryless laws, loses ~1e-13 of the peak over the doubling levels).
+_TRIM = 3e-16
+# Direct convolutions (shifted matrix products) when the shorter operand has at most this
+# many levels; FFT otherwise.
+_DIRECT_TAPS = 24
+
+
+def _fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+@dataclass
+class Poly:
+    """``value(..., lo + j) = arr[..., j] * exp(log_scale)``: a (V, V) matrix or a (V,)
+    vector of level sequences on one common window of levels."""
+
+    lo: int
+    arr: np.ndarray
+    log_scale: float
+
+
+def _normalise(arr: np.ndarray, lo: int, log_scale: float, trim: bool) -> Poly:
+    """Scale to peak 1, drop rounding noise (per entry, relative to its own peak) and cut
+    the window to the levels where some entry is non-zero."""
+    if trim:
+        arr[arr < 0.0] = 0.0
+        peaks = arr.max(axis=-1, keepdims=True)
+        arr[arr < _TRIM * peaks] = 0.0
+    peak = float(arr.max())
+    if not peak > 0.0:
+        raise FloatingPointError("the tilted law vanished (internal error)")
+    arr /= peak
+    nz = np.flatnonzero(arr.reshape(-1, arr.shape[-1]).max(axis=0) > 0.0)
+    a, b = int(nz[0]), int(nz[-1]) + 1
+    return Poly(lo + a, np.ascontiguousarray(arr[..., a:b]), log_scale + math.log(peak))
+
+
+def _product(x: Poly, m: Poly) -> Poly:
+    """``x * m`` with a matrix product over the states and a convolution over the levels:
+    ``out(.., s'', j) = sum_{s', a} x(.., s', a) m(s', s'', j - a)``; ``x`` a vector or a
+    matrix."""
+    wa, wb = x.arr.shape[-1], m.arr.shape[-1]
+    width = wa + wb - 1
+    lead = x.arr.shape[:-1]
+    if min(wa, wb) <= _DIRECT_TAPS:
+        out = np.zeros(lead[:-1] + (m.arr.shape[1], width))
+        if wb <= wa:
+            xs = np.moveaxis(x.arr, -1, 0)                       # (wa, .., V)
+            for j in range(wb):
+                out[..., j:j + wa] += np.moveaxis(xs @ m.arr[:, :, j], 0, -1)
+        else:
+            ms = np.moveaxis(m.arr, -1, 0)                       # (wb, V, V)
+            for i in range(wa):
+                out[..., i:i + wb] += np.moveaxis(x.arr[..., i] @ ms, 0, -1)
+        trim = False
+    else:
+        size = _fast_len(width)
+        fx = np.moveaxis(np.fft.rfft(x.arr, size, axis=-1), -1, 0)  # (F, .., V)
+        fm = np.moveaxis(np.fft.rfft(m.arr, size, axis=-1), -1, 0)  # (F, V, V)
+        if x.arr.ndim == 2:    # a vector of level sequences
+            fo = np.einsum("fa,fab->fb", fx, fm)
+        else:
+            fo = fx @ fm
+        out = np.fft.irfft(np.moveaxis(fo, 0, -1), size, axis=-1)[..., :width]
+        trim = True
+    return _normalise(out, x.lo + m.lo, x.log_scale + m.log_scale, trim)
+
+
+@dataclass
+class ChainLaw:
+    """The law of K under one tilt, centred: ``P(K = lo + j) e^{theta (lo + j - centre)} =
+    vals[j] exp(log_scale)`` (``vals`` peaks at 1; ``centre`` = length * c, an integer, so
+    undoing the tilt costs one rounding of ``theta`` times a small integer); with the pieces
+    the conditional sampler needs."""
+
+    lo: int
+    vals: np.ndarray
+    log_scale: float
+    exact: bool
+    centre: int
+    # direct path: the forward tables, one Poly (V,) per position
+    tables: list = field(default_factory=list)
+    # doubling path: the powers A_{2^j}, the blocks applied in order and the vectors
+    # before each block (``vectors[i]`` is the forward vector before block i)
+    powers: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+    vectors: list = field(default_factory=list)
+    final: Poly | None = None
+
+
+def _tilted(log_p0, log_tr, k0, k, theta, c=0):
+    """Linear-space initial vector and transition matrix at tilt theta on the levels
+    centred on the integer c per token (``e^{theta (k - c)}``: the log scales stay of the
+    size of the log probabilities, not of ``theta k``), each scaled by its largest entry
+    (the log scales returned)."""
+    with np.errstate(invalid="ignore"):
+        lu = np.where(np.isfinite(log_p0), log_p0 + theta * (k0 - c), -np.inf)
+        lm = np.where(np.isfinite(log_tr), log_tr + theta * (k - c), -np.inf)
+    cu, cm = float(lu.max()), float(lm.max())
+    return np.exp(lu - cu), cu, np.exp(lm - cm), cm
+
+
+def direct_law(log_p0, log_tr, k0, k, length, theta, c, keep=False) -> ChainLaw:
+    """The DP of SPEC 9 in linear space at tilt theta, rescaled per step: only sums of
+    non-negative products, so every value is exact to rounding relative to itself (until
+    it underflows below ~1e-300 of the step's peak)."""
+    u, cu, mt, cm = _tilted(log_p0, log_tr, k0, k, theta, c)
+    v = u.shape[0]
+    kmax = int(k.max())
+    table = np.zeros((v, int(k0.max()) + 1))
+    table[np.arange(v), k0] = u
+    x = _normalise(table, 0, 0.0, False)
+    # the log scales of the steps, summed exactly rounded at the end (a running sum of
+    # n terms would lose ~n/2 ulps of a total of the size of log P)
+    terms = [cu, (length - 1) * cm, x.log_scale]
+    tables = [x] if keep else []
+    # one (s, s') pair per shift: group the transitions by their level
+    levels = [(int(j), np.where(k == j, mt, 0.0)) for j in np.unique(k[mt > 0])]
+    for _ in range(length - 1):
+        w = x.arr.shape[1]
+        out = np.zeros((v, w + kmax))
+        for j, mj in levels:
+            out[:, j:j + w] += mj.T @ x.arr
+        x = _normalise(out, x.lo, 0.0, False)
+        terms.append(x.log_scale)
+        if keep:
+            tables.append(x)
+    tot = x.arr.sum(axis=0)
+    peak = float(tot.max())
+    terms.append(math.log(peak))
+    return ChainLaw(x.lo, tot / peak, math.fsum(terms), True, c * length,
+                    tables=tables, final=x)
+
+
+def doubling_law(log_p0, log_tr, k0, k, length, theta, c) -> ChainLaw:
+    """The law of K at tilt theta by doubling the polynomial transition matrix."""
+    u, cu, mt, cm = _tilted(log_p0, log_tr, k0, k, theta, c)
+    v = u.shape[0]
+    kmax = int(k.max())
+    a1 = np.zeros((v, v, kmax + 1))
+    s, s2 = np.nonzero(mt > 0)
+    a1[s, s2, k[s, s2]] = mt[s, s2]
+    vec = np.zeros((v, int(k0.max()) + 1))
+    vec[np.arange(v), k0] = u
+    x = _normalise(vec, 0, cu, False)
+    steps = length - 1
+    # powers A_{2^j} up to the largest below the top bit; the top power is applied as
+    # two halves (a vector product costs V^2 per level, a square V^3)
+    powers = [_normalise(a1, 0, cm, False)]
+    top = steps.bit_length() - 1 if steps else 0
+    while len(powers) < max(top, 1):
+        powers.append(_product(powers[-1], powers[-1]))
+    blocks = []
+    for j in range(top + 1):
+        if steps >> j & 1:
+            if j < len(powers):
+                blocks.append(j)
+            else:
+                blocks += [j - 1, j - 1]
+    vectors = []
+    for j in blocks:
+        vectors.append(x)
+        x = _product(x, powers[j])
+    tot = x.arr.sum(axis=0)
+    peak = float(tot.max())
+    return ChainLaw(x.lo, tot / peak, x.log_scale + math.log(peak), False, c * length,
+                    powers=powers,
+                    blocks=blocks, vectors=vectors, final=x)
+
+
+def level_range(log_p0, log_tr, k0, k, length):
+    """(smallest, largest) reachable level sum, by the min- and max-plus recursions."""
+    big = np.iinfo(np.int64).max // 4
+    ok0, ok = np.isfinite(log_p0), np.isfinite(log_tr)
+    lo_s = np.zeros(log_p0.shape[0], dtype=np.int64)
+    hi_s = np.zeros(log_p0.shape[0], dtype=np.int64)
+    for _ in range(length - 1):   # best level still to come from each state
+        lo_s = np.min(np.where(ok, k + lo_s[None, :], big), axis=1)
+        hi_s = np.max(np.where(ok, k + hi_s[None, :], -big), axis=1)
+    return (int(np.min(np.where(ok0, k0 + lo_s, big))),
+            int(np.max(np.where(ok0, k0 + hi_s, -big))))
+
+
+def reachable_levels(log_p0, log_tr, k0, k, length, kmin, kmax, budget=2_000_000):
+    """Boolean of the reachable level sums in [kmin, kmax] (exact, by bit sets), or None
+    when that would cost more than ``budget`` word operations."""
+    v = log_p0.shape[0]
+    words = (kmax + 64) // 64
+    if (length - 1) * v * v * words > budget:
+        return None
+    ok = np.isfinite(log_tr)
+    pairs = [(int(s), int(s2), int(k[s, s2])) for s, s2 in zip(*np.nonzero(ok), strict=True)]
+    sets = [(1 << int(k0[s])) if np.isfinite(log_p0[s]) else 0 for s in range(v)]
+    for _ in range(length - 1):
+        nxt = [0] * v
+        for s, s2, j in pairs:
+            if sets[s]:
+                nxt[s2] |= sets[s] << j
+        sets = nxt
+    total = 0
+    for x in sets:
+        total |= x
+    bits = np.frombuffer(total.to_bytes((kmax + 8) // 8 + 1, "little"), dtype=np.uint8)
+    flags = np.unpackbits(bits, bitorder="little")[:kmax + 1].astype(bool)
+    return flags[kmin:]
+
+
+def _draw(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row of ``weights`` (B, m) (non-negative, some positive) the index whose
+    cumulative share first exceeds ``u`` (B,)."""
+    c = np.cumsum(weights, axis=1)
+    idx = np.sum(c < (u * c[:, -1])[:, None], axis=1)
+    return np.minimum(idx, weights.shape[1] - 1)
+
+
+def sample_direct(law: ChainLaw, log_tr, k, theta, sums, rng) -> np.ndarray:
+    """Sequences of p conditioned on their level sums ``sums`` (B,), backwards through the
+    forward tables (SPEC 9) of the tilt theta (the tilt cancels in the conditional
+    weights, with the tilted transition matrix): (B, length) int32."""
+    tables = law.tables
+    n = len(tables)
+    b = sums.shape[0]
+    v = log_tr.shape[0]
+    out = np.empty((b, n), dtype=np.int32)
+    j = sums.astype(np.int64).copy()
+    last = tables[-1]
+    col = j - last.lo
+    w = last.arr[:, col].T                                          # (B, V)
+    s_next = _draw(w, rng.random(b))
+    out[:, -1] = s_next
+    _, _, ptr, _ = _tilted(log_tr[0], log_tr, k[0], k, theta)
+    for t in range(n - 2, -1, -1):
+        tab = tables[t]
+        idx = j[:, None] - k[:, s_next].T - tab.lo                  # (B, V)
+        okk = (idx >= 0) & (idx < tab.arr.shape[1])
+        vals = tab.arr[np.arange(v)[None, :], np.clip(idx, 0, tab.arr.shape[1] - 1)]
+        w = np.where(okk, vals * ptr[:, s_next].T, 0.0)
+        s = _draw(w, rng.random(b))
+        j -= k[s, s_next]
+        out[:, t] = s
+        s_next = s
+    return out
+
+
+def _entry(p: Poly, s_a, s_b, d):
+    """Values ``p(s_a, s_b, d)`` (arrays broadcast), 0 outside the window."""
+    idx = d - p.lo
+    ok = (idx >= 0) & (idx < p.arr.shape[-1])
+    return np.where(ok, p.arr[s_a, s_b, np.clip(idx, 0, p.arr.shape[-1] - 1)], 0.0)
+
+
+def sample_doubling(law: ChainLaw, k, sums, rng) -> np.ndarray:
+    """Sequences of p conditioned on their level sums, by splitting each block of the
+    doubling at its middle state and level (SPEC 9): (B, length) int32."""
+    b = sums.shape[0]
+    v = k.shape[0]
+    blocks, powers, vectors = law.blocks, law.powers, law.vectors
+    n = 1 + sum(1 << j for j in blocks)
+    out = np.empty((b, n), dtype=np.int32)
+    states = np.arange(v)
+    # the final state from P(y_n = s, K = sum), then backwards block by block
+    j_end = sums.astype(np.int64)
+    fin = law.final
+    col = j_end - fin.lo
+    w = fin.arr[:, np.clip(col, 0, fin.arr.shape[-1] - 1)].T
+    s_end = _draw(w, rng.random(b))
+    out[:, -1] = s_end
+    pos = n - 1
+    for i in range(len(blocks) - 1, -1, -1):
+        pj = powers[blocks[i]]
+        xv = vectors[i]
+        # start of the block: state s_a and level a with weight x(s_a, a) A(s_a, s_end, j - a)
+        a_lv = xv.lo + np.arange(xv.arr.shape[-1])                    # (W,)
+        wts = xv.arr[None, :, :] * _entry(pj, states[None, :, None], s_end[:, None, None],
+                                          j_end[:, None, None] - a_lv[None, None, :])
+        flat = _draw(wts.reshape(b, -1), rng.random(b))
+        s_a = flat // a_lv.size
+        a = a_lv[flat % a_lv.size]
+        start = pos - (1 << blocks[i])
+        _fill_block(out, powers, blocks[i], start, s_a, s_end, j_end - a, k, rng)
+        out[:, start] = s_a
+        s_end, j_end, pos = s_a, a, start
+    return out
+
+
+def _fill_block(out, powers, level, start, s_a, s_b, d, k, rng):
+    """Fill positions start+1 .. start+2^level-1 of ``out`` for paths of 2^level
+    transitions from s_a to s_b with level sum d, by recursive halving."""
+    b = s_a.shape[0]
+    v = k.shape[0]
+    states = np.arange(v)
+    # breadth-first: all segments of one level at once, (B, segments) arrays
+    seg_a, seg_b, seg_d = s_a[:, None], s_b[:, None], d[:, None]
+    for lev in range(level, 0, -1):
+        half = powers[lev - 1]
+        lv = half.lo + np.arange(half.arr.shape[-1])                  # levels of a half
+        nseg = seg_a.shape[1]
+        # weight of (middle state c, first-half level x): A(a, c, x) A(c, b, d - x)
+        left = half.arr[seg_a[:, :, None], states[None, None, :]]    # (B, S, V, W)
+        right = _entry(half, states[None, None, :, None], seg_b[:, :, None, None],
+                       seg_d[:, :, None, None] - lv[None, None, None, :])
+        wts = (left * right).reshape(b * nseg, -1)
+        flat = _draw(wts, rng.random(b * nseg)).reshape(b, nseg)
+        mid = flat // lv.size
+        x = lv[flat % lv.size]
+        step = 1 << (lev - 1)
+        cols = start + step * (2 * np.arange(nseg) + 1)
+        out[:, cols] = mid
+        new_a = np.empty((b, 2 * nseg), dtype=np.int64)
+        new_b = np.empty_like(new_a)
+        new_d = np.empty_like(new_a)
+        new_a[:, 0::2], new_b[:, 0::2], new_d[:, 0::2] = seg_a, mid, x
+        new_a[:, 1::2], new_b[:, 1::2], new_d[:, 1::2] = mid, seg_b, seg_d - x
+        seg_a, seg_b, seg_d = new_a, new_b, new_d
+    # single transitions: the level must match (a check of the bookkeeping)
+    if np.any(k[seg_a, seg_b] != seg_d):
+        raise RuntimeError("tiltlab: conditional Markov sampling lost its level "
+                           "(internal error)")
