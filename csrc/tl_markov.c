@@ -174,17 +174,19 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
                 umax = tl_m4_max(tl_m4_abs(u), umax);
                 xmax = tl_m4_max(lv + u, xmax);
             }
-            double L;
+            double L, qs;
             if (tl_m4_hmax(umax) <= 1.0) {
                 /* small tilt: L = log1p(sum a expm1(u) / s_a) */
-                tl_m4 acc = tl_m4_set(0.0);
+                tl_m4 acc = tl_m4_set(0.0), qacc = acc;
                 for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
                     tl_m4 em, a = tl_m4_load(as + i);
                     tl_m4 e = tl_m4_exp(tl_m4_load(ub + i), &em);
                     acc += a * em;
+                    qacc += a * e;
                     tl_m4_store(qb + i, a * e);
                 }
                 L = log1p(tl_m4_sum(acc) / s_a[s]);
+                qs = tl_m4_sum(qacc);
             } else {
                 const double mx = tl_m4_hmax(xmax);
                 tl_m4 acc = tl_m4_set(0.0);
@@ -193,15 +195,14 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
                     acc += e;
                     tl_m4_store(qb + i, e);
                 }
-                L = mx + log(tl_m4_sum(acc) / s_a[s]);
+                qs = tl_m4_sum(acc);
+                L = mx + log(qs / s_a[s]);
             }
-            /* the tilted row as exact convex weights */
-            tl_m4 acc = tl_m4_set(0.0);
-            for (ptrdiff_t i = 0; i < vp; i += TL_MW) acc += tl_m4_load(qb + i);
-            const double qs = tl_m4_sum(acc);
+            /* the tilted row as convex weights (normalised by their computed sum) */
+            const double qinv = 1.0 / qs;
             tl_m4 kl = tl_m4_set(0.0), mean = kl, kap = kl;
             for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                tl_m4 q = tl_m4_load(qb + i) / qs;
+                tl_m4 q = tl_m4_load(qb + i) * qinv;
                 tl_m4 p = tl_m4_load(pas + i);
                 tl_m4 w = tl_m4_load(ub + i) - L;
                 tl_m4 hq = tl_m4_q(w);
