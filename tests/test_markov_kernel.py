@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import tiltlab
-from tiltlab import _markov
+from tiltlab import _markov, simd
 from tiltlab import reference as ref
-from tiltlab import simd
 
 
 def _chain(seed, v, per_token, forbid=True, integer=False, scale=1.0):
