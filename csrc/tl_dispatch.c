@@ -15,6 +15,7 @@
 #include "tl_soft.h"
 #include "tl_softmax.h"
 #include "tl_cat.h"
+#include "tl_markov.h"
 #include "tl_mathcheck.h"
 
 /* prototypes of every compiled variant */

@@ -1,9 +1,9 @@
 /* Instruction-set variants of the vectorised kernels (runtime dispatch).
  *
  * The kernel sources that hold vectorisable loops (tl_lse.c, tl_tilt.c, tl_kl.c, tl_bon.c,
- * tl_bon_draw.c, tl_soft.c, tl_softmax.c, tl_cat.c, and the test hook tl_mathcheck.c) are
- * compiled once per variant, with TL_ISA set to the variant's name and the variant's
- * compiler flags:
+ * tl_bon_draw.c, tl_soft.c, tl_softmax.c, tl_cat.c, tl_markov.c, and the test hook
+ * tl_mathcheck.c) are compiled once per variant, with TL_ISA set to the variant's name and
+ * the variant's compiler flags:
  *     portable   the build's baseline (x86-64: SSE2)
  *     avx2       -mavx2 -mfma
  *     avx512     -mavx512f -mavx512dq -mavx512vl -mavx512bw, 512-bit vectors
@@ -70,6 +70,7 @@
 #define tl_cat_draw_f32 TL_ISA_NAME(tl_cat_draw_f32)
 #define tl_cat_weights_f64 TL_ISA_NAME(tl_cat_weights_f64)
 #define tl_cat_weights_f32 TL_ISA_NAME(tl_cat_weights_f32)
+#define tl_markov_backward TL_ISA_NAME(tl_markov_backward)
 #define tl_mathcheck TL_ISA_NAME(tl_mathcheck) /* test hook: tl_mathcheck.h */
 
 #if !TL_ISA_IS_PORTABLE
@@ -113,6 +114,8 @@
 #define tl_softmax_weights_f32 TL_ISA_NAME(tl_softmax_weights_f32)
 #define tl_bon_naive_relabel TL_ISA_NAME(tl_bon_naive_relabel)
 #define tl_softmax_merge TL_ISA_NAME(tl_softmax_merge)
+#define tl_markov_work_size TL_ISA_NAME(tl_markov_work_size)
+#define tl_markov_kl_max TL_ISA_NAME(tl_markov_kl_max)
 #endif
 #endif /* TL_ISA */
 

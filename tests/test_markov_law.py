@@ -70,7 +70,7 @@ def longdouble_law(l0, lt, k, length):
     tab = np.zeros((v, kmax * length + 1), dtype=ld)
     tab[np.arange(v), k] = p0
     log_scale = ld(0)
-    for t in range(1, length):
+    for _ in range(1, length):
         new = np.zeros_like(tab)
         for s2 in range(v):
             new[s2, k[s2]:] = (pt[:, s2][:, None] * tab[:, :tab.shape[1] - k[s2]]).sum(axis=0)

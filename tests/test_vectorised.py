@@ -54,6 +54,8 @@ pytestmark = [
 KERNELS = ["tl_lse_chunk", "tl_tilt_chunk", "tl_kl_chunk", "tl_moments_chunk", "tl_prescan",
            "tl_softmax_chunk", "tl_softmax_scale", "tl_log_softmax_write",
            "tl_cat_prepare", "tl_bon_draw_row"]
+# kernels of double input only (no _f64/_f32 pair)
+KERNELS_DOUBLE = ["tl_markov_backward"]
 WIDE_VARIANTS = ["avx2", "avx512"]
 MIN_WIDE_SHARE = 0.75
 MIN_FMA_IN_POLY_LOOP = 6
@@ -255,6 +257,8 @@ def _cases():
             for dtype in ("f64", "f32"):
                 yield pytest.param(variant, f"{kernel}_{dtype}_{variant}",
                                    id=f"{kernel}_{dtype}-{variant}")
+        for kernel in KERNELS_DOUBLE:
+            yield pytest.param(variant, f"{kernel}_{variant}", id=f"{kernel}-{variant}")
 
 
 @pytest.mark.parametrize(("variant", "symbol"), list(_cases()))

@@ -299,6 +299,16 @@ cdef extern from "tl_soft.h" nogil:
                       const int64_t *wlo, const int64_t *whi, const double *c,
                       const double *ec, int64_t b0, int64_t b1, double *mx, double *U)
 
+cdef extern from "tl_markov.h" nogil:
+    Py_ssize_t tl_markov_work_size(Py_ssize_t nv, int64_t length)
+    int tl_markov_backward(const double *log_tr, const double *r, Py_ssize_t nv, double lam,
+                           int64_t length, double *offset, double *centred, double *m,
+                           double *v, double *kappa, double *log_q, Py_ssize_t q_stride,
+                           double *work, const tl_stop_flag *stop)
+    double tl_markov_kl_max(const double *log_p0, const double *r0, const double *log_tr,
+                            const double *r, Py_ssize_t nv, int64_t length, double tol,
+                            double *work)
+
 cdef extern from "tl_isa.h" nogil:
     enum:
         TL_ISA_PORTABLE

@@ -40,9 +40,9 @@ _ERRORS = {
 
 
 def _modules():
-    from tiltlab import _bestofn, _core, _lattice, _sampling
+    from tiltlab import _bestofn, _core, _lattice, _markov, _sampling
 
-    return (_core, _bestofn, _lattice, _sampling)
+    return (_core, _bestofn, _lattice, _sampling, _markov)
 
 
 def info() -> list[dict]:

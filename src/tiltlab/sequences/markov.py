@@ -6,8 +6,11 @@ KL-regularised policy over whole sequences is again a (position-dependent) Marko
 found by a backward recursion in log space; its statistics (log partition, mean, variance
 and KL) come from the same single pass.
 
-The backward pass is the private function :func:`_backward` (one step per position, all
-tilts of a batch at once); the compiled kernel that replaces it keeps its signature.
+The backward pass is the private function :func:`_backward`, a call of the compiled
+recursion (``tiltlab._markov``; its NumPy twin is ``tiltlab.reference.markov_tilt_stats``).
+The exact law of the reward, best-of-N and its sampler are those of the lattice models
+(:class:`~tiltlab.sequences._tilted.LatticeModel`), with the law of the level sum under
+one tilt from :mod:`tiltlab.sequences._chain_law`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from tiltlab import _interop as interop
-from tiltlab import _lattice
+from tiltlab import _lattice, _markov
 from tiltlab import _validation as V
 from tiltlab._common import entropy, generators, log_n_param, size_value
 from tiltlab.sequences import _chain_law as CL
@@ -35,11 +38,13 @@ def _backward(log_tr, r, lam, length, n_threads, keep_policy=False):
     Messages are kept centred: ``log beta_t = offset_t + centred_t`` with
     ``max_s centred_t(s) = 0``; the per-step shifts are summed pairwise at the end, so a
     long chain loses no more than ``log2(n)`` roundings.  Each step tilts every row of
-    ``P`` with the reward ``g_t(s, s') = lam r(s, s') + centred_{t+1}(s')`` at tilt 1
-    (:func:`tiltlab.tilt_stats`: its log partition, and its KL, which keeps its relative
-    accuracy for small tilts), and carries backwards the conditional mean ``m_t`` and
-    variance ``v_t`` of the reward still to come, and the conditional KL ``kappa_t`` still
-    to come (the chain rule of SPEC 9, a sum of non-negative terms).
+    ``P`` with the reward ``g_t(s, s') = lam r(s, s') + centred_{t+1}(s')`` at tilt 1 (its
+    log partition, by ``log1p`` at small tilts, and its KL as a sum of non-negative terms,
+    which keeps its relative accuracy for small tilts), and carries backwards the
+    conditional mean ``m_t`` and variance ``v_t`` of the reward still to come (rows of q
+    renormalised to exact convex weights), and the conditional KL ``kappa_t`` still to
+    come (the chain rule of SPEC 9).  The compiled kernel ``tl_markov_backward``
+    (csrc/tl_markov.h) runs the recursion, one tilt per thread.
 
     Returns
     -------
@@ -49,39 +54,10 @@ def _backward(log_tr, r, lam, length, n_threads, keep_policy=False):
     log_q : list of ndarray (B, V, V)
         ``log q_t`` for t = 1 .. n-1 (only with ``keep_policy``).
     """
-    b = lam.shape[0]
-    nv = log_tr.shape[0]
-    support = np.isfinite(log_tr)
-    lt = np.broadcast_to(log_tr, (b, nv, nv))
-    lam_r = lam[:, None, None] * r[None, :, :]
-    centred = np.zeros((b, nv))
-    m = np.zeros((b, nv))
-    v = np.zeros((b, nv))
-    kappa = np.zeros((b, nv))
-    shifts = np.zeros((max(length - 1, 1), b))
-    log_q = []
-    for t in range(length - 1):
-        g = np.where(support, lam_r + centred[:, None, :], 0.0)
-        st = tilt_stats(lt, g, 1.0, n_threads=n_threads)
-        lp = np.asarray(st.log_partition)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lq = np.where(support, log_tr + g - lp[:, :, None], -np.inf)
-        q = np.exp(lq)
-        # exact convex weights: the rounding of the row sums would otherwise scale the
-        # (growing) conditional means at every step
-        q = q / np.sum(q, axis=2, keepdims=True)
-        y = r[None, :, :] + m[:, None, :]
-        m_new = np.sum(q * y, axis=2)
-        v = np.sum(q * (v[:, None, :] + (y - m_new[:, :, None]) ** 2), axis=2)
-        kappa = np.asarray(st.kl) + np.sum(q * kappa[:, None, :], axis=2)
-        m = m_new
-        shift = np.max(lp, axis=1)
-        shifts[t] = shift
-        centred = lp - shift[:, None]
-        if keep_policy:
-            log_q.append(lq)
-    offset = np.sum(shifts[::-1], axis=0) if length > 1 else np.zeros(b)
-    return offset, centred, m, v, kappa, log_q[::-1]
+    offset, centred, m, v, kappa, log_q = _markov.backward(
+        log_tr, r, np.ascontiguousarray(lam, dtype=np.float64), int(length), int(n_threads),
+        bool(keep_policy))
+    return offset, centred, m, v, kappa, (list(log_q) if keep_policy else [])
 
 
 class Markov(LatticeModel):
@@ -515,26 +491,11 @@ class Markov(LatticeModel):
         return self._kl_max
 
     def _max_plus(self) -> float:
-        support = np.isfinite(self._log_tr)
         scale = (self.length * float(np.max(np.abs(self._r), initial=0.0))
                  + float(np.max(np.abs(self._r0), initial=0.0)))
         tol = 64 * np.finfo(np.float64).eps * scale
-        best = np.zeros(self.n_states)
-        logmass = np.zeros(self.n_states)
-        for _ in range(self.length - 1):
-            y = np.where(support, self._r + best[None, :], -np.inf)
-            top = np.max(y, axis=1)
-            att = y >= top[:, None] - tol
-            x = np.where(att, self._log_tr + logmass[None, :], -np.inf)
-            mx = np.max(x, axis=1)
-            logmass = mx + np.log(np.sum(np.exp(x - mx[:, None]), axis=1))
-            best = top
-        support0 = np.isfinite(self._log_p0)
-        y0 = np.where(support0, self._r0 + best, -np.inf)
-        att0 = y0 >= np.max(y0) - tol
-        x0 = np.where(att0, self._log_p0 + logmass, -np.inf)
-        mx0 = np.max(x0)
-        return float(max(-(mx0 + math.log(np.sum(np.exp(x0 - mx0)))), 0.0))
+        return float(_markov.kl_max(self._log_p0, self._r0, self._log_tr, self._r,
+                                    self.length, tol))
 
     def _solve_one(self, target: float) -> float:
         """The ``lam >= 0`` with ``KL(phi_lam || p) = target``: Newton on the KL (its
