@@ -47,6 +47,9 @@ def test_states_rewards_and_normalisation(bigrams):
     assert score["_"] == 0 and score["e"] == 1 and score["q"] == score["z"] == 10
     assert score["k"] == 5 and score["j"] == score["x"] == 8 and score["d"] == 2
     assert sum(score.values()) == 87               # the 26 Scrabble letter scores
+    for arr in (bigrams.initial_logits, bigrams.transition_logits, bigrams.rewards,
+                bigrams.names):
+        assert not arr.flags.writeable
     assert bigrams.source["vocab"] == 20_000
     assert 0.9 < bigrams.source["frequency_share"] <= 1.0
     assert 15_000 < bigrams.source["words"] <= 20_000

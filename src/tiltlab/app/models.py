@@ -266,6 +266,8 @@ class MarkovModel:
         One line saying what the model is.
     source : dict
         Provenance: data package versions and the estimation settings.
+
+    The arrays are the model's own read-only copies.
     """
 
     name: str
@@ -275,6 +277,13 @@ class MarkovModel:
     rewards: np.ndarray
     description: str
     source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # the model's own read-only copies (float64 arrays, str names)
+        for key in ("initial_logits", "transition_logits", "rewards", "names"):
+            arr = np.array(getattr(self, key), dtype=str if key == "names" else np.float64)
+            arr.setflags(write=False)
+            object.__setattr__(self, key, arr)
 
     @property
     def n_states(self) -> int:
