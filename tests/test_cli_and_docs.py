@@ -4,6 +4,7 @@ package)."""
 from __future__ import annotations
 
 import doctest
+import importlib.util
 import subprocess
 import sys
 
@@ -31,9 +32,19 @@ DOCTESTED = [tiltlab.tilting, tiltlab.special, tiltlab.divergence, tiltlab.besto
              tiltlab.simd, tiltlab.reference, tiltlab.sequences.markov]
 
 
+# examples of real-data models say "needs the ``data`` extra" in their docstring; they run
+# where wordfreq (the data the english-letters model reads) is installed
+HAVE_WORDFREQ = importlib.util.find_spec("wordfreq") is not None
+
+
 @pytest.mark.parametrize("module", DOCTESTED, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(module):
+        if not HAVE_WORDFREQ and "needs the ``data`` extra" in (test.docstring or "").lower():
+            continue
+        runner.run(test)
+    result = runner.summarize(verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
 

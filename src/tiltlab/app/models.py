@@ -27,6 +27,20 @@ rewards.  Every model is documented here, in :data:`MODELS`:
     (``V`` strings) and optional scalar ``step`` (the reward lattice step passed to
     :class:`tiltlab.Memoryless`).
 
+Markov models (SPEC section 9: the token depends on the one before it) are listed apart, in
+:data:`MARKOV_MODELS`, because they are not one token distribution: a constructor there
+returns a :class:`MarkovModel` (initial and transition logits, rewards, state names), whose
+``sequence(length)`` is a :class:`tiltlab.Markov`:
+
+``english-letters``
+    A real Markov model: character-level bigrams of English, 27 states (the word boundary
+    ``_`` and ``a`` .. ``z``) estimated from the top words of ``wordfreq`` weighted by their
+    frequency, with a small uniform smoothing so that every transition is possible; the
+    first character follows the chain's stationary law.  Reward: the letter's Scrabble
+    score (an integer; the boundary scores 0).  Needs the ``data`` extra (only
+    ``wordfreq``).  :func:`english_letter_bigrams` gives the arrays,
+    :func:`english_letters` the ``tiltlab.Markov`` of a given length.
+
 The loaders are part of the application (``tiltlab.app``; also importable as
 ``tiltlab.models``); the :class:`~tiltlab.Model` they return is the library's
 (``tiltlab.tokenmodel``), re-exported here.
@@ -38,13 +52,16 @@ import functools
 import os
 import stat
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+import tiltlab
 from tiltlab.tokenmodel import Model
 
-__all__ = ["Model", "MissingDependency", "MODELS", "load_model", "english_sentiment"]
+__all__ = ["Model", "MissingDependency", "MODELS", "load_model", "english_sentiment",
+           "MarkovModel", "MARKOV_MODELS", "english_letter_bigrams", "english_letters"]
 
 
 class MissingDependency(ImportError):
@@ -214,6 +231,278 @@ def english_sentiment(vocab: int = 20_000) -> Model:
     return Model("english-sentiment", _normalise(logits), rewards.copy(), names.copy(),
                  f"English unigram model, top {vocab} words (wordfreq), reward = VADER valence",
                  step=0.1, source={**versions, "cache": where})
+
+
+# --------------------------------------------------------------------------------------
+# english-letters: a character-level bigram (first-order Markov) model of English
+# --------------------------------------------------------------------------------------
+
+#: the states of ``english-letters``: the word boundary, then a .. z
+_LETTERS = "_abcdefghijklmnopqrstuvwxyz"
+#: standard English Scrabble letter scores, a .. z (the boundary scores 0)
+_SCRABBLE = (1, 3, 3, 2, 1, 4, 2, 4, 1, 8, 5, 1, 3, 1, 1, 3, 10, 1, 1, 1, 1, 4, 4, 8, 4, 10)
+
+
+@dataclass(frozen=True)
+class MarkovModel:
+    """A first-order Markov token model with per-token rewards, as arrays with provenance.
+
+    What :func:`tiltlab.Markov` needs, without a length: :meth:`sequence` makes the
+    sequence model of a given length.
+
+    Attributes
+    ----------
+    name : str
+        Short name (``english-letters``).
+    names : ndarray of str, shape (V,)
+        State (token) labels.
+    initial_logits : ndarray, shape (V,)
+        Normalised log-probabilities of the first token.
+    transition_logits : ndarray, shape (V, V)
+        Row ``s``: normalised log-probabilities of the token that follows ``s``.
+    rewards : ndarray, shape (V,)
+        Reward per token.
+    description : str
+        One line saying what the model is.
+    source : dict
+        Provenance: data package versions and the estimation settings.
+
+    The arrays are the model's own read-only copies.
+    """
+
+    name: str
+    names: np.ndarray
+    initial_logits: np.ndarray
+    transition_logits: np.ndarray
+    rewards: np.ndarray
+    description: str
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # the model's own read-only copies (float64 arrays, str names)
+        for key in ("initial_logits", "transition_logits", "rewards", "names"):
+            arr = np.array(getattr(self, key), dtype=str if key == "names" else np.float64)
+            arr.setflags(write=False)
+            object.__setattr__(self, key, arr)
+
+    @property
+    def n_states(self) -> int:
+        return int(self.initial_logits.shape[0])
+
+    def sequence(self, length: int, *, n_threads: int | None = None):
+        """The sequence model ``tiltlab.Markov`` of ``length`` tokens (SPEC section 9)."""
+        return tiltlab.Markov(self.initial_logits, self.transition_logits, self.rewards,
+                              length, n_threads=n_threads)
+
+
+def _wordfreq_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("wordfreq")
+    except metadata.PackageNotFoundError:
+        raise MissingDependency('the english-letters model needs the wordfreq package: '
+                                'pip install "tiltlab[data]"') from None
+
+
+@functools.lru_cache(maxsize=4)
+def _letter_counts(vocab: int, version: str) -> tuple[np.ndarray, int, float]:
+    """Frequency-weighted letter-transition counts (27, 27) of the top ``vocab`` English
+    words of wordfreq that are made of a .. z only, the number of such words and the share
+    of the listed words' frequency they carry (``version`` keys the cache only)."""
+    try:
+        import wordfreq
+    except ImportError:
+        raise MissingDependency('the english-letters model needs wordfreq: '
+                                'pip install "tiltlab[data]"') from None
+    listed = wordfreq.top_n_list("en", vocab)
+    if len(listed) < vocab:
+        raise ValueError(f"vocab={vocab} exceeds the {len(listed)} English words wordfreq lists")
+    freq_all = np.array([wordfreq.word_frequency(w, "en") for w in listed], dtype=np.float64)
+    keep = [i for i, w in enumerate(listed) if w.isascii() and w.isalpha() and w.islower()]
+    words = [listed[i] for i in keep]
+    freq = freq_all[keep]
+    # one stream "_w1__w2__w3_": inside each "_w_" block the pairs are the word's transitions
+    # _ -> w[0] -> .. -> w[-1] -> _; the pairs between blocks are "_ -> _", which no word
+    # has (words are not empty): dropping every "_ -> _" pair leaves exactly the word pairs,
+    # in order, len(w) + 1 per word
+    stream = np.frombuffer("".join(f"_{w}_" for w in words).encode("ascii"), dtype=np.uint8)
+    codes = np.where(stream == ord("_"), 0, stream.astype(np.int64) - (ord("a") - 1))
+    a, b = codes[:-1], codes[1:]
+    inside = (a != 0) | (b != 0)
+    weights = np.repeat(freq, [len(w) + 1 for w in words])
+    counts = np.bincount(a[inside] * 27 + b[inside], weights=weights, minlength=27 * 27)
+    counts = counts.reshape(27, 27) / np.sum(freq)     # transitions per word
+    return counts, len(words), float(np.sum(freq) / np.sum(freq_all))
+
+
+def _stationary(p: np.ndarray) -> np.ndarray:
+    """The stationary law of the positive stochastic matrix ``p``: ``pi P = pi``, sum 1."""
+    v = p.shape[0]
+    a = p.T - np.eye(v)
+    a[-1] = 1.0
+    rhs = np.zeros(v)
+    rhs[-1] = 1.0
+    pi = np.linalg.solve(a, rhs)
+    for _ in range(3):        # polish (a positive P contracts): every entry stays positive
+        pi = pi @ p
+    return pi / np.sum(pi)
+
+
+def english_letter_bigrams(*, vocab: int = 20_000, smoothing: float = 1e-4,
+                           start: str = "stationary") -> MarkovModel:
+    """The ``english-letters`` model: a character-level bigram model of English.
+
+    27 states: the word boundary ``"_"`` (index 0) and the letters ``a`` .. ``z``
+    (indices 1 .. 26).  A sequence is a stream of words separated by single boundaries,
+    e.g. ``_the_cat_sat``.
+
+    *Estimation.*  The top ``vocab`` English words of the ``wordfreq`` package
+    (``wordfreq.top_n_list("en", vocab)``) that consist of the letters a .. z only (words
+    with digits, apostrophes or accents are left out; the words kept carry about 98 % of the
+    list's frequency at the default ``vocab``), each weighted by its frequency
+    ``wordfreq.word_frequency(w, "en")``: a word ``w`` adds its weight to the count of each
+    transition of ``_ -> w[0] -> ... -> w[-1] -> _``.  Row ``s`` of the transition matrix is
+    the counts of row ``s`` normalised (maximum likelihood), mixed with the uniform law:
+    ``P(s, .) = (1 - smoothing) P_ML(s, .) + smoothing / 27``, i.e. a pseudo-count of
+    ``smoothing / (27 (1 - smoothing))`` times the row's total added to every cell.  Every
+    transition then has probability at least ``smoothing / 27`` (``_ -> _``, an empty word,
+    included), so the chain is irreducible and aperiodic, as SPEC section 9's
+    large-deviation results need; the estimated probabilities move by at most
+    ``smoothing``.  (A letter that no kept word contains, possible only for a tiny
+    ``vocab``, gets the uniform row.)
+
+    *First token* (``start``): ``"stationary"`` (default) draws it from the stationary law
+    ``mu`` of the chain (``mu P = mu``), so every position has the letter frequencies of
+    running English text and ``E R = n sum_s mu(s) r(s)`` exactly: a length-``n`` window of
+    an endless stream of words.  ``"word"`` starts at the first letter of a word (the row of
+    the boundary, ``P(_, .)``).
+
+    *Reward*: the letter's standard English Scrabble score (A=1, B=3, C=3, D=2, E=1, F=4,
+    G=2, H=4, I=1, J=8, K=5, L=1, M=3, N=1, O=1, P=3, Q=10, R=1, S=1, T=1, U=1, V=4, W=4,
+    X=8, Y=4, Z=10), 0 for the boundary: a sequence's reward is its Scrabble score.  The
+    rewards are integers, so the exact lattice law of ``tiltlab.Markov`` applies (step 1).
+
+    Needs the ``data`` extra (``pip install "tiltlab[data]"``; only ``wordfreq`` is read, from
+    the installed package, no download).  The counts are cached in memory per ``vocab`` and
+    ``wordfreq`` version; a build takes a fraction of a second.
+
+    Parameters
+    ----------
+    vocab : int, optional
+        Number of top words read from wordfreq (default 20000), in [1, 200000].
+    smoothing : float, optional
+        Weight of the uniform law in every row, in (0, 1] (default 1e-4).
+    start : {"stationary", "word"}, optional
+        The law of the first token (see above).
+
+    Returns
+    -------
+    MarkovModel
+        ``names`` (``"_"``, ``"a"`` .. ``"z"``), normalised ``initial_logits`` (27,) and
+        ``transition_logits`` (27, 27), integer ``rewards`` (27,) and ``source`` (the
+        ``wordfreq`` version, ``vocab``, the number of words kept and their share of the
+        frequency, ``smoothing``, ``start``).
+
+    Raises
+    ------
+    TypeError
+        ``vocab`` not an integer, ``smoothing`` not a real number.
+    ValueError
+        ``vocab`` or ``smoothing`` out of range, an unknown ``start``.
+    MissingDependency
+        ``wordfreq`` is not installed.
+
+    See Also
+    --------
+    english_letters : the same model as a ``tiltlab.Markov`` of a given length.
+    """
+    if isinstance(vocab, bool) or not isinstance(vocab, (int, np.integer)):
+        raise TypeError(f"vocab must be an integer; got {vocab!r}")
+    if not 1 <= vocab <= 200_000:
+        raise ValueError(f"vocab must be in [1, 200000]; got {vocab}")
+    smoothing = _finite_number(smoothing, "smoothing")
+    if not 0.0 < smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in (0, 1]; got {smoothing}")
+    if start not in ("stationary", "word"):
+        raise ValueError(f"start must be 'stationary' or 'word'; got {start!r}")
+    version = _wordfreq_version()
+    counts, n_words, share = _letter_counts(int(vocab), version)
+    total = np.sum(counts, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ml = np.where(total > 0, counts / total, 1.0 / 27)
+    p = (1.0 - smoothing) * ml + smoothing / 27
+    p = p / np.sum(p, axis=1, keepdims=True)
+    p0 = _stationary(p) if start == "stationary" else p[0]
+    rewards = np.array((0,) + _SCRABBLE, dtype=np.float64)
+    return MarkovModel(
+        "english-letters", np.array(list(_LETTERS)), np.log(p0), np.log(p), rewards,
+        f"English letter bigrams (27 states: boundary + a..z), top {vocab} words (wordfreq) "
+        f"weighted by frequency, smoothing {smoothing:g}, {start} start; reward = Scrabble "
+        "score",
+        source={"wordfreq": version, "vocab": int(vocab), "words": n_words,
+                "frequency_share": share, "smoothing": smoothing, "start": start})
+
+
+def english_letters(length: int, *, vocab: int = 20_000, smoothing: float = 1e-4,
+                    start: str = "stationary", n_threads: int | None = None):
+    """A character-level bigram model of English as a ``tiltlab.Markov`` of ``length`` tokens.
+
+    The ``english-letters`` model (:func:`english_letter_bigrams`: 27 states, the word
+    boundary ``"_"`` then ``a`` .. ``z``, estimated from the wordfreq word list weighted by
+    frequency, smoothed so every transition is possible; reward = Scrabble score of the
+    letter, 0 for the boundary) over sequences of ``length`` tokens.
+
+    Parameters
+    ----------
+    length : int
+        Sequence length ``n >= 1``.
+    vocab, smoothing, start
+        As for :func:`english_letter_bigrams`.
+    n_threads : int, optional
+        Threads for the compiled kernels of ``tiltlab.Markov``.
+
+    Returns
+    -------
+    tiltlab.Markov
+        State ``i`` is the character ``"_abcdefghijklmnopqrstuvwxyz"[i]``
+        (``english_letter_bigrams().names``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad ``length``, ``vocab``, ``smoothing`` or ``start``, as for
+        :func:`english_letter_bigrams` and ``tiltlab.Markov``.
+    MissingDependency
+        ``wordfreq`` is not installed (the ``data`` extra).
+
+    Examples
+    --------
+    The Scrabble score of 100 characters of running English (boundaries score 0), and the
+    optimal policy at a per-character KL budget of 0.1 nats (needs the ``data`` extra):
+
+    >>> import numpy as np, tiltlab
+    >>> bigrams = tiltlab.models.english_letter_bigrams()
+    >>> letters = "".join(bigrams.names)
+    >>> letters
+    '_abcdefghijklmnopqrstuvwxyz'
+    >>> p = np.exp(bigrams.transition_logits)
+    >>> print(f"P(u | q) = {p[letters.index('q'), letters.index('u')]:.3f}")
+    P(u | q) = 0.961
+    >>> chain = tiltlab.models.english_letters(100)
+    >>> print(f"{chain.tilt_stats(0.0).mean / 100:.4f}")   # Scrabble points per character
+    1.3755
+    >>> lam = chain.solve_lambda(0.1)
+    >>> print(f"lambda = {lam:.4f}, {chain.tilt_stats(lam).mean / 100:.4f} points per character")
+    lambda = 0.2974, 1.9276 points per character
+    """
+    return english_letter_bigrams(vocab=vocab, smoothing=smoothing, start=start).sequence(
+        length, n_threads=n_threads)
+
+
+MARKOV_MODELS = {
+    "english-letters": english_letter_bigrams,
+}
 
 
 # --------------------------------------------------------------------------------------
