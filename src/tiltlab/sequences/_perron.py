@@ -254,8 +254,8 @@ class Tilted:
                                 right, pos)
                 near = order[solved[pick]]
                 with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                    lx = (np.log(x[near]) - theta[near, None] * u[near]
-                          + theta[idx, None] * u[idx])
+                    lx = (np.log(x[near]) + theta[near, None] * u[near]
+                          - theta[idx, None] * u[idx])
                 lx = np.where(np.isfinite(lx), lx, 0.0)
                 x0 = np.exp(np.maximum(lx - np.max(lx, axis=1, keepdims=True), -600.0))
             rho[idx], x[idx], ok[idx] = _noda(a[idx], x0)
@@ -267,8 +267,8 @@ class Tilted:
             lr, lx = _log_power(log_m[i] - top[i])
             log_rho[i] = theta[i] * c[i] + top[i] + lr
             log_x[i] = lx
-        # back through the similarity: v = D x with D = e^{-th u}
-        log_v = log_x - theta[:, None] * u
+        # back through the similarity M' = D^-1 M D, D = diag(e^{th u}): v = D x
+        log_v = log_x + theta[:, None] * u
         log_v -= np.max(log_v, axis=1, keepdims=True)
         return log_rho, log_v
 
