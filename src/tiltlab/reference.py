@@ -48,6 +48,7 @@ __all__ = [
     "markov_sample_given_reward",
     "markov_period",
     "markov_scaled_cgf",
+    "markov_rate_function",
     "markov_solve_lambda",
 ]
 
@@ -1333,3 +1334,46 @@ def markov_solve_lambda(initial_logits, transition_logits, rewards, length, delt
             break
         lo, hi = (mid, hi) if kl(mid) < target else (lo, mid)
     return 0.5 * (lo + hi)
+
+
+def markov_rate_function(transition_logits, rewards, x, lam=0.0, *, tol=1e-12):
+    """Reference rate function of ``R / n`` under ``phi_lam`` for an irreducible Markov
+    chain (SPEC 9): ``I(x) = sup_t {t x - Lambda(lam + t) + Lambda(lam)}`` maximised by
+    golden-section search over ``t`` with :func:`markov_scaled_cgf` (concave objective),
+    after doubling a bracket until the objective decreases on both sides.  Slow; for one
+    scalar ``x`` strictly inside the range of cycle means (where the supremum is attained).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from tiltlab import reference as ref
+    >>> lt = np.log([[0.9, 0.1], [0.2, 0.8]])
+    >>> print(f"{ref.markov_rate_function(lt, [0.0, 1.0], 0.5):.8f}")
+    0.01010135
+    """
+    x = float(x)
+    lam = float(lam)
+    base = markov_scaled_cgf(transition_logits, rewards, lam)
+
+    def obj(t):
+        return t * x - (markov_scaled_cgf(transition_logits, rewards, lam + t) - base)
+
+    lo, hi = -1.0, 1.0
+    while obj(2.0 * hi) > obj(hi):
+        hi *= 2.0
+    while obj(2.0 * lo) > obj(lo):
+        lo *= 2.0
+    lo, hi = 2.0 * lo, 2.0 * hi
+    g = 0.5 * (np.sqrt(5.0) - 1.0)
+    a, b = lo + (1 - g) * (hi - lo), lo + g * (hi - lo)
+    fa, fb = obj(a), obj(b)
+    while hi - lo > tol * max(1.0, abs(hi) + abs(lo)):
+        if fa < fb:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = obj(b)
+        else:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - g) * (hi - lo)
+            fa = obj(a)
+    return max(fa, fb, 0.0)

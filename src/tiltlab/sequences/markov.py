@@ -581,3 +581,276 @@ class Markov(LatticeModel):
         trans = (np.stack([x[0] for x in log_q]) if log_q
                  else np.empty((0, nv, nv)))
         return log_phi1[0], trans
+
+    # ---- large deviations (SPEC section 9) ----
+    def _ld_chain(self):
+        """The tilted-matrix machinery of :mod:`tiltlab.sequences._perron` (cached); a
+        reducible chain is a ValueError naming ``transition_logits``."""
+        chain = getattr(self, "_ld_cache", None)
+        if chain is None:
+            from tiltlab.sequences import _perron
+
+            _perron.require_irreducible(np.isfinite(self._log_tr))
+            chain = _perron.Tilted(self._log_tr, self._r)
+            self._ld_cache = chain
+        return chain
+
+    @property
+    def period(self) -> int:
+        """Period ``d`` of the transition graph (``transition_logits > -inf``): the gcd of
+        its cycle lengths; 0 if the chain is reducible (SPEC section 9).
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> cycle = [[-np.inf, 0.0], [0.0, -np.inf]]
+        >>> tiltlab.Markov([0.0, 0.0], cycle, [0.0, 1.0], 4).period
+        2
+        """
+        from tiltlab.sequences import _perron
+
+        return _perron.period(np.isfinite(self._log_tr))
+
+    @property
+    def stationary_distribution(self) -> np.ndarray:
+        """Stationary law ``mu`` of the transition matrix, ``mu P = mu`` (the left Perron
+        vector), shape (V,); the marginals of the memoryless model with the same stationary
+        token frequencies are ``log mu``.  For an irreducible chain (periodic chains
+        included: ``mu`` is then the long-run average occupation); a reducible chain is a
+        ValueError naming ``transition_logits``.
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> m = tiltlab.Markov([0.0, 0.0], np.log([[0.9, 0.1], [0.2, 0.8]]), [0.0, 1.0], 5)
+        >>> np.round(m.stationary_distribution, 12)       # (b, a') / (a' + b), a' = 1 - a
+        array([0.66666667, 0.33333333])
+        """
+        from tiltlab.sequences import _perron
+
+        self._ld_chain()
+        mu = _perron.stationary(np.exp(self._log_tr)[None])[0]
+        return V.readonly(mu)
+
+    def _log_rho(self, theta: np.ndarray) -> np.ndarray:
+        """``Lambda(theta) = log rho(M_theta)`` at the finite tilts ``theta`` (flat),
+        computed once per distinct value."""
+        uniq, inv = np.unique(theta, return_inverse=True)
+        log_rho, _ = self._ld_chain().log_perron(uniq)
+        return log_rho[inv.reshape(-1)]
+
+    @interop.arrays("t", "lam")
+    def scaled_cgf(self, t: ArrayLike, lam: ArrayLike = 0.0) -> np.ndarray:
+        """Scaled CGF of ``R`` under ``phi_lam``: ``Lambda(lam + t) - Lambda(lam)`` with
+        ``Lambda = log rho(M_lam)``, the Perron root of the tilted transition matrix
+        (SPEC section 9).
+
+        Unlike :meth:`tiltlab.Memoryless.scaled_cgf`, which is ``(1/n) log E e^{tR}`` exactly
+        for every ``n``, this is the ``n -> inf`` **limit**: ``(1/n) log Z_n(lam) =
+        Lambda(lam) + O(1/n)`` (:meth:`tilt_stats` gives the finite-n value).  It depends
+        on the transition matrix and the transition rewards only -- not on ``length``,
+        ``initial_logits`` or ``initial_rewards`` -- and ``phi_lam`` means the limit of the
+        tilted policies (the Doob transform of SPEC 9).  Periodic chains are accepted
+        (``Lambda`` is still ``log rho``); a reducible chain is a ValueError naming
+        ``transition_logits``.
+
+        Each root comes from Noda's iteration on ``M_lam`` (diagonally scaled by a max-plus
+        potential and by its largest entry, so nothing overflows at large ``|lam|``),
+        warm-started along the sorted tilts and stopped when the Collatz-Wielandt bounds
+        agree to 1e-14 relative (or stop narrowing at the rounding floor, below 1e-12).
+        The difference is formed from the two roots: its accuracy is absolute, about
+        ``1e-14 (1 + |Lambda|)``, not relative for tiny ``t``; ``t = 0`` gives exactly 0.
+
+        Parameters
+        ----------
+        t : array_like
+            Finite arguments of the CGF (any shape).
+        lam : array_like, default 0.0
+            Finite tilts of the sampling policy; broadcasts with ``t``.
+
+        Returns
+        -------
+        float or ndarray
+            ``Lambda(lam + t) - Lambda(lam)``, shaped like ``t`` and ``lam`` broadcast.
+
+        Raises
+        ------
+        ValueError
+            NaN or infinite ``t`` or ``lam``, shapes that do not broadcast, a reducible
+            chain.
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> a, b = 0.9, 0.2
+        >>> m = tiltlab.Markov([0.0, 0.0], np.log([[a, 1 - a], [b, 1 - b]]), [0.0, 1.0], 10)
+        >>> tau = a + (1 - b) * np.e                    # the two-state closed form of SPEC 9
+        >>> rho = 0.5 * (tau + np.sqrt(tau ** 2 - 4 * (a - b) * np.e))
+        >>> print(f"{m.scaled_cgf(1.0):.12f} {np.log(rho):.12f}")
+        0.795676089048 0.795676089048
+        """
+        t_a = V.param_array(t, "t", allow_inf=False)
+        lam_a = V.param_array(lam, "lam", allow_inf=False)
+        try:
+            shape = np.broadcast_shapes(t_a.shape, lam_a.shape)
+        except ValueError:
+            raise ValueError(f"t and lam must broadcast together; got shapes {t_a.shape} "
+                             f"and {lam_a.shape}") from None
+        tb = np.broadcast_to(t_a, shape).reshape(-1)
+        lb = np.broadcast_to(lam_a, shape).reshape(-1)
+        both = self._log_rho(np.concatenate([lb + tb, lb]))
+        out = both[:tb.size] - both[tb.size:]
+        out = np.where(tb == 0.0, 0.0, out)
+        return V.shaped(out, shape)
+
+    def _ld_moments(self, theta: np.ndarray):
+        """Perron data at the finite tilts ``theta`` (B,): ``log rho``, ``log v``,
+        ``log Q`` (the Doob transform), ``mu``, ``Lambda'`` and ``Lambda''``."""
+        chain = self._ld_chain()
+        log_rho, log_v = chain.log_perron(theta)
+        q = chain.doob(theta, log_rho, log_v)
+        mu, mean, var = chain.moments(q)
+        return log_rho, log_v, mu, mean, var
+
+    @property
+    def cycle_mean_range(self) -> tuple[float, float]:
+        """``(c_min, c_max)``: the smallest and largest mean reward of a cycle of the
+        transition graph (Karp's algorithm; max-plus / min-plus eigenvalues), the limits of
+        ``Lambda'(t)`` as ``t -> -inf / +inf`` and the ends of the range where
+        :meth:`rate_function` is finite (SPEC section 9).
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> cycle = [[-np.inf, 0.0], [0.0, -np.inf]]
+        >>> tiltlab.Markov([0.0, 0.0], cycle, [[0.0, 1.0], [3.0, 0.0]], 4).cycle_mean_range
+        (2.0, 2.0)
+        """
+        chain = self._ld_chain()
+        return float(chain.c_min), float(chain.c_max)
+
+    def _endpoint_log_rho(self, upper: bool) -> float:
+        """``lim_{t -> +-inf} Lambda(t) - t c`` = ``log rho`` of ``P`` on the critical
+        cycles (those of mean ``c = c_max`` or ``c_min``)."""
+        chain = self._ld_chain()
+        crit = chain.crit_max if upper else chain.crit_min
+        a = np.where(crit, np.exp(self._log_tr), 0.0)
+        return float(np.log(np.max(np.abs(np.linalg.eigvals(a)))))
+
+    @interop.arrays("x", "lam")
+    def rate_function(self, x: ArrayLike, lam: ArrayLike = 0.0) -> np.ndarray:
+        """Rate function of ``R / n`` under ``phi_lam`` (SPEC section 9), ``n -> inf``:
+        ``I_lam(x) = sup_t {t x - Lambda(lam + t) + Lambda(lam)}``.
+
+        Inside the open interval ``(c_min, c_max)`` of :attr:`cycle_mean_range`,
+        ``I_lam(x) = sum_s mu_th(s) KL(Q_th(s, .) || Q_lam(s, .))`` (a sum of non-negative
+        single-step tilt KLs, no cancellation near the mean) where ``Q`` is the Doob
+        transform and ``th`` solves ``Lambda'(th) = x``: safeguarded Newton with
+        ``Lambda'(th) = E_mu r`` (the stationary mean of the reward under ``Q_th``) and
+        ``Lambda''(th)``, the asymptotic variance ``sum_s mu(s) Var_{Q(s,.)}[r(s, .) +
+        h(.)]``, ``h`` the solution of the Poisson equation ``(I - Q) h = Q r - Lambda'``.
+        At the ends ``x = c_max`` (``c_min``) the value is the limit ``Lambda(lam) - lam c
+        - log rho(P_crit)``, ``P_crit`` the transition matrix restricted to the cycles of
+        mean ``c`` (``0`` when every cycle has mean ``c``); outside ``[c_min, c_max]``,
+        ``+inf``.  The ends are compared exactly with the computed cycle means.
+        Periodic chains are accepted; a reducible chain is a ValueError naming
+        ``transition_logits``.
+
+        Parameters
+        ----------
+        x : array_like
+            Values of the average reward ``R / n`` (any real or ``+-inf``).
+        lam : array_like, default 0.0
+            Finite tilts of the sampling policy; broadcasts with ``x``.
+
+        Returns
+        -------
+        float or ndarray
+            ``I_lam(x) >= 0`` in nats per token.
+
+        Raises
+        ------
+        ValueError
+            NaN in ``x``, NaN or infinite ``lam``, shapes that do not broadcast, a
+            reducible chain.
+
+        Examples
+        --------
+        >>> import numpy as np, tiltlab
+        >>> m = tiltlab.Markov([0.0, 0.0], np.log([[0.9, 0.1], [0.2, 0.8]]), [0.0, 1.0], 10)
+        >>> mean = m.stationary_distribution[1]                 # E_mu r = 1/3
+        >>> print(np.round(m.rate_function([mean, 0.5, 1.0, 1.5]), 10))
+        [0.         0.01010135 0.22314355        inf]
+        """
+        x_a = V.param_array(x, "x")
+        lam_a = V.param_array(lam, "lam", allow_inf=False)
+        try:
+            shape = np.broadcast_shapes(x_a.shape, lam_a.shape)
+        except ValueError:
+            raise ValueError(f"x and lam must broadcast together; got shapes {x_a.shape} "
+                             f"and {lam_a.shape}") from None
+        xb = np.broadcast_to(x_a, shape).reshape(-1)
+        lb = np.broadcast_to(lam_a, shape).reshape(-1)
+        chain = self._ld_chain()
+        c_min, c_max = chain.c_min, chain.c_max
+        out = np.full(xb.size, np.inf)
+        ends = (xb == c_max) | (xb == c_min)
+        if ends.any():
+            lr = self._log_rho(lb[ends])
+            up = xb[ends] == c_max
+            c = np.where(up, c_max, c_min)
+            lim = np.where(up, self._endpoint_log_rho(True), self._endpoint_log_rho(False))
+            out[ends] = np.maximum(lr - lb[ends] * c - lim, 0.0)
+        inside = (xb > c_min) & (xb < c_max)
+        if inside.any():
+            out[inside] = self._rate_inside(xb[inside], lb[inside])
+        return V.shaped(out, shape)
+
+    def _rate_inside(self, x: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """``I_lam(x)`` for ``c_min < x < c_max`` (flat arrays)."""
+        from tiltlab.tilting import tilt_stats as _tilt_stats
+
+        chain = self._ld_chain()
+        ul, linv = np.unique(lam, return_inverse=True)
+        linv = linv.reshape(-1)
+        lr0, lv0, _, m0, v0 = self._ld_moments(ul)
+        th = lam + (x - m0[linv]) / np.maximum(v0[linv], 1e-300)
+        th = np.where(np.isfinite(th), th, lam)
+        lo = np.full(x.size, -np.inf)
+        hi = np.full(x.size, np.inf)
+        active = np.arange(x.size)
+        log_v = np.zeros((x.size, self.n_states))
+        mu = np.zeros((x.size, self.n_states))
+        for _ in range(200):
+            if active.size == 0:
+                break
+            ta = th[active]
+            _, lv, mu_a, mean, var = self._ld_moments(ta)
+            log_v[active], mu[active] = lv, mu_a
+            f = mean - x[active]
+            lo[active] = np.where(f < 0, ta, lo[active])
+            hi[active] = np.where(f > 0, ta, hi[active])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                nxt = ta - f / var
+            la, ha = lo[active], hi[active]
+            bad = ~((nxt > la) & (nxt < ha))
+            step = np.maximum(1.0, 2.0 * np.abs(ta - lam[active]))
+            with np.errstate(invalid="ignore"):
+                alt = np.where(np.isinf(ha), ta + step,
+                               np.where(np.isinf(la), ta - step, 0.5 * (la + ha)))
+            nxt = np.where(bad, alt, nxt)
+            stop = (f == 0.0) | (np.abs(nxt - ta) <= 1e-15 * np.maximum(1.0, np.abs(ta)))
+            stop |= (nxt == la) | (nxt == ha)
+            # the last Newton step is below the rounding: keep its (converged) data
+            th[active] = np.where(stop & (f == 0.0), ta, nxt)
+            active = active[~stop]
+        # the Doob data at the final th (one more evaluation for those moved last)
+        _, log_v, mu, _, _ = self._ld_moments(th)
+        support = chain.support
+        g = np.where(support, (th - lam)[:, None, None] * chain.r
+                     + (log_v - lv0[linv])[:, None, :], 0.0)
+        q0 = chain.doob(ul, lr0, lv0)[linv]
+        with np.errstate(divide="ignore"):
+            log_q0 = np.where(support, np.log(q0), -np.inf)
+        kl = np.asarray(_tilt_stats(log_q0, g, 1.0, n_threads=self._n_threads).kl)
+        return np.maximum(np.sum(mu * kl, axis=1), 0.0)
