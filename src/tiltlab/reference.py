@@ -1170,8 +1170,8 @@ def markov_best_of_n(initial_logits, transition_logits, rewards, length, log_n, 
     >>> import numpy as np
     >>> from tiltlab import reference as ref
     >>> b = ref.markov_best_of_n([0.0, 0.0], np.zeros((2, 2)), [0.0, 1.0], 2, np.log(2.0))
-    >>> round(b["expected_reward"], 12)                    # E max of 2 Binomial(2, 1/2)
-    1.34375
+    >>> round(b["expected_reward"], 12)          # E max of 2 Binomial(2, 1/2) = 22/16
+    1.375
     """
     values, log_pmf = markov_reward_law(initial_logits, transition_logits, rewards, length,
                                         step=step, initial_rewards=initial_rewards)

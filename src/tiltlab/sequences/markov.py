@@ -139,6 +139,7 @@ class Markov(LatticeModel):
         self._lattice(step)
         self._law_cache: tuple = (None, None)
         self._kstats_memo: dict = {}
+        self._perron_k = None
 
     # ---- the reward lattice (SPEC section 9) ----
     def _lattice(self, step) -> None:
@@ -272,6 +273,10 @@ class Markov(LatticeModel):
     # ---- the exact law of R and best-of-N (SPEC section 9) ----
     # The direct DP replaces the doubling below this many flops (exact to rounding).
     _DIRECT_WORK = 3e8
+    # Long chains: the law under a tilt from the transform's main lobe (None: doubling)
+    _LOBE = True
+    # ... and from this length on, Newton on the asymptotic mean to place the tilts
+    _LONG = 2000
 
     def _kstats(self, theta_k) -> TiltStats:
         """Statistics of the level sum ``K = (R - offset) / step`` at the tilt ``theta_k``
@@ -294,9 +299,63 @@ class Markov(LatticeModel):
         """The tilt in lattice units whose per-token KL is delta."""
         return self._solve_one(self.length * delta) * self.step
 
+    def _level_perron(self):
+        """Perron machinery of the tilted matrix on the levels (None: reducible chain)."""
+        if self._perron_k is None:
+            from tiltlab.sequences import _perron
+
+            if _perron.period(np.isfinite(self._log_tr)) == 0:
+                self._perron_k = False
+            else:
+                self._perron_k = _perron.Tilted(self._log_tr, self._kf)
+        return self._perron_k or None
+
+    def _asymptotic_moments(self, theta: float):
+        """``(n - 1) Lambda'`` and ``(n - 1) Lambda''`` of the raw level sum at theta (the
+        Perron root of the tilted level matrix): the mean and variance of K up to O(1)."""
+        chain = self._level_perron()
+        th = np.array([theta])
+        log_rho, log_v = chain.log_perron(th)
+        _, d1, d2 = chain.moments(chain.doob(th, log_rho, log_v))
+        return (self.length - 1) * float(d1[0]), (self.length - 1) * float(d2[0])
+
+    def _long(self) -> bool:
+        """Long irreducible chains take the asymptotic moments where O(1) is enough."""
+        return self.length >= self._LONG and self._level_perron() is not None
+
+    def _theta_for_mean(self, target: float, theta: float = 0.0, rtol: float = 0.05) -> float:
+        """A tilt whose mean level sum is within rtol standard deviations of target: for
+        long chains Newton on the asymptotic mean ``(n - 1) Lambda'(theta)`` (its O(1)
+        error is far below 0.05 standard deviations), else the exact statistics."""
+        if not self._long():
+            return super()._theta_for_mean(target, theta, rtol)
+        goal = target + self._kmin
+        lo, hi = -np.inf, np.inf
+        for _ in range(200):
+            mean, var = self._asymptotic_moments(theta)
+            f = mean - goal
+            sd = math.sqrt(max(var, 0.0))
+            if abs(f) <= 0.5 * rtol * max(sd, 1e-300) or (sd == 0.0 and abs(f) < 1e-9):
+                return theta
+            if f < 0:
+                lo = theta
+            else:
+                hi = theta
+            nxt = theta - f / var if var > 0 else np.nan
+            if not (lo < nxt < hi):
+                if np.isfinite(lo) and np.isfinite(hi):
+                    nxt = 0.5 * (lo + hi)
+                elif np.isfinite(lo):
+                    nxt = lo + max(1.0, abs(lo))
+                else:
+                    nxt = hi - max(1.0, abs(hi))
+            theta = nxt
+        return theta
+
     def _chain_law(self, theta: float, keep: bool = False) -> CL.ChainLaw:
         """The law of the raw level sum at tilt theta: the direct DP when it is cheap (exact
-        to rounding), the doubling of the polynomial transition matrix otherwise."""
+        to rounding); for long chains the transform's main lobe; the doubling of the
+        polynomial transition matrix otherwise (and for the sampler)."""
         key = (theta, keep)
         if self._law_cache[0] == key:
             return self._law_cache[1]
@@ -305,21 +364,33 @@ class Markov(LatticeModel):
         nlev = np.unique(self._k[support]).size
         work = 0.5 * (self.length - 1) * nlev * nv * nv * self.n_lattice
         # centre the tilt on the integer nearest the tilted mean level per token
-        mean_raw = float(self._kstats(theta).mean) + self._kmin
+        if self._long():
+            mean_raw, var = self._asymptotic_moments(theta)
+        else:
+            st = self._kstats(theta)
+            mean_raw, var = float(st.mean) + self._kmin, float(st.variance)
         c = int(round(mean_raw / self.length))
         args = (self._log_p0, self._log_tr, self._k0, self._k, self.length, theta, c)
         if work <= self._DIRECT_WORK:
             law = CL.direct_law(*args, keep=keep)
         else:
-            law = CL.doubling_law(*args)
+            law = None
+            if not keep and self._LOBE:
+                law = CL.lobe_law(*args, mean_raw, math.sqrt(max(var, 0.0)))
+            if law is None:
+                law = CL.doubling_law(*args)
         self._law_cache = (key, law)
         return law
 
     def _root(self, theta: float) -> SegmentLaw:
         law = self._chain_law(theta)
-        st = self._kstats(theta)
+        # the tilted moments of the window itself (what the stitching steps by)
+        w = law.vals / np.sum(law.vals)
+        j = np.arange(w.size, dtype=np.float64)
+        mean = float(np.dot(w, j))
+        var = float(np.dot(w, (j - mean) ** 2))
         return SegmentLaw(lo=law.lo - self._kmin, vals=law.vals, log_scale=law.log_scale,
-                          exact=law.exact, mean=float(st.mean), var=float(st.variance),
+                          exact=law.exact, mean=law.lo - self._kmin + mean, var=var,
                           centre=law.centre - self._kmin)
 
     def _reachable(self) -> np.ndarray:
@@ -387,9 +458,11 @@ class Markov(LatticeModel):
         >>> import numpy as np, tiltlab
         >>> m = tiltlab.Markov([0.0, -np.inf], np.log([[0.5, 0.5], [0.1, 0.9]]),
         ...                    [0.0, 1.0], 1000)
-        >>> law = m.reward_log_pmf()
+        >>> law = m.reward_log_pmf()      # R = visits to state 1 after a start in state 0
         >>> print(" ".join(f"{v:.4f}" for v in law.log_pmf[[0, 500, 999]] / np.log(10)))
-        -301.0300 -3.7591 -46.0179
+        -300.7290 -49.9906 -45.9670
+        >>> print(f"{999 * np.log10(0.5):.4f} {np.log10(0.5) + 998 * np.log10(0.9):.4f}")
+        -300.7290 -45.9670
         """
         self._need_lattice()
         return self._full_law(V.scalar_param(lam, "lam"))
@@ -423,7 +496,7 @@ class Markov(LatticeModel):
         >>> b = m.best_of_n(log_n=0.05 * 1000)
         >>> lam = m.solve_lambda(0.05)
         >>> print(f"{b.expected_reward / 1000:.4f} {m.tilt_stats(lam).mean / 1000:.4f}")
-        0.7094 0.7094
+        0.6996 0.7091
         """
         self._need_lattice()
         ln = log_n_param(n, log_n)
