@@ -773,8 +773,16 @@ def markov(ctx: Context) -> Experiment:
     else:
         pace = (f"{'slower' if ratio > 1 else 'faster'} than its memoryless twin: its "
                 f"per-token KL is {ratio:.3g} times the twin's")
+    # from which length on the order of the two per-token KLs is that of the largest n
+    sign = np.sign(t["kl_to_tilted"][t["model"] == "markov"]
+                   - t["kl_to_tilted"][t["model"] == "memoryless"])
+    same = np.flatnonzero(sign != sign[-1])
+    n_from = int(t["n"][t["model"] == "markov"][same[-1] + 1 if same.size else 0])
+    order = (f"{'larger' if sign[-1] > 0 else 'smaller' if sign[-1] < 0 else 'equal'} at "
+             f"every n from {n_from:,} on" if n_from < n_hi else f"only at n = {n_hi:,}")
+    notes_order = {"n_from": n_from, "sign": float(sign[-1])}
     dc = mk["kl_minus_half_log_n"] - ml["kl_minus_half_log_n"]
-    source = ("estimated from real data (wordfreq)" if why == "real data" else
+    source = ("estimated from the wordfreq word list" if why == "real data" else
               "built in (synthetic; install the data extra, pip install \"tiltlab[data]\", "
               "for the English-letters model)" if why != "given" else "given to the run")
     caption = (
@@ -792,7 +800,8 @@ def markov(ctx: Context) -> Experiment:
         f"reward atoms). **Numbers**: at n = {n_hi:,} the per-token KL to the tilt is "
         f"{mk['kl_to_tilted_per_token']:.3g} for the Markov model and "
         f"{ml['kl_to_tilted_per_token']:.3g} for its twin, so the Markov model converges "
-        f"{pace}. The slope of KL(π_N‖φ_λ) against log n between n = {n0:,} and {n_hi:,} is "
+        f"{pace} (the Markov model's is the {order}). The slope of KL(π_N‖φ_λ) against "
+        f"log n between n = {n0:,} and {n_hi:,} is "
         f"{mk['slope']:.4f} (Markov) and {ml['slope']:.4f} (memoryless; predicted 0.5), "
         f"with c = {mk['kl_minus_half_log_n']:.3f} and {ml['kl_minus_half_log_n']:.3f} "
         f"(difference {dc:+.3f} nats). The per-token reward gap between the tilt and "
@@ -802,15 +811,16 @@ def markov(ctx: Context) -> Experiment:
         "models do not gain the same reward from the same budget: the tilt's reward per "
         f"token is {mk['tilt_reward_per_token']:.4g} (Markov, λ = {mk['lam']:.4g}) against "
         f"{ml['tilt_reward_per_token']:.4g} (memoryless, λ = {ml['lam']:.4g}), because "
-        f"Var_p R/n is {mk['reward_variance_per_token']:.3g} against "
-        f"{ml['reward_variance_per_token']:.3g} (the same mean reward per token under p).")
+        f"Var_p R/n is {mk['reward_variance_per_token']:.3f} against "
+        f"{ml['reward_variance_per_token']:.3f} (the same mean reward per token under p).")
     return Experiment(
         "markov", f"A Markov model ({mm.name}) against its memoryless twin", {"markov": t},
         caption,
         f"markov: {mm.name}, KL(π_N‖φ_λ)/n at n={n_hi}: {mk['kl_to_tilted_per_token']:.3g} "
         f"(Markov) vs {ml['kl_to_tilted_per_token']:.3g} (memoryless), slopes "
         f"{mk['slope']:.3f} / {ml['slope']:.3f}",
-        {"model": mm.name, "why": why, "delta": d, "per_model": per, "ratio": ratio})
+        {"model": mm.name, "why": why, "delta": d, "per_model": per, "ratio": ratio,
+         **notes_order})
 
 
 EXPERIMENTS = {
