@@ -293,7 +293,7 @@ def test_old_paths_in_a_fresh_process():
             "print(len(EXPERIMENTS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip() == "7"
+    assert out.strip() == "8"
 
 
 def test_import_tiltlab_leaves_the_command_line_unloaded():

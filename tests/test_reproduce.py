@@ -29,11 +29,15 @@ needs_data = pytest.mark.skipif(not HAVE_DATA, reason='needs the data extra: '
 
 FIGURES = ["fig1_frontier.png", "fig2_kl_to_tilt.png", "fig3_large_deviations.png",
            "fig4_cumulants.png", "fig5_samples.png", "fig6_win_rate.png",
-           "fig7_policies.png"]
+           "fig7_policies.png", "fig8_markov.png"]
 TABLES = ["frontier_tilted", "frontier_best_of_n", "kl_to_tilt", "large_deviations",
           "rate_function", "cumulants", "scaled_cgf_exact_law", "scaled_cgf_formula",
           "samples_histogram", "samples_tokens", "win_rate_token", "win_rate_sequence",
-          "win_rate_bound", "policies"]
+          "win_rate_bound", "policies", "markov"]
+MARKOV_COLUMNS = ["model", "n", "delta", "lam", "log_n", "tilt_reward_per_token",
+                  "best_of_n_reward_per_token", "reward_gap_per_token", "kl_to_p_per_token",
+                  "kl_deficit_per_token", "kl_to_tilted", "kl_to_tilted_per_token",
+                  "kl_minus_half_log_n", "reward_variance_per_token"]
 
 
 def _run_cli(*args, env_extra=None, tmp_path=None, timeout=600):
@@ -64,9 +68,9 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
         assert (out / f"{t}.csv").stat().st_size > 0, t
     md = (out / "report.md").read_text(encoding="utf-8")
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert md.count("## Figure") == 7 and all(f in md for f in FIGURES)
-    assert html.count("data:image/png;base64,") == 7
-    assert md.count("**Claim**") == 7 and md.count("**Numbers**") == 7
+    assert md.count("## Figure") == 8 and all(f in md for f in FIGURES)
+    assert html.count("data:image/png;base64,") == 8
+    assert md.count("**Claim**") == 8 and md.count("**Numbers**") == 8
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == model.name and run["seed"] == 0
     assert run["tiltlab"] == tiltlab.__version__ and set(run["timings_seconds"]) == set(
@@ -186,7 +190,84 @@ def _check_report(out, model: models.Model, sizes: X.Sizes):
             # the figure's lower panel: the distance below the optimum, exactly
             assert pol["win_rate_below_calibrated_tilt"][i] == pytest.approx(
                 best - pol["win_rate"][i], abs=1e-12), method
+    _check_markov(out, run, sizes, md)
     return run
+
+
+def _check_markov(out, run, sizes: X.Sizes, md: str) -> None:
+    """Figure 8: the CSV's columns, a sample of its rows through the public API (tiltlab.Markov
+    and tiltlab.Memoryless), identities between its columns, and the caption's numbers."""
+    from tiltlab.app.report import read_csv
+
+    mk = read_csv(out / "markov.csv")
+    assert list(mk) == MARKOV_COLUMNS
+    mm = models.MARKOV_MODELS[run["markov"]["model"]]()
+    want = "english-letters" if importlib.util.find_spec("wordfreq") else "sticky-ternary"
+    assert mm.name == want                      # the real model whenever its data is there
+    d = run["markov"]["delta"]
+    assert d == X.MARKOV_DELTA and np.all(mk["delta"] == d)
+    ns = list(sizes.markov_lengths)
+    for kind in ("markov", "memoryless"):
+        assert mk["n"][mk["model"] == kind].astype(int).tolist() == ns
+    n = ns[len(ns) // 2]
+    for kind, s in (("markov", mm.sequence(n)),
+                    ("memoryless", tiltlab.Memoryless(mm.initial_logits, mm.rewards, n))):
+        i = int(np.flatnonzero((mk["model"] == kind) & (mk["n"] == n))[0])
+        lam = float(s.solve_lambda(d))
+        assert mk["lam"][i] == pytest.approx(lam, rel=1e-12)
+        b = s.best_of_n(log_n=n * d)
+        assert mk["kl_to_tilted"][i] == pytest.approx(float(b.kl_to_tilted(lam)), rel=1e-12)
+        assert mk["best_of_n_reward_per_token"][i] == pytest.approx(b.expected_reward / n,
+                                                                    rel=1e-12)
+        assert mk["kl_to_p_per_token"][i] == pytest.approx(b.kl / n, rel=1e-12)
+        assert mk["tilt_reward_per_token"][i] == pytest.approx(
+            float(s.tilt_stats(lam).mean) / n, rel=1e-12)
+        assert mk["reward_variance_per_token"][i] == pytest.approx(
+            float(s.tilt_stats(0.0).variance) / n, rel=1e-12)
+    # the derived columns, and the closeness identity of SPEC 9 linking them:
+    # n (tilt - best-of-N reward per token) = (KL(pi_N||phi) - KL(pi_N||p) + n delta) / lam
+    np.testing.assert_allclose(mk["reward_gap_per_token"],
+                               mk["tilt_reward_per_token"] - mk["best_of_n_reward_per_token"],
+                               rtol=1e-9, atol=1e-15)
+    np.testing.assert_array_equal(mk["kl_deficit_per_token"], d - mk["kl_to_p_per_token"])
+    np.testing.assert_allclose(mk["kl_to_tilted_per_token"], mk["kl_to_tilted"] / mk["n"],
+                               rtol=1e-15)
+    np.testing.assert_allclose(mk["kl_minus_half_log_n"],
+                               mk["kl_to_tilted"] - 0.5 * np.log(mk["n"]), rtol=1e-12,
+                               atol=1e-14)
+    np.testing.assert_allclose(
+        mk["reward_gap_per_token"] * mk["n"] * mk["lam"],
+        mk["kl_to_tilted"] - mk["n"] * mk["kl_to_p_per_token"] + mk["n"] * d, rtol=1e-7)
+    # the memoryless twin has one tilt for every length; the per-token KL falls with n
+    tw = mk["model"] == "memoryless"
+    assert np.all(mk["lam"][tw] == mk["lam"][tw][0])
+    for kind in ("markov", "memoryless"):
+        assert np.all(np.diff(mk["kl_to_tilted_per_token"][mk["model"] == kind][1:]) < 0)
+    # the caption's numbers are the table's
+    cap = md.split("## Figure 8.")[1]
+    last = {k: {c: mk[c][(mk["model"] == k)][-1] for c in MARKOV_COLUMNS[3:]}
+            for k in ("markov", "memoryless")}
+    m = re.search(r"at n = ([\d,]+) the per-token KL to the tilt is (\S+) for the Markov model "
+                  r"and (\S+) for its twin, so the Markov model converges (\w+)", cap)
+    assert int(m[1].replace(",", "")) == ns[-1]
+    assert float(m[2]) == pytest.approx(last["markov"]["kl_to_tilted_per_token"], rel=5e-3)
+    assert float(m[3]) == pytest.approx(last["memoryless"]["kl_to_tilted_per_token"], rel=5e-3)
+    ratio = last["markov"]["kl_to_tilted_per_token"] / last["memoryless"]["kl_to_tilted_per_token"]
+    assert m[4] == ("as" if abs(ratio - 1) < 0.005 else "slower" if ratio > 1 else "faster")
+    m = re.search(r"between n = ([\d,]+) and [\d,]+ is (\S+) \(Markov\) and (\S+) "
+                  r"\(memoryless", cap)
+    n0 = int(m[1].replace(",", ""))
+    assert n0 == ns[int(np.searchsorted(ns, ns[-1] / 10))]
+    for kind, got in (("markov", m[2]), ("memoryless", m[3])):
+        s = mk["model"] == kind
+        kl = mk["kl_to_tilted"][s]
+        slope = (kl[-1] - kl[ns.index(n0)]) / math.log(ns[-1] / n0)
+        assert float(got) == pytest.approx(slope, abs=6e-5)
+        assert 0.4 < slope < 0.6                  # ½ log n, for both models
+    m = re.search(r"Var_p R/n is (\S+) against (\S+) ", cap)
+    assert float(m[1]) == pytest.approx(last["markov"]["reward_variance_per_token"], abs=6e-4)
+    assert float(m[2]) == pytest.approx(last["memoryless"]["reward_variance_per_token"],
+                                        abs=6e-4)
 
 
 def _calibrated_win_at(lg, rw, kl):
@@ -212,11 +293,11 @@ def test_reproduce_quick_ternary_end_to_end(tmp_path):
                    tmp_path=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "report:" in res.stdout and str(out / "report.md") in res.stdout
-    # output redirected (a pipe): no progress bars, one plain "[k/7] ... (x s)" line each
+    # output redirected (a pipe): no progress bars, one plain "[k/8] ... (x s)" line each
     assert "\r" not in res.stdout and "\r" not in res.stderr
     assert "it/s" not in res.stderr and "%|" not in res.stderr
-    steps = re.findall(r"^  \[(\d)/7\] (\w+): .+  \((\d+\.\d) s\)$", res.stdout, re.M)
-    assert [int(k) for k, _, _ in steps] == list(range(1, 8))
+    steps = re.findall(r"^  \[(\d)/8\] (\w+): .+  \((\d+\.\d) s\)$", res.stdout, re.M)
+    assert [int(k) for k, _, _ in steps] == list(range(1, 9))
     assert [name for _, name, _ in steps] == [f[5:-4] for f in FIGURES]
     run = _check_report(out, models.load_model("ternary"), X.Sizes.quick())
     assert run["mode"] == "quick"
@@ -709,3 +790,90 @@ def test_cli_frontier_method_errors(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------
+# figure 8: the Markov model, its fallback and its budget
+# --------------------------------------------------------------------------------------
+
+def test_markov_figure_falls_back_to_sticky_ternary(monkeypatch):
+    """Without the data extra figure 8 uses the built-in sticky-ternary chain, whose
+    memoryless twin is exactly the ternary model; the caption says what to install."""
+    def missing(**kw):
+        raise models.MissingDependency('the english-letters model needs wordfreq: '
+                                       'pip install "tiltlab[data]"')
+
+    monkeypatch.setattr(models, "english_letter_bigrams", missing)
+    ctx = X.Context(models.load_model("ternary"), X.Sizes(markov_lengths=(10, 30, 100, 300)))
+    e = X.markov(ctx)
+    assert e.notes["model"] == "sticky-ternary" and "unavailable" in e.notes["why"]
+    assert 'pip install "tiltlab[data]"' in e.caption and e.notes["delta"] == X.MARKOV_DELTA
+    t = e.tables["markov"]
+    tern = models.load_model("ternary")
+    twin = t["model"] == "memoryless"
+    for i in np.flatnonzero(twin)[[0, -1]]:
+        n = int(t["n"][i])
+        s = tiltlab.Memoryless(tern.logits, tern.rewards, n)
+        lam = float(tiltlab.solve_lambda(tern.logits, tern.rewards, X.MARKOV_DELTA))
+        assert t["lam"][i] == pytest.approx(lam, rel=1e-12)
+        b = s.best_of_n(log_n=n * X.MARKOV_DELTA)
+        assert t["kl_to_tilted"][i] == pytest.approx(float(b.kl_to_tilted(lam)), rel=1e-12)
+    # positively correlated neighbours: Var R / n -> Var r (1 + stay) / (1 - stay) = 3 Var r
+    var_r = float(tiltlab.tilt_stats(tern.logits, tern.rewards, 0.0).variance)
+    mk = t["model"] == "markov"
+    assert t["reward_variance_per_token"][twin][-1] == pytest.approx(var_r, rel=1e-12)
+    assert t["reward_variance_per_token"][mk][-1] == pytest.approx(3 * var_r, rel=0.02)
+
+
+def test_markov_figure_with_a_memoryless_chain_has_equal_columns():
+    """stay = 0: the Markov chain is its memoryless twin (SPEC 9's identity), so both halves
+    of the table agree and the caption says the two converge as fast."""
+    ctx = X.Context(models.load_model("ternary"), X.Sizes(markov_lengths=(10, 100, 1000)),
+                    markov_model=models.sticky_ternary(0.0))
+    e = X.markov(ctx)
+    t = e.tables["markov"]
+    mk, tw = t["model"] == "markov", t["model"] == "memoryless"
+    for c in ("lam", "tilt_reward_per_token", "best_of_n_reward_per_token", "kl_to_tilted",
+              "kl_to_p_per_token", "reward_variance_per_token"):
+        np.testing.assert_allclose(t[c][mk], t[c][tw], rtol=1e-9, err_msg=c)
+    assert "converges as fast as its memoryless twin" in e.caption
+    assert e.notes["ratio"] == pytest.approx(1.0, abs=1e-8)
+
+
+def test_markov_figure_checks_its_budget_and_model(tmp_path):
+    tern = models.load_model("ternary")
+    sizes = X.Sizes(markov_lengths=(10, 100))
+    # ternary's kl_max is log 5 = 1.61 per token, sticky-ternary's about 0.6 at n = 10
+    ctx = X.Context(tern, sizes, delta=1.0, markov_model=models.sticky_ternary())
+    with pytest.raises(ValueError, match=r"delta must be in \(0, 0\.6.*sticky-ternary"):
+        ctx.markov()
+    ctx = X.Context(tern, sizes, delta=0.05, markov_model=models.sticky_ternary())
+    assert ctx.markov()[2] == 0.05                # a given budget applies to figure 8 too
+    st = models.sticky_ternary()
+    moved = models.MarkovModel("moved", st.names, np.log([0.2, 0.3, 0.5]),
+                               st.transition_logits, st.rewards, "not stationary")
+    with pytest.raises(ValueError, match="initial law of Markov model 'moved' is not"):
+        X.Context(tern, sizes, markov_model=moved).markov()
+    # through reproduce: refused before anything is written
+    from tiltlab.app.report import reproduce
+
+    # a budget the run's model allows (kl_max 13.8) but no Markov model of figure 8 does
+    rare = models.Model("rare", np.log([1 - 1e-6, 1e-6]), np.array([0.0, 1.0]),
+                        np.array(["a", "b"]), "rare")
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match="of figure 8"):
+        reproduce(rare, out, delta=5.0, experiments=["markov"], quiet=True)
+    assert not out.exists()
+
+
+def test_sticky_ternary_model():
+    m = models.sticky_ternary(0.25)
+    p = np.array([0.5, 0.3, 0.2])
+    trans = np.exp(m.transition_logits)
+    np.testing.assert_allclose(trans, 0.25 * np.eye(3) + 0.75 * p, rtol=1e-15)
+    np.testing.assert_allclose(p @ trans, p, rtol=1e-15)
+    assert models.MARKOV_MODELS["sticky-ternary"] is models.sticky_ternary
+    with pytest.raises(ValueError, match="stay must be in"):
+        models.sticky_ternary(1.0)
+    with pytest.raises(TypeError, match="stay must be a real number"):
+        models.sticky_ternary("half")

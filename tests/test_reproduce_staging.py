@@ -159,7 +159,7 @@ def test_sigkill_at_every_step_keeps_a_whole_report(tmp_path, monkeypatch):
 
 def test_sigkill_of_the_cli_mid_run_leaves_the_old_report(tmp_path):
     """``tiltlab reproduce --quick`` over an existing report, killed with SIGKILL once it
-    has written two of its seven figures: the old report is byte for byte as it was (it
+    has written two of its eight figures: the old report is byte for byte as it was (it
     used to hold the new CSVs and figures beside the old report.md and run.json)."""
     after_figure = 2
     out = tmp_path / "report"
@@ -173,7 +173,7 @@ def test_sigkill_of_the_cli_mid_run_leaves_the_old_report(tmp_path):
     watchdog.start()
     try:
         for line in proc.stdout:
-            if f"[{after_figure}/7]" in line:
+            if f"[{after_figure}/8]" in line:
                 break
         else:
             pytest.fail("the run ended before the figure")

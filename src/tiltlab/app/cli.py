@@ -423,7 +423,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="threads for the compiled kernels (default: all cores)")
 
     r = sub.add_parser("reproduce", help="the paper's results as figures and a report",
-                       description="Run seven exact experiments on a model and write "
+                       description="Run eight exact experiments on a model and write "
                        "report.md, report.html, PNG figures, CSV tables and run.json.")
     common(r, "ternary")
     r.add_argument("--out", default="tiltlab-report",

@@ -1,10 +1,11 @@
-"""The numbers behind ``tiltlab reproduce``: one function per figure (seven), exact.
+"""The numbers behind ``tiltlab reproduce``: one function per figure (eight), exact.
 
 Each experiment returns an :class:`Experiment` whose tables (columns of equal length) are
 exactly what its figure plots and what the report writes as CSV.  Every number comes from the
 public API (:class:`tiltlab.Memoryless`, :func:`tiltlab.tilt_stats`, ...); the tests recompute
-a sample of them through that API.  The claims are those of SPEC section 4 (after arXiv
-2404.01730) for a memoryless model ``p^n`` with additive reward ``R``.
+a sample of them through that API.  The claims of figures 1-7 are those of SPEC section 4
+(after arXiv 2404.01730) for a memoryless model ``p^n`` with additive reward ``R``; figure 8
+(:func:`markov`) asks whether they carry over to a Markov model (SPEC section 9).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 import tiltlab
 from tiltlab.tokenmodel import Model
 
-__all__ = ["Sizes", "Experiment", "EXPERIMENTS", "default_delta", "win_rate_on_levels"]
+__all__ = ["Sizes", "Experiment", "EXPERIMENTS", "MARKOV_DELTA", "default_delta",
+           "win_rate_on_levels"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Sizes:
     sample_size: int = 100_000
     word_sequences: int = 1_000
     winrate_length: int = 100
+    markov_lengths: tuple = (10, 30, 100, 300, 1000, 3000)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -47,7 +50,8 @@ class Sizes:
                    ld_lengths=(10, 100, 1000, 10_000, 100_000),
                    cumulant_lengths=(10, 100, 1000, 10_000),
                    sample_length=1000, sample_size=1_000_000, word_sequences=10_000,
-                   winrate_length=1000)
+                   winrate_length=1000,
+                   markov_lengths=(10, 30, 100, 300, 1000, 3000, 10_000))
 
 
 @dataclass
@@ -75,12 +79,21 @@ def default_delta(model: Model) -> float:
 
 
 class Context:
-    """A model, the run's sizes and settings, and a cache of sequence models by length."""
+    """A model, the run's sizes and settings, and a cache of sequence models by length.
+
+    ``markov_model`` is the Markov model of figure 8 (:func:`markov`): a
+    :class:`tiltlab.app.models.MarkovModel`, or None for the default (``english-letters``
+    if its data is installed, else ``sticky-ternary``).
+    """
 
     def __init__(self, model: Model, sizes: Sizes, *, delta: float | None = None, seed: int = 0,
-                 n_threads: int | None = None, progress: Progress = _no_progress):
+                 n_threads: int | None = None, progress: Progress = _no_progress,
+                 markov_model=None):
         self.model, self.sizes, self.seed, self.n_threads = model, sizes, seed, n_threads
         self.progress = progress
+        self.delta_given = delta is not None
+        self._markov_model = markov_model
+        self._markov = None
         self.delta = default_delta(model) if delta is None else float(delta)
         kmax = float(tiltlab.kl_max(model.logits, model.rewards)) + 0.0
         if kmax == 0.0:
@@ -101,6 +114,17 @@ class Context:
 
     def rng(self, salt: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, salt])
+
+    def markov(self) -> tuple:
+        """(Markov model, why it was chosen, per-token budget) of figure 8, checked once.
+
+        The budget is the run's ``delta`` if one was given, else :data:`MARKOV_DELTA`; a
+        ValueError naming ``delta`` if it is not below the per-token ``kl_max`` of the Markov
+        model and of its memoryless twin (at the shortest length of the run).
+        """
+        if self._markov is None:
+            self._markov = _markov_setup(self)
+        return self._markov
 
 
 def _col(values, dtype=np.float64) -> np.ndarray:
@@ -659,6 +683,146 @@ def policies(ctx: Context) -> Experiment:
                       {"kl": d, "reward": reward, "win": win})
 
 
+# --------------------------------------------------------------------------------------
+# 8. a Markov model: does best-of-N still approach the tilt per token, and how fast?
+# --------------------------------------------------------------------------------------
+
+#: per-token KL budget of figure 8 when the run does not give one
+MARKOV_DELTA = 0.1
+
+
+def _markov_setup(ctx: Context) -> tuple:
+    from tiltlab.app import models
+
+    mm, why = ctx._markov_model, "given"
+    if mm is None:
+        try:
+            mm, why = models.english_letter_bigrams(), "real data"
+        except models.MissingDependency as exc:
+            mm, why = models.sticky_ternary(), f"english-letters unavailable: {exc}"
+    p0 = np.exp(mm.initial_logits)
+    if not np.allclose(p0 @ np.exp(mm.transition_logits), p0, rtol=0, atol=1e-12):
+        raise ValueError(f"the initial law of Markov model {mm.name!r} is not stationary: "
+                         "its memoryless twin (the stationary marginal) would differ at "
+                         "every position")
+    d = ctx.delta if ctx.delta_given else MARKOV_DELTA
+    n0 = min(ctx.sizes.markov_lengths)
+    kmax = min(float(mm.sequence(n0).kl_max) / n0,
+               float(tiltlab.kl_max(mm.initial_logits, mm.rewards)))
+    if not 0 < d < kmax:
+        raise ValueError(f"delta must be in (0, {kmax:.6g}) for the Markov model "
+                         f"{mm.name!r} of figure 8 (its per-token kl_max at n = {n0}, or its "
+                         f"memoryless twin's); got {d}")
+    return mm, why, float(d)
+
+
+def _last_decade_slope(ns: np.ndarray, kl: np.ndarray) -> tuple[float, int]:
+    """Slope of ``kl`` against log n between n_max / 10 (or the nearest length above) and
+    n_max, and the index of that first length."""
+    i0 = int(np.searchsorted(ns, ns[-1] / 10))
+    if ns[-1] <= ns[i0]:
+        return math.nan, i0
+    return float((kl[-1] - kl[i0]) / math.log(ns[-1] / ns[i0])), i0
+
+
+def markov(ctx: Context) -> Experiment:
+    mm, why, d = ctx.markov()
+    twin = (mm.initial_logits, mm.rewards)
+    kinds = {"markov": lambda n: mm.sequence(n, n_threads=ctx.n_threads),
+             "memoryless": lambda n: tiltlab.Memoryless(*twin, n, n_threads=ctx.n_threads)}
+    cols = ("model", "n", "delta", "lam", "log_n", "tilt_reward_per_token",
+            "best_of_n_reward_per_token", "reward_gap_per_token", "kl_to_p_per_token",
+            "kl_deficit_per_token", "kl_to_tilted", "kl_to_tilted_per_token",
+            "kl_minus_half_log_n", "reward_variance_per_token")
+    rows = {k: [] for k in cols}
+    for kind, make in kinds.items():
+        for n in ctx.progress(ctx.sizes.markov_lengths, f"Markov vs memoryless: {kind}"):
+            s = make(n)
+            lam = float(s.solve_lambda(d))
+            tilt = s.tilt_stats(lam)
+            b = s.best_of_n(log_n=n * d)
+            kl = float(b.kl_to_tilted(lam))
+            rows["model"].append(kind)
+            rows["n"].append(n)
+            rows["delta"].append(d)
+            rows["lam"].append(lam)
+            rows["log_n"].append(n * d)
+            rows["tilt_reward_per_token"].append(float(tilt.mean) / n)
+            rows["best_of_n_reward_per_token"].append(b.expected_reward / n)
+            rows["reward_gap_per_token"].append((float(tilt.mean) - b.expected_reward) / n)
+            rows["kl_to_p_per_token"].append(b.kl / n)
+            rows["kl_deficit_per_token"].append(d - b.kl / n)
+            rows["kl_to_tilted"].append(kl)
+            rows["kl_to_tilted_per_token"].append(kl / n)
+            rows["kl_minus_half_log_n"].append(kl - 0.5 * math.log(n))
+            rows["reward_variance_per_token"].append(float(s.tilt_stats(0.0).variance) / n)
+    t = {k: (np.array(v) if k == "model" else _col(v)) for k, v in rows.items()}
+    t["n"] = t["n"].astype(np.int64)
+    per = {}
+    for kind in kinds:
+        s = t["model"] == kind
+        ns = t["n"][s]
+        slope, i0 = _last_decade_slope(ns, t["kl_to_tilted"][s])
+        per[kind] = {k: float(t[k][s][-1]) for k in cols if k not in ("model", "n")}
+        per[kind].update(slope=slope, n0=int(ns[i0]), n=int(ns[-1]))
+    mk, ml = per["markov"], per["memoryless"]
+    n_hi, n0 = mk["n"], mk["n0"]
+    ratio = mk["kl_to_tilted_per_token"] / ml["kl_to_tilted_per_token"]
+    if abs(ratio - 1.0) < 0.005:
+        pace = "as fast as its memoryless twin (the same per-token KL to within 0.5 %)"
+    else:
+        pace = (f"{'slower' if ratio > 1 else 'faster'} than its memoryless twin: its "
+                f"per-token KL is {ratio:.3g} times the twin's")
+    # from which length on the order of the two per-token KLs is that of the largest n
+    sign = np.sign(t["kl_to_tilted"][t["model"] == "markov"]
+                   - t["kl_to_tilted"][t["model"] == "memoryless"])
+    same = np.flatnonzero(sign != sign[-1])
+    n_from = int(t["n"][t["model"] == "markov"][same[-1] + 1 if same.size else 0])
+    order = (f"{'larger' if sign[-1] > 0 else 'smaller' if sign[-1] < 0 else 'equal'} at "
+             f"every n from {n_from:,} on" if n_from < n_hi else f"only at n = {n_hi:,}")
+    notes_order = {"n_from": n_from, "sign": float(sign[-1])}
+    dc = mk["kl_minus_half_log_n"] - ml["kl_minus_half_log_n"]
+    source = ("estimated from the wordfreq word list" if why == "real data" else
+              "built in (synthetic; install the data extra, pip install \"tiltlab[data]\", "
+              "for the English-letters model)" if why != "given" else "given to the run")
+    caption = (
+        "**Claim** (SPEC 4 and 9): for a memoryless model best-of-N with N = e^(nΔ) "
+        "approaches the optimal tilt φ_λ per token, KL(π_N‖φ_λ) = ½ log n + O(1) so "
+        "KL(π_N‖φ_λ)/n → 0, and the per-token rewards meet; the paper proves it for "
+        "memoryless models only. Here the same exact numbers for the Markov model "
+        f"**{mm.name}** ({source}; {mm.n_states} states, initial law = its stationary law) "
+        "and for its memoryless twin, the memoryless model with the same stationary marginal "
+        f"and the same rewards, at Δ = {d:.3g} nats per token (λ solved per model and length: "
+        "KL(φ_λ‖p) = nΔ). Left: KL(π_N‖φ_λ)/n (dashed: (½ log n + c)/n, c fitted at the "
+        "largest n) and, below, KL(π_N‖φ_λ) − ½ log n. Middle: expected reward per token of "
+        "the tilt (lines) and of best-of-N (markers) and, below, their gap. Right: "
+        "KL(π_N‖p)/n against Δ and, below, Δ − KL(π_N‖p)/n (dotted: 1/n, its value without "
+        f"reward atoms). **Numbers**: at n = {n_hi:,} the per-token KL to the tilt is "
+        f"{mk['kl_to_tilted_per_token']:.3g} for the Markov model and "
+        f"{ml['kl_to_tilted_per_token']:.3g} for its twin, so the Markov model converges "
+        f"{pace} (the Markov model's is the {order}). The slope of KL(π_N‖φ_λ) against "
+        f"log n between n = {n0:,} and {n_hi:,} is "
+        f"{mk['slope']:.4f} (Markov) and {ml['slope']:.4f} (memoryless; predicted 0.5), "
+        f"with c = {mk['kl_minus_half_log_n']:.3f} and {ml['kl_minus_half_log_n']:.3f} "
+        f"(difference {dc:+.3f} nats). The per-token reward gap between the tilt and "
+        f"best-of-N is {mk['reward_gap_per_token']:.3g} (Markov) and "
+        f"{ml['reward_gap_per_token']:.3g} (memoryless); Δ − KL(π_N‖p)/n is "
+        f"{mk['kl_deficit_per_token']:.3g} and {ml['kl_deficit_per_token']:.3g}. The two "
+        "models do not gain the same reward from the same budget: the tilt's reward per "
+        f"token is {mk['tilt_reward_per_token']:.4g} (Markov, λ = {mk['lam']:.4g}) against "
+        f"{ml['tilt_reward_per_token']:.4g} (memoryless, λ = {ml['lam']:.4g}), because "
+        f"Var_p R/n is {mk['reward_variance_per_token']:.3f} against "
+        f"{ml['reward_variance_per_token']:.3f} (the same mean reward per token under p).")
+    return Experiment(
+        "markov", f"A Markov model ({mm.name}) against its memoryless twin", {"markov": t},
+        caption,
+        f"markov: {mm.name}, KL(π_N‖φ_λ)/n at n={n_hi}: {mk['kl_to_tilted_per_token']:.3g} "
+        f"(Markov) vs {ml['kl_to_tilted_per_token']:.3g} (memoryless), slopes "
+        f"{mk['slope']:.3f} / {ml['slope']:.3f}",
+        {"model": mm.name, "why": why, "delta": d, "per_model": per, "ratio": ratio,
+         **notes_order})
+
+
 EXPERIMENTS = {
     "frontier": frontier,
     "kl_to_tilt": kl_to_tilt,
@@ -667,4 +831,5 @@ EXPERIMENTS = {
     "samples": samples,
     "win_rate": win_rate,
     "policies": policies,
+    "markov": markov,
 }

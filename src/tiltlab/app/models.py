@@ -40,6 +40,14 @@ returns a :class:`MarkovModel` (initial and transition logits, rewards, state na
     score (an integer; the boundary scores 0).  Needs the ``data`` extra (only
     ``wordfreq``).  :func:`english_letter_bigrams` gives the arrays,
     :func:`english_letters` the ``tiltlab.Markov`` of a given length.
+``sticky-ternary``
+    A built-in synthetic Markov model with the ``ternary`` model as its stationary law:
+    three states with rewards ``(0, 1, 3)``; each token repeats the one before it with
+    probability 1/2, else is drawn afresh from ``p = (0.5, 0.3, 0.2)``, i.e.
+    ``P = I / 2 + 1 p^T / 2``; the first token is drawn from ``p`` (stationary).  Rewards of
+    neighbouring tokens are positively correlated (``Var R / n -> 3 Var r``).  No extra
+    needed: figure 8 of ``tiltlab reproduce`` uses it when ``english-letters`` is not
+    installed.
 
 The loaders are part of the application (``tiltlab.app``; also importable as
 ``tiltlab.models``); the :class:`~tiltlab.Model` they return is the library's
@@ -61,7 +69,8 @@ import tiltlab
 from tiltlab.tokenmodel import Model
 
 __all__ = ["Model", "MissingDependency", "MODELS", "load_model", "english_sentiment",
-           "MarkovModel", "MARKOV_MODELS", "english_letter_bigrams", "english_letters"]
+           "MarkovModel", "MARKOV_MODELS", "english_letter_bigrams", "english_letters",
+           "sticky_ternary"]
 
 
 class MissingDependency(ImportError):
@@ -500,8 +509,50 @@ def english_letters(length: int, *, vocab: int = 20_000, smoothing: float = 1e-4
         length, n_threads=n_threads)
 
 
+def sticky_ternary(stay: float = 0.5) -> MarkovModel:
+    """The ``sticky-ternary`` model: the ``ternary`` model with memory (no data needed).
+
+    Three states ``"0"``, ``"1"``, ``"2"`` with rewards ``(0, 1, 3)``.  A token repeats the
+    one before it with probability ``stay``, else it is drawn afresh from
+    ``p = (0.5, 0.3, 0.2)``: ``P = stay I + (1 - stay) 1 p^T``.  ``p`` is stationary
+    (``p P = p``) and is the law of the first token, so every position has the marginal of
+    the ``ternary`` model, which is its memoryless twin; the correlation of neighbouring
+    rewards is ``stay^k`` at lag ``k``, so ``Var R / n -> Var r (1 + stay) / (1 - stay)``.
+
+    Parameters
+    ----------
+    stay : float, optional
+        Probability of repeating the previous token, in [0, 1) (default 0.5; 0 is the
+        memoryless ternary model).
+
+    Returns
+    -------
+    MarkovModel
+        The arrays, with ``source = {"stay": stay}``.
+
+    Examples
+    --------
+    >>> import numpy as np, tiltlab
+    >>> m = tiltlab.models.sticky_ternary()
+    >>> np.exp(m.transition_logits).round(2).tolist()
+    [[0.75, 0.15, 0.1], [0.25, 0.65, 0.1], [0.25, 0.15, 0.6]]
+    """
+    stay = _finite_number(stay, "stay")
+    if not 0.0 <= stay < 1.0:
+        raise ValueError(f"stay must be in [0, 1); got {stay}")
+    p = np.array([0.5, 0.3, 0.2])
+    trans = stay * np.eye(3) + (1.0 - stay) * p[None, :]
+    return MarkovModel(
+        "sticky-ternary", np.array(["0", "1", "2"]), np.log(p), np.log(trans),
+        np.array([0.0, 1.0, 3.0]),
+        f"ternary model with memory: repeat the previous token with probability {stay:g}, "
+        "else draw from p = (0.5, 0.3, 0.2); reward (0, 1, 3)",
+        source={"stay": stay})
+
+
 MARKOV_MODELS = {
     "english-letters": english_letter_bigrams,
+    "sticky-ternary": sticky_ternary,
 }
 
 

@@ -35,7 +35,7 @@ from tiltlab.tokenmodel import Model
 __all__ = ["reproduce", "write_csv", "read_csv"]
 
 _FIGURE_ORDER = ("frontier", "kl_to_tilt", "large_deviations", "cumulants", "samples",
-                 "win_rate", "policies")
+                 "win_rate", "policies", "markov")
 
 
 # --------------------------------------------------------------------------------------
@@ -384,6 +384,67 @@ def _plot_policies(e: Experiment, model: Model):
     return fig
 
 
+_MARKOV_STYLE = {    # the Markov model filled and on top, its twin open and larger: where
+    # the two coincide (KL(pi_N||p) depends on N and little else) both stay visible
+    "markov": dict(color="tab:red", marker="o", ms=4, zorder=4, label="Markov model"),
+    "memoryless": dict(color="tab:blue", marker="s", ms=7, mfc="none", mew=1.2, zorder=3,
+                       label="memoryless twin"),
+}
+
+
+def _plot_markov(e: Experiment, model: Model):
+    fig, axes = _figure(3, 4.6, nrows=2, height=6.8, sharex=True, height_ratios=[3, 2])
+    (k1, r1, d1), (k2, r2, d2) = axes[:3], axes[3:]
+    t = e.tables["markov"]
+    delta = float(t["delta"][0])
+    for kind, style in _MARKOV_STYLE.items():
+        s = t["model"] == kind
+        n = t["n"][s].astype(float)
+        c, lab = style["color"], style["label"]
+        line = dict(style, lw=1.2)
+        kl = t["kl_to_tilted"][s]
+        const = float(t["kl_minus_half_log_n"][s][-1])
+        k1.loglog(n, kl / n, "-", **line)
+        # the asymptote over the last one and a half decades, where it applies
+        grid = np.geomspace(max(float(n[0]), float(n[-1]) / 30.0), float(n[-1]), 100)
+        k1.loglog(grid, (0.5 * np.log(grid) + const) / grid, "--", color=c, lw=1.0,
+                  zorder=5, label=f"(½ log n {_signed(const)}) / n")
+        k2.semilogx(n, t["kl_minus_half_log_n"][s], "-", **line)
+        k2.axhline(const, color=c, lw=0.8, ls="--")
+        r1.semilogx(n, t["tilt_reward_per_token"][s], "-", color=c, lw=1.6,
+                    label=f"tilt φ_λ, {lab}")
+        r1.semilogx(n, t["best_of_n_reward_per_token"][s], ":",
+                    **dict(line, lw=1.0, label=f"best-of-N, {lab}"))
+        r2.loglog(n, _positive(t["reward_gap_per_token"][s]), "-", **line)
+        d1.semilogx(n, t["kl_to_p_per_token"][s], "-", **line)
+        d2.loglog(n, _positive(t["kl_deficit_per_token"][s]), "-", **line)
+    n_all = np.unique(t["n"]).astype(float)
+    d1.axhline(delta, color="black", lw=1.0, ls="--", label=f"Δ = {delta:.3g}")
+    d2.loglog(n_all, 1.0 / n_all, ":", color="black", lw=1.2,
+              label="1/n (no reward atoms)")
+    k1.set_title("best-of-N against the tilt")
+    k1.set_ylabel("KL(π_N‖φ_λ) / n  [nats per token]")
+    k2.set_ylabel("KL(π_N‖φ_λ) − ½ log n\n[nats]")
+    r1.set_title("expected reward per token")
+    r1.set_ylabel("E R / n")
+    r2.set_ylabel("tilt − best-of-N\n(E R / n, log scale)")
+    d1.set_title("KL(π_N‖p) per token")
+    d1.set_ylabel("KL(π_N‖p) / n  [nats per token]")
+    d1.set_ylim(0.0, 1.1 * delta)                     # a KL is never negative
+    d2.set_ylabel("Δ − KL(π_N‖p) / n\n(log scale)")
+    for a in axes:
+        a.grid(alpha=0.3, which="major")
+    for a in (k2, r2, d2):
+        a.set_xlabel("sequence length n")
+    k1.legend(fontsize=7, loc="upper right")
+    r1.legend(fontsize=7, loc="lower right")
+    d1.legend(fontsize=7, loc="lower right")
+    d2.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{e.notes['model']} (Markov) against its memoryless twin: best-of-N with "
+                 f"N = e^(nΔ), Δ = {delta:.3g}")
+    return fig
+
+
 _PLOTS = {
     "frontier": _plot_frontier,
     "kl_to_tilt": _plot_kl_to_tilt,
@@ -392,6 +453,7 @@ _PLOTS = {
     "samples": _plot_samples,
     "win_rate": _plot_win_rate,
     "policies": _plot_policies,
+    "markov": _plot_markov,
 }
 
 
@@ -436,7 +498,7 @@ def _progress_factory(quiet: bool, stream=None):
     """Progress bars on ``stream`` (default ``sys.stderr``), but only if it is a terminal.
 
     Redirected to a file or a pipe, tqdm's bars are carriage-return junk; the plain
-    ``[k/7] ... (x s)`` summary lines of :func:`reproduce` are then the only progress shown.
+    ``[k/8] ... (x s)`` summary lines of :func:`reproduce` are then the only progress shown.
     """
     stream = sys.stderr if stream is None else stream
     if quiet or not _is_terminal(stream):
@@ -457,13 +519,18 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
               full: bool = False, seed: int = 0, jobs: int | None = None,
               delta: float | None = None, quiet: bool = False, vocab: int | None = None,
               force: bool = False, experiments=None, echo=print) -> Path:
-    """Run the seven experiments of ``tiltlab reproduce`` on a model and write the report.
+    """Run the eight experiments of ``tiltlab reproduce`` on a model and write the report.
 
     The experiments (:mod:`tiltlab.app.experiments`) check the claims of SPEC section 4 (after
     arXiv 2404.01730) exactly: the reward-KL frontier of best-of-N against the tilt,
     ``KL(pi_N || phi_lam^n)`` against n, large deviations, scaled cumulants and the Rényi
     form of the scaled CGF, samples, win rate against KL, and every policy family of
-    :mod:`tiltlab.policies` on one token against the two optimal tilts.
+    :mod:`tiltlab.policies` on one token against the two optimal tilts.  The eighth asks
+    the question of SPEC section 9: does best-of-N still approach the tilt per token for a
+    Markov model, and how fast compared with its memoryless twin?  It uses its own Markov
+    model, not ``model``: ``english-letters`` (:func:`tiltlab.models.english_letter_bigrams`)
+    if the data extra is installed, else the built-in ``sticky-ternary``
+    (:func:`tiltlab.models.sticky_ternary`), at ``delta`` if given, else 0.1 nats per token.
 
     Parameters
     ----------
@@ -486,10 +553,11 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     jobs : int, optional
         Threads for the compiled kernels (None: all cores).
     delta : float, optional
-        Per-token KL budget, ``N = e^(n delta)`` (default 0.3, or ``kl_max / 4`` if less).
+        Per-token KL budget, ``N = e^(n delta)`` (default 0.3, or ``kl_max / 4`` if less;
+        figure 8: 0.1).
     quiet : bool, default False
         No progress bars and no summary lines.  Otherwise a summary line
-        ``[k/7] ... (x s)`` per experiment goes to ``echo``, and progress bars (tqdm, if
+        ``[k/8] ... (x s)`` per experiment goes to ``echo``, and progress bars (tqdm, if
         installed) go to ``sys.stderr`` only if it is a terminal: never into a log file or
         a pipe.
     vocab : int, optional
@@ -500,7 +568,7 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
         report is complete.  Without it such a folder is refused and left untouched.  The
         current folder, its parents, the home folder and mount points are always refused.
     experiments : list of str, optional
-        A subset of ``tiltlab.app.experiments.EXPERIMENTS`` (default: all seven, in order).
+        A subset of ``tiltlab.app.experiments.EXPERIMENTS`` (default: all eight, in order).
     echo : callable, default print
         Where summary lines go.
 
@@ -550,6 +618,8 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     say = (lambda *a: None) if quiet else echo
     ctx = Context(m, sizes, delta=delta, seed=int(seed), n_threads=jobs,
                   progress=_progress_factory(quiet))
+    if "markov" in keys:      # figure 8's model and budget, checked before anything runs
+        ctx.markov()
     try:
         import matplotlib
     except ImportError:
@@ -590,6 +660,7 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
                       "vocab_size": m.vocab_size, "step": m.step, "source": m.source},
             "delta": ctx.delta,
             "lam": ctx.lam,
+            **({"markov": _markov_run(ctx)} if "markov" in keys else {}),
             "sizes": asdict(sizes),
             "timings_seconds": timings,
             "total_seconds": round(total, 3),
@@ -604,6 +675,12 @@ def reproduce(model: str | Model = "ternary", out: str | Path = "tiltlab-report"
     return out / "report.md"
 
 
+def _markov_run(ctx: Context) -> dict:
+    mm, why, d = ctx.markov()
+    return {"model": mm.name, "chosen": why, "description": mm.description,
+            "n_states": mm.n_states, "source": mm.source, "delta": d}
+
+
 def _intro(m: Model, ctx: Context, run: dict) -> str:
     return (
         f"Model **{m.name}**: {m.description} (V = {m.vocab_size:,}). Sequences of n tokens "
@@ -612,6 +689,10 @@ def _intro(m: Model, ctx: Context, run: dict) -> str:
         f"KL-constrained policy at that budget is the tilt φ_λ ∝ p·e^(λr) with "
         f"λ = {ctx.lam:.6g}. Every number is exact (computed from exact lattice laws, no "
         "Monte Carlo) except the sampled panels of figure 5, which check the samplers. "
+        + (f"The Markov figure leaves this model for a Markov model "
+           f"({run['markov']['model']}) and "
+           f"its memoryless twin, at Δ = {run['markov']['delta']:.4g}. "
+           if "markov" in run else "") +
         f"Run: tiltlab {run['tiltlab']}, {run['mode']} sizes, seed {run['seed']}, "
         f"{run['total_seconds']:.1f} s; details in run.json.")
 
