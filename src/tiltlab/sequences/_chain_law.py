@@ -318,7 +318,7 @@ def level_range(log_p0, log_tr, k0, k, length):
             int(np.max(np.where(ok0, k0 + hi_s, -big))))
 
 
-def reachable_levels(log_p0, log_tr, k0, k, length, kmin, kmax, budget=2_000_000):
+def reachable_levels(log_p0, log_tr, k0, k, length, kmin, kmax, budget=30_000_000):
     """Boolean of the reachable level sums in [kmin, kmax] (exact, by bit sets), or None
     when that would cost more than ``budget`` word operations."""
     v = log_p0.shape[0]

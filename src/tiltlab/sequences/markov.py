@@ -323,6 +323,24 @@ class Markov(LatticeModel):
         """Long irreducible chains take the asymptotic moments where O(1) is enough."""
         return self.length >= self._LONG and self._level_perron() is not None
 
+    def _inside(self, goal: float) -> bool:
+        """Whether a raw level sum is far enough from the ends of the lattice for the
+        asymptotic moments (boundary terms O(1), far below a standard deviation)."""
+        chain = self._level_perron()
+        edge = 3.0 * math.sqrt(self.length) + float(np.max(self._k))
+        span = self.length - 1
+        return span * chain.c_min + edge < goal < span * chain.c_max - edge
+
+    def _placement_moments(self, theta: float):
+        """Mean and variance of the raw level sum at theta that place a window: the
+        asymptotic ones for long chains away from the ends, else the exact ones."""
+        if self._long():
+            mean_raw, var = self._asymptotic_moments(theta)
+            if math.isfinite(mean_raw) and math.isfinite(var) and self._inside(mean_raw):
+                return mean_raw, var
+        st = self._kstats(theta)
+        return float(st.mean) + self._kmin, float(st.variance)
+
     def _theta_for_mean(self, target: float, theta: float = 0.0, rtol: float = 0.05) -> float:
         """A tilt whose mean level sum is within rtol standard deviations of target: for
         long chains Newton on the asymptotic mean ``(n - 1) Lambda'(theta)`` (its O(1)
@@ -330,9 +348,16 @@ class Markov(LatticeModel):
         if not self._long():
             return super()._theta_for_mean(target, theta, rtol)
         goal = target + self._kmin
+        # near the ends of the lattice the boundary terms matter (and a goal beyond the
+        # extreme cycle means has no asymptotic tilt): the exact statistics there
+        if not self._inside(goal):
+            return super()._theta_for_mean(target, theta, rtol)
+        start = theta
         lo, hi = -np.inf, np.inf
         for _ in range(200):
             mean, var = self._asymptotic_moments(theta)
+            if not (math.isfinite(mean) and math.isfinite(var)):
+                return super()._theta_for_mean(target, start, rtol)
             f = mean - goal
             sd = math.sqrt(max(var, 0.0))
             if abs(f) <= 0.5 * rtol * max(sd, 1e-300) or (sd == 0.0 and abs(f) < 1e-9):
@@ -364,11 +389,7 @@ class Markov(LatticeModel):
         nlev = np.unique(self._k[support]).size
         work = 0.5 * (self.length - 1) * nlev * nv * nv * self.n_lattice
         # centre the tilt on the integer nearest the tilted mean level per token
-        if self._long():
-            mean_raw, var = self._asymptotic_moments(theta)
-        else:
-            st = self._kstats(theta)
-            mean_raw, var = float(st.mean) + self._kmin, float(st.variance)
+        mean_raw, var = self._placement_moments(theta)
         c = int(round(mean_raw / self.length))
         args = (self._log_p0, self._log_tr, self._k0, self._k, self.length, theta, c)
         if work <= self._DIRECT_WORK:
