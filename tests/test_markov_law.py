@@ -9,28 +9,13 @@ import math
 
 import numpy as np
 import pytest
+from markov_chains import random_chain
 from numpy.testing import assert_allclose, assert_array_equal
 
 import tiltlab
 from tiltlab import reference as ref
 
 NEG = -np.inf
-
-
-def random_chain(seed, v, per_transition, neg_inf=True, offset=0.0):
-    rng = np.random.default_rng(seed)
-    l0 = rng.normal(size=v) * 1.5
-    lt = rng.normal(size=(v, v)) * 1.5
-    if neg_inf:
-        for s in range(v):
-            if rng.random() < 0.5:
-                lt[s, rng.integers(0, v)] = NEG
-        if rng.random() < 0.5:
-            l0[rng.integers(0, v)] = NEG
-    shape = (v, v) if per_transition else (v,)
-    rewards = offset + 0.5 * rng.integers(0, 4, size=shape)
-    r0 = offset + 0.5 * rng.integers(0, 4, size=v) if per_transition else None
-    return l0, lt, rewards, r0
 
 
 def enumerate_law(l0, lt, rewards, length, r0=None):

@@ -17,28 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tiltlab.sequences._tilted import fast_len
+
 # Values below this fraction of their own entry's peak are dropped as FFT rounding noise
 # (1e-14, as for the memoryless laws, loses ~1e-13 of the peak over the doubling levels).
 _TRIM = 3e-16
 # Direct convolutions (shifted matrix products) when the shorter operand has at most this
 # many levels; FFT otherwise.
 _DIRECT_TAPS = 24
-
-
-def _fast_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n."""
-    best = 1 << max(0, (n - 1).bit_length())
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
 
 
 @dataclass
@@ -86,7 +72,7 @@ def _product(x: Poly, m: Poly) -> Poly:
                 out[..., i:i + wb] += np.moveaxis(x.arr[..., i] @ ms, 0, -1)
         trim = False
     else:
-        size = _fast_len(width)
+        size = fast_len(width)
         fx = np.moveaxis(np.fft.rfft(x.arr, size, axis=-1), -1, 0)  # (F, .., V)
         fm = np.moveaxis(np.fft.rfft(m.arr, size, axis=-1), -1, 0)  # (F, V, V)
         if x.arr.ndim == 2:    # a vector of level sequences
@@ -251,9 +237,9 @@ def lobe_law(log_p0, log_tr, k0, k, length, theta, c, mean, sd) -> ChainLaw:
     sampler, has no such assumption.)"""
     u, cu, mt, cm = _tilted(log_p0, log_tr, k0, k, theta, c)
     full = int(k0.max()) + (length - 1) * int(k.max()) + 1
-    size = _fast_len(max(64, int(math.ceil(24.0 * sd)) + 16))
+    size = fast_len(max(64, int(math.ceil(24.0 * sd)) + 16))
     if size >= full:
-        size, lo = _fast_len(full), 0
+        size, lo = fast_len(full), 0
     else:
         lo = int(round(mean)) - size // 2
     half = size // 2

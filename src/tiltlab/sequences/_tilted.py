@@ -43,7 +43,7 @@ MAX_LATTICE = 1 << 31  # lattice points of the law of R
 _MAX_FULL_LAW = 1 << 27  # reward_log_pmf allocates a few arrays of this many points
 
 
-def _fast_len(n: int) -> int:
+def fast_len(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n (FFT-friendly size)."""
     best = 1 << max(0, (n - 1).bit_length())
     p5 = 1
@@ -84,7 +84,7 @@ class SegmentLaw:
 def fft_convolve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Linear convolution of two real arrays by FFT (absolute error ~1e-16 of the peak)."""
     m = a.size + b.size - 1
-    size = _fast_len(m)
+    size = fast_len(m)
     return np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:m]
 
 
@@ -221,55 +221,73 @@ class _Stitch:
         self._fill_gaps()
         self._centre_runs()
 
-    def _centre_runs(self, rounds: int = 8) -> None:
+    def _centre_runs(self) -> None:
         """Tilts centred on runs of resolved points that no tilt brought within
         e^-_CENTRAL of its peak (steps of 2.5 standard deviations overshoot where the law
         narrows towards an end of the lattice), until every such run is central or a
         centred tilt no longer helps."""
-        tried: set = set()
-        for _ in range(rounds):
-            far = np.flatnonzero(self.ok & (self.q < -_CENTRAL))
-            if far.size == 0:
-                return
-            runs = np.split(far, np.flatnonzero(np.diff(far) > 1) + 1)
-            progress = False
-            for run in runs:
-                mid = self.klo + int(run[(run.size - 1) // 2])
-                if mid in tried or not 0 < mid < self.model.n_lattice - 1:
-                    continue
-                tried.add(mid)
-                before = float(np.min(self.q[run]))
-                self.take(self.model._theta_for_mean(float(mid), self.last[0]))
-                progress |= float(np.min(self.q[run])) > before
-            if not progress:
-                return
+        self._retilt_runs(lambda: self.ok & (self.q < -_CENTRAL),
+                          lambda run: float(np.min(self.q[run])), rounds=8)
 
-    def _fill_gaps(self, rounds: int = 20) -> None:
+    def _fill_gaps(self) -> None:
         """Tilts centred on runs of points that no window resolved yet (between two
         windows whose trusted ranges did not meet); runs that a centred tilt cannot
         resolve either (impossible values, or a sub-lattice far below its neighbours)
         are left alone."""
+        self._retilt_runs(lambda: ~self.ok, lambda run: int(np.count_nonzero(self.ok)),
+                          rounds=20)
+
+    def _retilt_runs(self, select, score, rounds: int) -> None:
+        """Take tilts centred on the runs of points ``select()`` flags, round after round,
+        while a centred tilt still improves ``score(run)``."""
         tried: set = set()
         for _ in range(rounds):
-            bad = np.flatnonzero(~self.ok)
-            if bad.size == 0:
+            flagged = np.flatnonzero(select())
+            if flagged.size == 0:
                 return
-            cuts = np.flatnonzero(np.diff(bad) > 1)
-            runs = np.split(bad, cuts + 1)
+            runs = np.split(flagged, np.flatnonzero(np.diff(flagged) > 1) + 1)
             progress = False
             for run in runs:
                 mid = self.klo + int(run[(run.size - 1) // 2])
                 if mid in tried or not 0 < mid < self.model.n_lattice - 1:
                     continue
                 tried.add(mid)
-                before = int(np.count_nonzero(self.ok))
-                theta = self.model._theta_for_mean(float(mid), self.last[0])
-                self.take(theta)
-                progress |= int(np.count_nonzero(self.ok)) > before
+                before = score(run)
+                self.take(self.model._theta_for_mean(float(mid), self.last[0]))
+                progress |= score(run) > before
             if not progress:
                 return
 
 
+def newton_for_mean(moments, target: float, theta: float, rtol: float) -> float | None:
+    """A tilt whose mean ``moments(theta)[0]`` is within rtol standard deviations of
+    target: Newton (the derivative of the mean is the variance) inside the bracket of the
+    tilts seen so far, bisection or doubling steps when Newton leaves it; None when
+    ``moments`` gives a non-finite value."""
+    lo, hi = -np.inf, np.inf
+    for _ in range(200):
+        mean, var = moments(theta)
+        if not (math.isfinite(mean) and math.isfinite(var)):
+            return None
+        f = mean - target
+        sd = math.sqrt(max(var, 0.0))
+        if abs(f) <= rtol * max(sd, 1e-300) or (sd == 0.0 and abs(f) < 1e-9):
+            return theta
+        if f < 0:
+            lo = theta
+        else:
+            hi = theta
+        with np.errstate(over="ignore", divide="ignore"):
+            nxt = theta - f / var if var > 0 else np.nan
+        if not (lo < nxt < hi):
+            if np.isfinite(lo) and np.isfinite(hi):
+                nxt = 0.5 * (lo + hi)
+            elif np.isfinite(lo):
+                nxt = lo + max(1.0, abs(lo))
+            else:
+                nxt = hi - max(1.0, abs(hi))
+        theta = nxt
+    return theta
 
 
 class LatticeModel:
@@ -309,28 +327,12 @@ class LatticeModel:
     def _theta_for_mean(self, target: float, theta: float = 0.0, rtol: float = 0.05) -> float:
         """A tilt (lattice units) whose tilted mean of the level sum K is within rtol
         standard deviations of target."""
-        lo, hi = -np.inf, np.inf
-        for _ in range(200):
-            st = self._kstats(theta)
-            f = float(st.mean) - target
-            sd = math.sqrt(max(float(st.variance), 0.0))
-            if abs(f) <= rtol * max(sd, 1e-300) or (sd == 0.0 and abs(f) < 1e-9):
-                return theta
-            if f < 0:
-                lo = theta
-            else:
-                hi = theta
-            with np.errstate(over="ignore", divide="ignore"):
-                nxt = theta - f / float(st.variance) if st.variance > 0 else np.nan
-            if not (lo < nxt < hi):
-                if np.isfinite(lo) and np.isfinite(hi):
-                    nxt = 0.5 * (lo + hi)
-                elif np.isfinite(lo):
-                    nxt = lo + max(1.0, abs(lo))
-                else:
-                    nxt = hi - max(1.0, abs(hi))
-            theta = nxt
-        return theta
+        def moments(th):
+            st = self._kstats(th)
+            return float(st.mean), float(st.variance)
+
+        found = newton_for_mean(moments, target, theta, rtol)
+        return theta if found is None else found
 
     def _retilt(self, logp: np.ndarray, lam: float) -> np.ndarray:
         """log P_lam(R = s) = log P(R = s) + lam (s - E_lam R) + KL_lam (SPEC section 4)."""

@@ -25,7 +25,13 @@ from tiltlab import _lattice, _markov
 from tiltlab import _validation as V
 from tiltlab._common import entropy, generators, log_n_param, size_value
 from tiltlab.sequences import _chain_law as CL
-from tiltlab.sequences._tilted import MAX_LATTICE, LatticeModel, SegmentLaw, detect_step
+from tiltlab.sequences._tilted import (
+    MAX_LATTICE,
+    LatticeModel,
+    SegmentLaw,
+    detect_step,
+    newton_for_mean,
+)
 from tiltlab.sequences.lattice import SAMPLE_BLOCK, LatticeLaw, SequenceBestOfN
 from tiltlab.tilting import TiltStats, tilt_stats
 
@@ -58,6 +64,18 @@ def _backward(log_tr, r, lam, length, n_threads, keep_policy=False):
         log_tr, r, np.ascontiguousarray(lam, dtype=np.float64), int(length), int(n_threads),
         bool(keep_policy))
     return offset, centred, m, v, kappa, (list(log_q) if keep_policy else [])
+
+
+def _with_lam(a: np.ndarray, name: str, lam):
+    """``a`` and the tilts ``lam`` broadcast together: (shape, a flat, lam flat)."""
+    lam_a = V.param_array(lam, "lam", allow_inf=False)
+    try:
+        shape = np.broadcast_shapes(a.shape, lam_a.shape)
+    except ValueError:
+        raise ValueError(f"{name} and lam must broadcast together; got shapes {a.shape} "
+                         f"and {lam_a.shape}") from None
+    return (shape, np.broadcast_to(a, shape).reshape(-1),
+            np.broadcast_to(lam_a, shape).reshape(-1))
 
 
 class Markov(LatticeModel):
@@ -352,30 +370,11 @@ class Markov(LatticeModel):
         # extreme cycle means has no asymptotic tilt): the exact statistics there
         if not self._inside(goal):
             return super()._theta_for_mean(target, theta, rtol)
-        start = theta
-        lo, hi = -np.inf, np.inf
-        for _ in range(200):
-            mean, var = self._asymptotic_moments(theta)
-            if not (math.isfinite(mean) and math.isfinite(var)):
-                return super()._theta_for_mean(target, start, rtol)
-            f = mean - goal
-            sd = math.sqrt(max(var, 0.0))
-            if abs(f) <= 0.5 * rtol * max(sd, 1e-300) or (sd == 0.0 and abs(f) < 1e-9):
-                return theta
-            if f < 0:
-                lo = theta
-            else:
-                hi = theta
-            nxt = theta - f / var if var > 0 else np.nan
-            if not (lo < nxt < hi):
-                if np.isfinite(lo) and np.isfinite(hi):
-                    nxt = 0.5 * (lo + hi)
-                elif np.isfinite(lo):
-                    nxt = lo + max(1.0, abs(lo))
-                else:
-                    nxt = hi - max(1.0, abs(hi))
-            theta = nxt
-        return theta
+        # half the tolerance: the asymptotic mean is off by O(1)
+        found = newton_for_mean(self._asymptotic_moments, goal, theta, 0.5 * rtol)
+        if found is None:
+            return super()._theta_for_mean(target, theta, rtol)
+        return found
 
     def _chain_law(self, theta: float, keep: bool = False) -> CL.ChainLaw:
         """The law of the raw level sum at tilt theta: the direct DP when it is cheap (exact
@@ -783,15 +782,7 @@ class Markov(LatticeModel):
         >>> print(f"{m.scaled_cgf(1.0):.12f} {np.log(rho):.12f}")
         0.795676089048 0.795676089048
         """
-        t_a = V.param_array(t, "t", allow_inf=False)
-        lam_a = V.param_array(lam, "lam", allow_inf=False)
-        try:
-            shape = np.broadcast_shapes(t_a.shape, lam_a.shape)
-        except ValueError:
-            raise ValueError(f"t and lam must broadcast together; got shapes {t_a.shape} "
-                             f"and {lam_a.shape}") from None
-        tb = np.broadcast_to(t_a, shape).reshape(-1)
-        lb = np.broadcast_to(lam_a, shape).reshape(-1)
+        shape, tb, lb = _with_lam(V.param_array(t, "t", allow_inf=False), "t", lam)
         both = self._log_rho(np.concatenate([lb + tb, lb]))
         out = both[:tb.size] - both[tb.size:]
         out = np.where(tb == 0.0, 0.0, out)
@@ -876,15 +867,7 @@ class Markov(LatticeModel):
         >>> print(np.round(m.rate_function([mean, 0.5, 1.0, 1.5]), 10))
         [0.         0.01010135 0.22314355        inf]
         """
-        x_a = V.param_array(x, "x")
-        lam_a = V.param_array(lam, "lam", allow_inf=False)
-        try:
-            shape = np.broadcast_shapes(x_a.shape, lam_a.shape)
-        except ValueError:
-            raise ValueError(f"x and lam must broadcast together; got shapes {x_a.shape} "
-                             f"and {lam_a.shape}") from None
-        xb = np.broadcast_to(x_a, shape).reshape(-1)
-        lb = np.broadcast_to(lam_a, shape).reshape(-1)
+        shape, xb, lb = _with_lam(V.param_array(x, "x"), "x", lam)
         chain = self._ld_chain()
         c_min, c_max = chain.c_min, chain.c_max
         out = np.full(xb.size, np.inf)
