@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import pytest
-from markov_chains import random_chain
+from markov_chains import enumerate_sequences, random_chain
 from numpy.testing import assert_allclose, assert_array_equal
 
 import tiltlab
@@ -20,19 +20,8 @@ NEG = -np.inf
 
 def enumerate_law(l0, lt, rewards, length, r0=None):
     """The law of R over all V^n sequences (exactly rounded sums per value)."""
-    v = len(l0)
-    lp0 = l0 - np.logaddexp.reduce(l0)
-    lpt = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
-    ys = np.array(list(itertools.product(range(v), repeat=length)), dtype=np.int64)
-    log_p = lp0[ys[:, 0]] + np.sum(lpt[ys[:, :-1], ys[:, 1:]], axis=1)
-    rw = np.asarray(rewards, dtype=np.float64)
-    if rw.ndim == 1:
-        big_r = np.sum(rw[ys], axis=1)
-    else:
-        first = np.zeros(len(ys)) if r0 is None else np.asarray(r0)[ys[:, 0]]
-        big_r = first + np.sum(rw[ys[:, :-1], ys[:, 1:]], axis=1)
-    keep = log_p > -np.inf
-    log_p, big_r = log_p[keep], np.round(big_r[keep], 9)
+    _, log_p, big_r = enumerate_sequences(l0, lt, rewards, length, r0)
+    big_r = np.round(big_r, 9)
     values = np.unique(big_r)
     out = []
     for val in values:

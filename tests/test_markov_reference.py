@@ -10,30 +10,13 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
-from markov_chains import random_chain
+from markov_chains import enumerate_sequences, random_chain
 from numpy.testing import assert_allclose, assert_array_equal
 
 import tiltlab
 from tiltlab import reference as ref
 
 NEG = -np.inf
-
-
-def enumerate_sequences(l0, lt, rewards, length, r0=None):
-    """All V^n sequences with float64 log p(y) and R(y) (the model as SPEC 9 defines it)."""
-    v = len(l0)
-    lp0 = l0 - np.logaddexp.reduce(l0)
-    lpt = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
-    ys = np.array(list(itertools.product(range(v), repeat=length)), dtype=np.int64)
-    log_p = lp0[ys[:, 0]] + np.sum(lpt[ys[:, :-1], ys[:, 1:]], axis=1)
-    rw = np.asarray(rewards, dtype=np.float64)
-    if rw.ndim == 1:
-        big_r = np.sum(rw[ys], axis=1)
-    else:
-        first = np.zeros(len(ys)) if r0 is None else np.asarray(r0)[ys[:, 0]]
-        big_r = first + np.sum(rw[ys[:, :-1], ys[:, 1:]], axis=1)
-    keep = log_p > -np.inf
-    return ys[keep], log_p[keep], big_r[keep]
 
 
 def lse(x):
