@@ -104,6 +104,13 @@ class Markov(LatticeModel):
         Sequence length ``n >= 1``.
     initial_rewards : array_like, shape (V,), optional
         Reward of the first token, with per-transition rewards only (default 0).
+    step : float, optional
+        Lattice step ``h`` of the rewards, for the exact law and best-of-N.  By default
+        detected over the initial and the transition rewards together (each minus its
+        minimum an integer multiple of ``h`` to 1e-9 relative); when given, rewards are
+        quantised to that lattice (largest change: ``quantisation_error``).  Either way
+        reduced to the coarsest lattice.  Rewards on no lattice leave the statistics,
+        policy and large deviations available; the law and best-of-N then raise.
     n_threads : int, optional
         Threads for the compiled kernels.
 
@@ -113,13 +120,21 @@ class Markov(LatticeModel):
         ``n``.
     n_states : int
         ``V``.
+    step, offset : float
+        ``R = offset + step * K`` with integer ``K`` in ``[0, n_lattice)`` (``offset`` the
+        smallest reachable reward).
+    n_lattice : int
+        Lattice points from the smallest to the largest reachable reward.
+    quantisation_error : float
+        Largest change made to a reward by ``step=`` (0 for lattice rewards).
 
     Raises
     ------
     ValueError
         Shapes that do not match, NaN/+inf logits, an all ``-inf`` row of
         ``initial_logits`` or ``transition_logits``, non-finite rewards, ``initial_rewards``
-        with per-token rewards, a length below 1.
+        with per-token rewards, a length below 1, a non-positive ``step``, a lattice of more
+        than 2^31 points.
     TypeError
         A length that is not an integer.
 
