@@ -161,10 +161,11 @@ class Markov(LatticeModel):
         self.n_states = int(l0.shape[0])
         self.per_token = np.ndim(rewards) == 1
         mx0 = np.max(l0)
-        self._log_p0 = V.readonly(l0 - (mx0 + math.log(np.sum(np.exp(l0 - mx0)))))
+        # (l - max) first: exact, so an offset of the logits (1e5, 1e300) costs nothing
+        self._log_p0 = V.readonly((l0 - mx0) - math.log(np.sum(np.exp(l0 - mx0))))
         mx = np.max(lt, axis=1, keepdims=True)
-        self._log_tr = V.readonly(lt - (mx + np.log(np.sum(np.exp(lt - mx), axis=1,
-                                                            keepdims=True))))
+        self._log_tr = V.readonly((lt - mx) - np.log(np.sum(np.exp(lt - mx), axis=1,
+                                                            keepdims=True)))
         # rewards where the initial token / the transition is impossible are never read
         self._r0 = V.readonly(np.where(np.isfinite(l0), r0, 0.0))
         self._r = V.readonly(np.where(np.isfinite(lt), r, 0.0))
