@@ -66,3 +66,20 @@ def test_strided_input():
     x = rng.normal(size=(30, 40))
     assert_allclose(tiltlab.logsumexp(x[::3, ::2].T, axis=0),
                     scipy_special.logsumexp(x[::3, ::2], axis=1), rtol=1e-15)
+
+
+def test_subnormal_results_match_scipy():
+    """A maximum of 0 with the other terms below e^-708: the result is subnormal (e^-709 =
+    1.2e-308) and must not be flushed to 0 (found by hypothesis in test_matches_scipy_
+    semantics); every entry path (small and large arrays, axis=None, other axes)."""
+    for a in ([-709.0, 0.0], [0.0, -745.0], [-709.0, 0.0, -720.0], [1e-310, -709.0]):
+        want = scipy_special.logsumexp(a)
+        assert want != 0.0
+        assert tiltlab.logsumexp(np.array(a)) == want
+        big = np.full((3, 5000), -800.0)
+        big[:, 7] = 0.0
+        big[:, 9] = a[0] if a[0] < 0 else -709.0
+        assert_allclose(tiltlab.logsumexp(big, axis=1), scipy_special.logsumexp(big, axis=1),
+                        rtol=1e-14, atol=0)
+        assert_allclose(tiltlab.logsumexp(big.T, axis=0),
+                        scipy_special.logsumexp(big.T, axis=0), rtol=1e-14, atol=0)

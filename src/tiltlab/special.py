@@ -11,6 +11,7 @@ in compiled kernels (tl_softmax.c, tl_lse.c); complex and longdouble input, and
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -348,6 +349,7 @@ def logsumexp(a: ArrayLike, axis=None, b: ArrayLike | None = None, keepdims: boo
                 _LSE_SMALL[a.dtype](a.reshape(-1), rows, n, out)
             else:
                 _core.logsumexp_rows(a.reshape(-1), rows, n, out, V.n_threads_value(n_threads))
+            _subnormal_results(a.reshape(rows, n), out)
             if a.dtype == _F32:
                 out = out.astype(_F32)
             if axis is None or a.ndim == 1:
@@ -414,7 +416,25 @@ def _lse_compiled(arr: np.ndarray, axes: tuple, nt: int) -> np.ndarray:
     flat = np.ascontiguousarray(arr.transpose(perm) if arr.ndim else arr.reshape(1),
                                 dtype=wdt).reshape(-1)
     _core.logsumexp_rows(flat, rows, n, out, V.threads_for_work(flat.size, nt))
+    _subnormal_results(flat.reshape(rows, n), out)
     return out
+
+
+def _subnormal_results(rows: np.ndarray, out: np.ndarray) -> None:
+    """Rows whose log-sum-exp is below the normal range (a maximum of 0 and the other
+    terms below e^-708, e.g. ``[0, -709]`` gives ``e^-709 = 1.2e-308``): the kernels'
+    exponential flushes terms below e^-708 to zero, which changes only such results; they
+    are recomputed here with NumPy's exp, which keeps subnormal terms (SciPy's value)."""
+    tiny = np.flatnonzero(np.abs(out) < 2.3e-308)
+    for i in tiny:
+        r = rows[i].astype(np.float64)
+        m = np.max(r)
+        if not np.isfinite(m):
+            continue
+        top = r == m
+        with np.errstate(under="ignore"):
+            rest = math.fsum(np.exp(r[~top] - m))
+        out[i] = m + math.log1p(float(np.count_nonzero(top)) - 1.0 + rest)
 
 
 def _lse_numpy(a: np.ndarray, b, axes: tuple, wdt: np.dtype):
