@@ -71,44 +71,53 @@ TL_VINLINE double tl_m4_sum(tl_m4 v) { return v; }
 TL_VINLINE double tl_m4_hmax(tl_m4 v) { return v; }
 #endif
 
-/* Taylor polynomial of (e^r - 1 - r) / r^2 (1/2! .. 1/13!), the one of tl_exp_det, in
- * multiplies and adds only */
+/* Q(r) ~ (e^r - 1 - r) / r^2 for |r| <= 0.35 (the reduced argument of the exponential;
+ * near-minimax, degree 9, absolute error 1.2e-16: e^r = 1 + r + r^2 Q(r) to 0.15 ulp) and
+ * H(w) ~ h(w) / w^2 = (w e^w - e^w + 1) / w^2 for |w| <= 0.34 (degree 10, absolute error
+ * 1.5e-17 on H >= 0.39: full relative accuracy), in multiplies and adds only (Estrin). */
 TL_VINLINE tl_m4 tl_m4_q(tl_m4 r) {
     tl_m4 r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    tl_m4 p01 = r * 1.6666666666666666e-01 + 0.5;
-    tl_m4 p23 = r * 8.333333333333333e-03 + 4.1666666666666664e-02;
-    tl_m4 p45 = r * 1.984126984126984e-04 + 1.388888888888889e-03;
-    tl_m4 p67 = r * 2.7557319223985893e-06 + 2.48015873015873e-05;
-    tl_m4 p89 = r * 2.505210838544172e-08 + 2.755731922398589e-07;
-    tl_m4 pab = r * 1.6059043836821613e-10 + 2.08767569878681e-09;
-    return r8 * (r2 * pab + p89) + (r4 * (r2 * p67 + p45) + (r2 * p23 + p01));
+    tl_m4 p01 = r * 0.16666666666666669 + 0.5000000000000001;
+    tl_m4 p23 = r * 0.008333333333329796 + 0.04166666666662068;
+    tl_m4 p45 = r * 0.00019841269864364933 + 0.0013888888918918907;
+    tl_m4 p67 = r * 2.7557266442353424e-06 + 2.4801518672268355e-05;
+    tl_m4 p89 = r * 2.5101335854788522e-08 + 2.7621324269313687e-07;
+    return ((p01 + r2 * p23) + r4 * (p45 + r2 * p67)) + r8 * p89;
+}
+TL_VINLINE tl_m4 tl_m4_h(tl_m4 w) {
+    tl_m4 w2 = w * w, w4 = w2 * w2, w8 = w4 * w4;
+    tl_m4 p01 = w * 0.33333333333333376 + 0.5;
+    tl_m4 p23 = w * 0.03333333333325927 + 0.12500000000000003;
+    tl_m4 p45 = w * 0.001190476194063777 + 0.006944444444438714;
+    tl_m4 p67 = w * 2.2045784455012545e-05 + 0.00017361111138866026;
+    tl_m4 p89 = w * 2.5113439325394815e-07 + 2.48015324307551e-06;
+    return ((p01 + w2 * p23) + w4 * (p45 + w2 * p67)) + w8 * (p89 + w2 * 2.3011883971266085e-08);
 }
 
-/* e^x for x <= 709 (tl_exp_det's operations, lane by lane) and, in *em, e^x - 1 with full
- * relative accuracy for |x| < 0.34 (where the reduction is the identity and
- * e^x - 1 = x + x^2 q).  Below TL_DET_LO the scale is zeroed before it multiplies (0, not
- * a subnormal product: the arithmetic of subnormal numbers is ~100 times slower). */
+/* e^x for x <= 709 (tl_exp_det's reduction with the polynomial above, lane by lane) and,
+ * in *em, e^x - 1 with full relative accuracy for |x| < 0.34 (where the reduction is the
+ * identity and e^x - 1 = x + x^2 Q(x)).  Below TL_DET_LO the scale is zeroed before it
+ * multiplies (0, not a subnormal product: subnormal arithmetic is ~100 times slower). */
 TL_VINLINE tl_m4 tl_m4_exp(tl_m4 x, tl_m4 *em) {
-#if TL_HAVE_VEC
     const tl_m4 lo = tl_m4_set(TL_DET_LO);
     tl_m4 xc = tl_m4_max(x, lo);
     tl_m4 t = xc * 1.4426950408889634074 + TL_DET_SHIFT;
     tl_m4 kd = t - TL_DET_SHIFT;
     tl_m4 r = (xc - kd * TL_DET_LN2_HI) - kd * TL_DET_LN2_LO;
     tl_m4 p = (r * r) * tl_m4_q(r) + r;
+#if TL_HAVE_VEC
     tl_m4 s = TL_M4_ZERO_BELOW(x, lo, tl_m4_pow2_shifted(t));
-    tl_m4 e = s * p + s;
-    if (em) *em = tl_m4_sel((x < 0.34) & (x > -0.34), p, e - 1.0);
-    return e;
 #else
-    double e = tl_exp_det(x);
-    if (em) {
-        double r = x;
-        double p = (r * r) * tl_m4_q(r) + r;
-        *em = (x < 0.34 && x > -0.34) ? p : e - 1.0;
-    }
-    return e;
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52;
+    double s;
+    memcpy(&s, &bits, sizeof s);
+    if (x < lo) s = 0.0;
 #endif
+    tl_m4 e = s * p + s;
+    if (em) *em = tl_m4_sel(tl_m4_abs(x) < 0.34, p, e - 1.0);
+    return e;
 }
 
 /* Layout of the backward pass: the rows go in groups of TL_MW (the lanes of tl_m4), and a
@@ -116,6 +125,12 @@ TL_VINLINE tl_m4 tl_m4_exp(tl_m4 x, tl_m4 *em) {
  * row g TL_MW + l; the rows past nv repeat row nv - 1 and are never written out).  Every
  * loop runs over the columns of a group with one lane per row: no horizontal reduction,
  * one exponential per transition, every sum of a row in column order in its own lane. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TL_UNROLL2 _Pragma("GCC unroll 2")
+#else
+#define TL_UNROLL2
+#endif
+
 ptrdiff_t tl_markov_work_size(ptrdiff_t nv, int64_t length) {
     ptrdiff_t vp = (nv + TL_MW - 1) / TL_MW * TL_MW;
     return 5 * vp * nv + 2 * TL_MW * nv + 4 * nv + 12 * vp + 8 * TL_MW +
@@ -189,6 +204,7 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             const tl_m4 cref = tl_m4_load(lane);
             /* u = lam (r - r_j) + (c - c_j) on the support (0 elsewhere) */
             tl_m4 umax = tl_m4_set(0.0), xmax = tl_m4_set(-INFINITY);
+            TL_UNROLL2
             for (ptrdiff_t i = 0; i < nv; i++) {
                 const ptrdiff_t o = i * TL_MW;
                 tl_m4 lv = tl_m4_load(lag + o);
@@ -203,22 +219,47 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
              * L = mx + log(sum e^{la + u - mx} / s_a) */
             const tl_m4i small = umax <= 1.0;
             const tl_m4 one = tl_m4_set(1.0);
-            tl_m4 acc = tl_m4_set(0.0), qacc = acc;
-            for (ptrdiff_t i = 0; i < nv; i++) {
-                const ptrdiff_t o = i * TL_MW;
-                tl_m4 em, a = tl_m4_load(ag + o), u = tl_m4_load(ub + o);
-                tl_m4 x = tl_m4_sel(small, u, (tl_m4_load(lag + o) + u) - xmax);
-                tl_m4 e = tl_m4_exp(x, &em);
-                tl_m4 qe = tl_m4_sel(small, a, one) * e;
-                acc += a * em;
-                qacc += qe;
-                tl_m4_store(qb + o, qe);
-            }
-            tl_m4_store(lane, acc);
-            tl_m4_store(lane2, qacc);
             double xm[TL_MW], um[TL_MW];
             tl_m4_store(xm, xmax);
             tl_m4_store(um, umax);
+            int nsmall = 0;
+            for (ptrdiff_t ln = 0; ln < TL_MW; ln++) nsmall += um[ln] <= 1.0;
+            tl_m4 acc = tl_m4_set(0.0), qacc = acc;
+            /* the same lane arithmetic in the three loops; the first two leave out what
+             * none of their lanes uses */
+            if (nsmall == 0) {
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 e = tl_m4_exp((tl_m4_load(lag + o) + tl_m4_load(ub + o)) - xmax, 0);
+                    qacc += e;
+                    tl_m4_store(qb + o, e);
+                }
+            } else if (nsmall == TL_MW) {
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 em, a = tl_m4_load(ag + o);
+                    tl_m4 qe = a * tl_m4_exp(tl_m4_load(ub + o), &em);
+                    acc += a * em;
+                    qacc += qe;
+                    tl_m4_store(qb + o, qe);
+                }
+            } else {
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 em, a = tl_m4_load(ag + o), u = tl_m4_load(ub + o);
+                    tl_m4 x = tl_m4_sel(small, u, (tl_m4_load(lag + o) + u) - xmax);
+                    tl_m4 e = tl_m4_exp(x, &em);
+                    tl_m4 qe = tl_m4_sel(small, a, one) * e;
+                    acc += a * em;
+                    qacc += qe;
+                    tl_m4_store(qb + o, qe);
+                }
+            }
+            tl_m4_store(lane, acc);
+            tl_m4_store(lane2, qacc);
             for (ptrdiff_t ln = 0; ln < TL_MW; ln++) {
                 const double sa = s_a[g * TL_MW + ln];
                 lane[ln] = um[ln] <= 1.0 ? log1p(lane[ln] / sa) : xm[ln] + log(lane2[ln] / sa);
@@ -227,13 +268,13 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             /* the tilted rows as convex weights (normalised by their computed sums) */
             const tl_m4 qinv = one / qacc;
             tl_m4 kl = tl_m4_set(0.0), mean = kl, kap = kl;
+            TL_UNROLL2
             for (ptrdiff_t i = 0; i < nv; i++) {
                 const ptrdiff_t o = i * TL_MW;
                 tl_m4 q = tl_m4_load(qb + o) * qinv;
                 tl_m4 p = tl_m4_load(pg + o);
                 tl_m4 w = tl_m4_load(ub + o) - L;
-                tl_m4 hq = tl_m4_q(w);
-                tl_m4 hs = p * ((w * w) * ((1.0 - hq) + w * hq));
+                tl_m4 hs = p * ((w * w) * tl_m4_h(w));
                 tl_m4 hl = (p - q) + w * q;
                 kl += tl_m4_sel(tl_m4_abs(w) < 0.34, hs, hl);
                 mean += q * (tl_m4_load(rg + o) + mm[i]);
@@ -241,6 +282,7 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
                 tl_m4_store(qb + o, q);
             }
             tl_m4 var = tl_m4_set(0.0);
+            TL_UNROLL2
             for (ptrdiff_t i = 0; i < nv; i++) {
                 const ptrdiff_t o = i * TL_MW;
                 tl_m4 d = (tl_m4_load(rg + o) + mm[i]) - mean;
@@ -255,6 +297,7 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
                 double *out = log_q + (steps - 1 - t) * q_stride + g * TL_MW * nv;
                 const tl_m4 base = -tl_m4_load(log_pa + g * TL_MW) - L;
                 const ptrdiff_t nr = nv - g * TL_MW < TL_MW ? nv - g * TL_MW : TL_MW;
+                TL_UNROLL2
                 for (ptrdiff_t i = 0; i < nv; i++) {
                     const ptrdiff_t o = i * TL_MW;
                     tl_m4 lv = tl_m4_load(lag + o);
