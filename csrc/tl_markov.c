@@ -46,11 +46,6 @@ TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return tl_m4_sel(a > b, a, b); }
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) {
     return (tl_m4)((tl_m4i)x & ~(tl_m4i)tl_m4_set(-0.0));
 }
-TL_VINLINE double tl_m4_sum(tl_m4 v) { return ((v[0] + v[1]) + v[2]) + v[3]; }
-TL_VINLINE double tl_m4_hmax(tl_m4 v) {
-    double a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
-    return a > b ? a : b;
-}
 TL_VINLINE tl_m4 tl_m4_pow2_shifted(tl_m4 t) {
     return (tl_m4)(((tl_m4u)t + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52);
 }
@@ -67,8 +62,6 @@ TL_VINLINE tl_m4 tl_m4_set(double a) { return a; }
 TL_VINLINE tl_m4 tl_m4_sel(int m, tl_m4 a, tl_m4 b) { return m ? a : b; }
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) { return fabs(x); }
 TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return a > b ? a : b; }
-TL_VINLINE double tl_m4_sum(tl_m4 v) { return v; }
-TL_VINLINE double tl_m4_hmax(tl_m4 v) { return v; }
 #endif
 
 /* Q(r) ~ (e^r - 1 - r) / r^2 for |r| <= 0.35 (the reduced argument of the exponential;
@@ -260,9 +253,13 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             }
             tl_m4_store(lane, acc);
             tl_m4_store(lane2, qacc);
+            /* the rows past nv take L = 0 (their results are never read) */
+            const ptrdiff_t nr = nv - g * TL_MW < TL_MW ? nv - g * TL_MW : TL_MW;
             for (ptrdiff_t ln = 0; ln < TL_MW; ln++) {
                 const double sa = s_a[g * TL_MW + ln];
-                lane[ln] = um[ln] <= 1.0 ? log1p(lane[ln] / sa) : xm[ln] + log(lane2[ln] / sa);
+                lane[ln] = ln >= nr         ? 0.0
+                           : um[ln] <= 1.0 ? log1p(lane[ln] / sa)
+                                           : xm[ln] + log(lane2[ln] / sa);
             }
             const tl_m4 L = tl_m4_load(lane);
             /* the tilted rows as convex weights (normalised by their computed sums) */
@@ -296,7 +293,6 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             if (log_q) {
                 double *out = log_q + (steps - 1 - t) * q_stride + g * TL_MW * nv;
                 const tl_m4 base = -tl_m4_load(log_pa + g * TL_MW) - L;
-                const ptrdiff_t nr = nv - g * TL_MW < TL_MW ? nv - g * TL_MW : TL_MW;
                 TL_UNROLL2
                 for (ptrdiff_t i = 0; i < nv; i++) {
                     const ptrdiff_t o = i * TL_MW;
