@@ -46,6 +46,9 @@ TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return tl_m4_sel(a > b, a, b); }
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) {
     return (tl_m4)((tl_m4i)x & ~(tl_m4i)tl_m4_set(-0.0));
 }
+/* a vector from 4 scalars built in registers (4 scalar stores read back by one vector load
+ * would miss the store forwarding: a stall per group and step) */
+#define TL_M4_FROM(x) ((tl_m4){(x)[0], (x)[1], (x)[2], (x)[3]})
 TL_VINLINE tl_m4 tl_m4_pow2_shifted(tl_m4 t) {
     return (tl_m4)(((tl_m4u)t + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52);
 }
@@ -62,6 +65,7 @@ TL_VINLINE tl_m4 tl_m4_set(double a) { return a; }
 TL_VINLINE tl_m4 tl_m4_sel(int m, tl_m4 a, tl_m4 b) { return m ? a : b; }
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) { return fabs(x); }
 TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return a > b ? a : b; }
+#define TL_M4_FROM(x) ((x)[0])
 #endif
 
 /* Q(r) ~ (e^r - 1 - r) / r^2 for |r| <= 0.35 (the reduced argument of the exponential;
@@ -192,9 +196,9 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
         for (ptrdiff_t g = 0; g < ng; g++) {
             const double *lag = la + g * gs, *ag = aa + g * gs, *pg = pa + g * gs;
             const double *dg = du + g * gs, *rg = rr + g * gs;
-            for (ptrdiff_t ln = 0; ln < TL_MW; ln++)
-                lane[ln] = c[(ptrdiff_t)refd[g * TL_MW + ln]];
-            const tl_m4 cref = tl_m4_load(lane);
+            double cr[TL_MW];
+            for (ptrdiff_t ln = 0; ln < TL_MW; ln++) cr[ln] = c[(ptrdiff_t)refd[g * TL_MW + ln]];
+            const tl_m4 cref = TL_M4_FROM(cr);
             /* u = lam (r - r_j) + (c - c_j) on the support (0 elsewhere) */
             tl_m4 umax = tl_m4_set(0.0), xmax = tl_m4_set(-INFINITY);
             TL_UNROLL2
@@ -255,13 +259,14 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             tl_m4_store(lane2, qacc);
             /* the rows past nv take L = 0 (their results are never read) */
             const ptrdiff_t nr = nv - g * TL_MW < TL_MW ? nv - g * TL_MW : TL_MW;
+            double ls[TL_MW];
             for (ptrdiff_t ln = 0; ln < TL_MW; ln++) {
                 const double sa = s_a[g * TL_MW + ln];
-                lane[ln] = ln >= nr         ? 0.0
-                           : um[ln] <= 1.0 ? log1p(lane[ln] / sa)
-                                           : xm[ln] + log(lane2[ln] / sa);
+                ls[ln] = ln >= nr         ? 0.0
+                         : um[ln] <= 1.0 ? log1p(lane[ln] / sa)
+                                         : xm[ln] + log(lane2[ln] / sa);
             }
-            const tl_m4 L = tl_m4_load(lane);
+            const tl_m4 L = TL_M4_FROM(ls);
             /* the tilted rows as convex weights (normalised by their computed sums) */
             const tl_m4 qinv = one / qacc;
             tl_m4 kl = tl_m4_set(0.0), mean = kl, kap = kl;
