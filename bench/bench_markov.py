@@ -10,6 +10,11 @@ One table, V = 27 states (a character bigram model's size), n = 10^4 positions (
   conditional means and variances, per-row KL), compiled before the timing starts;
 * ``stream-add``: ``np.add`` over two arrays of n V^2 doubles, the values a pass that
   touches every tilted transition once reads: the machine's limit ("× limit").
+
+A second table, ``markov_tilt_stats V=4`` and ``V=256`` (n = 10^5 and 200; 10^4 and 20 with
+--quick): the same compiled, numba and stream-add rows at a small and a large state space
+(the kernel puts 4 rows in the lanes of a vector: V = 4 is one group per step, V = 256 is
+64 groups of 256 columns).
 """
 
 from __future__ import annotations
@@ -30,13 +35,13 @@ def _length(config) -> int:
     return 1000 if quick(config) else 10_000
 
 
-def _chain():
+def _chain(v=V):
     rng = np.random.default_rng(20)
-    l0 = rng.normal(size=V)
-    lt = rng.normal(size=(V, V)) * 1.5
-    lt[rng.random((V, V)) < 0.2] = -np.inf
-    lt[np.arange(V), np.arange(V)] = 0.0          # every row keeps a successor
-    rw = rng.normal(size=V)
+    l0 = rng.normal(size=v)
+    lt = rng.normal(size=(v, v)) * 1.5
+    lt[rng.random((v, v)) < 0.2] = -np.inf
+    lt[np.arange(v), np.arange(v)] = 0.0          # every row keeps a successor
+    rw = rng.normal(size=v)
     return l0, lt, rw
 
 
@@ -164,3 +169,34 @@ def test_markov_tilt_stats(benchmark, rounds, request, impl):
         fn = lambda: np.add(a, b, out=out)  # noqa: E731
     run(benchmark, fn, rounds=rounds, group=_group(n), impl=impl, kernel="markov_tilt_stats",
         n_elements=n * V * V)
+
+
+SIZES = {4: (100_000, 10_000), 256: (200, 20)}
+
+
+@pytest.mark.parametrize("v", sorted(SIZES))
+@pytest.mark.parametrize("impl", ["compiled-2t-avx2", "numba-2t", "stream-add"])
+def test_markov_tilt_stats_sizes(benchmark, rounds, request, impl, v):
+    n = SIZES[v][1 if quick(request.config) else 0]
+    l0, lt, rw = _chain(v)
+    if impl == "compiled-2t-avx2":
+        m = tiltlab.Markov(l0, lt, rw, n, n_threads=2)
+        fn = avx2_forced(lambda: m.tilt_stats(LAM))
+    elif impl == "numba-2t":
+        if not numba_available():
+            pytest.skip("numba is not installed")
+        log_p0 = l0 - np.logaddexp.reduce(l0)
+        log_tr = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
+        r = np.where(np.isfinite(log_tr), np.broadcast_to(rw, (v, v)), 0.0)
+        back = _numba_backward()
+        back(log_p0, log_tr, rw, r, 3, LAM)                      # compile
+        want = tiltlab.Markov(l0, lt, rw, n).tilt_stats(LAM)
+        np.testing.assert_allclose(back(log_p0, log_tr, rw, r, n, LAM), want, rtol=1e-9)
+        fn = lambda: back(log_p0, log_tr, rw, r, n, LAM)  # noqa: E731
+    else:
+        a = np.random.default_rng(0).random(n * v * v)
+        b = np.random.default_rng(1).random(n * v * v)
+        out = np.empty_like(a)
+        fn = lambda: np.add(a, b, out=out)  # noqa: E731
+    run(benchmark, fn, rounds=rounds, group=f"markov_tilt_stats V={v} n={n}", impl=impl,
+        kernel="markov_tilt_stats", n_elements=n * v * v)

@@ -6,6 +6,9 @@
 #include <string.h>
 #include "tl_markov.h"
 #include "tl_det.h"
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 /* ---- lane groups of 4 doubles, the same in every variant ---- */
 #if TL_HAVE_VEC
@@ -24,18 +27,28 @@ TL_VINLINE tl_m4 tl_m4_set(double a) {
     tl_m4 v = {a, a, a, a};
     return v;
 }
+/* select and maximum: one AVX instruction each where the variant has AVX (bitwise the
+ * same results as the generic forms: masks are all ones or all zeros, and maxpd returns
+ * its second operand unless the first is greater, as a > b ? a : b does) */
+#if defined(__AVX__)
+TL_VINLINE tl_m4 tl_m4_sel(tl_m4i m, tl_m4 a, tl_m4 b) {
+    return (tl_m4)_mm256_blendv_pd((__m256d)b, (__m256d)a, (__m256d)m);
+}
+TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) {
+    return (tl_m4)_mm256_max_pd((__m256d)a, (__m256d)b);
+}
+#else
 TL_VINLINE tl_m4 tl_m4_sel(tl_m4i m, tl_m4 a, tl_m4 b) {
     return (tl_m4)((m & (tl_m4i)a) | (~m & (tl_m4i)b));
 }
+TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return tl_m4_sel(a > b, a, b); }
+#endif
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) {
     return (tl_m4)((tl_m4i)x & ~(tl_m4i)tl_m4_set(-0.0));
 }
-TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return tl_m4_sel(a > b, a, b); }
-TL_VINLINE double tl_m4_sum(tl_m4 v) { return ((v[0] + v[1]) + v[2]) + v[3]; }
-TL_VINLINE double tl_m4_hmax(tl_m4 v) {
-    double a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
-    return a > b ? a : b;
-}
+/* a vector from 4 scalars built in registers (4 scalar stores read back by one vector load
+ * would miss the store forwarding: a stall per group and step) */
+#define TL_M4_FROM(x) ((tl_m4){(x)[0], (x)[1], (x)[2], (x)[3]})
 TL_VINLINE tl_m4 tl_m4_pow2_shifted(tl_m4 t) {
     return (tl_m4)(((tl_m4u)t + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52);
 }
@@ -52,52 +65,73 @@ TL_VINLINE tl_m4 tl_m4_set(double a) { return a; }
 TL_VINLINE tl_m4 tl_m4_sel(int m, tl_m4 a, tl_m4 b) { return m ? a : b; }
 TL_VINLINE tl_m4 tl_m4_abs(tl_m4 x) { return fabs(x); }
 TL_VINLINE tl_m4 tl_m4_max(tl_m4 a, tl_m4 b) { return a > b ? a : b; }
-TL_VINLINE double tl_m4_sum(tl_m4 v) { return v; }
-TL_VINLINE double tl_m4_hmax(tl_m4 v) { return v; }
+#define TL_M4_FROM(x) ((x)[0])
 #endif
 
-/* Taylor polynomial of (e^r - 1 - r) / r^2 (1/2! .. 1/13!), the one of tl_exp_det, in
- * multiplies and adds only */
+/* Q(r) ~ (e^r - 1 - r) / r^2 for |r| <= 0.35 (the reduced argument of the exponential;
+ * near-minimax, degree 9, absolute error 1.2e-16: e^r = 1 + r + r^2 Q(r) to 0.15 ulp) and
+ * H(w) ~ h(w) / w^2 = (w e^w - e^w + 1) / w^2 for |w| <= 0.34 (degree 10, absolute error
+ * 1.5e-17 on H >= 0.39: full relative accuracy), in multiplies and adds only (Estrin). */
 TL_VINLINE tl_m4 tl_m4_q(tl_m4 r) {
     tl_m4 r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
-    tl_m4 p01 = r * 1.6666666666666666e-01 + 0.5;
-    tl_m4 p23 = r * 8.333333333333333e-03 + 4.1666666666666664e-02;
-    tl_m4 p45 = r * 1.984126984126984e-04 + 1.388888888888889e-03;
-    tl_m4 p67 = r * 2.7557319223985893e-06 + 2.48015873015873e-05;
-    tl_m4 p89 = r * 2.505210838544172e-08 + 2.755731922398589e-07;
-    tl_m4 pab = r * 1.6059043836821613e-10 + 2.08767569878681e-09;
-    return r8 * (r2 * pab + p89) + (r4 * (r2 * p67 + p45) + (r2 * p23 + p01));
+    tl_m4 p01 = r * 0.16666666666666669 + 0.5000000000000001;
+    tl_m4 p23 = r * 0.008333333333329796 + 0.04166666666662068;
+    tl_m4 p45 = r * 0.00019841269864364933 + 0.0013888888918918907;
+    tl_m4 p67 = r * 2.7557266442353424e-06 + 2.4801518672268355e-05;
+    tl_m4 p89 = r * 2.5101335854788522e-08 + 2.7621324269313687e-07;
+    return ((p01 + r2 * p23) + r4 * (p45 + r2 * p67)) + r8 * p89;
+}
+TL_VINLINE tl_m4 tl_m4_h(tl_m4 w) {
+    tl_m4 w2 = w * w, w4 = w2 * w2, w8 = w4 * w4;
+    tl_m4 p01 = w * 0.33333333333333376 + 0.5;
+    tl_m4 p23 = w * 0.03333333333325927 + 0.12500000000000003;
+    tl_m4 p45 = w * 0.001190476194063777 + 0.006944444444438714;
+    tl_m4 p67 = w * 2.2045784455012545e-05 + 0.00017361111138866026;
+    tl_m4 p89 = w * 2.5113439325394815e-07 + 2.48015324307551e-06;
+    return ((p01 + w2 * p23) + w4 * (p45 + w2 * p67)) + w8 * (p89 + w2 * 2.3011883971266085e-08);
 }
 
-/* e^x (tl_exp_det's operations, lane by lane) and, in *em, e^x - 1 with full relative
- * accuracy for |x| < 0.34 (where the reduction is the identity and e^x - 1 = x + x^2 q). */
+/* e^x for x <= 709 (tl_exp_det's reduction with the polynomial above, lane by lane) and,
+ * in *em, e^x - 1 with full relative accuracy for |x| < 0.34 (where the reduction is the
+ * identity and e^x - 1 = x + x^2 Q(x)).  Below TL_DET_LO the scale is zeroed before it
+ * multiplies (0, not a subnormal product: subnormal arithmetic is ~100 times slower). */
 TL_VINLINE tl_m4 tl_m4_exp(tl_m4 x, tl_m4 *em) {
-#if TL_HAVE_VEC
-    const tl_m4 lo = tl_m4_set(TL_DET_LO), hi = tl_m4_set(709.0);
-    tl_m4 xc = tl_m4_sel(lo > x, lo, x);
-    xc = tl_m4_sel(xc > hi, hi, xc);
+    const tl_m4 lo = tl_m4_set(TL_DET_LO);
+    tl_m4 xc = tl_m4_max(x, lo);
     tl_m4 t = xc * 1.4426950408889634074 + TL_DET_SHIFT;
     tl_m4 kd = t - TL_DET_SHIFT;
     tl_m4 r = (xc - kd * TL_DET_LN2_HI) - kd * TL_DET_LN2_LO;
     tl_m4 p = (r * r) * tl_m4_q(r) + r;
-    tl_m4 s = tl_m4_pow2_shifted(t);
-    tl_m4 e = TL_M4_ZERO_BELOW(x, lo, s * p + s);
-    if (em) *em = tl_m4_sel((x < 0.34) & (x > -0.34), p, e - 1.0);
-    return e;
+#if TL_HAVE_VEC
+    tl_m4 s = TL_M4_ZERO_BELOW(x, lo, tl_m4_pow2_shifted(t));
 #else
-    double e = tl_exp_det(x);
-    if (em) {
-        double r = x;
-        double p = (r * r) * tl_m4_q(r) + r;
-        *em = (x < 0.34 && x > -0.34) ? p : e - 1.0;
-    }
-    return e;
+    uint64_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    bits = (bits + (uint64_t)(1023 - (int64_t)0x4338000000000000LL)) << 52;
+    double s;
+    memcpy(&s, &bits, sizeof s);
+    if (x < lo) s = 0.0;
 #endif
+    tl_m4 e = s * p + s;
+    if (em) *em = tl_m4_sel(tl_m4_abs(x) < 0.34, p, e - 1.0);
+    return e;
 }
 
+/* Layout of the backward pass: the rows go in groups of TL_MW (the lanes of tl_m4), and a
+ * group's row-wise tables are stored column by column, TL_MW doubles per column (lane l =
+ * row g TL_MW + l; the rows past nv repeat row nv - 1 and are never written out).  Every
+ * loop runs over the columns of a group with one lane per row: no horizontal reduction,
+ * one exponential per transition, every sum of a row in column order in its own lane. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TL_UNROLL2 _Pragma("GCC unroll 2")
+#else
+#define TL_UNROLL2
+#endif
+
 ptrdiff_t tl_markov_work_size(ptrdiff_t nv, int64_t length) {
-    ptrdiff_t vp = (nv + 3) / 4 * 4;
-    return 5 * nv * vp + 4 * nv + 10 * vp + (ptrdiff_t)(length > 1 ? length : 1) + 8;
+    ptrdiff_t vp = (nv + TL_MW - 1) / TL_MW * TL_MW;
+    return 5 * vp * nv + 2 * TL_MW * nv + 4 * nv + 12 * vp + 8 * TL_MW +
+           (ptrdiff_t)(length > 1 ? length : 1) + 8;
 }
 
 /* fixed-order pairwise sum */
@@ -115,41 +149,43 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
                        int64_t length, double *offset, double *centred, double *m, double *v,
                        double *kappa, double *log_q, ptrdiff_t q_stride, double *work,
                        const tl_stop_flag *stop) {
-    const ptrdiff_t vp = (nv + 3) / 4 * 4;
-    double *la = work, *pa = la + nv * vp, *aa = pa + nv * vp, *du = aa + nv * vp;
-    double *rr = du + nv * vp;
-    double *s_a = rr + nv * vp, *gref = s_a + nv, *log_pa = gref + nv, *refd = log_pa + nv;
-    double *c = refd + nv, *mm = c + vp, *vv = mm + vp, *kk = vv + vp;
-    double *c2 = kk + vp, *m2 = c2 + vp, *v2 = m2 + vp, *k2 = v2 + vp;
-    double *ub = k2 + vp, *qb = ub + vp, *shifts = qb + vp;
+    const ptrdiff_t ng = (nv + TL_MW - 1) / TL_MW, vp = ng * TL_MW;
+    const ptrdiff_t gs = TL_MW * nv; /* doubles of one group's table */
+    double *la = work, *pa = la + vp * nv, *aa = pa + vp * nv, *du = aa + vp * nv;
+    double *rr = du + vp * nv, *ub = rr + vp * nv, *qb = ub + gs;
+    double *c = qb + gs, *mm = c + nv, *vv = mm + nv, *kk = vv + nv;
+    double *s_a = kk + nv, *gref = s_a + vp, *log_pa = gref + vp, *refd = log_pa + vp;
+    double *c2 = refd + vp, *m2 = c2 + vp, *v2 = m2 + vp, *k2 = v2 + vp;
+    double *lane = k2 + vp, *lane2 = lane + TL_MW, *shifts = lane2 + TL_MW;
     int flags = 0;
 
     /* per row, for this tilt: the anchor, the exactly normalised weights of P, lam dr */
-    for (ptrdiff_t s = 0; s < nv; s++) {
-        const double *l = log_tr + s * nv, *rs = r + s * nv;
+    for (ptrdiff_t s = 0; s < vp; s++) {
+        const ptrdiff_t so = s < nv ? s : nv - 1, g = s / TL_MW, ln = s % TL_MW;
+        const double *l = log_tr + so * nv, *rs = r + so * nv;
         ptrdiff_t j = 0;
         for (ptrdiff_t i = 1; i < nv; i++)
             if (l[i] > l[j]) j = i;
-        double *las = la + s * vp, *as = aa + s * vp, *pas = pa + s * vp;
-        double *dus = du + s * vp, *rrs = rr + s * vp;
-        for (ptrdiff_t i = 0; i < vp; i++) {
-            int sup = i < nv && l[i] > -INFINITY;
-            las[i] = sup ? l[i] - l[j] : -INFINITY;
-            as[i] = sup ? tl_exp_det(las[i]) : 0.0;
-            dus[i] = sup ? lam * (rs[i] - rs[j]) : 0.0;
-            rrs[i] = sup ? rs[i] : 0.0;
+        double sa = 0.0;
+        for (ptrdiff_t i = 0; i < nv; i++) {
+            const ptrdiff_t o = g * gs + i * TL_MW + ln;
+            int sup = l[i] > -INFINITY;
+            la[o] = sup ? l[i] - l[j] : -INFINITY;
+            aa[o] = sup ? tl_exp_det(la[o]) : 0.0;
+            du[o] = sup ? lam * (rs[i] - rs[j]) : 0.0;
+            rr[o] = sup ? rs[i] : 0.0;
+            sa += aa[o];
         }
-        tl_m4 acc = tl_m4_set(0.0);
-        for (ptrdiff_t i = 0; i < vp; i += TL_MW) acc += tl_m4_load(as + i);
-        double sa = tl_m4_sum(acc);
-        for (ptrdiff_t i = 0; i < vp; i++) pas[i] = as[i] / sa;
+        for (ptrdiff_t i = 0; i < nv; i++) {
+            const ptrdiff_t o = g * gs + i * TL_MW + ln;
+            pa[o] = aa[o] / sa;
+        }
         s_a[s] = sa;
         log_pa[s] = log(sa);
         gref[s] = lam * rs[j];
         refd[s] = (double)j;
     }
-    for (ptrdiff_t i = 0; i < vp; i++) c[i] = mm[i] = vv[i] = kk[i] = 0.0;
-    for (ptrdiff_t i = 0; i < vp; i++) c2[i] = m2[i] = v2[i] = k2[i] = 0.0;
+    for (ptrdiff_t i = 0; i < nv; i++) c[i] = mm[i] = vv[i] = kk[i] = 0.0;
 
     const int64_t steps = length > 1 ? length - 1 : 0;
     for (int64_t t = 0; t < steps; t++) {
@@ -157,81 +193,124 @@ int tl_markov_backward(const double *log_tr, const double *r, ptrdiff_t nv, doub
             flags |= TL_FLAG_STOPPED;
             break;
         }
-        double top = -INFINITY;
-        for (ptrdiff_t s = 0; s < nv; s++) {
-            const double *las = la + s * vp, *as = aa + s * vp, *pas = pa + s * vp;
-            const double *dus = du + s * vp, *rrs = rr + s * vp;
-            const ptrdiff_t j = (ptrdiff_t)refd[s];
-            const double cref = c[j];
+        for (ptrdiff_t g = 0; g < ng; g++) {
+            const double *lag = la + g * gs, *ag = aa + g * gs, *pg = pa + g * gs;
+            const double *dg = du + g * gs, *rg = rr + g * gs;
+            double cr[TL_MW];
+            for (ptrdiff_t ln = 0; ln < TL_MW; ln++) cr[ln] = c[(ptrdiff_t)refd[g * TL_MW + ln]];
+            const tl_m4 cref = TL_M4_FROM(cr);
             /* u = lam (r - r_j) + (c - c_j) on the support (0 elsewhere) */
             tl_m4 umax = tl_m4_set(0.0), xmax = tl_m4_set(-INFINITY);
-            for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                tl_m4 lv = tl_m4_load(las + i);
+            TL_UNROLL2
+            for (ptrdiff_t i = 0; i < nv; i++) {
+                const ptrdiff_t o = i * TL_MW;
+                tl_m4 lv = tl_m4_load(lag + o);
                 tl_m4i sup = lv > -INFINITY;
-                tl_m4 u = tl_m4_sel(sup, tl_m4_load(dus + i) + (tl_m4_load(c + i) - cref),
+                tl_m4 u = tl_m4_sel(sup, tl_m4_load(dg + o) + (tl_m4_set(c[i]) - cref),
                                     tl_m4_set(0.0));
-                tl_m4_store(ub + i, u);
+                tl_m4_store(ub + o, u);
                 umax = tl_m4_max(tl_m4_abs(u), umax);
                 xmax = tl_m4_max(lv + u, xmax);
             }
-            double L, qs;
-            if (tl_m4_hmax(umax) <= 1.0) {
-                /* small tilt: L = log1p(sum a expm1(u) / s_a) */
-                tl_m4 acc = tl_m4_set(0.0), qacc = acc;
-                for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                    tl_m4 em, a = tl_m4_load(as + i);
-                    tl_m4 e = tl_m4_exp(tl_m4_load(ub + i), &em);
+            /* small tilt (every |u| <= 1): L = log1p(sum a expm1(u) / s_a); otherwise
+             * L = mx + log(sum e^{la + u - mx} / s_a) */
+            const tl_m4i small = umax <= 1.0;
+            const tl_m4 one = tl_m4_set(1.0);
+            double xm[TL_MW], um[TL_MW];
+            tl_m4_store(xm, xmax);
+            tl_m4_store(um, umax);
+            int nsmall = 0;
+            for (ptrdiff_t ln = 0; ln < TL_MW; ln++) nsmall += um[ln] <= 1.0;
+            tl_m4 acc = tl_m4_set(0.0), qacc = acc;
+            /* the same lane arithmetic in the three loops; the first two leave out what
+             * none of their lanes uses */
+            if (nsmall == 0) {
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 e = tl_m4_exp((tl_m4_load(lag + o) + tl_m4_load(ub + o)) - xmax, 0);
+                    qacc += e;
+                    tl_m4_store(qb + o, e);
+                }
+            } else if (nsmall == TL_MW) {
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 em, a = tl_m4_load(ag + o);
+                    tl_m4 qe = a * tl_m4_exp(tl_m4_load(ub + o), &em);
                     acc += a * em;
-                    qacc += a * e;
-                    tl_m4_store(qb + i, a * e);
+                    qacc += qe;
+                    tl_m4_store(qb + o, qe);
                 }
-                L = log1p(tl_m4_sum(acc) / s_a[s]);
-                qs = tl_m4_sum(qacc);
             } else {
-                const double mx = tl_m4_hmax(xmax);
-                tl_m4 acc = tl_m4_set(0.0);
-                for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                    tl_m4 e = tl_m4_exp((tl_m4_load(las + i) + tl_m4_load(ub + i)) - mx, 0);
-                    acc += e;
-                    tl_m4_store(qb + i, e);
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 em, a = tl_m4_load(ag + o), u = tl_m4_load(ub + o);
+                    tl_m4 x = tl_m4_sel(small, u, (tl_m4_load(lag + o) + u) - xmax);
+                    tl_m4 e = tl_m4_exp(x, &em);
+                    tl_m4 qe = tl_m4_sel(small, a, one) * e;
+                    acc += a * em;
+                    qacc += qe;
+                    tl_m4_store(qb + o, qe);
                 }
-                qs = tl_m4_sum(acc);
-                L = mx + log(qs / s_a[s]);
             }
-            /* the tilted row as convex weights (normalised by their computed sum) */
-            const double qinv = 1.0 / qs;
+            tl_m4_store(lane, acc);
+            tl_m4_store(lane2, qacc);
+            /* the rows past nv take L = 0 (their results are never read) */
+            const ptrdiff_t nr = nv - g * TL_MW < TL_MW ? nv - g * TL_MW : TL_MW;
+            double ls[TL_MW];
+            for (ptrdiff_t ln = 0; ln < TL_MW; ln++) {
+                const double sa = s_a[g * TL_MW + ln];
+                ls[ln] = ln >= nr         ? 0.0
+                         : um[ln] <= 1.0 ? log1p(lane[ln] / sa)
+                                         : xm[ln] + log(lane2[ln] / sa);
+            }
+            const tl_m4 L = TL_M4_FROM(ls);
+            /* the tilted rows as convex weights (normalised by their computed sums) */
+            const tl_m4 qinv = one / qacc;
             tl_m4 kl = tl_m4_set(0.0), mean = kl, kap = kl;
-            for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                tl_m4 q = tl_m4_load(qb + i) * qinv;
-                tl_m4 p = tl_m4_load(pas + i);
-                tl_m4 w = tl_m4_load(ub + i) - L;
-                tl_m4 hq = tl_m4_q(w);
-                tl_m4 hs = p * ((w * w) * ((1.0 - hq) + w * hq));
+            TL_UNROLL2
+            for (ptrdiff_t i = 0; i < nv; i++) {
+                const ptrdiff_t o = i * TL_MW;
+                tl_m4 q = tl_m4_load(qb + o) * qinv;
+                tl_m4 p = tl_m4_load(pg + o);
+                tl_m4 w = tl_m4_load(ub + o) - L;
+                tl_m4 hs = p * ((w * w) * tl_m4_h(w));
                 tl_m4 hl = (p - q) + w * q;
-                kl += tl_m4_sel((w < 0.34) & (w > -0.34), hs, hl);
-                mean += q * (tl_m4_load(rrs + i) + tl_m4_load(mm + i));
-                kap += q * tl_m4_load(kk + i);
-                tl_m4_store(qb + i, q);
+                kl += tl_m4_sel(tl_m4_abs(w) < 0.34, hs, hl);
+                mean += q * (tl_m4_load(rg + o) + mm[i]);
+                kap += q * kk[i];
+                tl_m4_store(qb + o, q);
             }
-            const double ms = tl_m4_sum(mean);
             tl_m4 var = tl_m4_set(0.0);
-            for (ptrdiff_t i = 0; i < vp; i += TL_MW) {
-                tl_m4 d = (tl_m4_load(rrs + i) + tl_m4_load(mm + i)) - ms;
-                var += tl_m4_load(qb + i) * (tl_m4_load(vv + i) + d * d);
+            TL_UNROLL2
+            for (ptrdiff_t i = 0; i < nv; i++) {
+                const ptrdiff_t o = i * TL_MW;
+                tl_m4 d = (tl_m4_load(rg + o) + mm[i]) - mean;
+                var += tl_m4_load(qb + o) * (vv[i] + d * d);
             }
-            const double lp = (gref[s] + cref) + L;
-            c2[s] = lp;
-            top = lp > top ? lp : top;
-            m2[s] = ms;
-            v2[s] = tl_m4_sum(var);
-            k2[s] = tl_m4_sum(kl) + tl_m4_sum(kap);
+            tl_m4 lp = (tl_m4_load(gref + g * TL_MW) + cref) + L;
+            tl_m4_store(c2 + g * TL_MW, lp);
+            tl_m4_store(m2 + g * TL_MW, mean);
+            tl_m4_store(v2 + g * TL_MW, var);
+            tl_m4_store(k2 + g * TL_MW, kl + kap);
             if (log_q) {
-                double *out = log_q + (steps - 1 - t) * q_stride + s * nv;
-                const double base = -log_pa[s] - L;
-                for (ptrdiff_t i = 0; i < nv; i++)
-                    out[i] = las[i] > -INFINITY ? (las[i] + base) + ub[i] : -INFINITY;
+                double *out = log_q + (steps - 1 - t) * q_stride + g * TL_MW * nv;
+                const tl_m4 base = -tl_m4_load(log_pa + g * TL_MW) - L;
+                TL_UNROLL2
+                for (ptrdiff_t i = 0; i < nv; i++) {
+                    const ptrdiff_t o = i * TL_MW;
+                    tl_m4 lv = tl_m4_load(lag + o);
+                    tl_m4 y = tl_m4_sel(lv > -INFINITY, (lv + base) + tl_m4_load(ub + o),
+                                        tl_m4_set(-INFINITY));
+                    tl_m4_store(lane, y);
+                    for (ptrdiff_t ln = 0; ln < nr; ln++) out[ln * nv + i] = lane[ln];
+                }
             }
         }
+        double top = -INFINITY;
+        for (ptrdiff_t s = 0; s < nv; s++) top = c2[s] > top ? c2[s] : top;
         shifts[t] = top;
         for (ptrdiff_t s = 0; s < nv; s++) {
             c[s] = c2[s] - top;
