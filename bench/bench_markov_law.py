@@ -69,7 +69,11 @@ def test_markov_law_vs_reference(benchmark, rounds, impl):
     elif impl == "reference":
         want = tiltlab.Markov(l0, lt, rw, n).reward_log_pmf()
         values, lp = reference.markov_reward_law(l0, lt, rw, n)
-        np.testing.assert_allclose(np.exp(lp - want.log_pmf), 1.0, rtol=0, atol=1e-10)
+        fin = np.isfinite(lp)
+        np.testing.assert_array_equal(fin, np.isfinite(want.log_pmf))
+        # (the sparse odd sub-lattice next to the top of this law: ~1e-9, SPEC 9)
+        np.testing.assert_allclose(np.exp(lp[fin] - want.log_pmf[fin]), 1.0, rtol=0,
+                                   atol=3e-9)
         fn = lambda: reference.markov_reward_law(l0, lt, rw, n)  # noqa: E731
     else:
         a = np.random.default_rng(0).random(n * V * V)

@@ -226,8 +226,16 @@ class _Stitch:
         e^-_CENTRAL of its peak (steps of 2.5 standard deviations overshoot where the law
         narrows towards an end of the lattice), until every such run is central or a
         centred tilt no longer helps."""
-        self._retilt_runs(lambda: self.ok & (self.q < -_CENTRAL),
-                          lambda run: float(np.min(self.q[run])), rounds=8)
+        def far():
+            q = self.q
+            nb = np.full(q.size, -np.inf)   # the better neighbour of each point
+            nb[1:] = q[:-1]
+            nb[:-1] = np.maximum(nb[:-1], q[1:])
+            # a point far below a neighbour sits on a sparse sub-lattice: no tilt centres
+            # it (the neighbours carry the peak), so it is not worth a tilt of its own
+            return self.ok & (q < -_CENTRAL) & (q > nb - 4.0)
+
+        self._retilt_runs(far, lambda run: float(np.min(self.q[run])), rounds=8)
 
     def _fill_gaps(self) -> None:
         """Tilts centred on runs of points that no window resolved yet (between two
