@@ -226,16 +226,10 @@ class _Stitch:
         e^-_CENTRAL of its peak (steps of 2.5 standard deviations overshoot where the law
         narrows towards an end of the lattice), until every such run is central or a
         centred tilt no longer helps."""
-        def far():
-            q = self.q
-            nb = np.full(q.size, -np.inf)   # the better neighbour of each point
-            nb[1:] = q[:-1]
-            nb[:-1] = np.maximum(nb[:-1], q[1:])
-            # a point far below a neighbour sits on a sparse sub-lattice: no tilt centres
-            # it (the neighbours carry the peak), so it is not worth a tilt of its own
-            return self.ok & (q < -_CENTRAL) & (q > nb - 4.0)
-
-        self._retilt_runs(far, lambda run: float(np.min(self.q[run])), rounds=8)
+        # points of a sparse sub-lattice (every second value far below its neighbours)
+        # make runs with gaps of one: one tilt per run, not per point
+        self._retilt_runs(lambda: self.ok & (self.q < -_CENTRAL),
+                          lambda run: float(np.min(self.q[run])), rounds=8, gap=2)
 
     def _fill_gaps(self) -> None:
         """Tilts centred on runs of points that no window resolved yet (between two
@@ -245,15 +239,16 @@ class _Stitch:
         self._retilt_runs(lambda: ~self.ok, lambda run: int(np.count_nonzero(self.ok)),
                           rounds=20)
 
-    def _retilt_runs(self, select, score, rounds: int) -> None:
-        """Take tilts centred on the runs of points ``select()`` flags, round after round,
-        while a centred tilt still improves ``score(run)``."""
+    def _retilt_runs(self, select, score, rounds: int, gap: int = 1) -> None:
+        """Take tilts centred on the runs of points ``select()`` flags (points at most
+        ``gap`` apart in one run), round after round, while a centred tilt still improves
+        ``score(run)``."""
         tried: set = set()
         for _ in range(rounds):
             flagged = np.flatnonzero(select())
             if flagged.size == 0:
                 return
-            runs = np.split(flagged, np.flatnonzero(np.diff(flagged) > 1) + 1)
+            runs = np.split(flagged, np.flatnonzero(np.diff(flagged) > gap) + 1)
             progress = False
             for run in runs:
                 mid = self.klo + int(run[(run.size - 1) // 2])
