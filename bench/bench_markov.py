@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from baselines import numba_available
-from conftest import avx2_forced, quick, run
+from conftest import avx2_forced, quick, run, stream_add
 
 import tiltlab
 from tiltlab import reference
@@ -139,6 +139,21 @@ def _numba_backward():
     return backward
 
 
+def _numba_fn(l0, lt, rw, n):
+    """The numba loop on the chain, compiled and checked against tiltlab before timing."""
+    if not numba_available():
+        pytest.skip("numba is not installed")
+    v = l0.shape[0]
+    log_p0 = l0 - np.logaddexp.reduce(l0)
+    log_tr = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
+    r = np.where(np.isfinite(log_tr), np.broadcast_to(rw, (v, v)), 0.0)
+    back = _numba_backward()
+    back(log_p0, log_tr, rw, r, 3, LAM)                      # compile
+    want = tiltlab.Markov(l0, lt, rw, n).tilt_stats(LAM)
+    np.testing.assert_allclose(back(log_p0, log_tr, rw, r, n, LAM), want, rtol=1e-9)
+    return lambda: back(log_p0, log_tr, rw, r, n, LAM)
+
+
 @pytest.mark.parametrize("impl", ["compiled-1t", "compiled-2t-avx2", "reference", "numba-2t",
                                   "stream-add"])
 def test_markov_tilt_stats(benchmark, rounds, request, impl):
@@ -152,21 +167,9 @@ def test_markov_tilt_stats(benchmark, rounds, request, impl):
     elif impl == "reference":
         fn = lambda: reference.markov_tilt_stats(l0, lt, rw, n, LAM)  # noqa: E731
     elif impl == "numba-2t":
-        if not numba_available():
-            pytest.skip("numba is not installed")
-        log_p0 = l0 - np.logaddexp.reduce(l0)
-        log_tr = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
-        r = np.where(np.isfinite(log_tr), np.broadcast_to(rw, (V, V)), 0.0)
-        back = _numba_backward()
-        back(log_p0, log_tr, rw, r, 3, LAM)                      # compile
-        want = tiltlab.Markov(l0, lt, rw, n).tilt_stats(LAM)
-        np.testing.assert_allclose(back(log_p0, log_tr, rw, r, n, LAM), want, rtol=1e-9)
-        fn = lambda: back(log_p0, log_tr, rw, r, n, LAM)  # noqa: E731
+        fn = _numba_fn(l0, lt, rw, n)
     else:
-        a = np.random.default_rng(0).random(n * V * V)
-        b = np.random.default_rng(1).random(n * V * V)
-        out = np.empty_like(a)
-        fn = lambda: np.add(a, b, out=out)  # noqa: E731
+        fn = stream_add(n * V * V)
     run(benchmark, fn, rounds=rounds, group=_group(n), impl=impl, kernel="markov_tilt_stats",
         n_elements=n * V * V)
 
@@ -183,20 +186,8 @@ def test_markov_tilt_stats_sizes(benchmark, rounds, request, impl, v):
         m = tiltlab.Markov(l0, lt, rw, n, n_threads=2)
         fn = avx2_forced(lambda: m.tilt_stats(LAM))
     elif impl == "numba-2t":
-        if not numba_available():
-            pytest.skip("numba is not installed")
-        log_p0 = l0 - np.logaddexp.reduce(l0)
-        log_tr = lt - np.logaddexp.reduce(lt, axis=1)[:, None]
-        r = np.where(np.isfinite(log_tr), np.broadcast_to(rw, (v, v)), 0.0)
-        back = _numba_backward()
-        back(log_p0, log_tr, rw, r, 3, LAM)                      # compile
-        want = tiltlab.Markov(l0, lt, rw, n).tilt_stats(LAM)
-        np.testing.assert_allclose(back(log_p0, log_tr, rw, r, n, LAM), want, rtol=1e-9)
-        fn = lambda: back(log_p0, log_tr, rw, r, n, LAM)  # noqa: E731
+        fn = _numba_fn(l0, lt, rw, n)
     else:
-        a = np.random.default_rng(0).random(n * v * v)
-        b = np.random.default_rng(1).random(n * v * v)
-        out = np.empty_like(a)
-        fn = lambda: np.add(a, b, out=out)  # noqa: E731
+        fn = stream_add(n * v * v)
     run(benchmark, fn, rounds=rounds, group=f"markov_tilt_stats V={v} n={n}", impl=impl,
         kernel="markov_tilt_stats", n_elements=n * v * v)

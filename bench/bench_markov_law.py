@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import quick, run
+from conftest import quick, run, stream_add
 
 import tiltlab
 from tiltlab import reference
@@ -52,10 +52,7 @@ def test_markov_law_and_best_of_n(benchmark, rounds, request, impl):
     elif impl == "bon":
         fn = lambda: tiltlab.Markov(l0, lt, rw, n).best_of_n(log_n=0.1 * n)  # noqa: E731
     else:
-        a = np.random.default_rng(0).random(n * V * V)
-        b = np.random.default_rng(1).random(n * V * V)
-        out = np.empty_like(a)
-        fn = lambda: np.add(a, b, out=out)  # noqa: E731
+        fn = stream_add(n * V * V)
     run(benchmark, fn, rounds=rounds, group=f"markov law+best-of-N V={V} n={n}", impl=impl,
         kernel="markov_law", n_elements=n * V * V)
 
@@ -76,9 +73,6 @@ def test_markov_law_vs_reference(benchmark, rounds, impl):
                                    atol=3e-8)
         fn = lambda: reference.markov_reward_law(l0, lt, rw, n)  # noqa: E731
     else:
-        a = np.random.default_rng(0).random(n * V * V)
-        b = np.random.default_rng(1).random(n * V * V)
-        out = np.empty_like(a)
-        fn = lambda: np.add(a, b, out=out)  # noqa: E731
+        fn = stream_add(n * V * V)
     run(benchmark, fn, rounds=rounds, group=f"markov law V={V} n={n}", impl=impl,
         kernel="markov_law", n_elements=n * V * V)

@@ -76,3 +76,12 @@ def avx2_forced(fn):
         with simd.use("avx2"):
             return fn()
     return forced
+
+
+def stream_add(n_elements: int):
+    """The machine's limit for a pass over n_elements doubles: ``np.add`` over two arrays
+    of that size into a third (a "stream-add" row)."""
+    a = np.random.default_rng(0).random(n_elements)
+    b = np.random.default_rng(1).random(n_elements)
+    out = np.empty_like(a)
+    return lambda: np.add(a, b, out=out)

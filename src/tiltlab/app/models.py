@@ -184,16 +184,22 @@ def _vader_lexicon() -> dict:
     return lexicon
 
 
-def _build_english_sentiment(vocab: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _top_english_words(vocab: int, model: str) -> tuple[list, np.ndarray]:
+    """The top ``vocab`` English words of wordfreq and their frequencies (the data extra;
+    ``model`` names the model that needs them in the error)."""
     try:
         import wordfreq
     except ImportError:
-        raise MissingDependency('the english-sentiment model needs wordfreq: '
+        raise MissingDependency(f'the {model} model needs wordfreq: '
                                 'pip install "tiltlab[data]"') from None
     words = wordfreq.top_n_list("en", vocab)
     if len(words) < vocab:
         raise ValueError(f"vocab={vocab} exceeds the {len(words)} English words wordfreq lists")
-    freq = np.array([wordfreq.word_frequency(w, "en") for w in words], dtype=np.float64)
+    return words, np.array([wordfreq.word_frequency(w, "en") for w in words], dtype=np.float64)
+
+
+def _build_english_sentiment(vocab: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    words, freq = _top_english_words(vocab, "english-sentiment")
     lexicon = _vader_lexicon()
     valence = np.array([lexicon.get(w, 0.0) for w in words], dtype=np.float64)
     # the lexicon's valences are decimals with one digit: snap them to the 0.1 lattice exactly
@@ -319,15 +325,7 @@ def _letter_counts(vocab: int, version: str) -> tuple[np.ndarray, int, float]:
     """Frequency-weighted letter-transition counts (27, 27) of the top ``vocab`` English
     words of wordfreq that are made of a .. z only, the number of such words and the share
     of the listed words' frequency they carry (``version`` keys the cache only)."""
-    try:
-        import wordfreq
-    except ImportError:
-        raise MissingDependency('the english-letters model needs wordfreq: '
-                                'pip install "tiltlab[data]"') from None
-    listed = wordfreq.top_n_list("en", vocab)
-    if len(listed) < vocab:
-        raise ValueError(f"vocab={vocab} exceeds the {len(listed)} English words wordfreq lists")
-    freq_all = np.array([wordfreq.word_frequency(w, "en") for w in listed], dtype=np.float64)
+    listed, freq_all = _top_english_words(vocab, "english-letters")
     keep = [i for i, w in enumerate(listed) if w.isascii() and w.isalpha() and w.islower()]
     words = [listed[i] for i in keep]
     freq = freq_all[keep]

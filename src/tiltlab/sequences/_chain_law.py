@@ -106,16 +106,23 @@ class ChainLaw:
     final: Poly | None = None
 
 
+def _scaled_tilt(log_w, levels, theta, c=0):
+    """``e^{log_w + theta (levels - c)}`` in linear space, scaled by its largest entry
+    (0 where ``log_w`` is -inf): (values, log scale)."""
+    with np.errstate(invalid="ignore"):
+        lw = np.where(np.isfinite(log_w), log_w + theta * (levels - c), -np.inf)
+    top = float(lw.max())
+    return np.exp(lw - top), top
+
+
 def _tilted(log_p0, log_tr, k0, k, theta, c=0):
     """Linear-space initial vector and transition matrix at tilt theta on the levels
     centred on the integer c per token (``e^{theta (k - c)}``: the log scales stay of the
     size of the log probabilities, not of ``theta k``), each scaled by its largest entry
     (the log scales returned)."""
-    with np.errstate(invalid="ignore"):
-        lu = np.where(np.isfinite(log_p0), log_p0 + theta * (k0 - c), -np.inf)
-        lm = np.where(np.isfinite(log_tr), log_tr + theta * (k - c), -np.inf)
-    cu, cm = float(lu.max()), float(lm.max())
-    return np.exp(lu - cu), cu, np.exp(lm - cm), cm
+    u, cu = _scaled_tilt(log_p0, k0, theta, c)
+    mt, cm = _scaled_tilt(log_tr, k, theta, c)
+    return u, cu, mt, cm
 
 
 def direct_law(log_p0, log_tr, k0, k, length, theta, c, keep=False) -> ChainLaw:
@@ -351,7 +358,7 @@ def sample_direct(law: ChainLaw, log_tr, k, theta, sums, rng) -> np.ndarray:
     w = last.arr[:, col].T                                          # (B, V)
     s_next = _draw(w, rng.random(b))
     out[:, -1] = s_next
-    _, _, ptr, _ = _tilted(log_tr[0], log_tr, k[0], k, theta)
+    ptr, _ = _scaled_tilt(log_tr, k, theta)
     for t in range(n - 2, -1, -1):
         tab = tables[t]
         idx = j[:, None] - k[:, s_next].T - tab.lo                  # (B, V)
